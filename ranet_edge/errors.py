@@ -1,0 +1,61 @@
+"""One exception hierarchy for the whole toolkit.
+
+Every error a user can cause derives from :class:`RanetEdgeError`. Messages name the bad
+value, what would be valid, and the fix; the CLI prints them as one line and exits 2.
+This module imports nothing heavy: the torch-free runtime depends on it.
+"""
+from __future__ import annotations
+
+
+class RanetEdgeError(Exception):
+    """Base class of every error the toolkit raises on purpose."""
+
+    exit_code = 2
+
+
+class ConfigError(RanetEdgeError):
+    """An invalid architecture configuration or preset name."""
+
+
+class CheckpointError(RanetEdgeError):
+    """A file that is not a usable checkpoint, or one that does not match the architecture."""
+
+
+class DataError(RanetEdgeError):
+    """A dataset path, image file or array that cannot be read or has the wrong layout."""
+
+
+class ExportError(RanetEdgeError):
+    """The ONNX export or its validation failed."""
+
+
+class BundleError(RanetEdgeError):
+    """A bundle (manifest plus graphs) that is missing, tampered with or malformed."""
+
+
+class ProviderError(RanetEdgeError):
+    """An execution provider that this onnxruntime build does not offer."""
+
+
+class InputError(RanetEdgeError):
+    """An input array with the wrong shape, dtype or values."""
+
+
+class CalibrationError(RanetEdgeError):
+    """Thresholds or budgets that cannot be met or are malformed."""
+
+
+class MissingExtraError(RanetEdgeError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def require(module: str, extra: str):
+    """Import ``module`` or raise :class:`MissingExtraError` naming the pip extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingExtraError(
+            f"{module} is not installed; install it with: pip install 'ranet-edge[{extra}]'"
+        ) from exc

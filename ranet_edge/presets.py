@@ -1,0 +1,54 @@
+"""Named RANet configurations: one registry, filled by :func:`register`."""
+from __future__ import annotations
+
+from .config import RANetConfig
+from .errors import ConfigError
+
+_PRESETS: dict[str, RANetConfig] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register(name: str, config: RANetConfig, description: str) -> None:
+    if name in _PRESETS:
+        raise ValueError(f"preset {name!r} registered twice")
+    _PRESETS[name] = config
+    _DESCRIPTIONS[name] = description
+
+
+def get_preset(name: str) -> RANetConfig:
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(list_presets())}") from None
+
+
+def list_presets() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def describe(name: str) -> str:
+    return _DESCRIPTIONS[name]
+
+
+register("cifar10-c1", RANetConfig(data="cifar10", step=2, stepmode="lg"),
+         "RANet C-1 of the paper on CIFAR-10 (--step 2 --stepmode lg)")
+register("cifar100-c1", RANetConfig(data="cifar100", step=2, stepmode="lg"),
+         "RANet C-1 on CIFAR-100")
+register("cifar10-4scale",
+         RANetConfig(data="cifar10", step=4, scale_list=(1, 2, 3, 3), grFactor=(4, 2, 1, 1),
+                     bnFactor=(4, 2, 1, 1)),
+         "four sub-networks on CIFAR-10 (--step 4 --scale-list 1-2-3-3 --grFactor 4-2-1-1)")
+register("imagenet",
+         RANetConfig(data="ImageNet", step=8, growthRate=16, nChannels=32, scale_list=(1, 2, 3, 4),
+                     grFactor=(4, 2, 2, 1), bnFactor=(4, 2, 2, 1)),
+         "the paper's ImageNet RANet (--step 8 --growthRate 16 --nChannels 32)")
+register("cifar10-w8",
+         RANetConfig(data="cifar10", step=2, stepmode="even", nChannels=8, growthRate=4),
+         "width-8 CIFAR-10 RANet (6 exits, ~17 MFLOPs) that trains on a CPU; the bundled default")
+register("tiny",
+         RANetConfig(data="cifar10", nBlocks=1, block_step=1, step=2, nChannels=4, growthRate=4),
+         "a three-sub-network, three-exit toy (~1 MFLOPs) for tests and demos")
+register("imagenet-small",
+         RANetConfig(data="ImageNet", step=2, nChannels=8, growthRate=4, scale_list=(1, 2, 3, 4),
+                     grFactor=(4, 2, 2, 1), bnFactor=(4, 2, 2, 1)),
+         "narrow ImageNet-type RANet (the golden imagenet-small flags) for tests")
