@@ -1,0 +1,89 @@
+"""Commands that need torch: inspect, train, export."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import DataError, require
+from . import cli
+from .options import arch_options, json_option, pop_arch, resolve_arch
+
+
+def _load(ckpt: str, preset, flags):
+    from ..checkpoint import load_checkpoint
+
+    config, source = resolve_arch(preset, flags)
+    return load_checkpoint(ckpt, config, source)
+
+
+@cli.command()
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@arch_options
+@json_option
+def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
+    """Show a checkpoint's architecture, exits and cumulative FLOPs/params per exit."""
+    require("torch", "export")
+    preset, flags = pop_arch(kwargs)
+    loaded = _load(ckpt, preset, flags)
+    costs = loaded.model.exit_costs()
+    report = {
+        "config": loaded.config.to_dict(),
+        "exits": len(costs),
+        "flops": [c.flops for c in costs],
+        "params": [c.params for c in costs],
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"checkpoint   {ckpt} ({loaded.layout} layout, architecture {loaded.config_source})")
+    click.echo(f"flags        {loaded.config.official_flags()}")
+    click.echo(f"exits        {len(costs)}, {loaded.config.num_classes} classes, "
+               f"input 3x{loaded.config.image_size}x{loaded.config.image_size}")
+    click.echo(f"{'exit':>4} {'MFLOPs':>10} {'params (M)':>11}")
+    for k, c in enumerate(costs):
+        click.echo(f"{k:>4} {c.flops / 1e6:>10.2f} {c.params / 1e6:>11.3f}")
+
+
+@cli.command()
+@click.option("--data", "data_path", required=True, help="dataset: ImageFolder root, CIFAR batches or .npz")
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet", "folder"]), default=None,
+              help="dataset family: picks the default architecture and the augmentation")
+@arch_options(with_data=False)
+@click.option("--epochs", type=int, default=300, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--schedule", type=click.Choice(["multistep", "cosine"]), default="multistep", show_default=True)
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--nesterov", is_flag=True, help="Nesterov momentum")
+@click.option("--val-size", type=int, default=5000, show_default=True, help="held-out validation images")
+@click.option("--workers", type=int, default=0, show_default=True, help="(reserved) decoding workers")
+@click.option("--threads", type=int, default=None, help="torch intra-op threads")
+@click.option("--out", default="runs/ranet", show_default=True, help="checkpoint directory")
+@click.option("--resume", is_flag=True, help="continue from OUT/last.pt")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-batches", type=int, default=None, hidden=True)
+def train(data_path: str, dataset: str | None, threads: int | None, **kwargs) -> None:
+    """Train a RANet (summed cross-entropy over exits, SGD); works under torchrun."""
+    torch = require("torch", "train")
+    from ..train import TrainOptions, train as run_train
+
+    if not Path(data_path).exists():
+        raise DataError(f"dataset {data_path} does not exist; pass --data with an ImageFolder root, "
+                        "CIFAR python batches or an .npz")
+    preset, flags = pop_arch(kwargs)
+    if dataset and flags.get("data") is None and not preset:
+        flags["data"] = {"imagenet": "ImageNet", "folder": "cifar10"}.get(dataset, dataset)
+    config, _ = resolve_arch(preset, flags)
+    if config is None:
+        from ..config import RANetConfig
+
+        config = RANetConfig()
+    if threads:
+        torch.set_num_threads(threads)
+    augment = "imagenet" if dataset == "imagenet" else ("cifar" if dataset in ("cifar10", "cifar100") else "auto")
+    opts = TrainOptions(data=data_path, augment=augment, **kwargs)
+    click.echo(f"training {config.official_flags()} for {opts.epochs} epochs -> {opts.out}", err=True)
+    run_train(config, opts, log=lambda m: click.echo(m, err=True))

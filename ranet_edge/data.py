@@ -1,0 +1,165 @@
+"""Torch-free dataset readers: ImageFolder trees, CIFAR python batches, and .npz arrays.
+
+Every reader yields uint8 HxWx3 RGB images and integer labels; :func:`split` gives the
+deterministic train/validation split used by training, calibration and evaluation.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ranet_edge.runtime.preprocess import read_image
+
+from .errors import DataError, InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class Dataset:
+    """Labelled images, decoded lazily (files) or held in memory (arrays)."""
+
+    labels: np.ndarray  # int64, one per image
+    classes: list[str]
+    files: list[str] | None = None  # ImageFolder: one path per image
+    arrays: np.ndarray | None = None  # N,H,W,3 uint8
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> np.ndarray:
+        if self.arrays is not None:
+            return self.arrays[index]
+        try:
+            return read_image(self.files[index])
+        except InputError as exc:
+            raise DataError(str(exc)) from None
+
+    def images(self, indices: Sequence[int]) -> list[np.ndarray]:
+        return [self.image(int(i)) for i in indices]
+
+    def subset(self, indices: np.ndarray) -> "Dataset":
+        indices = np.asarray(indices, dtype=np.int64)
+        return Dataset(
+            labels=self.labels[indices], classes=self.classes,
+            files=[self.files[i] for i in indices] if self.files is not None else None,
+            arrays=self.arrays[indices] if self.arrays is not None else None,
+            source=self.source,
+        )
+
+    def materialize(self) -> "Dataset":
+        """Decode every image into one array (for small images such as CIFAR)."""
+        if self.arrays is not None:
+            return self
+        first = self.image(0)
+        out = np.empty((len(self),) + first.shape, np.uint8)
+        out[0] = first
+        for i in range(1, len(self)):
+            im = self.image(i)
+            if im.shape != first.shape:
+                raise DataError(f"image {self.files[i]} is {im.shape[1]}x{im.shape[0]}, others are "
+                                f"{first.shape[1]}x{first.shape[0]}; resize the dataset first")
+            out[i] = im
+        return Dataset(self.labels, self.classes, None, out, self.source)
+
+
+def open_dataset(path: str | os.PathLike) -> Dataset:
+    """Open ``path`` as whichever supported format it is."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"dataset {p} does not exist; pass an ImageFolder root, a "
+                        "cifar-10-batches-py/cifar-100-python folder, or an .npz with x and y")
+    if p.is_file():
+        if p.suffix == ".npz":
+            return read_npz(p)
+        raise DataError(f"{p} is a file but not an .npz; pass an .npz with x (N,H,W,3 uint8) and y")
+    for name in ("cifar-10-batches-py", "cifar-100-python"):
+        if (p / name).is_dir():
+            return read_cifar(p / name)
+    if (p / "data_batch_1").is_file() or (p / "train").is_file():
+        return read_cifar(p)
+    return read_image_folder(p)
+
+
+def read_npz(path: Path) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z or "y" not in z:
+                raise DataError(f"{path} needs arrays x (N,H,W,3 uint8) and y; it has {sorted(z.files)}")
+            x, y = z["x"], z["y"]
+            classes = [str(c) for c in z["classes"]] if "classes" in z else None
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot read {path} as .npz ({type(exc).__name__}: {exc})") from None
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+        raise DataError(f"{path}: x must be N,H,W,3 uint8 RGB, got {x.dtype} {x.shape}")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: y must be {len(x)} integer labels, got {y.dtype} {y.shape}")
+    if classes is None:
+        classes = [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)]
+    return Dataset(y.astype(np.int64), classes, arrays=x, source=str(path))
+
+
+def read_cifar(folder: Path) -> Dataset:
+    """CIFAR-10/100 python batches: the training batches (data_batch_* or train)."""
+    names = sorted(folder.glob("data_batch_*")) or [folder / "train"]
+    xs, ys = [], []
+    for f in names:
+        try:
+            with open(f, "rb") as fh:
+                # The CIFAR batches are plain dicts of bytes/lists/ndarrays; a restricted
+                # unpickler refuses anything that would import code.
+                d = _SafeUnpickler(fh, encoding="bytes").load()
+        except Exception as exc:
+            raise DataError(f"cannot read CIFAR batch {f} ({type(exc).__name__}: {exc})") from None
+        xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(np.asarray(d.get(b"labels", d.get(b"fine_labels")), np.int64))
+    meta = folder / ("batches.meta" if (folder / "batches.meta").exists() else "meta")
+    classes = [str(i) for i in range(int(max(y.max() for y in ys)) + 1)]
+    if meta.exists():
+        with open(meta, "rb") as fh:
+            m = _SafeUnpickler(fh, encoding="bytes").load()
+        raw = m.get(b"label_names") or m.get(b"fine_label_names")
+        if raw:
+            classes = [c.decode() if isinstance(c, bytes) else str(c) for c in raw]
+    return Dataset(np.concatenate(ys), classes, arrays=np.ascontiguousarray(np.concatenate(xs)),
+                   source=str(folder))
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module == "numpy.core.multiarray" and name == "_reconstruct" or \
+                module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray") and \
+                name in ("ndarray", "dtype", "_reconstruct"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_image_folder(root: Path) -> Dataset:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class folders; expected root/<class>/*.jpg|png")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        for f in sorted((root / name).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(str(f))
+                labels.append(label)
+    if not files:
+        raise DataError(f"{root} has class folders but no images ({', '.join(IMAGE_SUFFIXES)})")
+    return Dataset(np.asarray(labels, np.int64), classes, files=files, source=str(root))
+
+
+def split(n: int, val_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: the last ``val_size`` of a seeded permutation are validation."""
+    if not 0 <= val_size < n:
+        raise DataError(f"val_size={val_size} must be between 0 and {n - 1} for {n} images")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[: n - val_size]), np.sort(perm[n - val_size:])
