@@ -10,10 +10,11 @@ import itertools
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .config import RANetConfig
 from .errors import CheckpointError, ConfigError, require
@@ -198,14 +199,14 @@ def infer_config(state: Mapping) -> RANetConfig:
     for gr, scales, mode, cf, red in itertools.product(
             sorted(gr_candidates, reverse=True), scale_options, ("even", "lg"),
             dict.fromkeys(cf_options), dict.fromkeys(red_options)):
-        if any(c % f or g % f for c, g, f in zip(stem_out, growth, gr)):
+        if any(c % f or g % f for c, g, f in zip(stem_out, growth, gr, strict=False)):
             continue
         try:
             cfg = RANetConfig(
                 data=data, nBlocks=counts[0],
                 block_step=(counts[1] - counts[0]) if n_scales > 1 else 2,
                 nChannels=stem_out[0] // gr[0], growthRate=growth[0] // gr[0], grFactor=gr,
-                bnFactor=tuple(b if b is not None else max(f, g) for b, f, g in zip(bn_exact, bn_floor, gr)),
+                bnFactor=tuple(b if b is not None else max(f, g) for b, f, g in zip(bn_exact, bn_floor, gr, strict=False)),
                 scale_list=scales, step=step, stepmode=mode,
                 compress_factor=cf, reduction=red, num_classes=num_classes,
             )

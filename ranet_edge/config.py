@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -85,7 +86,7 @@ class RANetConfig:
                 f"{len(self.grFactor)}, {len(self.bnFactor)} and {len(self.scale_list)}"
             )
         scales = self.scale_list
-        if scales[0] != 1 or any(b - a not in (0, 1) for a, b in zip(scales, scales[1:])):
+        if scales[0] != 1 or any(b - a not in (0, 1) for a, b in zip(scales, scales[1:], strict=False)):
             raise ConfigError(
                 f"scale_list={'-'.join(map(str, scales))} must start at 1 and grow by 0 or 1 "
                 "per sub-network, e.g. 1-2-3"
@@ -194,7 +195,7 @@ class RANetConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "RANetConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> RANetConfig:
         """Build from a mapping; unknown keys are refused with the list of valid ones.
 
         Keys may use the official dashed spelling (``scale-list``) and list values may be
@@ -209,7 +210,7 @@ class RANetConfig:
             kwargs[name] = value
         return cls(**kwargs)
 
-    def replace(self, **changes: Any) -> "RANetConfig":
+    def replace(self, **changes: Any) -> RANetConfig:
         """A copy with some fields changed; ``None`` values are ignored (unset CLI flags)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 

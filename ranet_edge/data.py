@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class Dataset:
     def images(self, indices: Sequence[int]) -> list[np.ndarray]:
         return [self.image(int(i)) for i in indices]
 
-    def subset(self, indices: np.ndarray) -> "Dataset":
+    def subset(self, indices: np.ndarray) -> Dataset:
         indices = np.asarray(indices, dtype=np.int64)
         return Dataset(
             labels=self.labels[indices], classes=self.classes,
@@ -53,7 +53,7 @@ class Dataset:
             source=self.source,
         )
 
-    def materialize(self) -> "Dataset":
+    def materialize(self) -> Dataset:
         """Decode every image into one array (for small images such as CIFAR)."""
         if self.arrays is not None:
             return self

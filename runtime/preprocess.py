@@ -1,8 +1,9 @@
 """Image preprocessing as the bundle manifest describes it (numpy; opencv only to resize)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class PreprocessSpec:
     dtype: str = "float32"
 
     @classmethod
-    def for_dataset(cls, data: str) -> "PreprocessSpec":
+    def for_dataset(cls, data: str) -> PreprocessSpec:
         if data == "ImageNet":
             return cls(size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=256)
         if data == "cifar100":
@@ -42,7 +43,7 @@ class PreprocessSpec:
                 "dtype": self.dtype, "scale": "uint8 / 255"}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PreprocessSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> PreprocessSpec:
         return cls(size=int(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
                    resize=d.get("resize"), layout=d.get("layout", "NCHW"),
                    color=d.get("color", "RGB"), dtype=d.get("dtype", "float32"))

@@ -68,7 +68,8 @@ def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
 def train(data_path: str, dataset: str | None, threads: int | None, **kwargs) -> None:
     """Train a RANet (summed cross-entropy over exits, SGD); works under torchrun."""
     torch = require("torch", "train")
-    from ..train import TrainOptions, train as run_train
+    from ..train import TrainOptions
+    from ..train import train as run_train
 
     if not Path(data_path).exists():
         raise DataError(f"dataset {data_path} does not exist; pass --data with an ImageFolder root, "

@@ -1,7 +1,8 @@
 """Options shared by several commands, defined once and stacked as decorators."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 

@@ -77,7 +77,7 @@ class _InitialLayer(nn.Module):
         scales = config.scale_list[::-1]
         layers: list[nn.Module] = []
         channels = 3
-        for i, (gr, scale) in enumerate(zip(grs, scales)):
+        for i, (gr, scale) in enumerate(zip(grs, scales, strict=False)):
             out = config.nChannels * gr
             if i == 0 and config.is_imagenet:
                 layers.append(nn.Sequential(

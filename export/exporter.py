@@ -1,0 +1,309 @@
+"""Export a multi-exit model to a bundle of chained per-stage ONNX graphs, always validated.
+
+Design: the whole model is exported once and the ONNX graph is cut at its exits
+(:mod:`.partition`). Cutting the real graph rather than writing staged PyTorch modules keeps
+the partitioner generic (any module whose forward returns the exit logits in order), makes
+"no recomputation" true by construction (each node lands in exactly one stage), and
+guarantees the stages compute exactly what the monolithic graph computes.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import helper
+from ranet_edge.runtime.manifest import FORMAT, MANIFEST, SCHEMA_VERSION, sha256_file, write_json_atomic
+
+from ranet_edge import __version__
+from ranet_edge.errors import ExportError
+
+from .graph_costs import initializer_params, intermediate_values, node_flops
+from .partition import Stage, constant_nodes, partition
+
+DEFAULT_OPSET = 17
+INPUT_NAME = "image"
+
+
+@dataclass
+class ExportSpec:
+    """What to export and how."""
+
+    opset: int = DEFAULT_OPSET
+    batch_size: int | None = None  # None: dynamic batch; N: static shapes
+    simplify: bool = True
+    monolithic: bool = False
+    granularity: str = "exit"  # "exit" or "subnetwork"
+    tolerance: float = 1e-4  # max |diff| / max |logit| allowed at every exit
+    validate_batches: tuple[int, ...] = (1, 3)
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    manifest: dict
+    table: list[dict]  # per exit: max abs/rel differences at each validated batch size
+    warnings: list[str] = field(default_factory=list)
+
+
+def _to_onnx(model: torch.nn.Module, example: torch.Tensor, num_exits: int, spec: ExportSpec) -> onnx.ModelProto:
+    names = [f"logits_{k}" for k in range(num_exits)]
+    axes = None
+    if spec.batch_size is None:
+        axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
+                          output_names=names, dynamic_axes=axes, opset_version=spec.opset,
+                          do_constant_folding=True)
+    m = onnx.load_from_string(buf.getvalue())
+    m.graph.name = "multi_exit"
+    m.producer_name, m.producer_version = "ranet-edge", __version__
+    return m
+
+
+def _value_infos(model: onnx.ModelProto, values: dict[str, np.ndarray], static_batch: int | None) -> None:
+    """Record every tensor's dtype and shape; the batch axis of activations is symbolic
+    unless the export is static (weights computed from initializers keep their shapes)."""
+    del model.graph.value_info[:]
+    constant = {out for n in constant_nodes(model.graph) for out in model.graph.node[n].output}
+    for name, arr in values.items():
+        if name in {o.name for o in model.graph.output}:
+            continue
+        dims: list[Any] = list(arr.shape)
+        if arr.dtype.kind == "f" and dims and static_batch is None and name not in constant:
+            dims[0] = "batch"
+        model.graph.value_info.append(
+            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), dims))
+
+
+def _simplify(m: onnx.ModelProto, label: str, notes: list[str]) -> onnx.ModelProto:
+    try:
+        import onnxsim
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out, ok = onnxsim.simplify(m)
+        if not ok:
+            raise RuntimeError("onnxsim's own check failed")
+        return out
+    except Exception as exc:  # keep the unsimplified graph, but say so
+        notes.append(f"onnxsim failed on {label} ({type(exc).__name__}: {str(exc)[:100]}); kept it unsimplified")
+        return m
+
+
+def _session(m: onnx.ModelProto) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def chain_run(sessions: list[ort.InferenceSession], stages: list[Stage], x: np.ndarray) -> list[np.ndarray]:
+    """Run the stages in order, feeding each the tensors it names (how any user chains them)."""
+    env: dict[str, np.ndarray] = {INPUT_NAME: x}
+    logits: list[np.ndarray] = []
+    for sess, st in zip(sessions, stages, strict=False):
+        outs = sess.run(None, {name: env[name] for name in st.inputs})
+        env.update(zip([o.name for o in sess.get_outputs()], outs, strict=False))
+        logits.extend(env[name] for name in st.logits)
+    return logits
+
+
+def _validate(model: torch.nn.Module, sessions, stages, shape, spec: ExportSpec) -> tuple[list[dict], bool]:
+    batches = (spec.batch_size,) if spec.batch_size else spec.validate_batches
+    rng = np.random.default_rng(0)
+    table: list[dict] = []
+    ok = True
+    for b in batches:
+        x = rng.standard_normal((b, *shape)).astype(np.float32)
+        with torch.no_grad():
+            ref = [t.numpy() for t in model(torch.from_numpy(x))]
+        got = chain_run(sessions, stages, x)
+        for k, (r, g) in enumerate(zip(ref, got, strict=False)):
+            abs_diff = float(np.max(np.abs(r - g))) if g.shape == r.shape else float("inf")
+            rel = abs_diff / max(float(np.max(np.abs(r))), 1e-12)
+            table.append({"exit": k, "batch": b, "max_abs_diff": abs_diff, "max_rel_diff": rel})
+            ok &= rel <= spec.tolerance
+    return table, ok
+
+
+def format_table(table: list[dict], tolerance: float) -> str:
+    lines = [f"{'exit':>4} {'batch':>5} {'max|diff|':>11} {'relative':>10}  (tolerance {tolerance:g})"]
+    for row in table:
+        flag = "" if row["max_rel_diff"] <= tolerance else "  FAIL"
+        lines.append(f"{row['exit']:>4} {row['batch']:>5} {row['max_abs_diff']:>11.3e} "
+                     f"{row['max_rel_diff']:>10.3e}{flag}")
+    return "\n".join(lines)
+
+
+def export_model(
+    model: torch.nn.Module,
+    out_dir: str | os.PathLike,
+    input_shape: tuple[int, int, int],
+    spec: ExportSpec,
+    *,
+    exit_groups: list[int] | None = None,
+    cumulative_params: list[int] | None = None,
+    reference_flops: list[int] | None = None,
+    metadata: dict | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export ``model`` (forward returns exit logits in order) as a validated bundle.
+
+    ``exit_groups`` gives each exit's sub-network for ``granularity="subnetwork"``;
+    ``reference_flops`` (cumulative, from the model's own counter) is checked against the
+    FLOPs counted on the cut graphs; ``metadata`` goes into the manifest as given.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ExportError(f"output directory {out} exists and is not empty; pass --force to replace it")
+    model = model.eval()
+    notes: list[str] = []
+    batch = spec.batch_size or 1
+    example = torch.zeros(batch, *input_shape)
+    with torch.no_grad():
+        num_exits = len(model(example))
+    full = _to_onnx(model, example, num_exits, spec)
+    feed = np.zeros((batch, *input_shape), np.float32)
+    values = {INPUT_NAME: feed, **intermediate_values(full, {INPUT_NAME: feed})}
+    _value_infos(full, values, spec.batch_size)
+    flops_per_node = node_flops(full, {k: v.shape for k, v in values.items()})
+
+    if spec.granularity == "exit":
+        groups = [[f"logits_{k}"] for k in range(num_exits)]
+    elif spec.granularity == "subnetwork":
+        if exit_groups is None:
+            raise ExportError("--granularity subnetwork needs a model that names its sub-networks (RANet)")
+        groups = [[f"logits_{k}" for k in range(num_exits) if exit_groups[k] == g]
+                  for g in sorted(set(exit_groups))]
+    else:
+        raise ExportError(f"granularity {spec.granularity!r} is not known; use 'exit' or 'subnetwork'")
+    stages = partition(full, groups)
+    name_to_flops = {tuple(n.output): f for n, f in zip(full.graph.node, flops_per_node, strict=False)}
+    # Constant sub-graphs copied into several stages cost 0 FLOPs, so plain sums are exact.
+    stage_flops = [sum(name_to_flops[tuple(n.output)] for n in st.model.graph.node) for st in stages]
+    # Per-exit cumulative FLOPs from the cut graphs: exits inside one graph get the cost of
+    # what precedes them inside it, measured by cutting at every exit.
+    exit_stages = stages if spec.granularity == "exit" else partition(full, [[f"logits_{k}"] for k in range(num_exits)])
+    exit_flops = [sum(name_to_flops[tuple(n.output)] for n in st.model.graph.node) for st in exit_stages]
+    cumulative = list(np.cumsum(exit_flops).astype(int).tolist())
+    if reference_flops is not None and cumulative != list(reference_flops):
+        raise ExportError(f"FLOPs counted on the cut graphs {cumulative} differ from the model's own "
+                          f"count {list(reference_flops)}: a stage recomputes or drops work")
+    if cumulative_params is None:
+        cumulative_params = list(np.cumsum([initializer_params(st.model) for st in exit_stages]).astype(int).tolist())
+
+    if spec.simplify:
+        for st in stages:
+            st.model = _simplify(st.model, f"stage {st.index}", notes)
+    for st in stages:
+        onnx.checker.check_model(st.model)
+    sessions = [_session(st.model) for st in stages]
+    table, ok = _validate(model, sessions, stages, input_shape, spec)
+    text = format_table(table, spec.tolerance)
+    if not ok:
+        raise ExportError("validation against PyTorch failed; per-exit differences:\n" + text)
+    log(text)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        graphs, exits = [], []
+        run_flops_of_stage = np.cumsum(stage_flops).tolist()
+        for st in stages:
+            fname = f"stage{st.index}.onnx"
+            _save(st.model, tmp / fname)
+            digest = sha256_file(tmp / fname)
+            cache_bytes = sum(int(np.prod(values[c].shape[1:])) * values[c].dtype.itemsize for c in st.cache_outputs)
+            graphs.append({
+                "path": fname, "sha256": digest, "inputs": st.inputs, "logits": st.logits,
+                "cache_outputs": st.cache_outputs, "exits": st.exits, "flops": int(stage_flops[st.index]),
+                "bytes": (tmp / fname).stat().st_size,
+                "tensors": {n: _tensor_desc(values[n], spec.batch_size) for n in st.inputs + st.cache_outputs},
+            })
+            for k in st.exits:
+                exits.append({
+                    "index": k, "graph": fname, "sha256": digest, "inputs": st.inputs,
+                    "logits": f"logits_{k}", "cache_outputs": st.cache_outputs,
+                    "flops": int(cumulative[k]), "stage_flops": int(exit_flops[k]),
+                    "run_flops": int(run_flops_of_stage[st.index]), "params": int(cumulative_params[k]),
+                    "cache_bytes_per_sample": cache_bytes,
+                })
+        mono = None
+        if spec.monolithic:
+            mfull = onnx.ModelProto()
+            mfull.CopyFrom(full)
+            del mfull.graph.value_info[:]
+            if spec.simplify:
+                mfull = _simplify(mfull, "the monolithic graph", notes)
+            _save(mfull, tmp / "monolithic.onnx")
+            mono = {"path": "monolithic.onnx", "sha256": sha256_file(tmp / "monolithic.onnx"),
+                    "inputs": [INPUT_NAME], "logits": [f"logits_{k}" for k in range(num_exits)],
+                    "bytes": (tmp / "monolithic.onnx").stat().st_size}
+        manifest = {
+            "format": FORMAT, "schema_version": SCHEMA_VERSION,
+            **(metadata or {}),
+            "granularity": spec.granularity, "opset": spec.opset, "batch_size": spec.batch_size,
+            "precision": "fp32", "graph_format": "onnx",
+            "graphs": graphs, "exits": exits, "monolithic": mono,
+            "validation": {"tolerance": spec.tolerance, "reference": "PyTorch eager, float32",
+                           "table": table},
+            "tools": _tool_versions(),
+            "notes": notes,
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for note in notes:
+        log(f"warning: {note}")
+    return ExportResult(out, manifest, table, notes)
+
+
+def _tensor_desc(arr: np.ndarray, static_batch: int | None) -> dict:
+    shape: list[Any] = list(arr.shape)
+    if arr.dtype.kind == "f" and static_batch is None:
+        shape[0] = None
+    return {"shape": shape, "dtype": str(arr.dtype)}
+
+
+def _save(m: onnx.ModelProto, path: Path) -> None:
+    path.write_bytes(m.SerializeToString(deterministic=True))
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        trash = out.with_name(f".{out.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(out, trash)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    os.chmod(out, 0o755)
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"ranet_edge": __version__, "torch": torch.__version__.split("+")[0],
+                "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    try:
+        import onnxsim
+
+        versions["onnxsim"] = getattr(onnxsim, "__version__", "unknown")
+    except ImportError:  # pragma: no cover
+        pass
+    return versions
+

@@ -1,0 +1,119 @@
+"""Cut one multi-exit ONNX graph into stages at its exits.
+
+The whole model is exported once, with every exit's logits as a graph output. Stage ``s``
+is then every node that the logits of its exits need and that no earlier stage computed,
+in the original topological order. Whatever a stage reads from an earlier stage becomes
+a graph input under the producer's tensor name; whatever a later stage reads becomes an
+output. Constant sub-graphs (initializers and what is computed from them alone) are copied
+into each stage that uses them instead of being passed along. This works for any model
+whose forward returns its exit logits in order, and by construction computes every node
+exactly once across the chain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import helper
+
+
+@dataclass
+class Stage:
+    """One cut of the graph."""
+
+    index: int
+    exits: list[int]  # exit indices whose logits this stage outputs
+    model: onnx.ModelProto
+    inputs: list[str]  # graph input names (image or cached tensors), in order
+    logits: list[str]  # output names of its exits' logits
+    cache_outputs: list[str]  # tensors later stages read
+
+
+def constant_nodes(graph: onnx.GraphProto) -> set[int]:
+    """Indices of nodes computable from initializers alone (Constant, Identity of weights...)."""
+    known = {i.name for i in graph.initializer} | {""}
+    const: set[int] = set()
+    for n, node in enumerate(graph.node):
+        if all(name in known for name in node.input):
+            const.add(n)
+            known.update(node.output)
+    return const
+
+
+def partition(model: onnx.ModelProto, groups: list[list[str]]) -> list[Stage]:
+    """Split ``model`` into one stage per group of logits outputs (groups in exit order)."""
+    graph = model.graph
+    producer = {out: n for n, node in enumerate(graph.node) for out in node.output}
+    inits = {i.name: i for i in graph.initializer}
+    const = constant_nodes(graph)
+    graph_inputs = [i.name for i in graph.input if i.name not in inits]
+    output_names = {o.name for o in graph.output}
+    missing = [name for group in groups for name in group if name not in output_names]
+    if missing:
+        raise ValueError(f"exit outputs not in the graph: {missing}")
+
+    owner: dict[int, int] = {}  # non-constant node -> stage
+    stage_nodes: list[list[int]] = []
+    for s, group in enumerate(groups):
+        needed: set[int] = set()
+        stack = list(group)
+        seen: set[str] = set()
+        while stack:
+            name = stack.pop()
+            if name in seen or name not in producer:
+                continue
+            seen.add(name)
+            n = producer[name]
+            if n in owner and n not in const:
+                continue  # computed by an earlier stage: becomes an input
+            if n in needed:
+                continue
+            needed.add(n)
+            stack.extend(graph.node[n].input)
+        for n in needed:
+            if n not in const:
+                owner[n] = s
+        stage_nodes.append(sorted(needed))
+
+    consumers_stage: dict[str, set[int]] = {}
+    for s, nodes in enumerate(stage_nodes):
+        for n in nodes:
+            for name in graph.node[n].input:
+                consumers_stage.setdefault(name, set()).add(s)
+
+    value_info = {v.name: v for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    stages: list[Stage] = []
+    exit_index = 0
+    for s, nodes in enumerate(stage_nodes):
+        produced = {out for n in nodes for out in graph.node[n].output}
+        used = {name for n in nodes for name in graph.node[n].input if name}
+        inputs = [name for name in graph_inputs if name in used]
+        inputs += sorted(
+            {name for name in used - produced if name not in inits and name not in graph_inputs},
+            key=lambda name: (owner.get(producer[name], -1), producer[name], name),
+        )
+        cache_out = [
+            name for n in nodes for name in graph.node[n].output
+            if producer[name] not in const and any(t > s for t in consumers_stage.get(name, ()))
+        ]
+        logits = list(groups[s])
+        outs = logits + [c for c in cache_out if c not in logits]
+        sub = helper.make_graph(
+            [graph.node[n] for n in nodes],
+            f"{graph.name or 'model'}_stage{s}",
+            [_info(value_info, name) for name in inputs],
+            [_info(value_info, name) for name in outs],
+            [inits[name] for name in sorted(used & inits.keys())],
+        )
+        m = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version,
+                              producer_name=model.producer_name, producer_version=model.producer_version)
+        stages.append(Stage(s, list(range(exit_index, exit_index + len(logits))), m, inputs, logits,
+                            [c for c in cache_out if c not in logits]))
+        exit_index += len(logits)
+    return stages
+
+
+def _info(value_info: dict, name: str) -> onnx.ValueInfoProto:
+    if name not in value_info:
+        raise ValueError(f"no type information for tensor {name}; run shape inference first")
+    return value_info[name]

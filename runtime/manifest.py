@@ -1,0 +1,126 @@
+"""The bundle manifest: the contract between the exporter and the runtime.
+
+A bundle is a directory with ``manifest.json``, one ONNX graph per stage and optionally a
+``monolithic.onnx`` baseline and ``thresholds.json`` (operating points). This module reads
+and validates it without torch; the exporter writes it with :func:`write_json_atomic`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ranet_edge.errors import BundleError
+
+FORMAT = "ranet-edge-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One ONNX graph of the chain and the exits it carries."""
+
+    path: str  # relative to the bundle
+    sha256: str
+    inputs: tuple[str, ...]
+    logits: tuple[str, ...]  # one per exit it carries, in exit order
+    cache_outputs: tuple[str, ...]
+    exits: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    data: dict  # the raw manifest
+    graphs: tuple[GraphEntry, ...]
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.data["exits"])
+
+    @property
+    def input_name(self) -> str:
+        return self.data["preprocessing"]["input"]
+
+    def exit_field(self, name: str) -> list:
+        return [e[name] for e in self.data["exits"]]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_inside(root: Path, rel: Any) -> Path:
+    """``root/rel`` if ``rel`` is a relative path that stays inside ``root``."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")):
+        raise BundleError(f"graph path {rel!r} in {root / MANIFEST} must be relative to the bundle")
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise BundleError(f"graph path {rel!r} escapes the bundle directory {root}; refusing to load it")
+    return path
+
+
+def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
+    """Read and validate ``bundle/manifest.json``; with ``verify`` also check every sha256."""
+    root = Path(bundle)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{root} is not a bundle (no {MANIFEST}); create one with `ranet-edge export`")
+    try:
+        data = json.loads(mpath.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{mpath} is not valid JSON ({exc}); re-export the bundle") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BundleError(f"{mpath} is not a ranet-edge bundle manifest (format != {FORMAT!r})")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{mpath} has schema_version {data.get('schema_version')!r}; this runtime reads "
+                          f"version {SCHEMA_VERSION}: re-export with this ranet-edge version")
+    try:
+        exits = data["exits"]
+        graphs_raw = data["graphs"]
+        data["preprocessing"]["input"]
+        graphs = tuple(
+            GraphEntry(g["path"], g["sha256"], tuple(g["inputs"]), tuple(g["logits"]),
+                       tuple(g["cache_outputs"]), tuple(g["exits"]))
+            for g in graphs_raw
+        )
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{mpath} is missing field {exc}; re-export the bundle") from None
+    if not exits or [k for g in graphs for k in g.exits] != list(range(len(exits))):
+        raise BundleError(f"{mpath}: graphs must carry exits 0..{len(exits) - 1} in order")
+    extra = [data["monolithic"]] if data.get("monolithic") else []
+    for entry in list(graphs) + extra:
+        path = resolve_inside(root, entry.path if isinstance(entry, GraphEntry) else entry.get("path"))
+        if not path.is_file():
+            raise BundleError(f"graph {path.name} listed in {mpath} is missing; re-export the bundle")
+        if verify:
+            want = entry.sha256 if isinstance(entry, GraphEntry) else entry.get("sha256")
+            got = sha256_file(path)
+            if got != want:
+                raise BundleError(f"graph {path.name} fails its sha256 check (manifest {str(want)[:12]}..., "
+                                  f"file {got[:12]}...): it was modified; re-export the bundle")
+    return Manifest(root, data, graphs)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON (sorted keys, stable formatting) to a temporary file and rename it."""
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
