@@ -88,3 +88,54 @@ def train(data_path: str, dataset: str | None, threads: int | None, **kwargs) ->
     opts = TrainOptions(data=data_path, augment=augment, **kwargs)
     click.echo(f"training {config.official_flags()} for {opts.epochs} epochs -> {opts.out}", err=True)
     run_train(config, opts, log=lambda m: click.echo(m, err=True))
+
+
+def default_checkpoint() -> Path:
+    """The bundled, trained default model."""
+    from ..assets import DEFAULT_CHECKPOINT
+
+    return DEFAULT_CHECKPOINT
+
+
+@cli.command()
+@click.argument("ckpt", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out", default=None, help="bundle directory [default: <ckpt name>.bundle]")
+@arch_options
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset")
+@click.option("--batch-size", type=int, default=None, help="static batch size (mobile EPs); default dynamic")
+@click.option("--no-simplify", is_flag=True, help="skip onnxsim")
+@click.option("--monolithic", is_flag=True, help="also write the whole model as one graph (bench baseline)")
+@click.option("--granularity", type=click.Choice(["exit", "subnetwork"]), default="exit", show_default=True,
+              help="one graph per exit, or one per RANet sub-network")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="max |diff| / max |logit| allowed at every exit")
+@click.option("--force", is_flag=True, help="replace a non-empty output directory")
+def export(ckpt: str | None, out: str | None, opset: int, batch_size: int | None, no_simplify: bool,
+           monolithic: bool, granularity: str, tolerance: float, force: bool, **kwargs) -> None:
+    """Export a checkpoint to a bundle of chained per-exit ONNX graphs, validated against PyTorch."""
+    import time
+
+    require("torch", "export")
+    require("onnx", "export")
+    from ..errors import ExportError
+    from ..export.exporter import ExportSpec
+    from ..export.ranet import export_checkpoint
+
+    if batch_size is not None and batch_size < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--batch-size")
+    if ckpt is None:
+        ckpt = str(default_checkpoint())
+        if not Path(ckpt).exists():
+            raise ExportError("no checkpoint given and no bundled default model in this install; "
+                              "pass a checkpoint path")
+        click.echo(f"exporting the bundled default model {Path(ckpt).name}", err=True)
+    preset, flags = pop_arch(kwargs)
+    config, source = resolve_arch(preset, flags)
+    out = out or (Path(ckpt).name.split(".")[0] + ".bundle")
+    spec = ExportSpec(opset=opset, batch_size=batch_size, simplify=not no_simplify, monolithic=monolithic,
+                      granularity=granularity, tolerance=tolerance)
+    t0 = time.perf_counter()
+    result = export_checkpoint(ckpt, out, spec, config, source, force=force, log=lambda m: click.echo(m))
+    exits = result.manifest["exits"]
+    click.echo(f"wrote {out}: {len(result.manifest['graphs'])} graphs for {len(exits)} exits "
+               f"in {time.perf_counter() - t0:.1f}s; next: ranet-edge info {out}")

@@ -1,1 +1,138 @@
-from . import cli  # noqa: F401
+"""Torch-free commands: info, predict, providers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from . import cli
+from .options import json_option
+
+
+def provider_option(func):
+    func = click.option("--threads", type=int, default=None, help="intra-op threads per session [default: 1]")(func)
+    return click.option("--provider", default="cpu", show_default=True,
+                        help="execution provider: cpu, cuda, tensorrt, openvino, coreml, nnapi, xnnpack, "
+                             "dml, qnn, rocm, or a full ONNX Runtime name")(func)
+
+
+def bundle_info(bundle: str) -> dict:
+    from ranet_edge.runtime.manifest import load_manifest
+
+    m = load_manifest(bundle, verify=False).data
+    rows = []
+    for e in m["exits"]:
+        g = next(g for g in m["graphs"] if g["path"] == e["graph"])
+        rows.append({
+            "exit": e["index"], "graph": e["graph"], "flops": e["flops"], "stage_flops": e["stage_flops"],
+            "run_flops": e["run_flops"], "params": e["params"], "graph_bytes": g["bytes"],
+            "cache_bytes_per_sample": e["cache_bytes_per_sample"], "inputs": e["inputs"],
+            "outputs": [e["logits"], *e["cache_outputs"]],
+        })
+    return {"bundle": str(bundle), "granularity": m["granularity"], "precision": m.get("precision", "fp32"),
+            "graph_format": m.get("graph_format", "onnx"), "batch_size": m.get("batch_size"),
+            "opset": m.get("opset"), "model": m.get("model"), "exits": rows,
+            "total_cache_bytes_per_sample": sum(g_cache(m)),
+            "monolithic": bool(m.get("monolithic")), "mobile_report": m.get("mobile_report")}
+
+
+def g_cache(m: dict) -> list[int]:
+    seen, out = set(), []
+    for e in m["exits"]:
+        if e["graph"] not in seen:
+            seen.add(e["graph"])
+            out.append(e["cache_bytes_per_sample"])
+    return out
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@json_option
+def info(bundle: str, as_json: bool) -> None:
+    """Per-exit cost, graph size, cache hand-over and tensor names of a bundle."""
+    rep = bundle_info(bundle)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return
+    model = rep.get("model") or {}
+    click.echo(f"bundle {bundle}: {len(rep['exits'])} exits, granularity {rep['granularity']}, "
+               f"{rep['precision']} {rep['graph_format']}, batch {rep['batch_size'] or 'dynamic'}, opset {rep['opset']}")
+    if model.get("official_flags"):
+        click.echo(f"model  {model['official_flags']}")
+    click.echo(f"{'exit':>4} {'graph':<14} {'MFLOPs':>8} {'stage':>8} {'paid':>8} {'params M':>9} "
+               f"{'graph KB':>9} {'cache KB':>9}  inputs -> outputs")
+    for r in rep["exits"]:
+        click.echo(f"{r['exit']:>4} {r['graph']:<14} {r['flops'] / 1e6:>8.2f} {r['stage_flops'] / 1e6:>8.2f} "
+                   f"{r['run_flops'] / 1e6:>8.2f} {r['params'] / 1e6:>9.3f} {r['graph_bytes'] / 1024:>9.0f} "
+                   f"{r['cache_bytes_per_sample'] / 1024:>9.1f}  {len(r['inputs'])} in -> "
+                   f"{len(r['outputs'])} out")
+    extra = [r["run_flops"] - r["flops"] for r in rep["exits"]]
+    click.echo(f"total cache hand-over per sample: {rep['total_cache_bytes_per_sample'] / 1024:.1f} KB")
+    if any(extra):
+        click.echo("'paid' is what a sample leaving there costs under this granularity; against the per-exit "
+                   f"cut it pays {sum(extra) / len(extra) / 1e6:.2f} MFLOPs more on average per exit")
+    if rep.get("mobile_report"):
+        click.echo("mobile usability (share of nodes each EP takes):")
+        for stage, r in rep["mobile_report"].items():
+            click.echo(f"  {stage}: " + ", ".join(f"{ep} {v}" for ep, v in r.items()))
+    if not rep["monolithic"]:
+        click.echo("no monolithic graph: re-export with --monolithic to benchmark the chain against it")
+
+
+def parse_thresholds(spec: str | None):
+    """'0.9', '0.8,0.9,0.95' or an operating point name -> what ExitChain.predict takes."""
+    if spec is None:
+        return None
+    try:
+        values = [float(v) for v in spec.split(",")]
+    except ValueError:
+        return spec  # an operating point name
+    return values[0] if len(values) == 1 else values
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("images", nargs=-1, required=True)
+@provider_option
+@click.option("--thresholds", default=None, help="one value, a comma list per exit, or an operating point name")
+@json_option
+def predict(bundle: str, images: tuple[str, ...], provider: str, threads: int | None,
+            thresholds: str | None, as_json: bool) -> None:
+    """Classify image files; each stops at the first exit confident enough."""
+    from ranet_edge.runtime import ExitChain, read_image
+
+    chain = ExitChain.load(bundle, provider=provider, threads=threads)
+    arrays = []
+    for path in images:
+        if not Path(path).is_file():
+            raise InputError(f"image {path} does not exist")
+        arrays.append(read_image(path))
+    res = chain.predict(chain.preprocess(arrays), parse_thresholds(thresholds))
+    names = chain.class_names
+    rows = [{"image": p, "label": int(lab), "class": names[lab] if names else str(lab), "exit": int(e),
+             "confidence": round(float(c), 6)}
+            for p, lab, e, c in zip(images, res.labels, res.exits, res.confidences)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['image']}\t{r['class']} ({r['label']})\texit {r['exit']}\tconfidence {r['confidence']:.3f}")
+
+
+@cli.command()
+@json_option
+def providers(as_json: bool) -> None:
+    """List the execution providers this onnxruntime build offers."""
+    import onnxruntime as ort
+
+    from ranet_edge.runtime import available_providers
+
+    rows = available_providers()
+    if as_json:
+        click.echo(json.dumps({"onnxruntime": ort.__version__, "providers": rows}, indent=2))
+        return
+    click.echo(f"onnxruntime {ort.__version__}")
+    for r in rows:
+        click.echo(f"  {r['short']:<10} {r['name']}")

@@ -1,0 +1,222 @@
+"""ExitChain: run a bundle's graphs in order and let every sample leave at its own exit."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from ranet_edge.errors import BundleError, CalibrationError, InputError
+
+from .manifest import Manifest, load_manifest
+from .operating_points import OperatingPoint, load_points
+from .preprocess import PreprocessSpec, preprocess
+from .providers import provider_list, session_options
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-sample results, in input order."""
+
+    labels: np.ndarray  # int64 (N,)
+    exits: np.ndarray  # int64 (N,), 0-based exit index
+    confidences: np.ndarray  # float32 (N,), max softmax probability at the exit taken
+    probabilities: np.ndarray  # float32 (N, classes), softmax at the exit taken
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature if temperature != 1.0 else logits
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class _Graph:
+    """One session plus what the chain needs to know about it, computed once."""
+
+    def __init__(self, session: ort.InferenceSession, entry, keep_after: frozenset[str]):
+        self.session = session
+        self.inputs = entry.inputs
+        self.exits = entry.exits
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.logit_pos = [self.output_names.index(n) for n in entry.logits]
+        self.cache_pos = [(i, n) for i, n in enumerate(self.output_names) if n in keep_after]
+        self.keep_after = keep_after  # tensors any later graph reads
+        shape = session.get_inputs()[0].shape
+        self.static_batch = shape[0] if isinstance(shape[0], int) else None
+
+
+class ExitChain:
+    """A loaded bundle: one ONNX Runtime session per graph, chained by tensor names.
+
+    Thread-safe: calls keep their state on the stack and ONNX Runtime sessions may be run
+    from several threads at once.
+    """
+
+    def __init__(self, manifest: Manifest, graphs: list[_Graph], provider: str,
+                 points: dict[str, OperatingPoint], default_point: str | None):
+        self.manifest = manifest
+        self._graphs = graphs
+        self.provider = provider
+        self.operating_points = points
+        self.default_operating_point = default_point
+        pre = manifest.data["preprocessing"]
+        self.preprocess_spec = PreprocessSpec.from_dict(pre)
+        self.input_name = pre["input"]
+        self.input_shape = tuple(pre["shape"][1:])
+        self.num_exits = manifest.num_exits
+        self.class_names = manifest.data.get("class_names")
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, bundle: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
+             warmup: bool = True, provider_options: dict[str, Any] | None = None,
+             spinning: bool = False) -> ExitChain:
+        """Validate the manifest, check every sha256, then create one session per graph."""
+        manifest = load_manifest(bundle, verify=True)
+        providers = provider_list(provider, provider_options)
+        so = session_options(threads, spinning)
+        graphs: list[_Graph] = []
+        needed_later: list[frozenset[str]] = []
+        for g in range(len(manifest.graphs)):
+            needed_later.append(frozenset(n for e in manifest.graphs[g + 1:] for n in e.inputs))
+        for entry, later in zip(manifest.graphs, needed_later):
+            path = Path(manifest.root) / entry.path
+            try:
+                sess = ort.InferenceSession(str(path), so, providers=providers)
+            except Exception as exc:
+                raise BundleError(f"ONNX Runtime cannot load graph {entry.path} ({str(exc)[:160]}); "
+                                  "re-export the bundle") from None
+            graphs.append(_Graph(sess, entry, later))
+        points, default = load_points(manifest.root)
+        chain = cls(manifest, graphs, provider, points, default)
+        if warmup:
+            chain.run_all(np.zeros((graphs[0].static_batch or 1, *chain.input_shape), np.float32))
+        return chain
+
+    @property
+    def session_providers(self) -> list[list[str]]:
+        """The providers each session actually got, in priority order."""
+        return [g.session.get_providers() for g in self._graphs]
+
+    @property
+    def graphs(self) -> list[_Graph]:
+        return list(self._graphs)
+
+    # ------------------------------------------------------------------ inputs
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 HxWx3 RGB images -> float32 NCHW batch, as the manifest says."""
+        return preprocess(images, self.preprocess_spec)
+
+    def check_input(self, x: Any) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"input must be a numpy array, got {type(x).__name__}; use chain.preprocess(images)")
+        if x.dtype != np.float32:
+            raise InputError(f"input dtype is {x.dtype}, expected float32; use chain.preprocess(images) "
+                             "or x.astype(np.float32)")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape or x.shape[0] == 0:
+            raise InputError(f"input shape is {tuple(x.shape)}, expected (N, {', '.join(map(str, self.input_shape))}) "
+                             "with N >= 1; use chain.preprocess(images)")
+        if not np.isfinite(x).all():
+            raise InputError("input contains NaN or infinite values; check the preprocessing")
+        return x
+
+    def resolve_thresholds(self, thresholds: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(thresholds, temperatures), each one value per exit; the last threshold is -inf."""
+        k = self.num_exits
+        temps = np.ones(k, np.float32)
+        if thresholds is None:
+            if self.default_operating_point is None:
+                return np.r_[np.full(k - 1, np.inf), -np.inf], temps
+            thresholds = self.default_operating_point
+        if isinstance(thresholds, str):
+            try:
+                point = self.operating_points[thresholds]
+            except KeyError:
+                names = ", ".join(sorted(self.operating_points)) or "none (run `ranet-edge calibrate`)"
+                raise CalibrationError(f"unknown operating point {thresholds!r}; stored: {names}") from None
+            if point.temperatures:
+                temps = np.asarray(point.temperatures, np.float32)
+            thresholds = point.thresholds
+        if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
+            thresholds = [float(thresholds)] * (k - 1)
+        try:
+            t = np.asarray(list(thresholds), np.float64)
+        except (TypeError, ValueError):
+            raise CalibrationError(f"thresholds {thresholds!r} must be numbers in [0, 1]") from None
+        if t.ndim != 1 or len(t) not in (k - 1, k):
+            raise CalibrationError(f"give {k - 1} or {k} thresholds (one per exit, the last always "
+                                   f"accepts), got {len(t) if t.ndim == 1 else t.shape}")
+        head = t[: k - 1]
+        if np.isnan(head).any() or (np.isfinite(head) & ((head < 0) | (head > 1))).any():
+            raise CalibrationError(f"thresholds must lie in [0, 1], got {[float(v) for v in head]}")
+        return np.r_[head, -np.inf], temps
+
+    # ------------------------------------------------------------------ running
+    def _run(self, graph: _Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        b = graph.static_batch
+        n = next(iter(feeds.values())).shape[0]
+        if b is None or n == b:
+            return graph.session.run(graph.output_names, feeds)
+        # Static-shape graphs (mobile exports) run in chunks of their batch size, padded.
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, n, b):
+            chunk = {k: v[start:start + b] for k, v in feeds.items()}
+            m = next(iter(chunk.values())).shape[0]
+            if m < b:
+                chunk = {k: np.concatenate([v, np.zeros((b - m, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()}
+            parts.append([o[:m] for o in graph.session.run(graph.output_names, chunk)])
+        return [np.concatenate(col) for col in zip(*parts)]
+
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every exit's logits for every sample (anytime prediction), stage by stage."""
+        x = self.check_input(x)
+        env = {self.input_name: x}
+        logits: list[np.ndarray] = []
+        for g in self._graphs:
+            outs = self._run(g, {name: env[name] for name in g.inputs})
+            logits.extend(outs[p] for p in g.logit_pos)
+            env = {n: v for n, v in env.items() if n in g.keep_after}
+            env.update((name, outs[i]) for i, name in g.cache_pos)
+        return logits
+
+    def predict(self, x: np.ndarray, thresholds: Any = None) -> Prediction:
+        """Route each sample through the graphs until an exit is confident enough."""
+        x = self.check_input(x)
+        thr, temps = self.resolve_thresholds(thresholds)
+        n = x.shape[0]
+        labels = np.empty(n, np.int64)
+        exits = np.empty(n, np.int64)
+        conf = np.empty(n, np.float32)
+        probs: np.ndarray | None = None
+        rows = np.arange(n)  # original positions of the samples still running
+        env = {self.input_name: x}
+        for g in self._graphs:
+            outs = self._run(g, {name: env[name] for name in g.inputs})
+            alive = np.ones(len(rows), bool)
+            for k, p in zip(g.exits, g.logit_pos):
+                pk = softmax(outs[p], float(temps[k]))
+                ck = pk.max(axis=1)
+                take = alive & (ck >= thr[k])
+                if take.any():
+                    dst = rows[take]
+                    if probs is None:
+                        probs = np.empty((n, pk.shape[1]), np.float32)
+                    probs[dst] = pk[take]
+                    labels[dst] = pk[take].argmax(axis=1)
+                    exits[dst] = k
+                    conf[dst] = ck[take]
+                    alive &= ~take
+            if not alive.any():
+                break
+            env = {nm: v for nm, v in env.items() if nm in g.keep_after}
+            env.update((name, outs[i]) for i, name in g.cache_pos)
+            if not alive.all():  # hand on only the rows of the samples that go on
+                rows = rows[alive]
+                env = {nm: v[alive] for nm, v in env.items()}
+        return Prediction(labels, exits, conf, probs)

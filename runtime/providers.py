@@ -1,0 +1,79 @@
+"""Execution providers: short names, availability checks and session options."""
+from __future__ import annotations
+
+from typing import Any
+
+import onnxruntime as ort
+
+from ranet_edge.errors import ProviderError
+
+SHORT_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+}
+
+#: Which package brings each provider.
+PACKAGES = {
+    "CUDAExecutionProvider": "onnxruntime-gpu",
+    "TensorrtExecutionProvider": "onnxruntime-gpu (with TensorRT installed)",
+    "OpenVINOExecutionProvider": "onnxruntime-openvino",
+    "CoreMLExecutionProvider": "onnxruntime on macOS/iOS (onnxruntime-c / onnxruntime-objc)",
+    "NnapiExecutionProvider": "onnxruntime-android",
+    "XnnpackExecutionProvider": "onnxruntime-android / onnxruntime-mobile builds with XNNPACK",
+    "DmlExecutionProvider": "onnxruntime-directml",
+    "QNNExecutionProvider": "onnxruntime-qnn",
+    "ROCMExecutionProvider": "onnxruntime-rocm",
+}
+
+#: Providers whose tensors live on an accelerator (feature maps stay there between stages).
+DEVICE_PROVIDERS = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda",
+                    "ROCMExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
+
+
+def resolve_provider(provider: str) -> str:
+    """Short or full name -> full name available in this build, else a one-line ProviderError."""
+    full = SHORT_NAMES.get(provider.lower(), provider)
+    available = ort.get_available_providers()
+    if full not in available:
+        known = full in PACKAGES or full in SHORT_NAMES.values()
+        hint = f"; install {PACKAGES[full]} to get it" if full in PACKAGES else ""
+        what = "is not available in this onnxruntime build" if known else "is not a known provider"
+        raise ProviderError(
+            f"execution provider {provider!r} ({full}) {what}; available: {', '.join(available)}{hint}"
+        )
+    return full
+
+
+def provider_list(provider: str, options: dict[str, Any] | None = None) -> list:
+    """The providers argument for InferenceSession: the requested one, then CPU for the
+    operators it cannot run (ONNX Runtime's usual partitioning, reported per session)."""
+    full = resolve_provider(provider)
+    first = (full, dict(options)) if options else full
+    return [first] if full == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
+
+
+def session_options(threads: int | None, spinning: bool = False) -> ort.SessionOptions:
+    """Options measured on small CNNs (see benchmarks/README): one intra-op thread unless told
+    otherwise, no busy-wait spinning, sequential execution, every graph optimisation."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.log_severity_level = 3
+    return so
+
+
+def available() -> list[dict[str, str]]:
+    """Every provider of this build with its short name."""
+    short = {v: k for k, v in SHORT_NAMES.items()}
+    return [{"name": p, "short": short.get(p, p)} for p in ort.get_available_providers()]
