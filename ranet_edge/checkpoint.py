@@ -178,18 +178,26 @@ def infer_config(state: Mapping) -> RANetConfig:
         bn_floor.append(need)
     trans = [[j for j in sorted(blocks[i]) if f"scale_flows.{i}.{j}.trans.net.0.weight" in state]
              for i in range(n_scales)]
-    up_keys = [k for k in state if k.endswith("conv_up.net.3.weight")]
-    cf_options = [0.25]
-    if up_keys:
-        m = _LAYER.match(up_keys[0])
-        i = int(m.group(1))
-        cf_options.append(round(shape(up_keys[0])[0] / growth[i], 6))
-    red_options = [0.5]
-    for i, js in enumerate(trans):
-        if js:
-            w = shape(f"scale_flows.{i}.{js[0]}.trans.net.0.weight")
-            red_options.append(round(w[0] / w[1], 6))
-            break
+    # compress_factor and reduction only show through floor(x * n) == out: collect every
+    # such (n, out) pair and try values inside the interval they all allow.
+    cf_pairs, red_pairs = [], []
+    for k in state:
+        m = _LAYER.match(k)
+        if m and k.endswith("conv_up.net.3.weight"):
+            i, j, layer = map(int, m.groups())
+            cf_pairs.append((growth[i], shape(k)[0]))
+            inner, n_low = shape(f"scale_flows.{i}.{j}.layers.{layer}.conv_up.net.0.weight")[:2]
+            if inner < n_low and bn_exact[i - 1] is None:  # conv_up uses the previous bnFactor
+                bn_exact[i - 1] = inner // shape(k)[0]
+        elif (m := _BLOCK.match(k)) and k.endswith("conv_last.net.0.weight"):
+            i, j = map(int, m.groups())
+            last = blocks[i][j] - 1
+            n_out = shape(f"scale_flows.{i}.{j}.layers.{last}.conv_normal.net.0.weight")[1] + growth[i]
+            cf_pairs.append((n_out, shape(k)[0]))
+        elif (m := _BLOCK.match(k)) and k.endswith("trans.net.0.weight"):
+            red_pairs.append(shape(k)[1::-1])
+    cf_options = _floor_candidates(cf_pairs, 0.25)
+    red_options = _floor_candidates(red_pairs, 0.5)
     # Strides are not in the weights: try every rank sequence, strictly increasing first.
     scale_options = [tuple(itertools.accumulate((1,) + d))
                      for d in itertools.product((1, 0), repeat=n_scales - 1)]
@@ -198,7 +206,7 @@ def infer_config(state: Mapping) -> RANetConfig:
     tried = 0
     for gr, scales, mode, cf, red in itertools.product(
             sorted(gr_candidates, reverse=True), scale_options, ("even", "lg"),
-            dict.fromkeys(cf_options), dict.fromkeys(red_options)):
+            cf_options, red_options):
         if any(c % f or g % f for c, g, f in zip(stem_out, growth, gr, strict=False)):
             continue
         try:
@@ -225,6 +233,18 @@ def infer_config(state: Mapping) -> RANetConfig:
         f"could not infer the architecture from the state_dict ({tried} candidates checked); "
         "give the official flags (--step, --stepmode, --scale-list, ...) or a --preset"
     )
+
+
+def _floor_candidates(pairs: list[tuple[int, int]], default: float) -> list[float]:
+    """Values x with floor(x * n) == out for every (n, out): the default if allowed, then
+    round values, then the middle of the allowed interval."""
+    if not pairs:
+        return [default]
+    lo = max(out / n for n, out in pairs)
+    hi = min((out + 1) / n for n, out in pairs)
+    ok = [v for v in [default] + [k / 100 for k in range(1, 100)] if lo <= v < hi and 0 < v < 1]
+    mid = round((lo + hi) / 2, 6)
+    return list(dict.fromkeys(ok[:3] + ([mid] if lo <= mid < hi and 0 < mid < 1 else [])))
 
 
 def _gcd_all(values: list[int]) -> int:

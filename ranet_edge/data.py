@@ -134,10 +134,17 @@ def read_cifar(folder: Path) -> Dataset:
 
 
 class _SafeUnpickler(pickle.Unpickler):
+    """Only what numpy arrays and bytes need, whatever pickle protocol wrote them."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+
     def find_class(self, module: str, name: str):
-        if module == "numpy.core.multiarray" and name == "_reconstruct" or \
-                module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray") and \
-                name in ("ndarray", "dtype", "_reconstruct"):
+        if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 

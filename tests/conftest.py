@@ -1,0 +1,74 @@
+"""Shared fixtures: paths of the test vectors copied into tests/data.
+
+The files come from the official RANet code (see docs RANET.md, "Golden vectors"):
+
+- ``cifar10-c1.pth`` / ``imagenet-small.pth``: official-format checkpoints
+  (``{'epoch', 'arch', 'state_dict', 'best_prec1'}``, keys with ``module.``);
+- ``cifar10-c1.npz`` / ``imagenet-small.npz``: ``input``, ``logits_k`` and ``flops``;
+- ``cifar10-c1.txt``, ``cifar10-4scale.txt``, ``imagenet.txt``: official state_dict keys
+  with shapes and per-exit FLOPs/params;
+- ``cifar10-w8-official.pth.tar``: a checkpoint trained by the official code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+def pytest_configure(config):
+    # The models under test are tiny: one intra-op thread is fastest, and it keeps the
+    # suite from crawling (seconds per forward instead of milliseconds) when another
+    # process, such as a training job, already keeps every core busy.
+    try:
+        import torch
+    except ImportError:  # the torch-free tests still run
+        return
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def golden_c1_pth() -> Path:
+    return DATA / "cifar10-c1.pth"
+
+
+@pytest.fixture(scope="session")
+def golden_c1_npz() -> Path:
+    return DATA / "cifar10-c1.npz"
+
+
+@pytest.fixture(scope="session")
+def golden_imagenet_small_pth() -> Path:
+    return DATA / "imagenet-small.pth"
+
+
+@pytest.fixture(scope="session")
+def golden_imagenet_small_npz() -> Path:
+    return DATA / "imagenet-small.npz"
+
+
+@pytest.fixture(scope="session")
+def reference_c1_txt() -> Path:
+    return DATA / "cifar10-c1.txt"
+
+
+@pytest.fixture(scope="session")
+def reference_4scale_txt() -> Path:
+    return DATA / "cifar10-4scale.txt"
+
+
+@pytest.fixture(scope="session")
+def reference_imagenet_txt() -> Path:
+    return DATA / "imagenet.txt"
+
+
+@pytest.fixture(scope="session")
+def official_w8_ckpt() -> Path:
+    return DATA / "cifar10-w8-official.pth.tar"
