@@ -1,0 +1,156 @@
+"""Thresholds for budgeted batch classification (numpy only, vectorised over samples).
+
+Inputs are per-exit confidences ``conf`` (K, n) -- the max softmax of each exit -- and
+per-exit correctness ``correct`` (K, n) on a labelled validation set, plus the cost of
+leaving at each exit (cumulative FLOPs, or measured cumulative milliseconds).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranet_edge.errors import CalibrationError
+
+NOBODY = 1e8  # the paper's "no sample exits here" threshold
+EVERYBODY = -1e8  # the last exit's threshold
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a set of thresholds does on a labelled set."""
+
+    thresholds: np.ndarray  # (K,)
+    accuracy: float  # fraction correct
+    expected_cost: float  # mean cost per sample, in the units of `costs`
+    exit_counts: np.ndarray  # (K,) samples leaving at each exit
+
+
+def confidences(probs: np.ndarray) -> np.ndarray:
+    """(K, n, C) probabilities -> (K, n) max probability."""
+    return probs.max(axis=2)
+
+
+def paper_thresholds(conf: np.ndarray, p: float) -> np.ndarray:
+    """The paper's procedure for one ``p`` (RANET.md, "Budgeted batch classification").
+
+    Exit k (1-based) should take the share ``p^k / sum_j p^j`` of all n samples: among the
+    samples no earlier exit took, the threshold is the confidence of the floor(n*q_k)-th
+    most confident one; a count of 0, or more than are left, leaves it at 1e8.
+    """
+    k_exits, n = conf.shape
+    if p <= 0:
+        raise CalibrationError(f"p={p} must be > 0 (the paper uses p = 1/20 .. 39/20)")
+    powers = p ** np.arange(1, k_exits + 1, dtype=np.float64)
+    share = powers / powers.sum()
+    thresholds = np.full(k_exits, NOBODY, np.float64)
+    taken = np.zeros(n, bool)
+    for k in range(k_exits - 1):
+        count = int(np.floor(n * share[k]))
+        left = conf[k][~taken]
+        if 0 < count <= left.size:
+            # the count-th largest value among the samples left (ties do not change the value)
+            thresholds[k] = np.partition(left, left.size - count)[left.size - count]
+        taken |= conf[k] >= thresholds[k]
+    thresholds[-1] = EVERYBODY
+    return thresholds
+
+
+def exit_index(conf: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """First exit whose confidence reaches its threshold (the last always accepts)."""
+    t = np.asarray(thresholds, np.float64).copy()
+    t[-1] = -np.inf
+    return np.argmax(conf >= t[:, None], axis=0)
+
+
+def outcome(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, thresholds: np.ndarray) -> Outcome:
+    idx = exit_index(conf, thresholds)
+    n = conf.shape[1]
+    counts = np.bincount(idx, minlength=conf.shape[0])
+    acc = float(correct[idx, np.arange(n)].mean())
+    cost = float(counts @ np.asarray(costs, np.float64) / n)
+    return Outcome(np.asarray(thresholds, np.float64), acc, cost, counts)
+
+
+def _candidates(conf: np.ndarray) -> np.ndarray:
+    """Threshold sets to search over: the paper's family on a dense p grid plus one shared
+    threshold for every exit (quantiles of the confidences)."""
+    k = conf.shape[0]
+    sets = [paper_thresholds(conf, p) for p in np.geomspace(0.02, 20.0, 160)]
+    for t in np.unique(np.quantile(conf[:-1], np.linspace(0, 1, 121))):
+        sets.append(np.r_[np.full(k - 1, t), EVERYBODY])
+    sets.append(np.r_[np.full(k - 1, NOBODY), EVERYBODY])  # everyone to the last exit
+    return np.stack(sets)
+
+
+def _evaluate_all(conf, correct, costs, cands) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and expected cost of every candidate, vectorised over samples."""
+    n = conf.shape[1]
+    cols = np.arange(n)
+    acc = np.empty(len(cands))
+    cost = np.empty(len(cands))
+    costs = np.asarray(costs, np.float64)
+    for i, t in enumerate(cands):
+        idx = exit_index(conf, t)
+        acc[i] = correct[idx, cols].mean()
+        cost[i] = costs[idx].mean()
+    return acc, cost
+
+
+def for_accuracy(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, target: float) -> Outcome:
+    """The cheapest candidate whose accuracy reaches ``target`` (a fraction)."""
+    cands = _candidates(conf)
+    acc, cost = _evaluate_all(conf, correct, costs, cands)
+    ok = acc >= target - 1e-12
+    if not ok.any():
+        raise CalibrationError(f"no operating point reaches accuracy {target:.4f} on the validation set "
+                               f"(best is {acc.max():.4f}); lower --target-accuracy")
+    i = np.flatnonzero(ok)[np.argmin(cost[ok])]
+    return outcome(conf, correct, costs, cands[i])
+
+
+def for_budget(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, budget: float) -> Outcome:
+    """The most accurate candidate whose expected cost is within ``budget``."""
+    costs = np.asarray(costs, np.float64)
+    if budget < costs[0]:
+        raise CalibrationError(f"budget {budget:g} is below the cost of the first exit ({costs[0]:g}); "
+                               "nothing can run within it: raise the budget")
+    cands = _candidates(conf)
+    acc, cost = _evaluate_all(conf, correct, costs, cands)
+    ok = cost <= budget + 1e-9
+    if not ok.any():
+        cands = np.r_[cands, np.r_[np.zeros(conf.shape[0] - 1), EVERYBODY][None]]
+        return outcome(conf, correct, costs, cands[-1])
+    best = np.flatnonzero(ok)
+    i = best[np.lexsort((cost[best], -acc[best]))[0]]
+    return outcome(conf, correct, costs, cands[i])
+
+
+def fit_temperatures(logits: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Per-exit softmax temperature minimising the validation negative log-likelihood."""
+    grid = np.geomspace(0.25, 8.0, 97)
+    out = []
+    for z in logits:
+        z = z.astype(np.float64)
+        best, best_t = np.inf, 1.0
+        for t in grid:
+            s = z / t
+            s = s - s.max(axis=1, keepdims=True)
+            nll = float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(labels)), labels]))
+            if nll < best:
+                best, best_t = nll, float(t)
+        out.append(best_t)
+    return np.asarray(out)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            total += m.mean() * abs(conf[m].mean() - correct[m].mean())
+    return float(total)

@@ -1,0 +1,119 @@
+"""Anytime and budgeted-batch evaluation of a chain on labelled images (torch-free)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranet_edge.errors import CalibrationError
+
+from . import calibration as cal
+from .chain import ExitChain, softmax
+
+PAPER_P = [i / 20 for i in range(1, 40)]
+
+
+@dataclass
+class ExitOutputs:
+    """Every exit's logits on a labelled set (from chain.run_all)."""
+
+    logits: list[np.ndarray]  # K arrays (n, C)
+    labels: np.ndarray
+
+    def probs(self, temperatures: np.ndarray | None = None) -> np.ndarray:
+        t = np.ones(len(self.logits)) if temperatures is None else temperatures
+        return np.stack([softmax(z.astype(np.float64), float(tk)) for z, tk in zip(self.logits, t)])
+
+    def conf_correct(self, temperatures: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        p = self.probs(temperatures)
+        return p.max(axis=2), p.argmax(axis=2) == self.labels[None, :]
+
+
+def collect(chain: ExitChain, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
+            progress: Callable[[int], None] | None = None) -> ExitOutputs:
+    """Run every exit on uint8 NHWC ``images``."""
+    if len(images) == 0:
+        raise CalibrationError("the dataset is empty; pass --data with labelled images")
+    n_classes = chain.manifest.data["num_classes"]
+    if labels.max() >= n_classes:
+        raise CalibrationError(f"labels go up to {int(labels.max())} but the bundle has {n_classes} classes; "
+                               "use a dataset with the bundle's classes")
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, len(images), batch_size):
+        x = chain.preprocess(images[start:start + batch_size])
+        parts.append(chain.run_all(x))
+        if progress:
+            progress(len(x))
+    return ExitOutputs([np.concatenate(col) for col in zip(*parts)], labels)
+
+
+def anytime(outputs: ExitOutputs, flops: list[int], exit_ms: list[float]) -> list[dict]:
+    rows = []
+    for k, z in enumerate(outputs.logits):
+        top5 = np.argsort(-z, axis=1)[:, :5]
+        rows.append({
+            "exit": k, "top1": float((z.argmax(1) == outputs.labels).mean()),
+            "top5": float((top5 == outputs.labels[:, None]).any(1).mean()),
+            "flops": int(flops[k]), "ms": float(exit_ms[k]),
+        })
+    return rows
+
+
+def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_labels: np.ndarray,
+             costs: list[int], batch_size: int = 1, ps: list[float] = PAPER_P,
+             progress: Callable[[int], None] | None = None) -> list[dict]:
+    """For each p: thresholds fit on ``val``, then a real timed chain run on the eval images."""
+    conf, _ = val.conf_correct()
+    x_all = chain.preprocess(eval_images)
+    rows = []
+    for p in ps:
+        t = cal.paper_thresholds(conf, p)
+        thresholds = [float(v) if v <= 1.0 else np.inf for v in t[:-1]]  # 1e8: nobody exits
+        labels = np.empty(len(x_all), np.int64)
+        exits = np.empty(len(x_all), np.int64)
+        t0 = time.perf_counter()
+        for start in range(0, len(x_all), batch_size):
+            res = chain.predict(x_all[start:start + batch_size], thresholds)
+            labels[start:start + batch_size] = res.labels
+            exits[start:start + batch_size] = res.exits
+        elapsed = time.perf_counter() - t0
+        counts = np.bincount(exits, minlength=chain.num_exits)
+        rows.append({
+            "p": p, "thresholds": [float(v) for v in t],
+            "accuracy": float((labels == eval_labels).mean()),
+            "expected_flops": float(counts @ np.asarray(costs, np.float64) / len(x_all)),
+            "measured_ms": 1e3 * elapsed / len(x_all), "exit_counts": counts.tolist(),
+        })
+        if progress:
+            progress(1)
+    return rows
+
+
+def plot(anytime_rows: list[dict], budget_rows: list[dict], path: str, title: str = "") -> None:
+    """Accuracy against expected MFLOPs and against measured ms per image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key_a, key_b, label in ((axes[0], "flops", "expected_flops", "MFLOPs per image"),
+                                    (axes[1], "ms", "measured_ms", "ms per image (measured)")):
+        scale = 1e-6 if key_a == "flops" else 1.0
+        pts = sorted((r[key_b] * scale, 100 * r["accuracy"]) for r in budget_rows)
+        ax.plot(*zip(*pts), "-o", ms=3, label="budgeted batch (p = 1/20 .. 39/20)")
+        ax.plot([r[key_a] * scale for r in anytime_rows], [100 * r["top1"] for r in anytime_rows],
+                "s", label="anytime: each exit alone")
+        for r in anytime_rows:
+            ax.annotate(f"exit {r['exit']}", (r[key_a] * scale, 100 * r["top1"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, -8))
+        ax.set_xlabel(label)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
