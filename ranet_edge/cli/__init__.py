@@ -28,7 +28,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import commands_eval, commands_model, commands_runtime  # noqa: F401  (they attach to `cli`)
+    from . import commands_demo, commands_eval, commands_model, commands_runtime  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> None:
