@@ -107,6 +107,13 @@ def _random_resized_crop(im: np.ndarray, size: int, rng: np.random.Generator) ->
     return fit_image(im, PreprocessSpec(size, (0, 0, 0), (1, 1, 1), resize=size))
 
 
+def _param_checksum(model: torch.nn.Module) -> float:
+    """A fingerprint of the trainable weights, compared across DDP ranks. (BN running
+    statistics are per rank between DDP's buffer broadcasts; rank 0's are the ones saved.)"""
+    with torch.no_grad():
+        return float(sum((p.double() * (i % 7 + 1)).sum() for i, p in enumerate(model.parameters())))
+
+
 def save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -201,8 +208,11 @@ def train(config: RANetConfig, opts: TrainOptions, log: Callable[[str], None] = 
                       f"lr {lr:.4f} {rate:.0f} img/s", end="", file=sys.stderr, flush=True)
         if main:
             print(file=sys.stderr)
-        if world > 1:
-            dist.barrier()
+        checksums = [_param_checksum(model)]
+        if world > 1:  # every rank must hold the same weights after the all-reduced steps
+            gathered = [None] * world
+            dist.all_gather_object(gathered, checksums[0])
+            checksums = gathered
         if main:
             acc = evaluate(model, val_set, spec) if len(val_set) else [0.0] * model.num_exits
             res = EpochResult(epoch + 1, total / max(seen, 1), acc, lr, round(time.time() - t0, 1))
@@ -211,7 +221,7 @@ def train(config: RANetConfig, opts: TrainOptions, log: Callable[[str], None] = 
                 "format": FORMAT, "version": 1, "config": config.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "best_prec1": max(best, acc[-1]),
                 "val_acc": acc, "classes": dataset.classes, "history": history,
-                "train_options": asdict(opts),
+                "train_options": asdict(opts), "world_size": world, "rank_checksums": checksums,
             }
             save_atomic(state, last_path)
             if acc[-1] >= best:
