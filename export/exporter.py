@@ -23,7 +23,14 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import helper
-from ranet_edge.runtime.manifest import FORMAT, MANIFEST, SCHEMA_VERSION, sha256_file, write_json_atomic
+from ranet_edge.runtime.manifest import (
+    FORMAT,
+    MANIFEST,
+    SCHEMA_VERSION,
+    replace_dir,
+    sha256_file,
+    write_json_atomic,
+)
 
 from ranet_edge import __version__
 from ranet_edge.errors import ExportError
@@ -263,7 +270,7 @@ def export_model(
             "notes": notes,
         }
         write_json_atomic(tmp / MANIFEST, manifest)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -281,19 +288,6 @@ def _tensor_desc(arr: np.ndarray, static_batch: int | None) -> dict:
 
 def _save(m: onnx.ModelProto, path: Path) -> None:
     path.write_bytes(m.SerializeToString(deterministic=True))
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        trash = out.with_name(f".{out.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    os.chmod(out, 0o755)
 
 
 def _tool_versions() -> dict[str, str]:

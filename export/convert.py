@@ -1,0 +1,202 @@
+"""Edge formats of a bundle: ORT format with static shapes, int8 (static QDQ), fp16.
+
+Needs onnx and onnxruntime only (no torch). Each conversion writes a complete new bundle;
+the runtime loads it like any other. int8 calibrates stage k on the real cached tensors
+that the fp32 stages 0..k-1 produce from real images.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ranet_edge.errors import DataError, ExportError
+from ranet_edge.runtime.chain import ExitChain
+from ranet_edge.runtime.latency import cached_inputs
+from ranet_edge.runtime.manifest import MANIFEST, load_manifest, replace_dir, sha256_file, write_json_atomic
+
+TARGETS = ("ort", "int8", "fp16")
+
+
+def _fix_batch(m: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+
+    make_dim_param_fixed(m.graph, "batch", batch)
+    fix_output_shapes(m)
+    try:  # with every shape static, the Shape->Gather->Resize size chains fold to constants
+        import onnxsim
+
+        folded, ok = onnxsim.simplify(m)
+        if ok:
+            return folded
+    except ImportError:  # onnxsim is in the export extra; without it the graph stays as is
+        pass
+    return m
+
+
+def mobile_report(m: onnx.ModelProto) -> dict:
+    """Share of nodes NNAPI and CoreML would take, from onnxruntime's usability checker."""
+    from onnxruntime.tools.mobile_helpers import usability_checker as uc
+
+    inferred = onnx.shape_inference.infer_shapes(m)
+    out = {}
+    for ep, fn in (("nnapi", lambda: uc.check_nnapi_partitions(inferred, True)),
+                   ("coreml", lambda: uc.check_coreml_partitions(inferred, True, "coreml_supported_mlprogram_ops.md"))):
+        info = fn()
+        out[ep] = {"nodes": info.num_nodes, "supported": info.num_supported_nodes,
+                   "share": round(info.num_supported_nodes / max(info.num_nodes, 1), 4),
+                   "partitions": info.num_partitions, "unsupported_ops": sorted(info.unsupported_ops)}
+    return out
+
+
+def _calibration_feeds(bundle: Path, images: np.ndarray, batch: int = 16) -> list[list[dict[str, np.ndarray]]]:
+    """Per graph, the real fp32 feeds it receives for the calibration images."""
+    chain = ExitChain.load(bundle, warmup=False)
+    per_graph: list[list[dict]] = [[] for _ in chain.graphs]
+    for start in range(0, len(images), batch):
+        x = chain.preprocess(images[start:start + batch])
+        for g, f in enumerate(cached_inputs(chain, x)):
+            per_graph[g].append(f)
+    return per_graph
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - not used by MinMax
+        pass
+
+
+def _quantize(src: Path, dst: Path, feeds: list[dict]) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    m = onnx.load(str(src))
+    logits_nodes = [n.name for n in m.graph.node if n.op_type == "Gemm"]  # logits stay in float
+    reader = type("StageReader", (_Reader, CalibrationDataReader), {})(feeds)
+    logging.getLogger().setLevel(logging.ERROR)
+    quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=logits_nodes)
+
+
+def _fp16(src: Path, dst: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    dst.write_bytes(m.SerializeToString(deterministic=True))
+
+
+def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: str, batch_size: int = 1,
+                   images: np.ndarray | None = None, calib_size: int = 256, force: bool = False,
+                   log: Callable[[str], None] = print) -> dict:
+    """Write ``out``: ``bundle`` converted to ``target`` (ort, int8 or fp16); returns its manifest."""
+    if target not in TARGETS:
+        raise ExportError(f"unknown conversion target {target!r}; use one of {', '.join(TARGETS)}")
+    src = Path(bundle)
+    man = load_manifest(src, verify=True)
+    data = json.loads(json.dumps(man.data))
+    if data.get("precision", "fp32") != "fp32" or data.get("graph_format", "onnx") != "onnx":
+        raise ExportError(f"{src} is already converted ({data.get('precision')}, {data.get('graph_format')}); "
+                          "convert the fp32 ONNX bundle instead")
+    outp = Path(out)
+    if outp.resolve() == src.resolve():
+        raise ExportError("the output must be a new directory, not the source bundle")
+    if outp.exists() and (not outp.is_dir() or any(outp.iterdir())) and not force:
+        raise ExportError(f"output directory {outp} exists and is not empty; pass --force to replace it")
+    if target == "int8" and (images is None or len(images) == 0):
+        raise DataError("int8 needs calibration images: pass --data with real images (any format the readers know)")
+    if batch_size < 1:
+        raise ExportError(f"--batch-size must be >= 1, got {batch_size}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outp.name}.", dir=outp.parent if outp.parent.exists() else None))
+    try:
+        work = tmp / ".work"
+        work.mkdir()
+        feeds = _calibration_feeds(src, images[:calib_size]) if target == "int8" else None
+        entries = list(data["graphs"]) + ([data["monolithic"]] if data.get("monolithic") else [])
+        report = {}
+        for i, entry in enumerate(entries):
+            name = Path(entry["path"]).stem
+            if target == "int8":
+                if i < len(data["graphs"]):
+                    _quantize(src / entry["path"], tmp / entry["path"], feeds[i])
+                else:  # the monolithic baseline: calibrate on the images themselves
+                    mono_feeds = [{data["preprocessing"]["input"]: f[data["preprocessing"]["input"]]}
+                                  for f in feeds[0]]
+                    _quantize(src / entry["path"], tmp / entry["path"], mono_feeds)
+            elif target == "fp16":
+                _fp16(src / entry["path"], tmp / entry["path"])
+            else:
+                m = _fix_batch(onnx.load(str(src / entry["path"])), batch_size)
+                onnx.save(m, str(work / f"{name}.onnx"))
+                report[name] = mobile_report(m)
+            log(f"  converted {entry['path']}")
+        if target == "ort":
+            from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+            convert_onnx_models_to_ort(work, output_dir=tmp, optimization_styles=[OptimizationStyle.Fixed])
+            for cfg in tmp.glob("*.config"):
+                cfg.rename(tmp / "required_operators.config")
+            for entry in entries:
+                entry["path"] = Path(entry["path"]).stem + ".ort"
+            for e in data["exits"]:
+                e["graph"] = Path(e["graph"]).stem + ".ort"
+            for g in data["graphs"]:
+                for t in g.get("tensors", {}).values():
+                    if t["shape"] and t["shape"][0] is None:
+                        t["shape"][0] = batch_size
+            data["batch_size"] = batch_size
+            data["preprocessing"]["shape"][0] = batch_size
+            data["mobile_report"] = {k: {ep: f"{v[ep]['share']:.0%} of {v[ep]['nodes']} nodes" for ep in v}
+                                     for k, v in report.items()}
+            data["mobile_report_detail"] = report
+        shutil.rmtree(work)
+        for entry in entries:
+            entry["sha256"] = sha256_file(tmp / entry["path"])
+            entry["bytes"] = (tmp / entry["path"]).stat().st_size
+        by_path = {g["path"]: g["sha256"] for g in data["graphs"]}
+        for e in data["exits"]:
+            e["sha256"] = by_path[e["graph"]]
+        data["precision"] = {"int8": "int8-qdq", "fp16": "fp16"}.get(target, "fp32")
+        data["graph_format"] = "ort" if target == "ort" else "onnx"
+        data["converted_from"] = {"bundle": src.name, "manifest_sha256": sha256_file(src / MANIFEST),
+                                  "target": target, "calibration_images": int(min(calib_size, len(images)))
+                                  if target == "int8" else None}
+        write_json_atomic(tmp / MANIFEST, data)
+        if (src / "thresholds.json").exists():
+            shutil.copy(src / "thresholds.json", tmp / "thresholds.json")
+        held = images[calib_size:] if images is not None and len(images) > calib_size else images
+        agreement = _agreement(src, tmp, held)  # on images int8 was not calibrated on, when there are any
+        if agreement is not None:
+            data["conversion_check"] = agreement
+            write_json_atomic(tmp / MANIFEST, data)
+        replace_dir(tmp, outp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return data
+
+
+def _agreement(src: Path, dst: Path, images: np.ndarray | None, n: int = 256) -> dict | None:
+    """Top-1 agreement per exit between the fp32 and the converted chain on real images."""
+    if images is None or len(images) == 0:
+        return None
+    a = ExitChain.load(src, warmup=False)
+    b = ExitChain.load(dst, warmup=False)
+    x = a.preprocess(images[-n:])
+    la, lb = a.run_all(x), b.run_all(x)
+    return {"images": int(len(x)),
+            "top1_agreement": [float((p.argmax(1) == q.argmax(1)).mean()) for p, q in zip(la, lb)],
+            "max_abs_logit_diff": [float(np.abs(p - q.astype(np.float32)).max()) for p, q in zip(la, lb)]}
