@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from ranet_edge.errors import DataError, ExportError
 from ranet_edge.runtime.chain import ExitChain
 from ranet_edge.runtime.latency import cached_inputs
 from ranet_edge.runtime.manifest import MANIFEST, load_manifest, replace_dir, sha256_file, write_json_atomic
+
+from ranet_edge.errors import DataError, ExportError
 
 TARGETS = ("ort", "int8", "fp16")
 
@@ -144,7 +144,10 @@ def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: st
                 report[name] = mobile_report(m)
             log(f"  converted {entry['path']}")
         if target == "ort":
-            from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+            from onnxruntime.tools.convert_onnx_models_to_ort import (
+                OptimizationStyle,
+                convert_onnx_models_to_ort,
+            )
 
             convert_onnx_models_to_ort(work, output_dir=tmp, optimization_styles=[OptimizationStyle.Fixed])
             for cfg in tmp.glob("*.config"):
