@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -53,7 +54,7 @@ def split_val(n: int, val_size: int | None, seed: int, need_eval: bool) -> tuple
 
 
 def _progress(label: str, length: int):
-    return click.progressbar(length=length, label=label, file=click.get_text_stream("stderr"))
+    return click.progressbar(length=length, label=label, file=sys.stderr)
 
 
 @cli.command()

@@ -1,0 +1,162 @@
+"""calibrate / eval / bench / convert / demo through the CLI, on real bundles and images."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from ranet_edge.assets import SAMPLE_IMAGES
+from ranet_edge.cli import get_cli
+from ranet_edge.runtime import ExitChain
+
+DATA = Path(__file__).parent / "data"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(get_cli(), [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def w8_bundle(tmp_path_factory) -> Path:
+    """The checkpoint trained by the official code, exported with a monolithic baseline."""
+    out = tmp_path_factory.mktemp("w8") / "bundle"
+    res = invoke("export", DATA / "cifar10-w8-official.pth.tar", "-o", out, "--monolithic", "--no-simplify")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """200 of the shipped held-out CIFAR-10 images as an .npz."""
+    with np.load(SAMPLE_IMAGES) as z:
+        x, y = z["x"][:200], z["y"][:200]
+    path = tmp_path_factory.mktemp("imgs") / "val.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def test_calibrate_saves_point_used_by_predict(w8_bundle, images, tmp_path):
+    res = invoke("calibrate", w8_bundle, "--data", images, "--p", "0.5", "--name", "half", "--json")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output[res.output.index("{"):])
+    assert set(rep) >= {"thresholds", "val_accuracy", "expected_flops", "expected_ms"}
+    chain = ExitChain.load(w8_bundle)
+    assert chain.default_operating_point == "half"
+    point = chain.operating_points["half"]
+    with np.load(images) as z:
+        x = chain.preprocess(z["x"][:64])
+    by_name = chain.predict(x, "half")
+    by_values = chain.predict(x, [t if np.isfinite(t) else 2.0 for t in point.thresholds[:-1]])
+    np.testing.assert_array_equal(by_name.exits, by_values.exits)
+    np.testing.assert_array_equal(by_name.labels, by_values.labels)
+    # the default point is used when no thresholds are given
+    np.testing.assert_array_equal(chain.predict(x).exits, by_name.exits)
+
+
+@pytest.mark.parametrize("goal", [["--budget-mflops", "8"], ["--target-accuracy", "0.7"], ["--budget-ms", "50"]])
+def test_calibrate_goals_met(w8_bundle, images, goal):
+    res = invoke("calibrate", w8_bundle, "--data", images, *goal, "--json")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output[res.output.index("{"):])
+    if goal[0] == "--budget-mflops":
+        assert rep["expected_flops"] <= 8e6 + 1
+    elif goal[0] == "--target-accuracy":
+        assert rep["val_accuracy"] >= 0.7
+    else:
+        assert rep["expected_ms"] <= 50
+
+
+def test_calibrate_errors(w8_bundle, images, tmp_path):
+    res = invoke("calibrate", w8_bundle, "--data", images, "--budget-mflops", "0.1")
+    assert res.exit_code == 2 and "below the cost of the first exit" in res.output
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, x=np.zeros((0, 32, 32, 3), np.uint8), y=np.zeros(0, np.int64))
+    res = invoke("calibrate", w8_bundle, "--data", empty, "--p", "0.5")
+    assert res.exit_code == 2 and res.output.startswith("error:")
+    many = tmp_path / "many.npz"
+    np.savez(many, x=np.zeros((4, 32, 32, 3), np.uint8), y=np.array([0, 1, 2, 50]))
+    res = invoke("calibrate", w8_bundle, "--data", many, "--p", "0.5")
+    assert res.exit_code == 2 and "classes" in res.output
+    res = invoke("calibrate", w8_bundle, "--data", images)
+    assert res.exit_code == 2
+
+
+def test_eval_really_runs_the_chain(w8_bundle, images, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = ExitChain.predict
+
+    def counting(self, x, thresholds=None):
+        calls["n"] += 1
+        return real(self, x, thresholds)
+
+    monkeypatch.setattr(ExitChain, "predict", counting)
+    out, png = tmp_path / "eval.json", tmp_path / "eval.png"
+    res = invoke("eval", w8_bundle, "--data", images, "--batch-size", "25", "--json", out, "--plot", png)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert len(rep["anytime"]) == 6 and len(rep["budgeted"]) == 39
+    assert calls["n"] == 39 * (rep["eval_images"] // 25)  # every operating point really ran
+    for row in rep["budgeted"]:
+        assert row["measured_ms"] > 0 and sum(row["exit_counts"]) == rep["eval_images"]
+    assert {"exit", "top1", "top5", "flops", "ms"} <= set(rep["anytime"][0])
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_json_and_errors(w8_bundle, tmp_path):
+    out = tmp_path / "bench.json"
+    res = invoke("bench", w8_bundle, "--iters", "5", "--warmup", "1", "--images", "20", "--thresholds", "0.8",
+                 "--json", out)
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    for key in ("stage_ms", "exit_ms", "chain_ms", "monolithic_ms", "overhead_ratio", "adaptive", "throughput", "env"):
+        assert key in r
+    assert all(v > 0 for v in r["stage_ms"] + r["exit_ms"]) and r["chain_ms"] > 0 and r["overhead_ratio"] > 0
+    assert set(r["adaptive"]) >= {"mean_ms", "p99_ms", "exit_counts", "predicted_speedup", "measured_speedup"}
+    assert sum(r["adaptive"]["exit_counts"]) == 20
+    assert set(r["throughput"]) >= {"batch_size", "chain_ips", "monolithic_ips"}
+    res = invoke("bench", w8_bundle, "--provider", "cuda")
+    assert res.exit_code == 2 and "onnxruntime-gpu" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("target", ["fp16", "int8", "ort"])
+def test_convert_targets_load_and_agree(w8_bundle, images, tmp_path, target):
+    out = tmp_path / target
+    res = invoke("convert", w8_bundle, "-o", out, "--to", target, "--data", images, "--calib-size", "100")
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    chain = ExitChain.load(out)
+    ref = ExitChain.load(w8_bundle)
+    with np.load(images) as z:
+        x = ref.preprocess(z["x"][100:200])  # not used to calibrate int8
+    agree = [float((a.argmax(1) == b.argmax(1)).mean()) for a, b in zip(ref.run_all(x), chain.run_all(x))]
+    bound = {"fp16": 0.98, "int8": 0.90, "ort": 1.0}[target]
+    assert min(agree) >= bound, agree
+    pred = chain.predict(x, 0.8)
+    assert len(pred.labels) == 100
+    if target == "ort":
+        assert manifest["graph_format"] == "ort" and manifest["batch_size"] == 1
+        ort.InferenceSession(str(out / manifest["graphs"][0]["path"]))
+        assert (out / "required_operators.config").exists()
+        assert set(manifest["mobile_report"]["stage0"]) == {"nnapi", "coreml"}
+        info = invoke("info", out)
+        assert "mobile usability" in info.output
+    else:
+        assert manifest["precision"] in ("fp16", "int8-qdq")
+
+
+def test_convert_errors(w8_bundle, tmp_path):
+    res = invoke("convert", w8_bundle, "-o", tmp_path / "x", "--to", "int8")
+    assert res.exit_code == 2 and "--data" in res.output
+    res = invoke("convert", w8_bundle, "-o", tmp_path / "x", "--to", "int4")
+    assert res.exit_code == 2 and "unknown" in res.output
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    res = invoke("demo", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "early exit at work" in res.output and (tmp_path / "bench.json").exists()
+    assert (tmp_path / "bundle" / "thresholds.json").exists()
