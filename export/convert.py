@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
+from ranet_edge.errors import DataError, ExportError
 from ranet_edge.runtime.chain import ExitChain
 from ranet_edge.runtime.latency import cached_inputs
 from ranet_edge.runtime.manifest import MANIFEST, load_manifest, replace_dir, sha256_file, write_json_atomic
-
-from ranet_edge.errors import DataError, ExportError
 
 TARGETS = ("ort", "int8", "fp16")
 

@@ -23,6 +23,9 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import helper
+
+from ranet_edge import __version__
+from ranet_edge.errors import ExportError
 from ranet_edge.runtime.manifest import (
     FORMAT,
     MANIFEST,
@@ -31,9 +34,6 @@ from ranet_edge.runtime.manifest import (
     sha256_file,
     write_json_atomic,
 )
-
-from ranet_edge import __version__
-from ranet_edge.errors import ExportError
 
 from .graph_costs import initializer_params, intermediate_values, node_flops
 from .partition import Stage, constant_nodes, partition

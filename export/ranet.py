@@ -5,10 +5,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ranet_edge.runtime.preprocess import PreprocessSpec
-
 from ranet_edge.checkpoint import LoadedCheckpoint, load_checkpoint
 from ranet_edge.config import RANetConfig
+from ranet_edge.runtime.preprocess import PreprocessSpec
 
 from .exporter import INPUT_NAME, ExportResult, ExportSpec, export_model
 

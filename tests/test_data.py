@@ -6,6 +6,9 @@ import pickle
 import cv2
 import numpy as np
 import pytest
+
+from ranet_edge.data import DataError, open_dataset, split
+from ranet_edge.errors import InputError
 from ranet_edge.runtime.preprocess import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -15,9 +18,6 @@ from ranet_edge.runtime.preprocess import (
     preprocess,
     read_image,
 )
-
-from ranet_edge.data import DataError, open_dataset, split
-from ranet_edge.errors import InputError
 
 RED_RGB = (255, 0, 0)
 
