@@ -1,0 +1,45 @@
+"""Helpers shared by the benchmark scripts (timing, interleaving, JSON output)."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ranet_edge.data import open_dataset, split
+
+
+def held_out_images(data: str | None, holdout: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The training run's validation split (or the shipped sample when ``data`` is None)."""
+    if data is None:
+        from ranet_edge.assets import SAMPLE_IMAGES
+
+        with np.load(SAMPLE_IMAGES) as z:
+            return z["x"], z["y"]
+    ds = open_dataset(data)
+    _, idx = split(len(ds), holdout, seed)
+    ds = ds.subset(idx).materialize()
+    return ds.arrays, ds.labels
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 5) -> dict[str, np.ndarray]:
+    """Time each function ``repeats`` times, round-robin, so machine noise hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    out = {k: np.empty(repeats) for k in fns}
+    for i in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            out[k][i] = time.perf_counter() - t0
+    return out
+
+
+def write(path: str, obj: dict) -> None:
+    obj = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), **obj}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+    print(f"wrote {path}")
