@@ -32,9 +32,9 @@ def main() -> None:
         feeds = cached_inputs(chain, x)
         graphs = chain.graphs
         t = interleaved({
-            "chain": lambda: chain.run_all(x),
-            "sessions_only": lambda: [g.session.run(g.output_names, f) for g, f in zip(graphs, feeds)],
-            "monolithic": lambda: mono.run(None, {chain.input_name: x}),
+            "chain": lambda x=x: chain.run_all(x),
+            "sessions_only": lambda gs=graphs, fs=feeds: [g.session.run(g.output_names, f) for g, f in zip(gs, fs)],
+            "monolithic": lambda x=x: mono.run(None, {chain.input_name: x}),
         }, args.repeats if batch == 1 else max(30, args.repeats // 10))
         med = {k: 1e3 * float(np.median(v)) for k, v in t.items()}
         result[f"batch{batch}"] = {"median_ms": med, "overhead_ratio": med["chain"] / med["monolithic"],

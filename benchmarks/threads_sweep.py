@@ -25,7 +25,7 @@ def main() -> None:
     result = {"onnxruntime": ort.__version__}
     for batch in (1, 64):
         x = next(iter(chains.values())).preprocess(x_u8[:batch])
-        t = interleaved({k: (lambda c=c: c.run_all(x)) for k, c in chains.items()},
+        t = interleaved({k: (lambda c=c, x=x: c.run_all(x)) for k, c in chains.items()},
                         args.repeats if batch == 1 else max(20, args.repeats // 10))
         med = {k: 1e3 * float(np.median(v)) for k, v in t.items()}
         result[f"batch{batch}_median_ms"] = med

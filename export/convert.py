@@ -120,7 +120,8 @@ def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: st
         raise DataError("int8 needs calibration images: pass --data with real images (any format the readers know)")
     if batch_size < 1:
         raise ExportError(f"--batch-size must be >= 1, got {batch_size}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outp.name}.", dir=outp.parent if outp.parent.exists() else None))
+    outp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outp.name}.", dir=outp.parent))
     try:
         work = tmp / ".work"
         work.mkdir()

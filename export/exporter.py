@@ -224,7 +224,8 @@ def export_model(
         raise ExportError("validation against PyTorch failed; per-exit differences:\n" + text)
     log(text)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)  # stage beside the target: rename never crosses devices
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         graphs, exits = [], []
         run_flops_of_stage = np.cumsum(stage_flops).tolist()
@@ -258,8 +259,14 @@ def export_model(
             mono = {"path": "monolithic.onnx", "sha256": sha256_file(tmp / "monolithic.onnx"),
                     "inputs": [INPUT_NAME], "logits": [f"logits_{k}" for k in range(num_exits)],
                     "bytes": (tmp / "monolithic.onnx").stat().st_size}
+        generic_pre = {  # a model that states no preprocessing takes its input as given
+            "input": INPUT_NAME, "shape": [spec.batch_size, *input_shape], "dtype": "float32", "layout": "NCHW",
+            "color": "RGB", "size": input_shape[-1], "mean": [0.0, 0.0, 0.0], "std": [1 / 255] * 3,
+            "resize": None, "scale": "uint8 / 255",
+        }
         manifest = {
             "format": FORMAT, "schema_version": SCHEMA_VERSION,
+            "preprocessing": generic_pre, "num_classes": int(values[f"logits_{num_exits - 1}"].shape[1]),
             **(metadata or {}),
             "granularity": spec.granularity, "opset": spec.opset, "batch_size": spec.batch_size,
             "precision": "fp32", "graph_format": "onnx",

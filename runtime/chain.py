@@ -128,7 +128,11 @@ class ExitChain:
         return x
 
     def resolve_thresholds(self, thresholds: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """(thresholds, temperatures), each one value per exit; the last threshold is -inf."""
+        """(thresholds, temperatures), each one value per exit; the last threshold is -inf.
+
+        Values lie in [0, 1]; ``inf`` is also accepted and means "nobody leaves here" (what
+        calibration stores for an exit the paper's procedure gives no share).
+        """
         k = self.num_exits
         temps = np.ones(k, np.float32)
         if thresholds is None:
@@ -144,8 +148,11 @@ class ExitChain:
             if point.temperatures:
                 temps = np.asarray(point.temperatures, np.float32)
             thresholds = point.thresholds
-        if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
-            thresholds = [float(thresholds)] * (k - 1)
+        if np.ndim(thresholds) == 0 and not isinstance(thresholds, bool):  # one value (numpy scalars too)
+            try:
+                thresholds = [float(thresholds)] * (k - 1)
+            except (TypeError, ValueError):
+                raise CalibrationError(f"threshold {thresholds!r} must be a number in [0, 1]") from None
         try:
             t = np.asarray(list(thresholds), np.float64)
         except (TypeError, ValueError):
