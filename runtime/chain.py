@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,7 @@ class ExitChain:
         self.input_shape = tuple(pre["shape"][1:])
         self.num_exits = manifest.num_exits
         self.class_names = manifest.data.get("class_names")
-        self._lock = threading.Lock()
+        self._resolved: dict = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -193,10 +192,23 @@ class ExitChain:
             env.update((name, outs[i]) for i, name in g.cache_pos)
         return logits
 
+    def _thresholds_cached(self, thresholds: Any) -> tuple[np.ndarray, np.ndarray]:
+        """resolve_thresholds, memoised for the hashable forms (a name, a value, a tuple/list)."""
+        key = tuple(thresholds) if isinstance(thresholds, list) else thresholds
+        try:
+            hit = self._resolved.get(key)
+        except TypeError:  # unhashable (an array): resolve every time
+            return self.resolve_thresholds(thresholds)
+        if hit is None:
+            hit = self.resolve_thresholds(thresholds)
+            if len(self._resolved) < 256:
+                self._resolved[key] = hit
+        return hit
+
     def predict(self, x: np.ndarray, thresholds: Any = None) -> Prediction:
         """Route each sample through the graphs until an exit is confident enough."""
         x = self.check_input(x)
-        thr, temps = self.resolve_thresholds(thresholds)
+        thr, temps = self._thresholds_cached(thresholds)
         n = x.shape[0]
         labels = np.empty(n, np.int64)
         exits = np.empty(n, np.int64)
@@ -206,25 +218,30 @@ class ExitChain:
         env = {self.input_name: x}
         for g in self._graphs:
             outs = self._run(g, {name: env[name] for name in g.inputs})
-            alive = np.ones(len(rows), bool)
+            alive = None  # rows of this graph's batch that have not exited yet (None: all)
             for k, p in zip(g.exits, g.logit_pos):
-                pk = softmax(outs[p], float(temps[k]))
-                ck = pk.max(axis=1)
-                take = alive & (ck >= thr[k])
+                z = outs[p] if temps[k] == 1.0 else outs[p] / temps[k]
+                e = np.exp(z - z.max(axis=1, keepdims=True))
+                total = e.sum(axis=1)
+                ck = 1.0 / total  # max softmax probability, without normalising every row
+                take = ck >= thr[k]
+                if alive is not None:
+                    take &= alive
                 if take.any():
                     dst = rows[take]
+                    pk = e[take] / total[take, None]
                     if probs is None:
                         probs = np.empty((n, pk.shape[1]), np.float32)
-                    probs[dst] = pk[take]
-                    labels[dst] = pk[take].argmax(axis=1)
+                    probs[dst] = pk
+                    labels[dst] = pk.argmax(axis=1)
                     exits[dst] = k
                     conf[dst] = ck[take]
-                    alive &= ~take
-            if not alive.any():
+                    alive = ~take if alive is None else alive & ~take
+            if alive is not None and not alive.any():
                 break
             env = {nm: v for nm, v in env.items() if nm in g.keep_after}
             env.update((name, outs[i]) for i, name in g.cache_pos)
-            if not alive.all():  # hand on only the rows of the samples that go on
+            if alive is not None:  # hand on only the rows of the samples that go on
                 rows = rows[alive]
                 env = {nm: v[alive] for nm, v in env.items()}
         return Prediction(labels, exits, conf, probs)
