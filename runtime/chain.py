@@ -15,7 +15,7 @@ from ranet_edge.errors import BundleError, CalibrationError, InputError
 from .manifest import Manifest, load_manifest
 from .operating_points import OperatingPoint, load_points
 from .preprocess import PreprocessSpec, preprocess
-from .providers import provider_list, session_options
+from .providers import DEVICE_PROVIDERS, provider_list, session_options
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,22 @@ class ExitChain:
         self.num_exits = manifest.num_exits
         self.class_names = manifest.data.get("class_names")
         self._resolved: dict = {}
+        self._router = None  # DeviceRouter when cached tensors stay on an accelerator
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, bundle: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
              warmup: bool = True, provider_options: dict[str, Any] | None = None,
-             spinning: bool = False) -> ExitChain:
-        """Validate the manifest, check every sha256, then create one session per graph."""
+             spinning: bool = False, device_io: bool | None = None) -> ExitChain:
+        """Validate the manifest, check every sha256, then create one session per graph.
+
+        ``device_io`` (default: on for GPU providers) keeps cached feature maps in device
+        memory between graphs (IOBinding) and gathers the rows that go on there; forcing it
+        on with the CPU provider runs the same code path on host memory.
+        """
         manifest = load_manifest(bundle, verify=True)
         providers = provider_list(provider, provider_options)
+        full = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         so = session_options(threads, spinning)
         graphs: list[_Graph] = []
         needed_later: list[frozenset[str]] = []
@@ -95,6 +102,12 @@ class ExitChain:
             graphs.append(_Graph(sess, entry, later))
         points, default = load_points(manifest.root)
         chain = cls(manifest, graphs, provider, points, default)
+        if device_io is None:
+            device_io = full in DEVICE_PROVIDERS
+        if device_io:
+            from .device import DeviceRouter
+
+            chain._router = DeviceRouter(DEVICE_PROVIDERS.get(full, "cpu"), providers, so)
         if warmup:
             chain.run_all(np.zeros((graphs[0].static_batch or 1, *chain.input_shape), np.float32))
         return chain
@@ -183,13 +196,19 @@ class ExitChain:
     def run_all(self, x: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits for every sample (anytime prediction), stage by stage."""
         x = self.check_input(x)
-        env = {self.input_name: x}
+        router = self._router
+        env = {self.input_name: router.upload(x) if router else x}
         logits: list[np.ndarray] = []
         for g in self._graphs:
-            outs = self._run(g, {name: env[name] for name in g.inputs})
-            logits.extend(outs[p] for p in g.logit_pos)
+            feeds = {name: env[name] for name in g.inputs}
+            if router:
+                host, cache = router.run(g, feeds)
+            else:
+                outs = self._run(g, feeds)
+                host, cache = [outs[p] for p in g.logit_pos], {name: outs[i] for i, name in g.cache_pos}
+            logits.extend(host)
             env = {n: v for n, v in env.items() if n in g.keep_after}
-            env.update((name, outs[i]) for i, name in g.cache_pos)
+            env.update(cache)
         return logits
 
     def _thresholds_cached(self, thresholds: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -210,38 +229,64 @@ class ExitChain:
         x = self.check_input(x)
         thr, temps = self._thresholds_cached(thresholds)
         n = x.shape[0]
-        labels = np.empty(n, np.int64)
-        exits = np.empty(n, np.int64)
-        conf = np.empty(n, np.float32)
-        probs: np.ndarray | None = None
+        out = _Results(n)
         rows = np.arange(n)  # original positions of the samples still running
-        env = {self.input_name: x}
+        router = self._router
+        env = {self.input_name: router.upload(x) if router else x}
         for g in self._graphs:
-            outs = self._run(g, {name: env[name] for name in g.inputs})
+            feeds = {name: env[name] for name in g.inputs}
+            if router:
+                logits, cache = router.run(g, feeds)
+            else:
+                outs = self._run(g, feeds)
+                logits, cache = [outs[p] for p in g.logit_pos], {name: outs[i] for i, name in g.cache_pos}
             alive = None  # rows of this graph's batch that have not exited yet (None: all)
-            for k, p in zip(g.exits, g.logit_pos):
-                z = outs[p] if temps[k] == 1.0 else outs[p] / temps[k]
-                e = np.exp(z - z.max(axis=1, keepdims=True))
-                total = e.sum(axis=1)
-                ck = 1.0 / total  # max softmax probability, without normalising every row
-                take = ck >= thr[k]
-                if alive is not None:
-                    take &= alive
-                if take.any():
-                    dst = rows[take]
-                    pk = e[take] / total[take, None]
-                    if probs is None:
-                        probs = np.empty((n, pk.shape[1]), np.float32)
-                    probs[dst] = pk
-                    labels[dst] = pk.argmax(axis=1)
-                    exits[dst] = k
-                    conf[dst] = ck[take]
-                    alive = ~take if alive is None else alive & ~take
+            for k, z in zip(g.exits, logits):
+                alive = out.decide(z, k, float(thr[k]), float(temps[k]), rows, alive)
             if alive is not None and not alive.any():
                 break
             env = {nm: v for nm, v in env.items() if nm in g.keep_after}
-            env.update((name, outs[i]) for i, name in g.cache_pos)
+            env.update(cache)
             if alive is not None:  # hand on only the rows of the samples that go on
                 rows = rows[alive]
-                env = {nm: v[alive] for nm, v in env.items()}
-        return Prediction(labels, exits, conf, probs)
+                if router:
+                    keep = router.upload(np.flatnonzero(alive).astype(np.int64))
+                    env = {nm: router.gather(v, keep) for nm, v in env.items()}
+                else:
+                    env = {nm: v[alive] for nm, v in env.items()}
+        return Prediction(out.labels, out.exits, out.conf, out.probs)
+
+
+class _Results:
+    """Per-sample outputs of one predict call, filled exit by exit."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.labels = np.empty(n, np.int64)
+        self.exits = np.empty(n, np.int64)
+        self.conf = np.empty(n, np.float32)
+        self.probs: np.ndarray | None = None
+
+    def decide(self, z: np.ndarray, k: int, threshold: float, temperature: float, rows: np.ndarray,
+               alive: np.ndarray | None) -> np.ndarray | None:
+        """Record the rows whose confidence at exit ``k`` reaches ``threshold``; return the
+        rows still alive (None when all are)."""
+        if temperature != 1.0:
+            z = z / temperature
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        total = e.sum(axis=1)
+        ck = 1.0 / total  # max softmax probability, without normalising every row
+        take = ck >= threshold
+        if alive is not None:
+            take &= alive
+        if not take.any():
+            return alive
+        dst = rows[take]
+        pk = e[take] / total[take, None]
+        if self.probs is None:
+            self.probs = np.empty((self.n, pk.shape[1]), np.float32)
+        self.probs[dst] = pk
+        self.labels[dst] = pk.argmax(axis=1)
+        self.exits[dst] = k
+        self.conf[dst] = ck[take]
+        return ~take if alive is None else alive & ~take
