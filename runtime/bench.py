@@ -111,9 +111,11 @@ def run_bench(chain: ExitChain, images: np.ndarray, opts: BenchOptions, threads:
     counts = np.bincount(exits, minlength=chain.num_exits)
     expected = float(counts @ flops / n_img)
     full = float(chain.manifest.exit_field("flops")[-1])
+    per_exit_cut = float(counts @ np.asarray(chain.manifest.exit_field("flops"), np.float64) / n_img)
     result["adaptive"] = {
         "images": n_img, "mean_ms": float(ad_t.mean() * 1e3), "p99_ms": float(np.percentile(ad_t, 99) * 1e3),
         "exit_counts": counts.tolist(), "expected_flops": expected,
+        "granularity": chain.manifest.data["granularity"], "expected_flops_per_exit_cut": per_exit_cut,
         "predicted_speedup": full / expected,
         "monolithic_mean_ms": float(mono1_t.mean() * 1e3) if mono is not None else None,
         "measured_speedup": float(mono1_t.mean() / ad_t.mean()) if mono is not None else None,

@@ -247,6 +247,9 @@ def bench(bundle, provider, threads, batch_size, warmup, iters, thresholds, oper
     if a["measured_speedup"] is not None:
         click.echo(f"          speed-up over monolithic: predicted by FLOPs x{a['predicted_speedup']:.2f}, "
                    f"measured x{a['measured_speedup']:.2f}")
+    if a["granularity"] != "exit":
+        click.echo(f"          {a['granularity']} graphs: samples pay {a['expected_flops'] / 1e6:.2f} MFLOPs on average, "
+                   f"against {a['expected_flops_per_exit_cut'] / 1e6:.2f} with one graph per exit")
     t = r["throughput"]
     mono_ips = f"{t['monolithic_ips']:.0f}" if t["monolithic_ips"] else "n/a"
     click.echo(f"throughput at batch {t['batch_size']}: chain {t['chain_ips']:.0f} img/s, monolithic {mono_ips} img/s")
