@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -180,6 +181,8 @@ def train(config: RANetConfig, opts: TrainOptions, log: Callable[[str], None] = 
     if opts.max_batches:
         steps = min(steps, opts.max_batches)
     results = []
+    # Decoding threads for file datasets (OpenCV releases the GIL while decoding).
+    pool = ThreadPoolExecutor(opts.workers) if opts.workers > 0 and train_set.files is not None else None
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.time()
         rng = np.random.default_rng([opts.seed, epoch, rank])
@@ -194,7 +197,8 @@ def train(config: RANetConfig, opts: TrainOptions, log: Callable[[str], None] = 
             idx = order[step * opts.batch_size:(step + 1) * opts.batch_size]
             if len(idx) == 0:
                 break
-            x = torch.from_numpy(augment(train_set.images(idx), rng))
+            images = list(pool.map(train_set.image, idx)) if pool else train_set.images(idx)
+            x = torch.from_numpy(augment(images, rng))
             y = torch.from_numpy(train_set.labels[idx])
             loss = sum(F.cross_entropy(logits, y) for logits in net(x))
             optimizer.zero_grad(set_to_none=True)
@@ -232,6 +236,8 @@ def train(config: RANetConfig, opts: TrainOptions, log: Callable[[str], None] = 
             results.append(res)
         if world > 1:
             dist.barrier()
+    if pool:
+        pool.shutdown()
     if world > 1:
         dist.destroy_process_group()
     return results

@@ -122,3 +122,10 @@ def test_cli_errors(tmp_path):
     assert res.exit_code == 2 and res.output.startswith("error:") and "does not exist" in res.output
     res = runner.invoke(get_cli(), ["train", "--data", str(tmp_path), "--preset", "nope"])
     assert res.exit_code == 2 and "unknown preset" in res.output and "Traceback" not in res.output
+
+
+def test_random_resized_crop_with_decoding_threads(folder, tmp_path):
+    """The ImageNet augmentation path on lazily decoded files, decoded by 2 threads."""
+    results = train(get_preset("tiny"), _opts(folder, tmp_path, epochs=1, augment="imagenet", workers=2),
+                    log=lambda m: None)
+    assert results[0].train_loss > 0

@@ -59,7 +59,7 @@ def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum")
 @click.option("--val-size", type=int, default=5000, show_default=True, help="held-out validation images")
-@click.option("--workers", type=int, default=0, show_default=True, help="(reserved) decoding workers")
+@click.option("--workers", type=int, default=0, show_default=True, help="image decoding threads for file datasets that are not preloaded")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads")
 @click.option("--out", default="runs/ranet", show_default=True, help="checkpoint directory")
 @click.option("--resume", is_flag=True, help="continue from OUT/last.pt")
