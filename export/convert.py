@@ -41,6 +41,56 @@ def _fix_batch(m: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     return m
 
 
+def _interp_matrix(out: int, inp: int) -> np.ndarray:
+    """Rows of 1-D linear interpolation with align_corners=True (out x inp)."""
+    a = np.zeros((out, inp), np.float32)
+    for i in range(out):
+        src = i * (inp - 1) / (out - 1) if out > 1 else 0.0
+        i0 = min(int(np.floor(src)), inp - 1)
+        i1 = min(i0 + 1, inp - 1)
+        w = src - i0
+        a[i, i0] += 1.0 - w
+        a[i, i1] += w
+    return a
+
+
+def mobile_rewrite(m: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Rewrite operators mobile EPs reject, for static shapes, without changing the maths:
+    bilinear ``Resize`` with ``align_corners`` becomes two MatMuls with constant
+    interpolation matrices (NNAPI and CoreML run MatMul), and ``Flatten`` becomes ``Reshape``."""
+    from onnx import helper, numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(m)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    nodes, inits, counts = [], [], {"Resize": 0, "Flatten": 0}
+    for node in m.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type == "Resize" and attrs.get("mode") == b"linear"
+                and attrs.get("coordinate_transformation_mode") == b"align_corners"):
+            src, dst = shapes.get(node.input[0]), shapes.get(node.output[0])
+            if src and dst and len(src) == 4 and all(src) and all(dst) and src[:2] == dst[:2]:
+                base = node.output[0]
+                a_h = numpy_helper.from_array(_interp_matrix(dst[2], src[2]), f"{base}__rows")
+                b_w = numpy_helper.from_array(np.ascontiguousarray(_interp_matrix(dst[3], src[3]).T), f"{base}__cols")
+                inits += [a_h, b_w]
+                nodes.append(helper.make_node("MatMul", [node.input[0], b_w.name], [f"{base}__w"], name=f"{node.name}_w"))
+                nodes.append(helper.make_node("MatMul", [a_h.name, f"{base}__w"], [base], name=f"{node.name}_h"))
+                counts["Resize"] += 1
+                continue
+        if node.op_type == "Flatten" and attrs.get("axis", 1) == 1:
+            shape = numpy_helper.from_array(np.array([0, -1], np.int64), f"{node.output[0]}__shape")
+            inits.append(shape)
+            nodes.append(helper.make_node("Reshape", [node.input[0], shape.name], list(node.output), name=node.name))
+            counts["Flatten"] += 1
+            continue
+        nodes.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    m.graph.initializer.extend(inits)
+    return m, counts
+
+
 def mobile_report(m: onnx.ModelProto) -> dict:
     """Share of nodes NNAPI and CoreML would take, from onnxruntime's usability checker."""
     from onnxruntime.tools.mobile_helpers import usability_checker as uc
@@ -101,7 +151,7 @@ def _fp16(src: Path, dst: Path) -> None:
 
 def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: str, batch_size: int = 1,
                    images: np.ndarray | None = None, calib_size: int = 256, force: bool = False,
-                   log: Callable[[str], None] = print) -> dict:
+                   log: Callable[[str], None] = print, mobile_ops: bool = True) -> dict:
     """Write ``out``: ``bundle`` converted to ``target`` (ort, int8 or fp16); returns its manifest."""
     if target not in TARGETS:
         raise ExportError(f"unknown conversion target {target!r}; use one of {', '.join(TARGETS)}")
@@ -141,6 +191,12 @@ def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: st
                 _fp16(src / entry["path"], tmp / entry["path"])
             else:
                 m = _fix_batch(onnx.load(str(src / entry["path"])), batch_size)
+                if mobile_ops:
+                    m, rewritten = mobile_rewrite(m)
+                    if any(rewritten.values()):
+                        log(f"  {entry['path']}: rewrote {rewritten['Resize']} Resize and {rewritten['Flatten']} "
+                            "Flatten nodes for mobile EPs")
+                onnx.checker.check_model(m)
                 onnx.save(m, str(work / f"{name}.onnx"))
                 report[name] = mobile_report(m)
             log(f"  converted {entry['path']}")
@@ -166,6 +222,7 @@ def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: st
             data["mobile_report"] = {k: {ep: f"{v[ep]['share']:.0%} of {v[ep]['nodes']} nodes" for ep in v}
                                      for k, v in report.items()}
             data["mobile_report_detail"] = report
+            data["mobile_ops_rewritten"] = mobile_ops
         shutil.rmtree(work)
         for entry in entries:
             entry["sha256"] = sha256_file(tmp / entry["path"])

@@ -160,3 +160,20 @@ def test_demo_runs_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     assert "early exit at work" in res.output and (tmp_path / "bench.json").exists()
     assert (tmp_path / "bundle" / "thresholds.json").exists()
+
+
+def test_mobile_rewrite_keeps_the_maths_and_frees_nnapi_coreml(w8_bundle, images, tmp_path):
+    kept = tmp_path / "kept"
+    res = invoke("convert", w8_bundle, "-o", kept, "--to", "ort", "--keep-ops", "--data", images)
+    assert res.exit_code == 0, res.output
+    rewritten = tmp_path / "rewritten"
+    res = invoke("convert", w8_bundle, "-o", rewritten, "--to", "ort", "--data", images)
+    assert res.exit_code == 0, res.output
+    before = json.loads((kept / "manifest.json").read_text())["mobile_report_detail"]
+    after = json.loads((rewritten / "manifest.json").read_text())
+    # stage 2 holds the first fusion blocks (align_corners Resize) and a classifier (Flatten)
+    assert before["stage2"]["coreml"]["share"] < 1.0 and before["stage2"]["nnapi"]["share"] < 1.0
+    for stage in after["mobile_report_detail"].values():
+        assert stage["nnapi"]["share"] == 1.0 and stage["coreml"]["share"] == 1.0
+    check = after["conversion_check"]
+    assert min(check["top1_agreement"]) == 1.0 and max(check["max_abs_logit_diff"]) < 1e-4

@@ -140,7 +140,7 @@ def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, bu
 
 
 @cli.command(name="eval")
-@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("bundle", required=False, type=click.Path(file_okay=False))
 @data_options
 @provider_option
 @click.option("--batch-size", type=int, default=1, show_default=True, help="batch of the timed budgeted runs")
@@ -155,6 +155,10 @@ def evaluate(bundle, data_path, holdout, seed, val_size, provider, threads, batc
 
     if batch_size < 1:
         raise InputError("--batch-size must be >= 1")
+    if bundle is None:
+        from ..assets import default_bundle
+
+        bundle = default_bundle()
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
     images, labels, source = load_images(data_path, holdout, seed)
     val_idx, eval_idx = split_val(len(images), val_size, seed, True)
@@ -218,7 +222,9 @@ def bench(bundle, provider, threads, batch_size, warmup, iters, thresholds, oper
     if min(batch_size, iters, n_images) < 1 or warmup < 0:
         raise InputError("--batch-size, --iters and --images must be >= 1, --warmup >= 0")
     if bundle is None:
-        raise click.UsageError("give a BUNDLE directory (make one with `ranet-edge export`)")
+        from ..assets import default_bundle
+
+        bundle = default_bundle()
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
     spec = parse_thresholds(thresholds) if thresholds else operating_point
     if spec is None and chain.default_operating_point is None:
@@ -275,8 +281,10 @@ def _graph_exit_ms(chain, exit_ms: list[float]) -> list[float]:
 @click.option("--batch-size", type=int, default=1, show_default=True, help="static batch of the ort target")
 @click.option("--data", "data_path", default=None, help="calibration images (required for int8)")
 @click.option("--calib-size", type=int, default=256, show_default=True, help="images used to calibrate int8")
+@click.option("--mobile-ops/--keep-ops", default=True, show_default=True,
+              help="ort: rewrite align_corners Resize as MatMuls and Flatten as Reshape (same maths)")
 @click.option("--force", is_flag=True, help="replace a non-empty output directory")
-def convert(bundle, out, target, batch_size, data_path, calib_size, force) -> None:
+def convert(bundle, out, target, batch_size, data_path, calib_size, mobile_ops, force) -> None:
     """Convert a bundle for the edge: ORT format, int8 or fp16, as a new complete bundle."""
     from ranet_edge.errors import ExportError
     from ranet_edge.export.convert import TARGETS, convert_bundle
@@ -293,7 +301,7 @@ def convert(bundle, out, target, batch_size, data_path, calib_size, force) -> No
             if data_path is not None:
                 raise
     data = convert_bundle(bundle, out, target, batch_size, images, calib_size, force,
-                          log=lambda m: click.echo(m, err=True))
+                          log=lambda m: click.echo(m, err=True), mobile_ops=mobile_ops)
     click.echo(f"wrote {out} ({data['precision']}, {data['graph_format']}); next: ranet-edge info {out}")
     check = data.get("conversion_check")
     if check:
