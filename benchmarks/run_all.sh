@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Regenerates every file in benchmarks/results/ for the bundled default model.
+# Usage: bash benchmarks/run_all.sh [DATA]   (DATA: the CIFAR-10 ImageFolder the model was
+# trained on; its seeded 5,000-image validation split is used. Without it, the 500 shipped
+# held-out images are used.) Run it on an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+DATA=${1:-}
+B=build/bench/default
+R=benchmarks/results
+mkdir -p "$R" build/bench
+$BIN/ranet-edge export ranet_edge/assets/default.pt -o "$B" --monolithic --force > /dev/null
+DATA_ARGS=()
+[ -n "$DATA" ] && DATA_ARGS=(--data "$DATA" --holdout 5000)
+$BIN/ranet-edge eval "$B" "${DATA_ARGS[@]}" --json "$R/eval.json" --plot "$R/eval.png" | tee "$R/eval.txt"
+$BIN/ranet-edge calibrate "$B" "${DATA_ARGS[@]}" --val-size 2500 --p 0.5 --name p0.5 --default --json > "$R/calibrate.json"
+$BIN/ranet-edge bench "$B" --threads 1 --json "$R/bench.json" | tee "$R/bench.txt"
+cd benchmarks
+../$BIN/python chain_overhead.py --bundle "../$B" --out results/chain_overhead.json
+../$BIN/python adaptive_speedup.py --bundle "../$B" --ckpt ../ranet_edge/assets/default.pt \
+    ${DATA:+--data "$DATA" --holdout 5000} --out results/adaptive_speedup.json
+../$BIN/python threads_sweep.py --bundle "../$B" --out results/threads_sweep.json
+../$BIN/python runtime_footprint.py --bundle "../$B" --out results/runtime_footprint.json
