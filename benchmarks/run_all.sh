@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 DATA=${1:-}
+[ -n "$DATA" ] && DATA=$(realpath "$DATA")
 B=build/bench/default
 R=benchmarks/results
 mkdir -p "$R" build/bench
@@ -22,3 +23,4 @@ cd benchmarks
     ${DATA:+--data "$DATA" --holdout 5000} --out results/adaptive_speedup.json
 ../$BIN/python threads_sweep.py --bundle "../$B" --out results/threads_sweep.json
 ../$BIN/python runtime_footprint.py --bundle "../$B" --out results/runtime_footprint.json
+../$BIN/python edge_formats.py --bundle "../$B" ${DATA:+--data "$DATA" --holdout 5000} --out results/edge_formats.json

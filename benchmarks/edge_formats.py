@@ -1,0 +1,57 @@
+"""int8 / fp16 / ORT bundles against fp32: per-exit accuracy, CPU latency, mobile coverage.
+
+    python benchmarks/edge_formats.py --bundle B [--data DIR --holdout 5000] --out J
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from _common import held_out_images, interleaved, write
+
+from ranet_edge.export.convert import convert_bundle
+from ranet_edge.runtime import ExitChain
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--holdout", type=int, default=5000)
+    ap.add_argument("--calib-size", type=int, default=500)
+    ap.add_argument("--work", default="../build/bench/edge")
+    ap.add_argument("--out", default="results/edge_formats.json")
+    args = ap.parse_args()
+    x_u8, y = held_out_images(args.data, args.holdout)
+    calib, test = x_u8[: args.calib_size], slice(args.calib_size, None)
+    work = Path(args.work)
+    bundles = {"fp32": Path(args.bundle)}
+    for target in ("int8", "fp16", "ort"):
+        bundles[target] = work / target
+        convert_bundle(args.bundle, bundles[target], target, 1, calib if target == "int8" else x_u8[:300],
+                       args.calib_size, force=True, log=lambda m: None)
+    chains = {k: ExitChain.load(v, threads=1) for k, v in bundles.items()}
+    xt, yt = chains["fp32"].preprocess(x_u8[test]), y[test]
+    result: dict = {"eval_images": int(len(yt)), "calibration_images": int(len(calib)), "top1": {}}
+    for name, chain in chains.items():
+        logits = [np.concatenate(col) for col in zip(*[chain.run_all(xt[i:i + 250]) for i in range(0, len(xt), 250)])]
+        result["top1"][name] = [float((z.argmax(1) == yt).mean()) for z in logits]
+    result["int8_minus_fp32_points"] = [100 * (a - b) for a, b in zip(result["top1"]["int8"], result["top1"]["fp32"])]
+    for batch in (1, 64):
+        xb = xt[:batch]
+        t = interleaved({k: (lambda c=c, xb=xb: c.run_all(xb)) for k, c in chains.items() if k != "ort"},
+                        300 if batch == 1 else 40)
+        med = {k: 1e3 * float(np.median(v)) for k, v in t.items()}
+        result[f"run_all_ms_batch{batch}"] = med
+        result[f"int8_over_fp32_batch{batch}"] = med["int8"] / med["fp32"]
+    manifest = json.loads((bundles["ort"] / "manifest.json").read_text())
+    result["mobile_coverage"] = manifest["mobile_report"]
+    write(args.out, result)
+    print(json.dumps({k: result[k] for k in ("top1", "int8_minus_fp32_points", "int8_over_fp32_batch1",
+                                              "int8_over_fp32_batch64")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
