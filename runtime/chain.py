@@ -193,6 +193,14 @@ class ExitChain:
             parts.append([o[:m] for o in graph.session.run(graph.output_names, chunk)])
         return [np.concatenate(col) for col in zip(*parts)]
 
+    def _step(self, g: _Graph, env: dict) -> tuple[list[np.ndarray], dict]:
+        """Run one graph on the tensors it names: (host logits in exit order, cached outputs)."""
+        feeds = {name: env[name] for name in g.inputs}
+        if self._router:
+            return self._router.run(g, feeds)
+        outs = self._run(g, feeds)
+        return [outs[p] for p in g.logit_pos], {name: outs[i] for i, name in g.cache_pos}
+
     def run_all(self, x: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits for every sample (anytime prediction), stage by stage."""
         x = self.check_input(x)
@@ -200,12 +208,7 @@ class ExitChain:
         env = {self.input_name: router.upload(x) if router else x}
         logits: list[np.ndarray] = []
         for g in self._graphs:
-            feeds = {name: env[name] for name in g.inputs}
-            if router:
-                host, cache = router.run(g, feeds)
-            else:
-                outs = self._run(g, feeds)
-                host, cache = [outs[p] for p in g.logit_pos], {name: outs[i] for i, name in g.cache_pos}
+            host, cache = self._step(g, env)
             logits.extend(host)
             env = {n: v for n, v in env.items() if n in g.keep_after}
             env.update(cache)
@@ -234,12 +237,7 @@ class ExitChain:
         router = self._router
         env = {self.input_name: router.upload(x) if router else x}
         for g in self._graphs:
-            feeds = {name: env[name] for name in g.inputs}
-            if router:
-                logits, cache = router.run(g, feeds)
-            else:
-                outs = self._run(g, feeds)
-                logits, cache = [outs[p] for p in g.logit_pos], {name: outs[i] for i, name in g.cache_pos}
+            logits, cache = self._step(g, env)
             alive = None  # rows of this graph's batch that have not exited yet (None: all)
             for k, z in zip(g.exits, logits):
                 alive = out.decide(z, k, float(thr[k]), float(temps[k]), rows, alive)
