@@ -28,15 +28,19 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import commands_demo, commands_eval, commands_model, commands_runtime  # noqa: F401
+    from . import (  # noqa: F401  (each module attaches its commands to `cli`)
+        commands_bench,
+        commands_convert,
+        commands_demo,
+        commands_eval,
+        commands_model,
+        commands_runtime,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     _register()
     cli.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="ranet-edge")
-
-
-_register_done = False
 
 
 def get_cli() -> click.Group:

@@ -21,7 +21,8 @@ def demo(out: str, threads: int | None) -> None:
     from ranet_edge.runtime import ExitChain
 
     from ..assets import DEFAULT_CHECKPOINT, SAMPLE_IMAGES
-    from .commands_eval import bench, calibrate, split_val
+    from .commands_bench import bench
+    from .commands_eval import calibrate, split_val
     from .commands_model import export
 
     ctx = click.get_current_context()
