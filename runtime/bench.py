@@ -75,15 +75,22 @@ def run_bench(chain: ExitChain, images: np.ndarray, opts: BenchOptions, threads:
     progress("chain vs monolithic")
     chain_t, mono_t = np.empty(opts.iters), np.empty(opts.iters)
     mono_feed = {chain.input_name: xb}
-    for i in range(opts.warmup + opts.iters):  # interleaved, so noise hits both alike
-        t0 = time.perf_counter()
+    for _ in range(opts.warmup):
         chain.run_all(xb)
-        t1 = time.perf_counter()
         if mono is not None:
             mono.run(None, mono_feed)
-        t2 = time.perf_counter()
-        if i >= opts.warmup:
-            chain_t[i - opts.warmup], mono_t[i - opts.warmup] = t1 - t0, t2 - t1
+    block = 10  # side by side in blocks, so noise hits both alike without cache ping-pong
+    for start in range(0, opts.iters, block):
+        stop = min(start + block, opts.iters)
+        for i in range(start, stop):
+            t0 = time.perf_counter()
+            chain.run_all(xb)
+            chain_t[i] = time.perf_counter() - t0
+        for i in range(start, stop):
+            t0 = time.perf_counter()
+            if mono is not None:
+                mono.run(None, mono_feed)
+            mono_t[i] = time.perf_counter() - t0
     result: dict = {
         "env": machine_info(chain, threads), "batch_size": n_b,
         "stage_ms": [p["p50"] for p in stage_pct], "stage_percentiles": stage_pct,

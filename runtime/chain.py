@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from ranet_edge.errors import BundleError, CalibrationError, InputError
 
 from .manifest import Manifest, load_manifest
 from .operating_points import OperatingPoint, load_points
+from .plan import BoundPlan
 from .preprocess import PreprocessSpec, preprocess
 from .providers import DEVICE_PROVIDERS, provider_list, session_options
 
@@ -71,6 +73,8 @@ class ExitChain:
         self.num_exits = manifest.num_exits
         self.class_names = manifest.data.get("class_names")
         self._resolved: dict = {}
+        self._local = threading.local()  # per-thread BoundPlans, by batch size
+        self._plannable = all(g.static_batch is None for g in graphs)
         self._router = None  # DeviceRouter when cached tensors stay on an accelerator
 
     # ------------------------------------------------------------------ loading
@@ -201,9 +205,26 @@ class ExitChain:
         outs = self._run(g, feeds)
         return [outs[p] for p in g.logit_pos], {name: outs[i] for i, name in g.cache_pos}
 
+    def _plan(self, x: np.ndarray) -> BoundPlan | None:
+        """This thread's pre-bound plan for x's batch size (CPU path, dynamic-batch graphs)."""
+        if self._router is not None or not self._plannable:
+            return None
+        plans = getattr(self._local, "plans", None)
+        if plans is None:
+            plans = self._local.plans = {}
+        plan = plans.get(x.shape[0])
+        if plan is None:
+            if len(plans) >= 4:  # keep a few batch sizes per thread
+                plans.pop(next(iter(plans)))
+            plan = plans[x.shape[0]] = BoundPlan(self._graphs, self.input_name, x)
+        return plan
+
     def run_all(self, x: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits for every sample (anytime prediction), stage by stage."""
         x = self.check_input(x)
+        plan = self._plan(x)
+        if plan is not None:
+            return [z.copy() for g in range(len(self._graphs)) for z in plan.run_graph(g, x)]
         router = self._router
         env = {self.input_name: router.upload(x) if router else x}
         logits: list[np.ndarray] = []
@@ -232,6 +253,8 @@ class ExitChain:
         x = self.check_input(x)
         thr, temps = self._thresholds_cached(thresholds)
         n = x.shape[0]
+        if n == 1 and self._router is None:
+            return self._predict_one(x, thr, temps)
         out = _Results(n)
         rows = np.arange(n)  # original positions of the samples still running
         router = self._router
@@ -253,6 +276,28 @@ class ExitChain:
                 else:
                     env = {nm: v[alive] for nm, v in env.items()}
         return Prediction(out.labels, out.exits, out.conf, out.probs)
+
+
+    def _predict_one(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Prediction:
+        """predict() for one sample: pre-bound buffers, no row bookkeeping, scalars."""
+        plan = self._plan(x)
+        env = {self.input_name: x}
+        for i, g in enumerate(self._graphs):
+            if plan is not None:
+                logits, cache = plan.run_graph(i, x), {}
+            else:
+                logits, cache = self._step(g, env)
+            for k, z in zip(g.exits, logits):
+                z = z[0] if temps[k] == 1.0 else z[0] / temps[k]
+                e = np.exp(z - z.max())
+                total = e.sum()
+                if 1.0 / total >= thr[k]:
+                    p = (e / total).astype(np.float32)
+                    label = int(p.argmax())
+                    return Prediction(np.array([label]), np.array([k]), np.array([p[label]], np.float32), p[None])
+            env = {nm: v for nm, v in env.items() if nm in g.keep_after}
+            env.update(cache)
+        raise AssertionError("the last exit accepts every sample")  # pragma: no cover
 
 
 class _Results:

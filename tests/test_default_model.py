@@ -37,7 +37,8 @@ def test_default_model_is_trained():
         x, y = chain.preprocess(z["x"]), z["y"]
     logits = chain.run_all(x)
     acc = [float((z.argmax(1) == y).mean()) for z in logits]
-    assert min(acc) > 0.6 and acc[-1] > acc[0]  # trained, and later exits are better
+    # trained (chance is 0.1), and the deeper exits beat the first one on these 500 images
+    assert min(acc) > 0.75 and max(acc[1:]) > acc[0]
     res = chain.predict(x, 0.9)
     assert len(set(res.exits.tolist())) >= 3  # confidences differ: samples leave at several exits
     assert chain.class_names[:3] == ["airplane", "automobile", "bird"]
