@@ -24,16 +24,19 @@ def held_out_images(data: str | None, holdout: int, seed: int = 0) -> tuple[np.n
     return ds.arrays, ds.labels
 
 
-def interleaved(fns: dict, repeats: int, warmup: int = 5, block: int = 20) -> dict[str, np.ndarray]:
+def interleaved(fns: dict, repeats: int, warmup: int = 5, block: int = 100, settle: int = 10) -> dict[str, np.ndarray]:
     """Time each function ``repeats`` times, side by side: blocks of ``block`` calls per
-    function in turn, so slow drifts of the machine hit all alike while no call runs right
-    after another function has evicted its caches (per-call round-robin biases by position)."""
+    function in turn, each block preceded by ``settle`` untimed calls. Slow drifts of the
+    machine hit every function alike, while no timed call pays for the caches another
+    function just evicted (per-call round-robin biases results by position)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     out = {k: np.empty(repeats) for k in fns}
     for start in range(0, repeats, block):
         for k, fn in fns.items():
+            for _ in range(settle):
+                fn()
             for i in range(start, min(start + block, repeats)):
                 t0 = time.perf_counter()
                 fn()

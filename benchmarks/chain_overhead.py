@@ -19,7 +19,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=1000)
     ap.add_argument("--out", default="benchmarks/results/chain_overhead.json")
     args = ap.parse_args()
     chain = ExitChain.load(args.bundle, threads=args.threads)
@@ -35,7 +35,8 @@ def main() -> None:
             "chain": lambda x=x: chain.run_all(x),
             "sessions_only": lambda gs=graphs, fs=feeds: [g.session.run(g.output_names, f) for g, f in zip(gs, fs)],
             "monolithic": lambda x=x: mono.run(None, {chain.input_name: x}),
-        }, args.repeats if batch == 1 else max(30, args.repeats // 10))
+        }, args.repeats if batch == 1 else max(30, args.repeats // 10), block=100 if batch == 1 else 10,
+            settle=10 if batch == 1 else 2)
         med = {k: 1e3 * float(np.median(v)) for k, v in t.items()}
         result[f"batch{batch}"] = {"median_ms": med, "overhead_ratio": med["chain"] / med["monolithic"],
                                    "driver_overhead_ms": med["chain"] - med["sessions_only"]}

@@ -17,9 +17,11 @@ DATA_ARGS=()
 $BIN/ranet-edge eval "$B" "${DATA_ARGS[@]}" --json "$R/eval.json" --plot "$R/eval.png" | tee "$R/eval.txt"
 $BIN/ranet-edge bench "$B" --threads 1 --json "$R/bench.json" | tee "$R/bench.txt"
 $BIN/ranet-edge export ranet_edge/assets/default.pt -o "$B-sub" --granularity subnetwork --monolithic --force > /dev/null
+$BIN/ranet-edge export tests/data/cifar10-c1.pth -o build/bench/c1 --monolithic --force > /dev/null   # RANet C-1 (golden weights)
 cd benchmarks
 ../$BIN/python chain_overhead.py --bundle "../$B" --out results/chain_overhead.json
 ../$BIN/python chain_overhead.py --bundle "../$B-sub" --out results/chain_overhead_subnetwork.json
+../$BIN/python chain_overhead.py --bundle ../build/bench/c1 --out results/chain_overhead_c1.json
 ../$BIN/python adaptive_speedup.py --bundle "../$B" --ckpt ../ranet_edge/assets/default.pt \
     ${DATA:+--data "$DATA" --holdout 5000} --out results/adaptive_speedup.json
 ../$BIN/python threads_sweep.py --bundle "../$B" --out results/threads_sweep.json
