@@ -181,7 +181,12 @@ def export_model(
     batch = spec.batch_size or 1
     example = torch.zeros(batch, *input_shape)
     with torch.no_grad():
-        num_exits = len(model(example))
+        outputs = model(example)
+    if not isinstance(outputs, (list, tuple)) or not outputs or not all(
+            isinstance(o, torch.Tensor) and o.dim() == 2 for o in outputs):
+        raise ExportError("the model's forward must return the list of exit logits (N x classes tensors) in "
+                          f"exit order; it returned {type(outputs).__name__}")
+    num_exits = len(outputs)
     full = _to_onnx(model, example, num_exits, spec)
     feed = np.zeros((batch, *input_shape), np.float32)
     values = {INPUT_NAME: feed, **intermediate_values(full, {INPUT_NAME: feed})}

@@ -518,3 +518,15 @@ def test_validation_failure_leaves_nothing(tmp_path):
     assert {(int(r[0]), int(r[1])) for r in rows} == {(k, b) for k in range(4) for b in (1, 3)}
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no half-written temporary directory either
+
+
+def test_generic_export_refuses_a_single_output_model(tmp_path):
+    import torch
+
+    from ranet_edge.errors import ExportError
+    from ranet_edge.export.exporter import ExportSpec, export_model
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    with pytest.raises(ExportError, match="list of exit logits"):
+        export_model(model, tmp_path / "b", (3, 8, 8), ExportSpec(), log=lambda m: None)
+    assert not (tmp_path / "b").exists()
