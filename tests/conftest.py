@@ -72,3 +72,19 @@ def reference_imagenet_txt() -> Path:
 @pytest.fixture(scope="session")
 def official_w8_ckpt() -> Path:
     return DATA / "cifar10-w8-official.pth.tar"
+
+
+@pytest.fixture(scope="module")
+def run():
+    """Invoke the ``ranet-edge`` CLI in-process (CliRunner); arguments may be paths."""
+    from click.testing import CliRunner
+
+    from ranet_edge.cli import get_cli
+
+    runner = CliRunner()
+    cli = get_cli()
+
+    def invoke(*args):
+        return runner.invoke(cli, [str(a) for a in args])
+
+    return invoke

@@ -4,23 +4,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-from click.testing import CliRunner
 
 from ranet_edge import __version__
-from ranet_edge.cli import get_cli
 from ranet_edge.presets import get_preset
-
-
-@pytest.fixture(scope="module")
-def run():
-    runner = CliRunner()
-    cli = get_cli()
-
-    def invoke(*args):
-        return runner.invoke(cli, [str(a) for a in args])
-
-    return invoke
 
 
 def _assert_clean_error(result):

@@ -10,10 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
 from msdnet_toy import randomize
 
-from ranet_edge.cli import get_cli
 from ranet_edge.export.exporter import ExportSpec
 from ranet_edge.export.ranet import export_checkpoint
 from ranet_edge.model import RANet
@@ -31,17 +29,6 @@ def bundle(tmp_path_factory) -> Path:
                root / "tiny.pt")
     export_checkpoint(root / "tiny.pt", root / "bundle", ExportSpec(monolithic=True), log=lambda _m: None)
     return root / "bundle"
-
-
-@pytest.fixture(scope="module")
-def run():
-    runner = CliRunner()
-    cli = get_cli()
-
-    def invoke(*args):
-        return runner.invoke(cli, [str(a) for a in args])
-
-    return invoke
 
 
 @pytest.fixture(scope="module")
