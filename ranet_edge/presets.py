@@ -27,6 +27,7 @@ def list_presets() -> list[str]:
 
 
 def describe(name: str) -> str:
+    """One line on what the preset is for (shown by ``--help``)."""
     return _DESCRIPTIONS[name]
 
 

@@ -26,11 +26,6 @@ class Outcome:
     exit_counts: np.ndarray  # (K,) samples leaving at each exit
 
 
-def confidences(probs: np.ndarray) -> np.ndarray:
-    """(K, n, C) probabilities -> (K, n) max probability."""
-    return probs.max(axis=2)
-
-
 def paper_thresholds(conf: np.ndarray, p: float) -> np.ndarray:
     """The paper's procedure for one ``p`` (RANET.md, "Budgeted batch classification").
 

@@ -58,11 +58,3 @@ def measure_stages(chain: ExitChain, x: np.ndarray, warmup: int = 5, iters: int 
             progress(1)
     return StageTimes(x.shape[0], samples)
 
-
-def time_call(fn, repeats: int) -> np.ndarray:
-    out = np.empty(repeats)
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out[i] = time.perf_counter() - t0
-    return out

@@ -13,6 +13,8 @@ directly by every later stage. Two long skips also cross several stages:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -103,3 +105,15 @@ def randomize(model: nn.Module, seed: int = 0, logit_scale: float = 1.0) -> nn.M
 def make_toy(seed: int = 0, **kwargs) -> MSDNetToy:
     torch.manual_seed(seed)
     return randomize(MSDNetToy(**kwargs), seed)
+
+
+def save_random_ranet(preset: str, path: Path, seed: int = 0, logit_scale: float = 1.0) -> nn.Module:
+    """A random RANet with random BatchNorm statistics, saved in the ranet-edge format."""
+    from ranet_edge.model import RANet
+    from ranet_edge.presets import get_preset
+
+    cfg = get_preset(preset)
+    torch.manual_seed(seed)
+    model = randomize(RANet(cfg), seed, logit_scale)
+    torch.save({"format": "ranet-edge-checkpoint", "config": cfg.to_dict(), "model": model.state_dict()}, path)
+    return model

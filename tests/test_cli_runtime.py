@@ -9,24 +9,17 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
-from msdnet_toy import randomize
+from msdnet_toy import save_random_ranet
 
 from ranet_edge.export.exporter import ExportSpec
 from ranet_edge.export.ranet import export_checkpoint
-from ranet_edge.model import RANet
-from ranet_edge.presets import get_preset
 from ranet_edge.runtime import ExitChain, read_image
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli-runtime")
-    cfg = get_preset("tiny")
-    torch.manual_seed(5)
-    model = randomize(RANet(cfg), seed=5, logit_scale=40.0)
-    torch.save({"format": "ranet-edge-checkpoint", "config": cfg.to_dict(), "model": model.state_dict()},
-               root / "tiny.pt")
+    save_random_ranet("tiny", root / "tiny.pt", seed=5, logit_scale=40.0)
     export_checkpoint(root / "tiny.pt", root / "bundle", ExportSpec(monolithic=True), log=lambda _m: None)
     return root / "bundle"
 

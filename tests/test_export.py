@@ -16,14 +16,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from msdnet_toy import make_toy, randomize
+from msdnet_toy import make_toy, save_random_ranet
 
 from ranet_edge.checkpoint import load_checkpoint
 from ranet_edge.cli import get_cli
 from ranet_edge.errors import CheckpointError, ExportError, RanetEdgeError
 from ranet_edge.export.exporter import ExportSpec, export_model
 from ranet_edge.export.ranet import export_checkpoint
-from ranet_edge.model import RANet
 from ranet_edge.presets import get_preset
 from ranet_edge.runtime import ExitChain
 
@@ -78,15 +77,6 @@ def assert_logits_close(got: list[np.ndarray], want: list[np.ndarray], rel: floa
         assert scale > 0, f"exit {k}: reference logits are all zero"
         diff = float(np.abs(g - w).max())
         assert diff <= rel * scale, f"exit {k}: max|diff| {diff:.3e} > {rel:g} * {scale:.3e}"
-
-
-def save_random_ranet(preset: str, path: Path, seed: int = 0, logit_scale: float = 1.0) -> RANet:
-    """A random RANet with random BatchNorm statistics, saved in the ranet-edge format."""
-    cfg = get_preset(preset)
-    torch.manual_seed(seed)
-    model = randomize(RANet(cfg), seed, logit_scale)
-    torch.save({"format": "ranet-edge-checkpoint", "config": cfg.to_dict(), "model": model.state_dict()}, path)
-    return model
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

@@ -18,14 +18,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from msdnet_toy import randomize
+from msdnet_toy import save_random_ranet
 
 from ranet_edge.checkpoint import load_checkpoint
 from ranet_edge.errors import BundleError, CalibrationError, InputError, ProviderError
 from ranet_edge.export.exporter import ExportSpec
 from ranet_edge.export.ranet import export_checkpoint
-from ranet_edge.model import RANet
-from ranet_edge.presets import get_preset
 from ranet_edge.runtime import ExitChain, OperatingPoint, save_point
 
 DATA = Path(__file__).parent / "data"
@@ -84,11 +82,7 @@ def images(n: int, seed: int, size: int = 32) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    cfg = get_preset("tiny")
-    torch.manual_seed(2)
-    model = randomize(RANet(cfg), seed=2, logit_scale=40.0)
-    torch.save({"format": "ranet-edge-checkpoint", "config": cfg.to_dict(), "model": model.state_dict()},
-               root / "tiny.pt")
+    model = save_random_ranet("tiny", root / "tiny.pt", seed=2, logit_scale=40.0)
     export_checkpoint(root / "tiny.pt", root / "bundle", ExportSpec(), log=quiet)
     return model, root / "bundle"
 

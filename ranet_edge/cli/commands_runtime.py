@@ -34,11 +34,12 @@ def bundle_info(bundle: str) -> dict:
     return {"bundle": str(bundle), "granularity": m["granularity"], "precision": m.get("precision", "fp32"),
             "graph_format": m.get("graph_format", "onnx"), "batch_size": m.get("batch_size"),
             "opset": m.get("opset"), "model": m.get("model"), "exits": rows,
-            "total_cache_bytes_per_sample": sum(g_cache(m)),
+            "total_cache_bytes_per_sample": sum(_cache_bytes_per_graph(m)),
             "monolithic": bool(m.get("monolithic")), "mobile_report": m.get("mobile_report")}
 
 
-def g_cache(m: dict) -> list[int]:
+def _cache_bytes_per_graph(m: dict) -> list[int]:
+    """Cache bytes per sample handed on by each graph (exits sharing a graph count once)."""
     seen, out = set(), []
     for e in m["exits"]:
         if e["graph"] not in seen:

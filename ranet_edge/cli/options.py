@@ -35,8 +35,10 @@ def arch_options(func: Callable | None = None, *, with_data: bool = True) -> Cal
             if dest == "data" and not with_data:
                 continue
             f = click.option(flag, dest, type=typ, default=None, help=f"official flag: {help_text}")(f)
+        from ..presets import list_presets
+
         return click.option("--preset", default=None,
-                            help="named configuration (see `ranet-edge presets`)")(f)
+                            help=f"named configuration: {', '.join(list_presets())}")(f)
 
     return wrap(func) if func is not None else wrap
 
