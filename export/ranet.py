@@ -1,12 +1,12 @@
-"""Export RANet checkpoints: checkpoint loading plus the generic exporter."""
+"""Export RANet and MSDNet checkpoints: checkpoint loading plus the generic exporter."""
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ranet_edge.architectures import NAMES, ArchConfig
 from ranet_edge.checkpoint import LoadedCheckpoint, load_checkpoint
-from ranet_edge.config import RANetConfig
 from ranet_edge.runtime.preprocess import PreprocessSpec
 
 from .exporter import INPUT_NAME, ExportResult, ExportSpec, export_model
@@ -21,14 +21,16 @@ def export_loaded(loaded: LoadedCheckpoint, out_dir: str | os.PathLike, spec: Ex
     pre.update({"input": INPUT_NAME, "shape": [batch, 3, config.image_size, config.image_size]})
     classes = loaded.meta.get("classes")
     metadata = {
-        "model": {"architecture": "RANet", "config": config.to_dict(),
+        "model": {"architecture": NAMES[config.arch], "config": config.to_dict(),
                   "official_flags": config.official_flags(), "config_source": loaded.config_source,
                   "checkpoint": Path(source).name if source else None, "checkpoint_layout": loaded.layout},
         "num_classes": config.num_classes,
         "class_names": list(classes) if classes and len(classes) == config.num_classes else None,
         "preprocessing": pre,
     }
-    exit_groups = [spec_.subnet for spec_ in config.plan() if spec_.exit is not None]
+    # Sub-networks are a RANet notion; an MSDNet exports one graph per exit only.
+    exit_groups = ([spec_.subnet for spec_ in config.plan() if spec_.exit is not None]
+                   if config.arch == "ranet" else None)
     return export_model(
         model, out_dir, (3, config.image_size, config.image_size), spec,
         exit_groups=exit_groups, cumulative_params=[c.params for c in costs],
@@ -37,8 +39,9 @@ def export_loaded(loaded: LoadedCheckpoint, out_dir: str | os.PathLike, spec: Ex
 
 
 def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike, spec: ExportSpec | None = None,
-                      config: RANetConfig | None = None, config_source: str = "flags", force: bool = False,
-                      log: Callable[[str], None] = print) -> ExportResult:
-    """Load ``ckpt`` (any supported layout; architecture inferred when ``config`` is None) and export it."""
-    loaded = load_checkpoint(ckpt, config, config_source)
+                      config: ArchConfig | None = None, config_source: str = "flags", force: bool = False,
+                      log: Callable[[str], None] = print, arch: str | None = None) -> ExportResult:
+    """Load ``ckpt`` (any supported layout; architecture inferred when ``config`` is None,
+    as ``arch`` if given) and export it."""
+    loaded = load_checkpoint(ckpt, config, config_source, arch)
     return export_loaded(loaded, out_dir, spec or ExportSpec(), str(ckpt), force, log)

@@ -1,8 +1,10 @@
-"""Loading checkpoints: ours, the official trainer's, or a bare state_dict.
+"""Loading checkpoints: ours, the official trainers' (RANet or MSDNet), or a bare state_dict.
 
 Every load goes through ``torch.load(..., weights_only=True)``, so nothing in the file can
 run code. Official checkpoints carry no architecture flags: the caller gives a preset or
-flags, or :func:`infer_config` works the architecture out from tensor names and shapes.
+flags, or the architecture is worked out from tensor names and shapes: which network it is
+from the keys (:func:`detect_arch`), its flags from the shapes (:func:`infer_config` for
+RANet, :func:`~ranet_edge.msdnet_infer.infer_msdnet_config` for MSDNet).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from math import gcd
 from pathlib import Path
 from typing import Any
 
+from .architectures import NAMES, ArchConfig, config_from_dict
 from .config import RANetConfig
 from .errors import CheckpointError, ConfigError, require
 
@@ -26,8 +29,8 @@ FORMAT = "ranet-edge-checkpoint"
 class LoadedCheckpoint:
     """A model with its weights and where its architecture came from."""
 
-    model: Any  # ranet_edge.model.RANet, in eval mode
-    config: RANetConfig
+    model: Any  # ranet_edge.model.RANet or MSDNet, in eval mode
+    config: ArchConfig
     layout: str  # "ranet-edge", "official" or "state_dict"
     config_source: str  # "checkpoint", "preset", "flags" or "inferred"
     meta: dict = field(default_factory=dict)  # epoch, best accuracy, class names, ...
@@ -77,26 +80,55 @@ def split_checkpoint(obj: Mapping) -> tuple[str, dict, dict]:
     return layout, {k.removeprefix("module."): v for k, v in state.items()}, meta
 
 
-def load_checkpoint(path: str | os.PathLike, config: RANetConfig | None = None,
-                    config_source: str = "flags") -> LoadedCheckpoint:
-    """Load ``path`` into a RANet; ``config`` overrides what the file says or implies."""
-    from .model import RANet
+def load_checkpoint(path: str | os.PathLike, config: ArchConfig | None = None,
+                    config_source: str = "flags", arch: str | None = None) -> LoadedCheckpoint:
+    """Load ``path`` into its model; ``config`` overrides what the file says or implies, and
+    ``arch`` ("ranet"/"msdnet") overrides the architecture detected from the keys."""
+    from .model import build_model
 
     layout, state, meta = split_checkpoint(read_checkpoint_file(path))
     source = config_source
     if config is None:
         if layout == "ranet-edge":
-            config, source = RANetConfig.from_dict(meta["config"]), "checkpoint"
+            config, source = config_from_dict(meta["config"]), "checkpoint"
         else:
-            config, source = infer_config(state), "inferred"
-    model = RANet(config)
+            config, source = infer_arch_config(state, arch), "inferred"
+    else:
+        found = detect_arch(state, strict=False)
+        if found is not None and found != config.arch:
+            raise CheckpointError(
+                f"the checkpoint holds a {NAMES[found]} but the flags describe a {NAMES[config.arch]}; "
+                f"pass --arch {found} with its flags, or omit the flags to infer them")
+    model = build_model(config)
     check_state_dict(model.state_dict(), state, config, source)
     model.load_state_dict(state)
     model.eval()
     return LoadedCheckpoint(model, config, layout, source, meta)
 
 
-def check_state_dict(expected: Mapping, given: Mapping, config: RANetConfig, source: str) -> None:
+def detect_arch(state: Mapping, strict: bool = True) -> str | None:
+    """"ranet" or "msdnet", told apart by the top-level modules (None if neither, unless strict)."""
+    from .msdnet_infer import is_msdnet_state
+
+    if any(k.startswith("FirstLayer.") for k in state):
+        return "ranet"
+    if is_msdnet_state(state):
+        return "msdnet"
+    if strict:
+        raise CheckpointError("not a RANet state_dict (no FirstLayer/scale_flows keys) nor an MSDNet one "
+                              "(no blocks/classifier keys); give the checkpoint of one of them")
+    return None
+
+
+def infer_arch_config(state: Mapping, arch: str | None = None) -> ArchConfig:
+    """The architecture's config from the keys and shapes; ``arch`` skips the detection."""
+    from .msdnet_infer import infer_msdnet_config
+
+    arch = arch or detect_arch(state)
+    return infer_msdnet_config(state) if arch == "msdnet" else infer_config(state)
+
+
+def check_state_dict(expected: Mapping, given: Mapping, config: ArchConfig, source: str) -> None:
     """Raise a one-line CheckpointError naming the first missing/unexpected/misshapen keys."""
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
@@ -111,7 +143,7 @@ def check_state_dict(expected: Mapping, given: Mapping, config: RANetConfig, sou
     hint = ("give the official flags it was trained with, or a --preset"
             if source != "inferred" else "the architecture could not be inferred; give its official flags")
     raise CheckpointError(
-        f"checkpoint does not match the {source} architecture [{config.official_flags()}]: "
+        f"checkpoint does not match the {source} {NAMES[config.arch]} architecture [{config.official_flags()}]: "
         f"{'; '.join(parts)}; {hint}, or omit them to infer the architecture"
     )
 

@@ -100,6 +100,8 @@ class RANetConfig:
         self.plan()  # raises ConfigError for zero-channel layers
 
     # ----------------------------------------------------------------- derived facts
+    arch = "ranet"
+
     @property
     def num_scales(self) -> int:
         """S, the number of sub-networks."""

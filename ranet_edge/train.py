@@ -1,4 +1,4 @@
-"""Training RANets with the paper's recipe; single process or under ``torchrun`` (DDP).
+"""Training RANets and MSDNets with the paper's recipe; single process or under ``torchrun`` (DDP).
 
 All randomness of an epoch (order, crops, flips) derives from ``(seed, epoch, rank)``, and
 the learning rate is a function of training progress, so ``--resume`` from the last
@@ -22,11 +22,11 @@ import torch.nn.functional as F
 
 from ranet_edge.runtime.preprocess import PreprocessSpec, fit_image, normalize
 
+from .architectures import ArchConfig, config_from_dict
 from .checkpoint import FORMAT, read_checkpoint_file
-from .config import RANetConfig
 from .data import Dataset, open_dataset, split
 from .errors import CheckpointError, DataError
-from .model import RANet
+from .model import build_model
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(model: RANet, data: Dataset, spec: PreprocessSpec, batch_size: int = 256) -> list[float]:
+def evaluate(model: torch.nn.Module, data: Dataset, spec: PreprocessSpec, batch_size: int = 256) -> list[float]:
     """Top-1 accuracy (percent) of every exit."""
     model.eval()
     correct = torch.zeros(model.num_exits, dtype=torch.int64)
@@ -135,7 +135,7 @@ def evaluate(model: RANet, data: Dataset, spec: PreprocessSpec, batch_size: int 
     return [round(100.0 * c / max(len(data), 1), 3) for c in correct.tolist()]
 
 
-def train(config: RANetConfig, opts: TrainOptions, log: Callable[[str], None] = print) -> list[EpochResult]:
+def train(config: ArchConfig, opts: TrainOptions, log: Callable[[str], None] = print) -> list[EpochResult]:
     """Train (or resume) and return the results of the epochs run in this call."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -156,7 +156,7 @@ def train(config: RANetConfig, opts: TrainOptions, log: Callable[[str], None] = 
     augment = _Augmenter(spec, kind)
 
     torch.manual_seed(opts.seed)
-    model = RANet(config)
+    model = build_model(config)
     optimizer = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum,
                                 weight_decay=opts.weight_decay, nesterov=opts.nesterov)
     start_epoch, best, history = 0, 0.0, []
@@ -165,7 +165,7 @@ def train(config: RANetConfig, opts: TrainOptions, log: Callable[[str], None] = 
         state = read_checkpoint_file(last_path)
         if state.get("format") != FORMAT or "optimizer" not in state:
             raise CheckpointError(f"{last_path} is not a ranet-edge training checkpoint; remove it or drop --resume")
-        if RANetConfig.from_dict(state["config"]) != config:
+        if config_from_dict(state["config"]) != config:
             raise CheckpointError(f"{last_path} was trained with another architecture; use its flags or a new --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -14,8 +14,8 @@ from .options import arch_options, json_option, pop_arch, resolve_arch
 def _load(ckpt: str, preset, flags):
     from ..checkpoint import load_checkpoint
 
-    config, source = resolve_arch(preset, flags)
-    return load_checkpoint(ckpt, config, source)
+    config, source, arch = resolve_arch(preset, flags)
+    return load_checkpoint(ckpt, config, source, arch)
 
 
 @cli.command()
@@ -37,7 +37,10 @@ def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"checkpoint   {ckpt} ({loaded.layout} layout, architecture {loaded.config_source})")
+    from ..architectures import NAMES
+
+    click.echo(f"checkpoint   {ckpt} ({loaded.layout} layout, {NAMES[loaded.config.arch]}, "
+               f"architecture {loaded.config_source})")
     click.echo(f"flags        {loaded.config.official_flags()}")
     click.echo(f"exits        {len(costs)}, {loaded.config.num_classes} classes, "
                f"input 3x{loaded.config.image_size}x{loaded.config.image_size}")
@@ -66,7 +69,7 @@ def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-batches", type=int, default=None, hidden=True)
 def train(data_path: str, dataset: str | None, threads: int | None, **kwargs) -> None:
-    """Train a RANet (summed cross-entropy over exits, SGD); works under torchrun."""
+    """Train a RANet or an MSDNet (summed cross-entropy over exits, SGD); works under torchrun."""
     torch = require("torch", "train")
     from ..train import TrainOptions
     from ..train import train as run_train
@@ -77,11 +80,11 @@ def train(data_path: str, dataset: str | None, threads: int | None, **kwargs) ->
     preset, flags = pop_arch(kwargs)
     if dataset and flags.get("data") is None and not preset:
         flags["data"] = {"imagenet": "ImageNet", "folder": "cifar10"}.get(dataset, dataset)
-    config, _ = resolve_arch(preset, flags)
+    config, _, arch = resolve_arch(preset, flags)
     if config is None:
-        from ..config import RANetConfig
+        from ..architectures import config_type
 
-        config = RANetConfig()
+        config = config_type(arch or "ranet")()
     if threads:
         torch.set_num_threads(threads)
     augment = "imagenet" if dataset == "imagenet" else ("cifar" if dataset in ("cifar10", "cifar100") else "auto")
@@ -130,12 +133,13 @@ def export(ckpt: str | None, out: str | None, opset: int, batch_size: int | None
                               "pass a checkpoint path")
         click.echo(f"exporting the bundled default model {Path(ckpt).name}", err=True)
     preset, flags = pop_arch(kwargs)
-    config, source = resolve_arch(preset, flags)
+    config, source, arch = resolve_arch(preset, flags)
     out = out or (Path(ckpt).name.split(".")[0] + ".bundle")
     spec = ExportSpec(opset=opset, batch_size=batch_size, simplify=not no_simplify, monolithic=monolithic,
                       granularity=granularity, tolerance=tolerance)
     t0 = time.perf_counter()
-    result = export_checkpoint(ckpt, out, spec, config, source, force=force, log=lambda m: click.echo(m))
+    result = export_checkpoint(ckpt, out, spec, config, source, force=force, log=lambda m: click.echo(m),
+                               arch=arch)
     exits = result.manifest["exits"]
     click.echo(f"wrote {out}: {len(result.manifest['graphs'])} graphs for {len(exits)} exits "
                f"in {time.perf_counter() - t0:.1f}s; next: ranet-edge info {out}")

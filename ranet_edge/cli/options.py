@@ -10,22 +10,27 @@ from ..errors import ConfigError
 
 _ARCH_FLAGS = [
     ("--data", "data", str, "cifar10 / cifar100 / ImageNet"),
-    ("--nBlocks", "nBlocks", int, "blocks in the first sub-network"),
-    ("--block-step", "block_step", int, "extra blocks per later sub-network"),
+    ("--nBlocks", "nBlocks", int, "RANet: blocks in the first sub-network; MSDNet: blocks (exits)"),
+    ("--block-step", "block_step", int, "RANet: extra blocks per later sub-network"),
     ("--nChannels", "nChannels", int, "base channel count"),
     ("--growthRate", "growthRate", int, "base growth rate"),
-    ("--grFactor", "grFactor", str, "per sub-network growth factors, e.g. 4-2-1"),
-    ("--bnFactor", "bnFactor", str, "per sub-network bottleneck factors, e.g. 4-2-1"),
-    ("--scale-list", "scale_list", str, "resolution ranks, e.g. 1-2-3"),
+    ("--grFactor", "grFactor", str, "growth factors, e.g. 4-2-1 (RANet) or 1-2-4 (MSDNet)"),
+    ("--bnFactor", "bnFactor", str, "bottleneck factors, e.g. 4-2-1 (RANet) or 1-2-4 (MSDNet)"),
+    ("--scale-list", "scale_list", str, "RANet: resolution ranks, e.g. 1-2-3"),
     ("--step", "step", int, "layers per block"),
-    ("--stepmode", "stepmode", click.Choice(["even", "lg"]), "even or lg"),
-    ("--compress-factor", "compress_factor", float, "fusion compress factor"),
+    ("--stepmode", "stepmode", click.Choice(["even", "lg", "lin_grow"]), "even, lg (RANet) or lin_grow (MSDNet)"),
+    ("--compress-factor", "compress_factor", float, "RANet: fusion compress factor"),
     ("--reduction", "reduction", float, "transition compression"),
+    ("--base", "base", int, "MSDNet: layers in the first block"),
+    ("--prune", "prune", click.Choice(["min", "max"]), "MSDNet: where scales are dropped"),
+    ("--bottleneck", "bottleneck", click.Choice(["True", "False"]), "MSDNet: 1x1 bottlenecks"),
 ]
+_MSDNET_ONLY = {"base", "prune", "bottleneck"}
+_ARCHES = click.Choice(["ranet", "msdnet"])
 
 
 def arch_options(func: Callable | None = None, *, with_data: bool = True) -> Callable:
-    """``--preset NAME`` plus every official architecture flag (official spellings).
+    """``--arch``, ``--preset NAME`` plus every official architecture flag (official spellings).
 
     ``train`` uses ``--data`` for the dataset path, so it takes the family from
     ``--dataset`` instead (``with_data=False``).
@@ -37,31 +42,60 @@ def arch_options(func: Callable | None = None, *, with_data: bool = True) -> Cal
             f = click.option(flag, dest, type=typ, default=None, help=f"official flag: {help_text}")(f)
         from ..presets import list_presets
 
-        return click.option("--preset", default=None,
-                            help=f"named configuration: {', '.join(list_presets())}")(f)
+        f = click.option("--preset", default=None,
+                         help=f"named configuration: {', '.join(list_presets())}")(f)
+        return click.option("--arch", "arch", type=_ARCHES, default=None,
+                            help="ranet or msdnet [default: detected from the checkpoint's keys, "
+                                 "or from the flags]")(f)
 
     return wrap(func) if func is not None else wrap
 
 
-def resolve_arch(preset: str | None, flags: dict[str, Any], default_data: str | None = None):
-    """(config or None, source) from ``--preset`` and official flags; None means infer."""
-    from ..config import RANetConfig
+def resolve_arch(preset: str | None, flags: dict[str, Any]):
+    """(config or None, source, arch or None) from ``--arch``, ``--preset`` and official flags.
+
+    A None config means "infer it from the checkpoint" (as ``arch`` if given).
+    """
+    from ..architectures import NAMES, config_type
     from ..presets import get_preset
 
     given = {k: v for k, v in flags.items() if v is not None}
+    arch = given.pop("arch", None)
+    if "bottleneck" in given:
+        given["bottleneck"] = given["bottleneck"] == "True"
     if preset:
         base = get_preset(preset)
-        return (base.replace(**given) if given else base), ("preset" if not given else "flags")
+        if arch and arch != base.arch:
+            raise ConfigError(f"--preset {preset} is a {NAMES[base.arch]}, not a {NAMES[arch]}; drop --arch "
+                              "or pick another preset")
+        _check_flags(base.arch, given)
+        return (base.replace(**given) if given else base), ("preset" if not given else "flags"), base.arch
     if given:
-        try:
-            return RANetConfig.from_dict(given), "flags"
-        except TypeError as exc:  # pragma: no cover - from_dict validates keys first
-            raise ConfigError(str(exc)) from None
-    return None, "inferred"
+        if arch is None:
+            arch = "msdnet" if (_MSDNET_ONLY & set(given) or given.get("stepmode") == "lin_grow") else "ranet"
+        _check_flags(arch, given)
+        return config_type(arch).from_dict(given), "flags", arch
+    return None, "inferred", arch
+
+
+def _check_flags(arch: str, given: dict[str, Any]) -> None:
+    """Refuse flags the architecture does not have, naming them."""
+    import dataclasses
+
+    from ..architectures import NAMES, config_type
+
+    fields = {f.name for f in dataclasses.fields(config_type(arch))}
+    foreign = [name for name in given if name not in fields]
+    if foreign:
+        spelled = ", ".join("--" + next(f for f, d, _, _ in _ARCH_FLAGS if d == n).lstrip("-") for n in foreign)
+        raise ConfigError(f"{spelled} {'is' if len(foreign) == 1 else 'are'} not {NAMES[arch]} flag(s); "
+                          f"drop them or pass --arch {'ranet' if arch == 'msdnet' else 'msdnet'}")
 
 
 def pop_arch(kwargs: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(preset, flags) out of a command's kwargs; ``flags`` holds ``arch`` too."""
     flags = {dest: kwargs.pop(dest, None) for _, dest, _, _ in _ARCH_FLAGS}
+    flags["arch"] = kwargs.pop("arch", None)
     return kwargs.pop("preset"), flags
 
 

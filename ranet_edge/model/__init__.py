@@ -1,7 +1,16 @@
-"""The torch side of ranet-edge: the RANet model and its cost counter."""
+"""The torch side of ranet-edge: the RANet and MSDNet models and their cost counter."""
 from __future__ import annotations
 
-from .flops import ExitCost, count_exit_costs
-from .ranet import RANet, build_model
+from torch import nn
 
-__all__ = ["ExitCost", "RANet", "build_model", "count_exit_costs"]
+from .flops import ExitCost, count_exit_costs
+from .msdnet import MSDNet
+from .ranet import RANet
+
+
+def build_model(config) -> nn.Module:
+    """The model a :data:`~ranet_edge.architectures.ArchConfig` describes."""
+    return MSDNet(config) if config.arch == "msdnet" else RANet(config)
+
+
+__all__ = ["ExitCost", "MSDNet", "RANet", "build_model", "count_exit_costs"]

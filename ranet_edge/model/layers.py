@@ -33,19 +33,21 @@ class ConvBasic(nn.Module):
 
 
 class ConvBN(nn.Module):
-    """1x1 bottleneck (width ``min(n_in, bn_width*n_out)``) then 3x3, stride 2 if ``down``."""
+    """1x1 bottleneck (width ``min(n_in, bn_width*n_out)``) then 3x3, stride 2 if ``down``.
 
-    def __init__(self, n_in: int, n_out: int, down: bool, bn_width: int):
+    ``bottleneck=False`` (MSDNet only) keeps just the 3x3 conv, BN and ReLU.
+    """
+
+    def __init__(self, n_in: int, n_out: int, down: bool, bn_width: int, bottleneck: bool = True):
         super().__init__()
-        inner = min(n_in, bn_width * n_out)
-        self.net = nn.Sequential(
-            nn.Conv2d(n_in, inner, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(inner),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(inner, n_out, 3, 2 if down else 1, 1, bias=False),
-            nn.BatchNorm2d(n_out),
-            nn.ReLU(inplace=True),
-        )
+        layers: list[nn.Module] = []
+        inner = n_in
+        if bottleneck:
+            inner = min(n_in, bn_width * n_out)
+            layers += [nn.Conv2d(n_in, inner, 1, 1, 0, bias=False), nn.BatchNorm2d(inner), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(inner, n_out, 3, 2 if down else 1, 1, bias=False), nn.BatchNorm2d(n_out),
+                   nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -54,9 +56,9 @@ class ConvBN(nn.Module):
 class ConvNormal(nn.Module):
     """Dense layer: ``cat([x, conv_normal(x)])``."""
 
-    def __init__(self, n_in: int, growth: int, bn_width: int):
+    def __init__(self, n_in: int, growth: int, bn_width: int, bottleneck: bool = True):
         super().__init__()
-        self.conv_normal = ConvBN(n_in, growth, False, bn_width)
+        self.conv_normal = ConvBN(n_in, growth, False, bn_width, bottleneck)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, self.conv_normal(x)], dim=1)

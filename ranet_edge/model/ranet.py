@@ -157,7 +157,3 @@ class RANet(nn.Module):
         if self._costs is None:
             self._costs = count_exit_costs(self, torch.zeros(1, *self.input_shape))
         return list(self._costs)
-
-
-def build_model(config: RANetConfig) -> RANet:
-    return RANet(config)
