@@ -63,8 +63,12 @@ def anytime(outputs: ExitOutputs, flops: list[int], exit_ms: list[float]) -> lis
 
 def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_labels: np.ndarray,
              costs: list[int], batch_size: int = 1, ps: list[float] = PAPER_P,
-             progress: Callable[[int], None] | None = None) -> list[dict]:
-    """For each p: thresholds fit on ``val``, then a real timed chain run on the eval images."""
+             progress: Callable[[int], None] | None = None, run_costs: list[int] | None = None) -> list[dict]:
+    """For each p: thresholds fit on ``val``, then a real timed chain run on the eval images.
+
+    ``costs`` are the official cumulative counts per exit (comparable with the papers);
+    ``run_costs``, if given, what a sample leaving there pays in the chain
+    (``expected_run_flops``)."""
     conf, _ = val.conf_correct()
     x_all = chain.preprocess(eval_images)
     rows = []
@@ -84,6 +88,8 @@ def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_l
             "p": p, "thresholds": [float(v) for v in t],
             "accuracy": float((labels == eval_labels).mean()),
             "expected_flops": float(counts @ np.asarray(costs, np.float64) / len(x_all)),
+            "expected_run_flops": float(counts @ np.asarray(run_costs if run_costs is not None else costs,
+                                                            np.float64) / len(x_all)),
             "measured_ms": 1e3 * elapsed / len(x_all), "exit_counts": counts.tolist(),
         })
         if progress:

@@ -87,7 +87,9 @@ def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, bu
         outs = collect(chain, images[val_idx], labels[val_idx], progress=bar.update)
     temps = cal.fit_temperatures(outs.logits, outs.labels) if temperature else None
     conf, correct = outs.conf_correct(temps)
-    flops = np.asarray(chain.manifest.exit_field("run_flops"), np.float64)
+    # Official counts, so that budgets and costs compare with the papers' (MSDNet's chain pays
+    # less than them at early exits; the measured ms shows what is really paid).
+    flops = np.asarray(chain.manifest.exit_field("flops"), np.float64)
     times = measure_stages(chain, chain.preprocess(images[:1]), warmup=3, iters=30)
     exit_ms = np.asarray(times.exit_ms(chain))
     if p is not None:
@@ -170,8 +172,8 @@ def evaluate(bundle, data_path, holdout, seed, val_size, provider, threads, batc
         test = collect(chain, images[eval_idx], labels[eval_idx], progress=bar.update)
     any_rows = anytime(test, flops, exit_ms)
     with _progress("budgeted runs (39 operating points)", len(PAPER_P)) as bar:
-        bud_rows = budgeted(chain, val, images[eval_idx], labels[eval_idx],
-                            chain.manifest.exit_field("run_flops"), batch_size, progress=bar.update)
+        bud_rows = budgeted(chain, val, images[eval_idx], labels[eval_idx], flops, batch_size,
+                            progress=bar.update, run_costs=chain.manifest.exit_field("run_flops"))
     result = {"bundle": str(bundle), "data": source, "val_images": int(len(val_idx)),
               "eval_images": int(len(eval_idx)), "provider": chain.session_providers[0][0],
               "batch_size": batch_size, "anytime": any_rows, "budgeted": bud_rows}

@@ -72,8 +72,10 @@ def info(bundle: str, as_json: bool) -> None:
     extra = [r["run_flops"] - r["flops"] for r in rep["exits"]]
     click.echo(f"total cache hand-over per sample: {rep['total_cache_bytes_per_sample'] / 1024:.1f} KB")
     if any(extra):
-        click.echo("'paid' is what a sample leaving there costs under this granularity; against the per-exit "
-                   f"cut it pays {sum(extra) / len(extra) / 1e6:.2f} MFLOPs more on average per exit")
+        mean = sum(extra) / len(extra) / 1e6
+        click.echo("'MFLOPs' is the official cumulative count, as the papers report it; 'paid' is what a sample "
+                   f"leaving there costs in this chain: {abs(mean):.2f} MFLOPs {'more' if mean > 0 else 'less'} "
+                   "on average per exit")
     if rep.get("mobile_report"):
         click.echo("mobile usability (share of nodes each EP takes):")
         for stage, r in rep["mobile_report"].items():
