@@ -99,7 +99,7 @@ def print_report(report: dict) -> None:
     for name in NAMES:
         m = report["models"][name]
         print(f"{name}: {m['official_flags']}")
-        print(f"  exit  top-1   MFLOPs(official)  MFLOPs(paid)   ms")
+        print("  exit  top-1   MFLOPs(official)  MFLOPs(paid)   ms")
         for r, paid in zip(m["anytime"], m["run_flops"]):
             print(f"  {r['exit']:>4} {100 * r['top1']:6.2f} {r['flops'] / 1e6:17.2f} {paid / 1e6:13.2f} {r['ms']:6.3f}")
     print("budgeted batch: best accuracy within the budget (eval half of the held-out images)")
