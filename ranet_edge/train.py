@@ -47,6 +47,7 @@ class TrainOptions:
     workers: int = 0  # decoding threads for file datasets (0: main thread)
     augment: str = "auto"  # auto (from config.data), cifar or imagenet
     resume: bool = False
+    init: str | None = None  # start from this checkpoint's weights (any supported layout)
     max_batches: int | None = None  # stop each epoch early (tests)
 
 
@@ -174,6 +175,12 @@ def train(config: ArchConfig, opts: TrainOptions, log: Callable[[str], None] = p
             log(f"resuming from {last_path} after epoch {start_epoch}")
     elif opts.resume and main:
         log(f"--resume: no {last_path} yet, starting fresh")
+    if opts.init and start_epoch == 0:
+        from .checkpoint import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(opts.init, config).model.state_dict())
+        if main:
+            log(f"starting from the weights of {opts.init}")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if main:
         out.mkdir(parents=True, exist_ok=True)

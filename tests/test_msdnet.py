@@ -178,3 +178,27 @@ def test_cli_arch_override_and_foreign_flags(run, data_dir):
 def test_wrong_flags_name_the_mismatch(data_dir):
     with pytest.raises(CheckpointError, match="does not match the flags MSDNet"):
         load_checkpoint(data_dir / "msdnet-cifar10-b5.pth", MSDNetConfig(nBlocks=5, base=4, step=2), "flags")
+
+
+def test_train_recognises_an_official_msdnet_checkpoint_and_resumes_without_flags(tmp_path, data_dir):
+    """``train --init`` takes the architecture from an official checkpoint's keys; ``--resume``
+    with no flags takes it from last.pt; the result exports without flags."""
+    from click.testing import CliRunner
+
+    from ranet_edge.cli import get_cli
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x=rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8), y=rng.integers(0, 10, 24))
+    out = tmp_path / "run"
+    args = ["train", "--data", str(npz), "--epochs", "1", "--batch-size", "8", "--val-size", "8",
+            "--max-batches", "1", "--out", str(out), "--init", str(data_dir / "msdnet-cifar10-b5.pth")]
+    res = CliRunner().invoke(get_cli(), args)
+    assert res.exit_code == 0, res.output
+    assert "--nBlocks 5 --nChannels 16 --base 4" in res.output
+    loaded = load_checkpoint(out / "last.pt")
+    assert loaded.config.arch == "msdnet" and loaded.config_source == "checkpoint"
+    res = CliRunner().invoke(get_cli(), ["train", "--data", str(npz), "--epochs", "2", "--batch-size", "8",
+                                         "--val-size", "8", "--max-batches", "1", "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert "resuming" in res.output and load_checkpoint(out / "last.pt").meta["epoch"] == 2

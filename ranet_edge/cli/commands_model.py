@@ -65,7 +65,10 @@ def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
 @click.option("--workers", type=int, default=0, show_default=True, help="image decoding threads for file datasets that are not preloaded")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads")
 @click.option("--out", default="runs/ranet", show_default=True, help="checkpoint directory")
-@click.option("--resume", is_flag=True, help="continue from OUT/last.pt")
+@click.option("--resume", is_flag=True, help="continue from OUT/last.pt (its architecture when no flags are given)")
+@click.option("--init", "init", default=None, type=click.Path(dir_okay=False),
+              help="start from this checkpoint's weights (RANet or MSDNet, ours or official); its "
+                   "architecture is recognised from its keys and shapes")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-batches", type=int, default=None, hidden=True)
 def train(data_path: str, dataset: str | None, threads: int | None, **kwargs) -> None:
@@ -80,8 +83,21 @@ def train(data_path: str, dataset: str | None, threads: int | None, **kwargs) ->
     preset, flags = pop_arch(kwargs)
     if dataset and flags.get("data") is None and not preset:
         flags["data"] = {"imagenet": "ImageNet", "folder": "cifar10"}.get(dataset, dataset)
-    config, _, arch = resolve_arch(preset, flags)
-    if config is None:
+    config, source, arch = resolve_arch(preset, flags)
+    last = Path(kwargs["out"]) / "last.pt"
+    if config is None and kwargs.get("init"):
+        from ..checkpoint import load_checkpoint
+
+        config = load_checkpoint(kwargs["init"], None, source, arch).config
+    elif config is None and kwargs["resume"] and last.exists():
+        from ..architectures import config_from_dict
+        from ..checkpoint import read_checkpoint_file
+
+        state = read_checkpoint_file(last)
+        if "config" not in state:
+            raise DataError(f"{last} is not a ranet-edge training checkpoint; remove it or drop --resume")
+        config = config_from_dict(state["config"])
+    elif config is None:
         from ..architectures import config_type
 
         config = config_type(arch or "ranet")()
