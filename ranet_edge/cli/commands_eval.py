@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..errors import CalibrationError, DataError
+from ..errors import DataError, require
 from . import cli
 from .commands_runtime import provider_option
 
@@ -155,6 +155,8 @@ def evaluate(bundle, data_path, holdout, seed, val_size, provider, threads, batc
 
     if batch_size < 1:
         raise InputError("--batch-size must be >= 1")
+    if plot_out:  # say so before the long run, not after it
+        require("matplotlib", "plot")
     if bundle is None:
         from ..assets import default_bundle
 
@@ -190,8 +192,5 @@ def evaluate(bundle, data_path, holdout, seed, val_size, provider, threads, batc
         write_json_atomic(Path(json_out), result)
         click.echo(f"wrote {json_out}")
     if plot_out:
-        try:
-            plot(any_rows, bud_rows, plot_out, title=f"{Path(bundle).name}: {len(eval_idx)} held-out images")
-        except ImportError:
-            raise CalibrationError("--plot needs matplotlib: pip install 'ranet-edge[plot]'") from None
+        plot(any_rows, bud_rows, plot_out, title=f"{Path(bundle).name}: {len(eval_idx)} held-out images")
         click.echo(f"wrote {plot_out}")

@@ -126,9 +126,8 @@ def predict(bundle: str, images: tuple[str, ...], provider: str, threads: int | 
 @json_option
 def providers(as_json: bool) -> None:
     """List the execution providers this onnxruntime build offers."""
-    import onnxruntime as ort
-
     from ranet_edge.runtime import available_providers
+    from ranet_edge.runtime._ort import ort
 
     rows = available_providers()
     if as_json:
