@@ -9,12 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from fold_reference import assert_weights_are_reference, reference_fold  # noqa: E402
-from torch import nn  # noqa: E402
+from fold_reference import assert_weights_are_reference, reference_fold
+from torch import nn
 
-from ranet_edge.export.exporter import ExportSpec, export_model  # noqa: E402
-from ranet_edge.export.fold import fold_batchnorm  # noqa: E402
-from ranet_edge.export.ranet import export_checkpoint  # noqa: E402
+from ranet_edge.export.exporter import ExportSpec, export_model
+from ranet_edge.export.fold import fold_batchnorm
+from ranet_edge.export.ranet import export_checkpoint
 
 DATA = Path(__file__).parent / "data"
 
