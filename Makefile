@@ -34,6 +34,7 @@ lint: $(STAMP)
 # bundle included) run. First proves the extras really are absent there.
 test-lean: $(LEAN_STAMP)
 	$(LEAN)/bin/python -c "import importlib.util as u, sys; extra = [m for m in ('torch', 'onnx', 'onnxsim', 'matplotlib') if u.find_spec(m)]; sys.exit(f'{LEAN} is not lean: {extra}' if extra else 0)"
+	$(LEAN)/bin/ranet-edge doctor --json > $(LEAN)/doctor.json
 	$(LEAN)/bin/pytest -q -p no:cacheprovider
 
 test: lint test-lean

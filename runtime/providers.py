@@ -22,13 +22,13 @@ SHORT_NAMES = {
 
 #: Which package brings each provider.
 PACKAGES = {
-    "CUDAExecutionProvider": "onnxruntime-gpu",
+    "CUDAExecutionProvider": "onnxruntime-gpu (pip install 'ranet-edge[gpu]' after uninstalling other builds)",
     "TensorrtExecutionProvider": "onnxruntime-gpu (with TensorRT installed)",
-    "OpenVINOExecutionProvider": "onnxruntime-openvino",
+    "OpenVINOExecutionProvider": "onnxruntime-openvino (pip install 'ranet-edge[openvino]')",
     "CoreMLExecutionProvider": "onnxruntime on macOS/iOS (onnxruntime-c / onnxruntime-objc)",
     "NnapiExecutionProvider": "onnxruntime-android",
     "XnnpackExecutionProvider": "onnxruntime-android / onnxruntime-mobile builds with XNNPACK",
-    "DmlExecutionProvider": "onnxruntime-directml",
+    "DmlExecutionProvider": "onnxruntime-directml (pip install 'ranet-edge[directml]')",
     "QNNExecutionProvider": "onnxruntime-qnn",
     "ROCMExecutionProvider": "onnxruntime-rocm",
 }
@@ -44,7 +44,7 @@ def resolve_provider(provider: str) -> str:
     available = ort.get_available_providers()
     if full not in available:
         known = full in PACKAGES or full in SHORT_NAMES.values()
-        hint = f"; install {PACKAGES[full]} to get it" if full in PACKAGES else ""
+        hint = f"; install {PACKAGES[full]} to get it, and run `ranet-edge doctor`" if full in PACKAGES else ""
         what = "is not available in this onnxruntime build" if known else "is not a known provider"
         raise ProviderError(
             f"execution provider {provider!r} ({full}) {what}; available: {', '.join(available)}{hint}"

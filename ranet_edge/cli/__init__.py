@@ -32,6 +32,7 @@ def _register() -> None:
         commands_bench,
         commands_convert,
         commands_demo,
+        commands_doctor,
         commands_eval,
         commands_model,
         commands_runtime,
