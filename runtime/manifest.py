@@ -98,6 +98,7 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
         raise BundleError(f"{mpath} is missing field {exc}; re-export the bundle") from None
     if not exits or [k for g in graphs for k in g.exits] != list(range(len(exits))):
         raise BundleError(f"{mpath}: graphs must carry exits 0..{len(exits) - 1} in order")
+    _check_exit_copies(mpath, exits, graphs)
     extra = [data["monolithic"]] if data.get("monolithic") else []
     for entry in list(graphs) + extra:
         path = resolve_inside(root, entry.path if isinstance(entry, GraphEntry) else entry.get("path"))
@@ -112,9 +113,32 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
     return Manifest(root, data, graphs)
 
 
+def _check_exit_copies(mpath: Path, exits: list, graphs: tuple[GraphEntry, ...]) -> None:
+    """``exits[k]`` repeats what ``graphs`` says of the graph carrying exit k (its path,
+    sha256, inputs, cached outputs, logits name): a driver may read either, so every copy
+    present must agree with ``graphs``, the one the runtime uses."""
+    carrier = {k: (i, g, j) for i, g in enumerate(graphs) for j, k in enumerate(g.exits)}
+    for k, e in enumerate(exits):
+        if not isinstance(e, dict):
+            raise BundleError(f"{mpath}: exits[{k}] is not an object; re-export the bundle")
+        i, g, j = carrier[k]
+        copies = {"index": k, "graph": g.path, "sha256": g.sha256, "inputs": list(g.inputs),
+                  "cache_outputs": list(g.cache_outputs), "logits": g.logits[j]}
+        for name, want in copies.items():
+            if name in e and (list(e[name]) if isinstance(e[name], (list, tuple)) else e[name]) != want:
+                raise BundleError(f"{mpath}: exits[{k}].{name} is {_short(e[name])} but graphs[{i}] says "
+                                  f"{_short(want)}; the manifest contradicts itself: re-export the bundle")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON (sorted keys, stable formatting) to a temporary file and rename it."""
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    """Write strict JSON (no NaN or Infinity: ValueError; sorted keys, stable formatting) to a
+    temporary file and rename it."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o644)
     try:

@@ -5,7 +5,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from ranet_edge.errors import ProviderError
+from ranet_edge.errors import InputError, ProviderError
 
 SHORT_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -63,6 +63,8 @@ def provider_list(provider: str, options: dict[str, Any] | None = None) -> list:
 def session_options(threads: int | None, spinning: bool = False) -> ort.SessionOptions:
     """Options measured on small CNNs (see benchmarks/README): one intra-op thread unless told
     otherwise, no busy-wait spinning, sequential execution, every graph optimisation."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads={threads!r}: give a whole number >= 1 (or None for one thread)")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or 1
     so.inter_op_num_threads = 1
