@@ -98,7 +98,6 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
         raise BundleError(f"{mpath} is missing field {exc}; re-export the bundle") from None
     if not exits or [k for g in graphs for k in g.exits] != list(range(len(exits))):
         raise BundleError(f"{mpath}: graphs must carry exits 0..{len(exits) - 1} in order")
-    _check_exit_copies(mpath, exits, graphs)
     extra = [data["monolithic"]] if data.get("monolithic") else []
     for entry in list(graphs) + extra:
         path = resolve_inside(root, entry.path if isinstance(entry, GraphEntry) else entry.get("path"))
@@ -110,6 +109,7 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
             if got != want:
                 raise BundleError(f"graph {path.name} fails its sha256 check (manifest {str(want)[:12]}..., "
                                   f"file {got[:12]}...): it was modified; re-export the bundle")
+    _check_exit_copies(mpath, exits, graphs)
     return Manifest(root, data, graphs)
 
 
