@@ -1,29 +1,47 @@
-# `make test`: set up .venv and run lint + the test suite.
+# `make test`: set up .venv and run lint + the test suite, then the runtime tests in a lean
+#              second environment (.venv-lean: only `.[cpu]` and pytest, no torch/onnx/matplotlib).
 # `make demo`: set up .venv and run the main job on the bundled default model.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LEAN := .venv-lean
+LEAN_STAMP := $(LEAN)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install test lint demo clean
+.PHONY: install test test-lean lint demo clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all,test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all,test,cpu]'
 	touch $(STAMP)
+
+# What an app embeds: the runtime with one onnxruntime build, nothing else.
+$(LEAN_STAMP): setup.cfg pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(LEAN)
+	$(LEAN)/bin/python -m pip install --quiet --upgrade pip
+	$(LEAN)/bin/python -m pip install --quiet -c constraints.txt -e '.[cpu]' pytest
+	touch $(LEAN_STAMP)
 
 install: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: lint
+# The whole suite in the lean environment: tests that need torch, onnx or matplotlib skip
+# themselves; the runtime tests (the device_io path and every runtime command on the shipped
+# bundle included) run. First proves the extras really are absent there.
+test-lean: $(LEAN_STAMP)
+	$(LEAN)/bin/python -c "import importlib.util as u, sys; extra = [m for m in ('torch', 'onnx', 'onnxsim', 'matplotlib') if u.find_spec(m)]; sys.exit(f'{LEAN} is not lean: {extra}' if extra else 0)"
+	$(LEAN)/bin/ranet-edge doctor --json > $(LEAN)/doctor.json
+	$(LEAN)/bin/pytest -q -p no:cacheprovider
+
+test: lint test-lean
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
 	$(BIN)/ranet-edge demo --out $(DEMO_DIR)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LEAN) build *.egg-info

@@ -47,5 +47,5 @@ def interleaved(fns: dict, repeats: int, warmup: int = 5, block: int = 100, sett
 def write(path: str, obj: dict) -> None:
     obj = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), **obj}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+    Path(path).write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
     print(f"wrote {path}")

@@ -35,6 +35,7 @@ from ranet_edge.runtime.manifest import (
     write_json_atomic,
 )
 
+from .fold import fold_batchnorm
 from .graph_costs import initializer_params, intermediate_values, node_flops
 from .partition import Stage, constant_nodes, partition
 
@@ -78,6 +79,17 @@ def _to_onnx(model: torch.nn.Module, example: torch.Tensor, num_exits: int, spec
     m.graph.name = "multi_exit"
     m.producer_name, m.producer_version = "ranet-edge", __version__
     return m
+
+
+def _check_nothing_folded_by_torch(folded: torch.nn.Module, m: onnx.ModelProto, notes: list[str]) -> None:
+    """torch.onnx.export folds every batch norm that directly follows a convolution in the
+    traced graph; those left in ``folded`` (not after a Conv2d in one nn.Sequential) must
+    reach the graph as BatchNormalization nodes, or their weights depend on the CPU."""
+    left = sum(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in folded.modules())
+    kept = sum(node.op_type == "BatchNormalization" for node in m.graph.node)
+    if kept < left:
+        notes.append(f"torch.onnx.export folded {left - kept} batch norm(s) itself (not directly after a Conv2d "
+                     "in one nn.Sequential): their weights may differ in the last bits between CPUs")
 
 
 def _value_infos(model: onnx.ModelProto, values: dict[str, np.ndarray], static_batch: int | None) -> None:
@@ -205,7 +217,12 @@ def export_model(
         raise ExportError("the model's forward must return the list of exit logits (N x classes tensors) in "
                           f"exit order; it returned {type(outputs).__name__}")
     num_exits = len(outputs)
-    full = _to_onnx(model, example, num_exits, spec)
+    # Batch norm folded in float64 here, not by torch.onnx.export in float32: the weights
+    # written are then the same bits on every CPU (see .fold). Validation still compares
+    # against the unfolded model.
+    folded, _ = fold_batchnorm(model)
+    full = _to_onnx(folded, example, num_exits, spec)
+    _check_nothing_folded_by_torch(folded, full, notes)
     feed = np.zeros((batch, *input_shape), np.float32)
     values = {INPUT_NAME: feed, **intermediate_values(full, {INPUT_NAME: feed})}
     _value_infos(full, values, spec.batch_size)

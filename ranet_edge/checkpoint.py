@@ -36,8 +36,37 @@ class LoadedCheckpoint:
     meta: dict = field(default_factory=dict)  # epoch, best accuracy, class names, ...
 
 
+def not_a_checkpoint(path: str | os.PathLike) -> str | None:
+    """What ``path`` is instead, with the command to run, when it is a bundle, a bundle's
+    manifest or an ONNX/ORT graph rather than a checkpoint; None otherwise. Torch-free."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            return f"{path} is a ranet-edge bundle, not a checkpoint; run `ranet-edge info {path}` to see its graphs"
+        return f"{path} is a directory, not a checkpoint; pass the path of a .pth/.pt file"
+    if not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    bundle = path.parent if (path.parent / "manifest.json").is_file() else None
+    instead = (f"run `ranet-edge info {bundle}` for its bundle" if bundle else
+               "`ranet-edge info BUNDLE` describes the graphs of a bundle, `ranet-edge export CKPT` makes one")
+    if path.name == "manifest.json" and bundle:
+        return f"{path} is a bundle's manifest, not a checkpoint; run `ranet-edge info {bundle}`"
+    if head[4:8] == b"ORTM":  # the flatbuffer file identifier of ONNX Runtime's ORT format
+        return f"{path} is an ONNX Runtime (ORT format) graph, not a PyTorch checkpoint; {instead}"
+    # ModelProto starts with ir_version (field 1, varint) then another field; zip/pickle never do
+    if path.suffix == ".onnx" or (len(head) > 3 and head[0] == 0x08 and head[1] < 0x80 and head[2] in (
+            0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42)):
+        return f"{path} is an ONNX graph, not a PyTorch checkpoint; {instead}"
+    return None
+
+
 def read_checkpoint_file(path: str | os.PathLike) -> dict:
     """``torch.load`` with ``weights_only=True``; every failure becomes a CheckpointError."""
+    instead = not_a_checkpoint(path)
+    if instead:
+        raise CheckpointError(instead)
     torch = require("torch", "export")
     path = Path(path)
     if not path.is_file():

@@ -45,8 +45,10 @@ class CalibrationError(RanetEdgeError):
     """Thresholds or budgets that cannot be met or are malformed."""
 
 
-class MissingExtraError(RanetEdgeError):
-    """An optional dependency is not installed; the message names the extra to install."""
+class MissingExtraError(RanetEdgeError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install.
+
+    Also an ImportError, so code that guards an optional import catches it as usual."""
 
 
 def require(module: str, extra: str):

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from . import _ort  # noqa: F401  (first: checks which onnxruntime build is installed)
 from .chain import ExitChain, Prediction, softmax
 from .manifest import Manifest, load_manifest
 from .operating_points import OperatingPoint, load_points, save_point

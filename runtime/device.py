@@ -9,15 +9,50 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper
+
+# ONNX TensorProto element types of the cached tensors the router gathers.
+FLOAT, FLOAT16, INT64 = 1, 10, 7
+IR_VERSION, OPSET = 8, 13  # readable by every onnxruntime the project supports (>= 1.17)
 
 
-def _gather_model(elem_type: int) -> bytes:
-    x = helper.make_tensor_value_info("x", elem_type, None)
-    idx = helper.make_tensor_value_info("idx", TensorProto.INT64, ["n"])
-    y = helper.make_tensor_value_info("y", elem_type, None)
-    graph = helper.make_graph([helper.make_node("Gather", ["x", "idx"], ["y"], axis=0)], "gather_rows", [x, idx], [y])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _int(field: int, value: int) -> bytes:
+    return _varint(field << 3) + _varint(value)
+
+
+def _bytes(field: int, payload: bytes | str) -> bytes:
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _varint(field << 3 | 2) + _varint(len(data)) + data
+
+
+def _value_info(name: str, elem_type: int, dim_param: str | None) -> bytes:
+    """ValueInfoProto: name, tensor type, and a 1-D shape with a symbolic dimension or no shape."""
+    shape = b"" if dim_param is None else _bytes(2, _bytes(1, _bytes(2, dim_param)))
+    return _bytes(1, name) + _bytes(2, _bytes(1, _int(1, elem_type) + shape))
+
+
+def gather_model(elem_type: int) -> bytes:
+    """The serialised ONNX model ``y = Gather(x, idx, axis=0)`` for tensors of ``elem_type``.
+
+    Written field by field in protobuf wire format, so the runtime needs no ``onnx`` package;
+    a test checks the bytes against what ``onnx.helper`` builds (ModelProto: ir_version 1,
+    graph 7, opset_import 8; GraphProto: node 1, name 2, input 11, output 12; NodeProto: input
+    1, output 2, op_type 4, attribute 5; AttributeProto: name 1, i 3, type 20 = INT).
+    """
+    axis = _bytes(1, "axis") + _int(3, 0) + _int(20, 2)
+    node = _bytes(1, "x") + _bytes(1, "idx") + _bytes(2, "y") + _bytes(4, "Gather") + _bytes(5, axis)
+    graph = (_bytes(1, node) + _bytes(2, "gather_rows") + _bytes(11, _value_info("x", elem_type, None))
+             + _bytes(11, _value_info("idx", INT64, "n")) + _bytes(12, _value_info("y", elem_type, None)))
+    opset = _bytes(1, "") + _int(2, OPSET)
+    return _int(1, IR_VERSION) + _bytes(7, graph) + _bytes(8, opset)
 
 
 class DeviceRouter:
@@ -26,8 +61,8 @@ class DeviceRouter:
     def __init__(self, device: str, providers: list, options: ort.SessionOptions, device_id: int = 0):
         self.device, self.device_id = device, device_id
         self._gather = {
-            np.dtype(np.float32): ort.InferenceSession(_gather_model(TensorProto.FLOAT), options, providers=providers),
-            np.dtype(np.float16): ort.InferenceSession(_gather_model(TensorProto.FLOAT16), options, providers=providers),
+            np.dtype(np.float32): ort.InferenceSession(gather_model(FLOAT), options, providers=providers),
+            np.dtype(np.float16): ort.InferenceSession(gather_model(FLOAT16), options, providers=providers),
         }
 
     def upload(self, array: np.ndarray) -> ort.OrtValue:

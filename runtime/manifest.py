@@ -109,12 +109,36 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
             if got != want:
                 raise BundleError(f"graph {path.name} fails its sha256 check (manifest {str(want)[:12]}..., "
                                   f"file {got[:12]}...): it was modified; re-export the bundle")
+    _check_exit_copies(mpath, exits, graphs)
     return Manifest(root, data, graphs)
 
 
+def _check_exit_copies(mpath: Path, exits: list, graphs: tuple[GraphEntry, ...]) -> None:
+    """``exits[k]`` repeats what ``graphs`` says of the graph carrying exit k (its path,
+    sha256, inputs, cached outputs, logits name): a driver may read either, so every copy
+    present must agree with ``graphs``, the one the runtime uses."""
+    carrier = {k: (i, g, j) for i, g in enumerate(graphs) for j, k in enumerate(g.exits)}
+    for k, e in enumerate(exits):
+        if not isinstance(e, dict):
+            raise BundleError(f"{mpath}: exits[{k}] is not an object; re-export the bundle")
+        i, g, j = carrier[k]
+        copies = {"index": k, "graph": g.path, "sha256": g.sha256, "inputs": list(g.inputs),
+                  "cache_outputs": list(g.cache_outputs), "logits": g.logits[j]}
+        for name, want in copies.items():
+            if name in e and (list(e[name]) if isinstance(e[name], (list, tuple)) else e[name]) != want:
+                raise BundleError(f"{mpath}: exits[{k}].{name} is {_short(e[name])} but graphs[{i}] says "
+                                  f"{_short(want)}; the manifest contradicts itself: re-export the bundle")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON (sorted keys, stable formatting) to a temporary file and rename it."""
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    """Write strict JSON (no NaN or Infinity: ValueError; sorted keys, stable formatting) to a
+    temporary file and rename it."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o644)
     try:

@@ -12,6 +12,7 @@ from .manifest import write_json_atomic
 
 FILE = "thresholds.json"
 FORMAT = "ranet-edge-operating-points"
+NEVER = 1e8  # stored for "nobody leaves here" (the paper's value): no softmax confidence reaches it
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,23 @@ def _read(bundle: Path) -> dict:
     return data
 
 
+def thresholds_to_json(thresholds: list[float]) -> list[float | None]:
+    """Strict-JSON thresholds: ``inf`` ("nobody leaves here") -> 1e8, which a driver in any
+    language compares like any other number; ``-inf`` (the last exit accepts all) -> null."""
+    return [None if t == float("-inf") else (NEVER if t > 1.0 else float(t)) for t in thresholds]
+
+
+def thresholds_from_json(values: list[float | None]) -> list[float]:
+    """Inverse of :func:`thresholds_to_json` (older files that hold Infinity read the same)."""
+    return [float("-inf") if t is None else (float("inf") if float(t) > 1.0 else float(t)) for t in values]
+
+
 def load_points(bundle: str | os.PathLike) -> tuple[dict[str, OperatingPoint], str | None]:
     data = _read(Path(bundle))
     points = {}
     for name, d in data["points"].items():
         d = dict(d)
-        d["thresholds"] = [float("-inf") if t is None else float(t) for t in d["thresholds"]]
+        d["thresholds"] = thresholds_from_json(d["thresholds"])
         points[name] = OperatingPoint(**d)
     return points, data.get("default")
 
@@ -55,7 +67,7 @@ def save_point(bundle: str | os.PathLike, name: str, point: OperatingPoint, defa
     bundle = Path(bundle)
     data = _read(bundle)
     d = asdict(point)
-    d["thresholds"] = [None if t == float("-inf") else float(t) for t in point.thresholds]
+    d["thresholds"] = thresholds_to_json(point.thresholds)
     data["points"][name] = d
     if default or not data.get("default"):
         data["default"] = name

@@ -5,7 +5,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from ranet_edge.errors import ProviderError
+from ranet_edge.errors import InputError, ProviderError
 
 SHORT_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -22,13 +22,13 @@ SHORT_NAMES = {
 
 #: Which package brings each provider.
 PACKAGES = {
-    "CUDAExecutionProvider": "onnxruntime-gpu",
+    "CUDAExecutionProvider": "onnxruntime-gpu (pip install 'ranet-edge[gpu]' after uninstalling other builds)",
     "TensorrtExecutionProvider": "onnxruntime-gpu (with TensorRT installed)",
-    "OpenVINOExecutionProvider": "onnxruntime-openvino",
+    "OpenVINOExecutionProvider": "onnxruntime-openvino (pip install 'ranet-edge[openvino]')",
     "CoreMLExecutionProvider": "onnxruntime on macOS/iOS (onnxruntime-c / onnxruntime-objc)",
     "NnapiExecutionProvider": "onnxruntime-android",
     "XnnpackExecutionProvider": "onnxruntime-android / onnxruntime-mobile builds with XNNPACK",
-    "DmlExecutionProvider": "onnxruntime-directml",
+    "DmlExecutionProvider": "onnxruntime-directml (pip install 'ranet-edge[directml]')",
     "QNNExecutionProvider": "onnxruntime-qnn",
     "ROCMExecutionProvider": "onnxruntime-rocm",
 }
@@ -44,7 +44,7 @@ def resolve_provider(provider: str) -> str:
     available = ort.get_available_providers()
     if full not in available:
         known = full in PACKAGES or full in SHORT_NAMES.values()
-        hint = f"; install {PACKAGES[full]} to get it" if full in PACKAGES else ""
+        hint = f"; install {PACKAGES[full]} to get it, and run `ranet-edge doctor`" if full in PACKAGES else ""
         what = "is not available in this onnxruntime build" if known else "is not a known provider"
         raise ProviderError(
             f"execution provider {provider!r} ({full}) {what}; available: {', '.join(available)}{hint}"
@@ -63,6 +63,8 @@ def provider_list(provider: str, options: dict[str, Any] | None = None) -> list:
 def session_options(threads: int | None, spinning: bool = False) -> ort.SessionOptions:
     """Options measured on small CNNs (see benchmarks/README): one intra-op thread unless told
     otherwise, no busy-wait spinning, sequential execution, every graph optimisation."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads={threads!r}: give a whole number >= 1 (or None for one thread)")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or 1
     so.inter_op_num_threads = 1

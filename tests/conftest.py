@@ -11,11 +11,23 @@ The files come from the official RANet code (see docs RANET.md, "Golden vectors"
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+EXTRA_OF = {"torch": "export", "onnx": "export", "onnxsim": "export", "matplotlib": "plot"}
+
+
+def pytest_runtest_setup(item):
+    """``@pytest.mark.needs("torch", ...)``: skip, naming the extra, where a module is not
+    installed (the lean install: only ``.[cpu]`` and pytest)."""
+    for mark in item.iter_markers("needs"):
+        missing = [m for m in mark.args if importlib.util.find_spec(m) is None]
+        if missing:
+            extras = sorted({EXTRA_OF.get(m, m) for m in missing})
+            pytest.skip(f"needs {', '.join(missing)} (the {', '.join(extras)} extra)")
 
 
 def pytest_configure(config):

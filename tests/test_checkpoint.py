@@ -6,7 +6,9 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")  # the export extra: skipped in the lean install
+
 
 from ranet_edge.checkpoint import FORMAT, load_checkpoint
 from ranet_edge.errors import CheckpointError

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from ranet_edge import __version__
 from ranet_edge.presets import get_preset
@@ -23,6 +24,7 @@ def test_version(run):
     assert __version__ in result.output and "ranet-edge" in result.output
 
 
+@pytest.mark.needs("torch")
 def test_inspect_json(run, golden_c1_pth, golden_c1_npz):
     result = run("inspect", golden_c1_pth, "--json")
     assert result.exit_code == 0, result.output
@@ -35,6 +37,7 @@ def test_inspect_json(run, golden_c1_pth, golden_c1_npz):
     assert report["params"][-1] == 2547601  # reference/cifar10-c1.txt, total parameters
 
 
+@pytest.mark.needs("torch")
 def test_inspect_text(run, golden_c1_pth):
     result = run("inspect", golden_c1_pth)
     assert result.exit_code == 0, result.output
@@ -43,40 +46,47 @@ def test_inspect_text(run, golden_c1_pth):
     assert "58.92" in result.output  # last exit, MFLOPs
 
 
+@pytest.mark.needs("torch")
 def test_inspect_with_matching_preset(run, golden_c1_pth):
     result = run("inspect", golden_c1_pth, "--preset", "cifar10-c1", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["flops"][0] == 8360714
 
 
+@pytest.mark.needs("torch")
 def test_inspect_with_official_flags(run, golden_c1_pth):
     result = run("inspect", golden_c1_pth, "--step", "2", "--stepmode", "lg", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["exits"] == 6
 
 
+@pytest.mark.needs("torch")
 def test_inspect_wrong_preset(run, golden_c1_pth):
     result = run("inspect", golden_c1_pth, "--preset", "cifar10-w8")
     _assert_clean_error(result)
     assert "missing" in result.output or "wrong shape" in result.output
 
 
+@pytest.mark.needs("torch")
 def test_inspect_text_file(run, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello\n")
     _assert_clean_error(run("inspect", path))
 
 
+@pytest.mark.needs("torch")
 def test_inspect_missing_file(run, tmp_path):
     _assert_clean_error(run("inspect", tmp_path / "missing.pth"))
 
 
+@pytest.mark.needs("torch")
 def test_inspect_unknown_preset(run, golden_c1_pth):
     result = run("inspect", golden_c1_pth, "--preset", "nope")
     _assert_clean_error(result)
     assert "cifar10-c1" in result.output  # lists the valid presets
 
 
+@pytest.mark.needs("torch")
 def test_inspect_invalid_flags(run, golden_c1_pth):
     result = run("inspect", golden_c1_pth, "--scale-list", "1-3-4")
     _assert_clean_error(result)

@@ -9,6 +9,10 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+pytest.importorskip("torch")  # the export extra: skipped in the lean install
+pytest.importorskip("onnx")  # the export extra: skipped in the lean install
+
 from msdnet_toy import save_random_ranet
 
 from ranet_edge.export.exporter import ExportSpec

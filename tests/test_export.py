@@ -11,10 +11,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")  # the export extra: skipped in the lean install
+onnx = pytest.importorskip("onnx")  # the export extra: skipped in the lean install
+
 from click.testing import CliRunner
 from msdnet_toy import make_toy, save_random_ranet
 

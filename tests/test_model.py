@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")  # the export extra: skipped in the lean install
+
 
 from ranet_edge.checkpoint import infer_config, load_checkpoint, split_checkpoint
 from ranet_edge.config import RANetConfig

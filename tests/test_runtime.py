@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")  # the export extra: skipped in the lean install
+onnx = pytest.importorskip("onnx")  # the export extra: skipped in the lean install
+
 from msdnet_toy import save_random_ranet
 
 from ranet_edge.checkpoint import load_checkpoint

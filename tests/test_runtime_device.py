@@ -1,26 +1,61 @@
 """The device-resident (IOBinding) path, exercised on the CPU provider: same results as the
-numpy path, and cached tensors handed between graphs as OrtValues, never as host arrays."""
+numpy path, and cached tensors handed between graphs as OrtValues, never as host arrays.
+Torch-free: runs on the shipped bundle, in the lean install too."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from ranet_edge.assets import SAMPLE_IMAGES
-from ranet_edge.export.ranet import export_checkpoint
+from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import ExitChain
-from ranet_edge.runtime.device import DeviceRouter
-
-DATA = Path(__file__).parent / "data"
+from ranet_edge.runtime.device import FLOAT, FLOAT16, IR_VERSION, OPSET, DeviceRouter, gather_model
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dev") / "bundle"
-    export_checkpoint(DATA / "cifar10-w8-official.pth.tar", out, log=lambda m: None)
-    return out
+def bundle() -> Path:
+    if not (DEFAULT_BUNDLE / "manifest.json").exists():
+        pytest.skip("this checkout ships no default bundle")
+    return DEFAULT_BUNDLE
+
+
+@pytest.mark.parametrize("elem_type", [FLOAT, FLOAT16])
+def test_gather_graph_bytes_are_what_onnx_helper_builds(elem_type):
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    assert (FLOAT, FLOAT16) == (TensorProto.FLOAT, TensorProto.FLOAT16)
+    x = helper.make_tensor_value_info("x", elem_type, None)
+    idx = helper.make_tensor_value_info("idx", TensorProto.INT64, ["n"])
+    y = helper.make_tensor_value_info("y", elem_type, None)
+    graph = helper.make_graph([helper.make_node("Gather", ["x", "idx"], ["y"], axis=0)], "gather_rows", [x, idx], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    assert gather_model(elem_type) == model.SerializeToString()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_gather_graph_gathers_rows(dtype):
+    sess = ort.InferenceSession(gather_model(FLOAT if dtype == np.float32 else FLOAT16),
+                                providers=["CPUExecutionProvider"])
+    x = np.arange(5 * 3 * 2, dtype=dtype).reshape(5, 3, 2)
+    keep = np.array([4, 0, 2], np.int64)
+    np.testing.assert_array_equal(sess.run(None, {"x": x, "idx": keep})[0], x[keep])
+
+
+def test_runtime_never_imports_onnx():
+    code = ("import sys, numpy as np; from ranet_edge.runtime import ExitChain; from ranet_edge.assets import "
+            "DEFAULT_BUNDLE; c = ExitChain.load(DEFAULT_BUNDLE, device_io=True); "
+            "c.predict(np.zeros((4, *c.input_shape), np.float32), 0.5); print('onnx' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+    runtime = Path(__file__).resolve().parents[1] / "runtime"
+    for path in runtime.glob("*.py"):
+        text = path.read_text()
+        assert "import onnx\n" not in text and "from onnx " not in text and "from onnx." not in text, path
 
 
 def test_device_path_matches_host_path(bundle):

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")  # the export extra: skipped in the lean install
+
 from click.testing import CliRunner
 
 from ranet_edge.checkpoint import load_checkpoint, read_checkpoint_file

@@ -11,7 +11,7 @@ from ..errors import RanetEdgeError
 
 
 class _Group(click.Group):
-    """Turns every RanetEdgeError into one line on stderr and exit code 2."""
+    """Turns every RanetEdgeError, and click's own usage errors, into one line on stderr."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -19,6 +19,25 @@ class _Group(click.Group):
         except RanetEdgeError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's standalone mode, except that a usage error (a bad flag value, a missing
+        argument, an unknown command) is one line naming the fix, not the usage block."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            message = "; ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                message += f" (see `{exc.ctx.command_path} --help`)"
+            click.echo(f"error: {message}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        # without standalone mode click returns ctx.exit()'s code, or the command's return value
+        sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +51,7 @@ def _register() -> None:
         commands_bench,
         commands_convert,
         commands_demo,
+        commands_doctor,
         commands_eval,
         commands_model,
         commands_runtime,

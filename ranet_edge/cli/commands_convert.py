@@ -20,7 +20,9 @@ from .commands_eval import load_images
 @click.option("--force", is_flag=True, help="replace a non-empty output directory")
 def convert(bundle, out, target, batch_size, data_path, calib_size, mobile_ops, force) -> None:
     """Convert a bundle for the edge: ORT format, int8 or fp16, as a new complete bundle."""
-    from ranet_edge.errors import ExportError
+    from ranet_edge.errors import ExportError, require
+
+    require("onnx", "export")
     from ranet_edge.export.convert import TARGETS, convert_bundle
 
     if target not in TARGETS:

@@ -11,7 +11,7 @@ from . import cli
 
 @cli.command()
 @click.option("--out", default="build/demo", show_default=True, help="working directory")
-@click.option("--threads", type=int, default=None, help="intra-op threads [default: 1]")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="intra-op threads [default: 1]")
 def demo(out: str, threads: int | None) -> None:
     """Export the bundled default model, calibrate an operating point, benchmark it and show
     where the shipped validation images leave the network."""

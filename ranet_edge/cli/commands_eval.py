@@ -8,14 +8,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..errors import CalibrationError, DataError
+from ..errors import DataError, require
 from . import cli
 from .commands_runtime import provider_option
 
 
 def data_options(func):
     func = click.option("--seed", type=int, default=0, show_default=True, help="seed of --holdout and of the split")(func)
-    func = click.option("--holdout", type=int, default=None,
+    func = click.option("--holdout", type=click.IntRange(min=1), default=None,
                         help="use only the last N of a seeded permutation of --data (the split "
                              "`ranet-edge train --val-size N` held out)")(func)
     func = click.option("--val-size", type=int, default=None,
@@ -35,7 +35,10 @@ def load_images(data_path: str | None, holdout: int | None, seed: int) -> tuple[
             raise DataError("no --data given and this install ships no sample images; pass --data PATH")
         data_path = str(SAMPLE_IMAGES)
     ds = open_dataset(data_path)
-    if holdout:
+    if holdout is not None and holdout > len(ds):
+        raise DataError(f"--holdout {holdout} is more than the {len(ds)} images of {data_path}; "
+                        f"give at most {len(ds)}")
+    if holdout is not None and holdout < len(ds):  # every image when it names them all
         _, idx = split(len(ds), holdout, seed)
         ds = ds.subset(idx)
     if len(ds) == 0:
@@ -76,6 +79,7 @@ def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, bu
     from ranet_edge.runtime import calibration as cal
     from ranet_edge.runtime.evaluate import collect
     from ranet_edge.runtime.latency import measure_stages
+    from ranet_edge.runtime.operating_points import thresholds_to_json
 
     goals = [g for g in (p, target_accuracy, budget_mflops, budget_ms) if g is not None]
     if len(goals) != 1:
@@ -118,7 +122,7 @@ def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, bu
     )
     name = name or default_name
     save_point(bundle, name, point, default=make_default)
-    report = {"name": name, "thresholds": [None if not np.isfinite(t) else t for t in thresholds],
+    report = {"name": name, "thresholds": thresholds_to_json(thresholds),
               "val_accuracy": res.accuracy, "expected_flops": expected_flops, "expected_ms": expected_ms,
               "exit_counts": counts.tolist(), "val_images": int(len(val_idx)), "data": source,
               "temperatures": point.temperatures}
@@ -129,7 +133,7 @@ def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, bu
         report["ece_after"] = float(np.mean([cal.expected_calibration_error(pk, outs.labels)
                                              for pk in outs.probs(temps)]))
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report, indent=2, allow_nan=False))
         return
     click.echo(f"operating point {name!r} ({method}) saved to {Path(bundle) / 'thresholds.json'}")
     click.echo(f"  thresholds   {', '.join('inf' if not np.isfinite(t) else f'{t:.4f}' for t in thresholds[:-1])}")
@@ -157,6 +161,8 @@ def evaluate(bundle, data_path, holdout, seed, val_size, provider, threads, batc
 
     if batch_size < 1:
         raise InputError("--batch-size must be >= 1")
+    if plot_out:  # say so before the long run, not after it
+        require("matplotlib", "plot")
     if bundle is None:
         from ..assets import default_bundle
 
@@ -192,8 +198,5 @@ def evaluate(bundle, data_path, holdout, seed, val_size, provider, threads, batc
         write_json_atomic(Path(json_out), result)
         click.echo(f"wrote {json_out}")
     if plot_out:
-        try:
-            plot(any_rows, bud_rows, plot_out, title=f"{Path(bundle).name}: {len(eval_idx)} held-out images")
-        except ImportError:
-            raise CalibrationError("--plot needs matplotlib: pip install 'ranet-edge[plot]'") from None
+        plot(any_rows, bud_rows, plot_out, title=f"{Path(bundle).name}: {len(eval_idx)} held-out images")
         click.echo(f"wrote {plot_out}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import DataError, require
+from ..errors import CheckpointError, DataError, require
 from . import cli
 from .options import arch_options, json_option, pop_arch, resolve_arch
 
@@ -19,11 +19,16 @@ def _load(ckpt: str, preset, flags):
 
 
 @cli.command()
-@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.argument("ckpt", type=click.Path())
 @arch_options
 @json_option
 def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
     """Show a checkpoint's architecture, exits and cumulative FLOPs/params per exit."""
+    from ..checkpoint import not_a_checkpoint
+
+    instead = not_a_checkpoint(ckpt)  # a bundle or a graph: say so, torch or not
+    if instead:
+        raise CheckpointError(instead)
     require("torch", "export")
     preset, flags = pop_arch(kwargs)
     loaded = _load(ckpt, preset, flags)
@@ -35,7 +40,7 @@ def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
         "params": [c.params for c in costs],
     }
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report, indent=2, allow_nan=False))
         return
     from ..architectures import NAMES
 
@@ -63,7 +68,7 @@ def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum")
 @click.option("--val-size", type=int, default=5000, show_default=True, help="held-out validation images")
 @click.option("--workers", type=int, default=0, show_default=True, help="image decoding threads for file datasets that are not preloaded")
-@click.option("--threads", type=int, default=None, help="torch intra-op threads")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads")
 @click.option("--out", default="runs/ranet", show_default=True, help="checkpoint directory")
 @click.option("--resume", is_flag=True, help="continue from OUT/last.pt (its architecture when no flags are given)")
 @click.option("--init", "init", default=None, type=click.Path(dir_okay=False),
@@ -117,7 +122,7 @@ def default_checkpoint() -> Path:
 
 
 @cli.command()
-@click.argument("ckpt", required=False, type=click.Path(dir_okay=False))
+@click.argument("ckpt", required=False, type=click.Path())
 @click.option("-o", "--out", "out", default=None, help="bundle directory [default: <ckpt name>.bundle]")
 @arch_options
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset")

@@ -12,7 +12,8 @@ from .options import json_option
 
 
 def provider_option(func):
-    func = click.option("--threads", type=int, default=None, help="intra-op threads per session [default: 1]")(func)
+    func = click.option("--threads", type=click.IntRange(min=1), default=None,
+                        help="intra-op threads per session [default: 1]")(func)
     return click.option("--provider", default="cpu", show_default=True,
                         help="execution provider: cpu, cuda, tensorrt, openvino, coreml, nnapi, xnnpack, "
                              "dml, qnn, rocm, or a full ONNX Runtime name")(func)
@@ -55,7 +56,7 @@ def info(bundle: str, as_json: bool) -> None:
     """Per-exit cost, graph size, cache hand-over and tensor names of a bundle."""
     rep = bundle_info(bundle)
     if as_json:
-        click.echo(json.dumps(rep, indent=2))
+        click.echo(json.dumps(rep, indent=2, allow_nan=False))
         return
     model = rep.get("model") or {}
     click.echo(f"bundle {bundle}: {len(rep['exits'])} exits, granularity {rep['granularity']}, "
@@ -118,7 +119,7 @@ def predict(bundle: str, images: tuple[str, ...], provider: str, threads: int | 
              "confidence": round(float(c), 6)}
             for p, lab, e, c in zip(images, res.labels, res.exits, res.confidences)]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows, indent=2, allow_nan=False))
         return
     for r in rows:
         click.echo(f"{r['image']}\t{r['class']} ({r['label']})\texit {r['exit']}\tconfidence {r['confidence']:.3f}")
@@ -128,13 +129,12 @@ def predict(bundle: str, images: tuple[str, ...], provider: str, threads: int | 
 @json_option
 def providers(as_json: bool) -> None:
     """List the execution providers this onnxruntime build offers."""
-    import onnxruntime as ort
-
     from ranet_edge.runtime import available_providers
+    from ranet_edge.runtime._ort import ort
 
     rows = available_providers()
     if as_json:
-        click.echo(json.dumps({"onnxruntime": ort.__version__, "providers": rows}, indent=2))
+        click.echo(json.dumps({"onnxruntime": ort.__version__, "providers": rows}, indent=2, allow_nan=False))
         return
     click.echo(f"onnxruntime {ort.__version__}")
     for r in rows:

@@ -1,0 +1,308 @@
+"""`ranet-edge doctor`: what this machine can run, and why a provider is missing.
+
+The first thing to run when a provider is not there: which onnxruntime distributions are
+installed (several is the classic trap), which providers the build offers, whether a session
+can really be created on each accelerator (with the reason ONNX Runtime gives when not:
+a missing CUDA or cuDNN library, no driver, ...), the CPU's instruction sets, whether torch
+is installed, and, given a bundle, which provider runs each graph.
+
+Needs neither torch nor, to report that it is missing, onnxruntime: torch is looked up in
+the package metadata, never imported.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .ortbuilds import EXTRAS_HINT, installed_builds, several_builds_message
+
+#: Providers that run on an accelerator, with the package that brings each.
+ACCELERATORS = {
+    "CUDAExecutionProvider": "onnxruntime-gpu: pip install 'ranet-edge[gpu]'",
+    "TensorrtExecutionProvider": "onnxruntime-gpu with TensorRT installed",
+    "ROCMExecutionProvider": "onnxruntime-rocm",
+    "MIGraphXExecutionProvider": "onnxruntime-migraphx",
+    "DmlExecutionProvider": "onnxruntime-directml: pip install 'ranet-edge[directml]'",
+    "OpenVINOExecutionProvider": "onnxruntime-openvino: pip install 'ranet-edge[openvino]'",
+    "CoreMLExecutionProvider": "onnxruntime on macOS",
+    "QNNExecutionProvider": "onnxruntime-qnn",
+}
+X86_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+# Linux /proc/cpuinfo "Features" of arm64 -> the names people use
+ARM_FEATURES = {"asimd": "neon", "asimdhp": "fp16", "asimddp": "dotprod", "i8mm": "i8mm", "bf16": "bf16",
+                "sve": "sve", "sve2": "sve2", "sme": "sme"}
+# macOS sysctl hw.optional keys -> the same names
+DARWIN_FEATURES = {"hw.optional.neon": "neon", "hw.optional.arm.FEAT_FP16": "fp16",
+                   "hw.optional.arm.FEAT_DotProd": "dotprod", "hw.optional.arm.FEAT_I8MM": "i8mm",
+                   "hw.optional.arm.FEAT_BF16": "bf16", "hw.optional.arm.FEAT_SME": "sme",
+                   "hw.optional.avx2_0": "avx2", "hw.optional.avx512f": "avx512f",
+                   "hw.optional.avx512vnni": "avx512_vnni"}
+
+
+@dataclass(frozen=True)
+class ProviderCheck:
+    """Whether a session on one accelerator provider can really be created and run."""
+
+    provider: str
+    usable: bool
+    reason: str | None  # what ONNX Runtime said when it could not, one line
+
+
+@dataclass(frozen=True)
+class GraphPlacement:
+    graph: str
+    providers: list[str]  # what its session got, in priority order
+    all_nodes_on_first: bool  # False: some nodes fall back to the providers after the first
+    detail: str | None = None
+
+
+@dataclass
+class DoctorReport:
+    python: str
+    platform: str
+    cpu: str
+    cpu_features: list[str]  # of the sets that matter to ONNX Runtime kernels
+    onnxruntime_builds: list[dict[str, Any]]  # name, version, extra: every distribution installed
+    onnxruntime: str | None  # version imported; None when it cannot be imported
+    onnxruntime_path: str | None
+    providers: list[str]  # what this build offers
+    accelerators: list[ProviderCheck]  # every accelerator provider of this build, really tried
+    torch: str | None  # version installed (looked up, not imported)
+    gpu_hint: str | None  # an accelerator visible on the machine, e.g. an NVIDIA driver
+    bundle: dict[str, Any] | None = None  # path, provider, graphs: GraphPlacement rows, error
+    problems: list[str] = field(default_factory=list)  # one line each, with the fix
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+# ----------------------------------------------------------------------- the machine
+def cpu_info() -> tuple[str, list[str]]:
+    """(CPU name, instruction sets present) from /proc/cpuinfo, or sysctl on macOS."""
+    if sys.platform == "darwin":
+        return _darwin_cpu()
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        return platform.processor() or platform.machine(), []
+
+
+def parse_cpuinfo(text: str) -> tuple[str, list[str]]:
+    """Linux /proc/cpuinfo: x86 ``model name`` and ``flags``, arm64 ``Features``."""
+    name, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and not name:
+            name = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    present = [f for f in X86_FEATURES if f in flags]
+    present += [label for flag, label in ARM_FEATURES.items() if flag in flags]
+    return name or platform.processor() or platform.machine(), present
+
+
+def _darwin_cpu() -> tuple[str, list[str]]:
+    try:
+        out = subprocess.run(["sysctl", "machdep.cpu.brand_string", "hw.optional"], capture_output=True,
+                             text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return platform.machine(), []
+    values = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    present = [name for key, name in DARWIN_FEATURES.items() if values.get(key, "0").strip() == "1"]
+    return values.get("machdep.cpu.brand_string", platform.machine()).strip(), present
+
+
+def gpu_hint() -> str | None:
+    """An accelerator the machine shows, whatever onnxruntime can do with it."""
+    nvidia = Path("/proc/driver/nvidia/version")
+    if nvidia.exists():
+        first = (nvidia.read_text(errors="replace").splitlines() or [""])[0]
+        match = re.search(r"Kernel Module\s+(\S+)", first)
+        return f"NVIDIA driver {match.group(1) if match else ''} (/proc/driver/nvidia/version)".replace("  ", " ")
+    if Path("/dev/kfd").exists():
+        return "AMD ROCm device (/dev/kfd)"
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "Apple silicon (CoreML)"
+    return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# ----------------------------------------------------------------------- onnxruntime
+@contextlib.contextmanager
+def captured_output():
+    """Collect what native code writes to file descriptors 1 and 2 (ONNX Runtime logs the
+    reason a provider failed there, and its Python wrapper prints it); yields a list that
+    holds the text afterwards."""
+    out: list[str] = []
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as tmp:
+        try:
+            os.dup2(tmp.fileno(), 1)
+            os.dup2(tmp.fileno(), 2)
+            yield out
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+def _reason(text: str) -> str | None:
+    """The lines of an ONNX Runtime log that say what failed, as one line."""
+    lines = []
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines():
+        line = re.sub(r"^\S+ \S+ \[[A-Z]\] ?:?\s*", "", line.strip())  # drop the timestamp and level
+        line = re.sub(r"^\[[^\]]*\]\s*", "", line)
+        if line and not set(line) <= set("* ") and re.search(r"fail|error|cannot|not |unable|missing", line, re.I):
+            lines.append(line)
+    return " | ".join(dict.fromkeys(lines)) or None
+
+
+def check_provider(ort, provider: str) -> ProviderCheck:
+    """Create a session on ``provider`` for a one-node graph and run it; if the session does
+    not get the provider, say why, as ONNX Runtime said it."""
+    import numpy as np
+
+    from .runtime.device import FLOAT, gather_model
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 2
+    reason = None
+    with captured_output() as log, warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")  # onnxruntime's Python wrapper warns, its C++ side logs
+        try:
+            sess = ort.InferenceSession(gather_model(FLOAT), so, providers=[provider, "CPUExecutionProvider"])
+            got = sess.get_providers()
+            if got and got[0] == provider:
+                x = np.arange(6, dtype=np.float32).reshape(3, 2)
+                sess.run(None, {"x": x, "idx": np.array([2, 0], np.int64)})
+        except Exception as exc:  # what ONNX Runtime raises is the reason
+            got, reason = [], f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if got and got[0] == provider:
+        return ProviderCheck(provider, True, None)
+    text = "\n".join([str(w.message) for w in said] + log)
+    reason = reason or _reason(text) or "the session fell back to the CPU without a message"
+    if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            reason += "; and libcuda.so.1 (the NVIDIA driver) cannot be loaded"
+    return ProviderCheck(provider, False, reason[:600])
+
+
+def place_bundle(ort, bundle: str | os.PathLike, provider: str) -> dict[str, Any]:
+    """Which providers a session on each graph of ``bundle`` gets with ``provider``, and
+    whether every node runs on it (a session that may not fall back to the CPU is tried)."""
+    from .errors import RanetEdgeError
+    from .runtime.manifest import load_manifest
+    from .runtime.providers import provider_list, resolve_provider
+
+    out: dict[str, Any] = {"path": str(bundle), "provider": provider, "graphs": [], "error": None}
+    try:
+        manifest = load_manifest(bundle, verify=True)
+        full = resolve_provider(provider)
+        providers = provider_list(provider)
+    except RanetEdgeError as exc:
+        out["error"] = str(exc)
+        return out
+    for entry in manifest.graphs:
+        path = str(Path(manifest.root) / entry.path)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        with captured_output():
+            try:
+                got = ort.InferenceSession(path, so, providers=providers).get_providers()
+            except Exception as exc:
+                out["graphs"].append(asdict(GraphPlacement(entry.path, [], False, str(exc).splitlines()[0][:300])))
+                continue
+        all_on, detail = True, None
+        if full != "CPUExecutionProvider":
+            strict = ort.SessionOptions()
+            strict.log_severity_level = 3
+            strict.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            with captured_output():
+                try:
+                    ort.InferenceSession(path, strict, providers=providers)
+                except Exception as exc:
+                    all_on, detail = False, (str(exc).strip().splitlines() or [""])[0][:300]
+        out["graphs"].append(asdict(GraphPlacement(entry.path, got, all_on and got[:1] == [full], detail)))
+    return out
+
+
+# ----------------------------------------------------------------------- the report
+def diagnose(bundle: str | os.PathLike | None = None, provider: str | None = None) -> DoctorReport:
+    """Everything ``ranet-edge doctor`` reports. ``provider`` (for the bundle) defaults to
+    the first accelerator that works, else the CPU."""
+    builds = installed_builds()
+    cpu, features = cpu_info()
+    problems: list[str] = []
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        ort, ort_error = None, (str(exc).strip().splitlines() or [""])[0]
+    if len(builds) > 1:
+        problems.append(several_builds_message(builds))
+    hint = gpu_hint()
+    checks: list[ProviderCheck] = []
+    available: list[str] = []
+    if ort is None:
+        problems.append(f"onnxruntime cannot be imported ({ort_error}); install one build: {EXTRAS_HINT}")
+    else:
+        available = list(ort.get_available_providers())
+        checks = [check_provider(ort, p) for p in available if p in ACCELERATORS]
+        problems += [f"{c.provider} is in this build but no session can use it: {c.reason}" for c in checks
+                     if not c.usable]
+        if hint and hint.startswith("NVIDIA") and "CUDAExecutionProvider" not in available:
+            problems.append(f"an {hint} is present but this onnxruntime build has no CUDA provider; "
+                            f"pip uninstall -y {' '.join(b.name for b in builds) or 'onnxruntime'}, "
+                            "then pip install 'ranet-edge[gpu]'")
+    report = DoctorReport(
+        python=platform.python_version(), platform=f"{platform.system()} {platform.machine()}", cpu=cpu,
+        cpu_features=features, onnxruntime_builds=[asdict(b) for b in builds],
+        onnxruntime=getattr(ort, "__version__", None) if ort else None,
+        onnxruntime_path=str(Path(ort.__file__).parent) if ort and getattr(ort, "__file__", None) else None,
+        providers=available, accelerators=checks, torch=_version("torch") if importlib.util.find_spec("torch") else None,
+        gpu_hint=hint, problems=problems)
+    if bundle is not None:
+        if ort is None:
+            report.bundle = {"path": str(bundle), "provider": provider, "graphs": [],
+                             "error": "onnxruntime cannot be imported"}
+        else:
+            chosen = provider or next((c.provider for c in checks if c.usable), "CPUExecutionProvider")
+            report.bundle = place_bundle(ort, bundle, chosen)
+            if report.bundle["error"]:
+                problems.append(f"bundle {bundle}: {report.bundle['error']}")
+    return report
