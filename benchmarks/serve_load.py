@@ -2,7 +2,9 @@
 
     python benchmarks/serve_load.py [--seconds 2] [--rounds 3] [--out benchmarks/results/serve_load.json]
 
-One local Ray, one Serve HTTP proxy, four applications deployed side by side:
+Two phases, each in its own process with its own local Ray: Serve's Python HTTP proxy (what
+`ranet-edge serve` runs by default), then HAProxy talking to the replicas directly
+(`ranet-edge serve --haproxy`). In each, four applications are deployed side by side:
 
 - ``chain``: the per-exit graphs with early exit, 1 replica (what `ranet-edge serve` runs);
 - ``mono``: the same bundle's monolithic graph, every image pays the whole model (the same
@@ -16,7 +18,8 @@ measured in turns (``--rounds`` blocks of ``--seconds`` each, after an unmeasure
 machine drift hits them alike. CPU seconds of the proxy, the replicas, the rest of Ray and
 the client are read from /proc around each block: that is where the time goes. A last pair
 of rows sends 16 images per request. Early answers: latency of requests whose image left at
-exit 0 against those that went to the last exit, under the same mixed load.
+exit 0 against those that went to the last exit, under the same mixed load. The phases run
+one after the other (not interleaved): compare across them with that in mind.
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ import json
 import os
 import platform
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,7 +61,7 @@ def cpu_by_role(apps: list[str]) -> dict[str, float]:
         secs = (int(fields[11]) + int(fields[12])) / TICK
         if int(pid) == os.getpid():
             out["client"] = secs
-        elif "ray::ProxyActor" in cmd:
+        elif "ray::ProxyActor" in cmd or Path(cmd.split(" ", 1)[0]).name == "haproxy":
             out["proxy"] += secs
         elif "ray::ServeReplica:" in cmd:
             app = cmd.split("ray::ServeReplica:", 1)[1].split(":", 1)[0]
@@ -138,16 +144,8 @@ def deploy_echo(server: Server) -> None:
     server.deploy_app(app, "echo", "/echo")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per block")
-    ap.add_argument("--settle", type=float, default=0.5, help="unmeasured seconds before each block")
-    ap.add_argument("--rounds", type=int, default=3, help="blocks per app and concurrency, in turns")
-    ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
-    ap.add_argument("--out", default="benchmarks/results/serve_load.json")
-    args = ap.parse_args()
-
+def run_phase(args: argparse.Namespace) -> dict:
+    """One Ray, the four apps, every concurrency level; the results of this phase."""
     with np.load(SAMPLE_IMAGES) as z:
         x = z["x"]
     pngs = [cv2.imencode(".png", np.ascontiguousarray(im[..., ::-1]))[1].tobytes() for im in x]
@@ -156,11 +154,11 @@ def main() -> None:
               "application/json") for i in range(0, len(pngs), 16)]
 
     base = ServeSettings(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
-    t0 = time.perf_counter()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = Server(port=port, num_cpus=8, quiet=True)
+    t0 = time.perf_counter()
+    server = Server(port=port, num_cpus=8, quiet=True, haproxy=args.phase == "haproxy")
     try:
         startup_s = time.perf_counter() - t0
         urls = {
@@ -171,7 +169,7 @@ def main() -> None:
         deploy_echo(server)
         urls["echo"] = server.base_url + "/echo"
         apps = list(urls)
-        print(f"Ray and Serve up in {startup_s:.1f} s; apps {', '.join(apps)}", flush=True)
+        print(f"[{args.phase}] Ray and Serve up in {startup_s:.1f} s; apps {', '.join(apps)}", flush=True)
 
         def measure(app: str, clients: int, bodies, runs: dict, cpu: dict) -> None:
             before = cpu_by_role(apps)
@@ -189,7 +187,7 @@ def main() -> None:
                 for app in apps:
                     measure(app, clients, single, runs, cpu)
             levels[str(clients)] = {a: block_stats(runs[a], cpu[a]) for a in apps}
-            print(f"{clients:>3} clients: " + "; ".join(
+            print(f"[{args.phase}] {clients:>3} clients: " + "; ".join(
                 f"{a} {s['requests_per_s']:.0f} req/s p50 {s['latency_ms']['p50']:.1f} ms p99 "
                 f"{s['latency_ms']['p99']:.1f} ms, {s['failed']} failed" for a, s in levels[str(clients)].items()),
                 flush=True)
@@ -201,23 +199,52 @@ def main() -> None:
             for app in runs:
                 measure(app, multi_clients, multi, runs, cpu)
         multi_stats = {a: block_stats(runs[a], cpu[a]) for a in runs}
-        print(f"16 images per request, {multi_clients} clients: " + "; ".join(
+        print(f"[{args.phase}] 16 images per request, {multi_clients} clients: " + "; ".join(
             f"{a} {s['images_per_s']:.0f} images/s" for a, s in multi_stats.items()), flush=True)
     finally:
         server.close()
+    return {"startup_s": startup_s, "levels": levels,
+            "multi_image": {"clients": multi_clients, "images_per_request": 16, **multi_stats}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per block")
+    ap.add_argument("--settle", type=float, default=0.5, help="unmeasured seconds before each block")
+    ap.add_argument("--rounds", type=int, default=3, help="blocks per app and concurrency, in turns")
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    ap.add_argument("--phases", default="proxy,haproxy", help="which ingress phases to run, in order")
+    ap.add_argument("--phase", choices=["proxy", "haproxy"], help=argparse.SUPPRESS)  # a child process
+    ap.add_argument("--phase-out", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default="benchmarks/results/serve_load.json")
+    args = ap.parse_args()
+    if args.phase:
+        Path(args.phase_out).write_text(json.dumps(run_phase(args)))
+        return
+
+    phases = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for phase in args.phases.split(","):
+            out = Path(tmp) / f"{phase}.json"
+            argv = [sys.executable, __file__, "--phase", phase, "--phase-out", str(out),
+                    *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+                      ("seconds", "settle", "rounds", "max_batch", "batch_wait_ms"))]
+            subprocess.run(argv, check=True)
+            phases[phase] = json.loads(out.read_text())
+
+    import ray
 
     result = {
         "env": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                "python": platform.python_version(), "onnxruntime": ort.__version__,
-                "ray": __import__("ray").__version__, "startup_s": startup_s},
+                "python": platform.python_version(), "onnxruntime": ort.__version__, "ray": ray.__version__,
+                "load_average_at_end": os.getloadavg()},
         "settings": {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms, "seconds": args.seconds,
                      "settle": args.settle, "rounds": args.rounds, "threads": 1,
-                     "client": "aiohttp, in the benchmark process, same machine"},
-        "levels": levels,
-        "multi_image": {"clients": multi_clients, "images_per_request": 16, **multi_stats},
+                     "client": "aiohttp in the benchmark process, on the same machine"},
+        "phases": phases,
     }
     write(args.out, result)
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

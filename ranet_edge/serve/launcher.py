@@ -75,8 +75,9 @@ class Server:
                              + ("check `ray status` on the head node" if address else "see /tmp/ray/session_latest/logs")) from None
         try:
             serve.start(http_options={"host": host, "port": port})
-            http = serve.context._get_global_client().http_config
-            self.host, self.port = http.host, http.port  # an existing Serve keeps its own options
+            client = getattr(serve.context, "_get_global_client", None)  # no public API tells this
+            if client is not None:  # a Serve already running on a cluster keeps its own options
+                self.host, self.port = client().http_config.host, client().http_config.port
         except Exception as exc:
             self.close()
             raise ServeError(f"cannot start Serve's HTTP proxy on {host}:{port}: {_first_line(exc)}") from None
@@ -85,13 +86,16 @@ class Server:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def deploy(self, settings: ServeSettings, name: str = "ranet-edge", route_prefix: str = "/") -> Deployed:
+    def deploy(self, settings: ServeSettings, name: str = "ranet-edge", route_prefix: str = "/",
+               summary: dict | None = None) -> Deployed:
         """Load the bundle here first (a bad bundle, provider or operating point fails fast,
-        with its one-line error), then deploy it and wait until every replica is up."""
+        with its one-line error; ``summary`` says it was already loaded), then deploy it and
+        wait until every replica is up."""
         from .deployment import build_deployment
         from .engine import ServedModel
 
-        summary = ServedModel(settings).summary()
+        if summary is None:
+            summary = ServedModel(settings).summary()
         self.deploy_app(build_deployment(settings, name), name, route_prefix)
         return Deployed(name, self.base_url + route_prefix.rstrip("/"), summary)
 
@@ -150,11 +154,11 @@ def serve_bundle(settings: ServeSettings, address: str | None = None, host: str 
     """
     from .engine import ServedModel
 
-    ServedModel(settings)  # a bad bundle, provider or operating point fails before Ray starts
+    summary = ServedModel(settings).summary()  # a bad bundle, provider or point fails before Ray starts
     num_cpus = max(os.cpu_count() or 1, settings.replicas * settings.threads) if address is None else None
     server = Server(address, host, port, num_cpus=num_cpus, quiet=quiet, haproxy=haproxy)
     try:
-        return server, server.deploy(settings)
+        return server, server.deploy(settings, summary=summary)
     except BaseException:
         server.close()
         raise
