@@ -126,10 +126,84 @@ def performance() -> str:
     return "\n".join(lines)
 
 
+def serving() -> str:
+    """The load figures of `ranet-edge serve` (benchmarks/serve_load.py)."""
+    r = load("serve_load.json")
+    ph, st = r["phases"], r["settings"]
+    names = {"proxy": "Serve proxy", "haproxy": "HAProxy"}
+
+    def lat(s: dict) -> str:
+        return f"{s['latency_ms']['p50']:.1f} / {s['latency_ms']['p99']:.1f}"
+
+    lines = [
+        f"Closed-loop clients on the same 2-vCPU machine (aiohttp, one PNG per request), the shipped bundle at its "
+        f"default operating point, max batch {st['max_batch']}, {st['batch_wait_ms']:g} ms batch wait, one intra-op "
+        f"thread; each app measured {st['rounds']} x {st['seconds']:g} s in turns with the others at each "
+        f"concurrency (`benchmarks/results/serve_load.json`; Ray {r['env']['ray']}; the machine was shared, load "
+        f"average {r['env']['load_average_at_end'][1]:.1f} over the run's last 5 minutes). Latency is what the "
+        "client sees, p50 / p99 in ms. No request failed: "
+        f"{sum(s['failed'] for p in ph.values() for lv in p['levels'].values() for s in lv.values())} failures in "
+        f"{sum(s['requests'] for p in ph.values() for lv in p['levels'].values() for s in lv.values()):,} requests.",
+        "",
+        "| ingress | clients | chain req/s | chain ms | monolithic req/s | monolithic ms | chain, 2 replicas req/s | "
+        "echo req/s | echo ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for phase, p in ph.items():
+        for c, lv in p["levels"].items():
+            ch, mo, c2, ec = lv["chain"], lv["mono"], lv["chain2"], lv["echo"]
+            lines.append(f"| {names[phase]} | {c} | {ch['requests_per_s']:.0f} | {lat(ch)} | {mo['requests_per_s']:.0f} | "
+                         f"{lat(mo)} | {c2['requests_per_s']:.0f} | {ec['requests_per_s']:.0f} | {lat(ec)} |")
+    lines += [
+        "",
+        "**Early answers**: under the same load, the client-side p50 latency of the chain's requests by the exit "
+        "their image took (how many in brackets), against the monolithic graph, where every request waits for the "
+        "whole model:",
+        "",
+        "| ingress | clients | exit 0 | last exit | monolithic, all |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for phase, p in ph.items():
+        for c, lv in p["levels"].items():
+            be, last = lv["chain"]["by_exit"], str(len(lv["chain"]["exit_histogram"]) - 1)
+            if "0" in be and last in be:
+                lines.append(f"| {names[phase]} | {c} | {be['0']['latency_p50_ms']:.1f} ({be['0']['n']}) | "
+                             f"{be[last]['latency_p50_ms']:.1f} ({be[last]['n']}) | "
+                             f"{lv['mono']['latency_ms']['p50']:.1f} |")
+    hist = ph["proxy"]["levels"]["64"]["chain"]["exit_histogram"]
+    lines += [
+        "",
+        f"(Exits taken at 64 clients: {', '.join(f'{n:,}' for n in hist)} images at exits 0–{len(hist) - 1}.)",
+        "",
+        "**Where the time goes**: CPU milliseconds per request, by process, at 64 clients (read from /proc around "
+        "each block):",
+        "",
+        "| ingress | app | HTTP proxy | replica(s) | rest of Ray | client | total |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for phase, p in ph.items():
+        for app in ("echo", "chain", "mono"):
+            cpu = p["levels"]["64"][app]["cpu_ms_per_request"]
+            parts = [cpu["proxy"], cpu[f"replicas_{app}"], cpu["ray_other"], cpu["client"]]
+            lines.append(f"| {names[phase]} | {app} | " + " | ".join(f"{v:.2f}" for v in parts) + f" | {sum(parts):.2f} |")
+    lines += [
+        "",
+        "**Several images per request** (a JSON list of 16, 8 clients) against one per request:",
+        "",
+        "| ingress | chain images/s, 16 per request | monolithic images/s, 16 per request | chain images/s, 1 per request |",
+        "| --- | --- | --- | --- |",
+    ]
+    for phase, p in ph.items():
+        m = p["multi_image"]
+        lines.append(f"| {names[phase]} | {m['chain']['images_per_s']:.0f} | {m['mono']['images_per_s']:.0f} | "
+                     f"{p['levels']['8']['chain']['images_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name, body in (("default-model", default_model()), ("performance", performance())):
+    for name, body in (("default-model", default_model()), ("performance", performance()), ("serving", serving())):
         pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no <!-- generated:{name} --> block")

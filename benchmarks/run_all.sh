@@ -27,3 +27,4 @@ cd benchmarks
 ../$BIN/python threads_sweep.py --bundle "../$B" --out results/threads_sweep.json
 ../$BIN/python runtime_footprint.py --bundle "../$B" --out results/runtime_footprint.json
 ../$BIN/python edge_formats.py --bundle "../$B" ${DATA:+--data "$DATA" --holdout 5000} --out results/edge_formats.json
+../$BIN/python serve_load.py --out results/serve_load.json   # starts and stops its own local Ray

@@ -45,6 +45,10 @@ class CalibrationError(RanetEdgeError):
     """Thresholds or budgets that cannot be met or are malformed."""
 
 
+class ServeError(RanetEdgeError):
+    """Ray or Ray Serve failed to start, connect or deploy."""
+
+
 class MissingExtraError(RanetEdgeError, ImportError):
     """An optional dependency is not installed; the message names the extra to install.
 

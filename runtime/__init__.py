@@ -7,13 +7,13 @@
 from __future__ import annotations
 
 from . import _ort  # noqa: F401  (first: checks which onnxruntime build is installed)
-from .chain import ExitChain, Prediction, softmax
+from .chain import ExitChain, Prediction, StageRows, softmax
 from .manifest import Manifest, load_manifest
 from .operating_points import OperatingPoint, load_points, save_point
 from .preprocess import PreprocessSpec, preprocess, read_image
 from .providers import available as available_providers
 
 __all__ = [
-    "ExitChain", "Manifest", "OperatingPoint", "Prediction", "PreprocessSpec", "available_providers",
+    "ExitChain", "Manifest", "OperatingPoint", "Prediction", "PreprocessSpec", "StageRows", "available_providers",
     "load_manifest", "load_points", "preprocess", "read_image", "save_point", "softmax",
 ]

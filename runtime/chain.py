@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,16 +256,40 @@ class ExitChain:
         if n == 1 and self._router is None:
             return self._predict_one(x, thr, temps)
         out = _Results(n)
-        rows = np.arange(n)  # original positions of the samples still running
+        for decided in self._stages(x, thr, temps):
+            out.fill(decided)
+        return Prediction(out.labels, out.exits, out.conf, out.probs)
+
+    def predict_stages(self, x: np.ndarray, thresholds: Any = None) -> Iterator[StageRows]:
+        """predict() one graph at a time: after each graph, yield the samples it decided.
+
+        Yields one :class:`StageRows` per graph run, in graph order (possibly with no rows),
+        and stops after the graph that decides the last sample, so a caller can answer the
+        samples that left early while later graphs still run. Rows are positions in ``x``;
+        over the whole run every position appears exactly once, with the values
+        ``predict(x, thresholds)`` gives it. Input and thresholds are checked at the call.
+        """
+        x = self.check_input(x)
+        thr, temps = self._thresholds_cached(thresholds)
+        return self._stages(x, thr, temps)
+
+    def _stages(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Iterator[StageRows]:
+        """The routing loop behind predict and predict_stages."""
+        rows = np.arange(x.shape[0])  # original positions of the samples still running
+        num_classes = int(self.manifest.data["num_classes"])
         router = self._router
         env = {self.input_name: router.upload(x) if router else x}
         for g in self._graphs:
             logits, cache = self._step(g, env)
             alive = None  # rows of this graph's batch that have not exited yet (None: all)
+            parts = []
             for k, z in zip(g.exits, logits):
-                alive = out.decide(z, k, float(thr[k]), float(temps[k]), rows, alive)
+                alive, part = decide_exit(z, k, float(thr[k]), float(temps[k]), rows, alive)
+                if part is not None:
+                    parts.append(part)
+            yield StageRows.concat(parts, num_classes)
             if alive is not None and not alive.any():
-                break
+                return
             env = {nm: v for nm, v in env.items() if nm in g.keep_after}
             env.update(cache)
             if alive is not None:  # hand on only the rows of the samples that go on
@@ -275,8 +299,6 @@ class ExitChain:
                     env = {nm: router.gather(v, keep) for nm, v in env.items()}
                 else:
                     env = {nm: v[alive] for nm, v in env.items()}
-        return Prediction(out.labels, out.exits, out.conf, out.probs)
-
 
     def _predict_one(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Prediction:
         """predict() for one sample: pre-bound buffers, no row bookkeeping, scalars."""
@@ -300,8 +322,53 @@ class ExitChain:
         raise AssertionError("the last exit accepts every sample")  # pragma: no cover
 
 
+@dataclass(frozen=True)
+class StageRows:
+    """Samples decided together (by one exit, or by one graph of a predict_stages run)."""
+
+    rows: np.ndarray  # int64 (M,), positions in the input batch
+    labels: np.ndarray  # int64 (M,)
+    exits: np.ndarray  # int64 (M,), 0-based exit index
+    confidences: np.ndarray  # float32 (M,), max softmax probability at the exit taken
+    probabilities: np.ndarray  # float32 (M, classes), softmax at the exit taken
+
+    @classmethod
+    def concat(cls, parts: list[StageRows], num_classes: int) -> StageRows:
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
+                       np.empty(0, np.float32), np.empty((0, num_classes), np.float32))
+        return cls(*(np.concatenate(col) for col in zip(*((p.rows, p.labels, p.exits, p.confidences,
+                                                             p.probabilities) for p in parts))))
+
+
+def decide_exit(z: np.ndarray, k: int, threshold: float, temperature: float, rows: np.ndarray,
+                alive: np.ndarray | None) -> tuple[np.ndarray | None, StageRows | None]:
+    """The rows of exit ``k``'s logits ``z`` whose confidence reaches ``threshold``.
+
+    ``rows`` maps the rows of ``z`` to input positions; ``alive`` masks the rows an earlier
+    exit of the same graph has not taken (None: all). Returns the rows still alive after
+    this exit (None when all are) and those decided here (None when none are).
+    """
+    if temperature != 1.0:
+        z = z / temperature
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    total = e.sum(axis=1)
+    ck = 1.0 / total  # max softmax probability, without normalising every row
+    take = ck >= threshold
+    if alive is not None:
+        take &= alive
+    if not take.any():
+        return alive, None
+    pk = (e[take] / total[take, None]).astype(np.float32, copy=False)
+    decided = StageRows(rows[take], pk.argmax(axis=1), np.full(len(pk), k, np.int64),
+                        ck[take].astype(np.float32), pk)
+    return (~take if alive is None else alive & ~take), decided
+
+
 class _Results:
-    """Per-sample outputs of one predict call, filled exit by exit."""
+    """Per-sample outputs of one predict call, filled as the graphs decide them."""
 
     def __init__(self, n: int):
         self.n = n
@@ -310,26 +377,12 @@ class _Results:
         self.conf = np.empty(n, np.float32)
         self.probs: np.ndarray | None = None
 
-    def decide(self, z: np.ndarray, k: int, threshold: float, temperature: float, rows: np.ndarray,
-               alive: np.ndarray | None) -> np.ndarray | None:
-        """Record the rows whose confidence at exit ``k`` reaches ``threshold``; return the
-        rows still alive (None when all are)."""
-        if temperature != 1.0:
-            z = z / temperature
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        total = e.sum(axis=1)
-        ck = 1.0 / total  # max softmax probability, without normalising every row
-        take = ck >= threshold
-        if alive is not None:
-            take &= alive
-        if not take.any():
-            return alive
-        dst = rows[take]
-        pk = e[take] / total[take, None]
+    def fill(self, d: StageRows) -> None:
+        if not len(d.rows):
+            return
         if self.probs is None:
-            self.probs = np.empty((self.n, pk.shape[1]), np.float32)
-        self.probs[dst] = pk
-        self.labels[dst] = pk.argmax(axis=1)
-        self.exits[dst] = k
-        self.conf[dst] = ck[take]
-        return ~take if alive is None else alive & ~take
+            self.probs = np.empty((self.n, d.probabilities.shape[1]), np.float32)
+        self.probs[d.rows] = d.probabilities
+        self.labels[d.rows] = d.labels
+        self.exits[d.rows] = d.exits
+        self.conf[d.rows] = d.confidences

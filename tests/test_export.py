@@ -352,6 +352,13 @@ def test_subnetwork_granularity(w8_bundles):
         np.testing.assert_array_equal(pa.exits, pb.exits)
         np.testing.assert_array_equal(pa.labels, pb.labels)
         np.testing.assert_allclose(pa.confidences, pb.confidences, rtol=1e-4, atol=1e-6)
+        # graph by graph, the coarse bundle decides each sub-network's two exits together
+        stages = list(b.predict_stages(x, thresholds))
+        assert len(stages) <= 3
+        for g, s in enumerate(stages):
+            assert set(s.exits.tolist()) <= {2 * g, 2 * g + 1}
+            np.testing.assert_array_equal(s.labels, pb.labels[s.rows])
+        assert sorted(np.concatenate([s.rows for s in stages]).tolist()) == list(range(48))
 
 
 # --------------------------------------------------------------------------- a second architecture

@@ -190,6 +190,35 @@ def test_batch_of_64_equals_64_single_runs(w8_chain):
     np.testing.assert_array_equal(shuffled.labels, batch.labels[perm])
 
 
+def test_predict_stages_gives_predict_graph_by_graph(w8_chain):
+    x = images(40, seed=8)
+    t = _mixed_thresholds(w8_chain, x)
+    whole = w8_chain.predict(x, t)
+    stages = list(w8_chain.predict_stages(x, t))
+    # one yield per graph run, stopping after the graph that decides the last sample
+    assert len(stages) == whole.exits.max() + 1
+    seen = np.concatenate([s.rows for s in stages])
+    assert sorted(seen.tolist()) == list(range(40))  # every sample exactly once
+    for g, s in enumerate(stages):
+        assert set(s.exits.tolist()) <= {g}  # per-exit bundle: graph g carries exit g
+        np.testing.assert_array_equal(s.exits, whole.exits[s.rows])
+        np.testing.assert_array_equal(s.labels, whole.labels[s.rows])
+        np.testing.assert_array_equal(s.confidences, whole.confidences[s.rows])
+        np.testing.assert_array_equal(s.probabilities, whole.probabilities[s.rows])
+    assert len(stages[0].rows) == (whole.exits == 0).sum() > 0
+
+    everything_at_0 = list(w8_chain.predict_stages(x, 0.0))
+    assert len(everything_at_0) == 1 and sorted(everything_at_0[0].rows.tolist()) == list(range(40))
+    only_last = list(w8_chain.predict_stages(x[:1], 1.0))  # batch 1 goes through the same loop
+    assert [len(s.rows) for s in only_last] == [0] * (w8_chain.num_exits - 1) + [1]
+    assert only_last[0].probabilities.shape == (0, 10)
+    # input and thresholds are checked at the call, not at the first next()
+    with pytest.raises(CalibrationError):
+        w8_chain.predict_stages(x, [2.0] * 5)
+    with pytest.raises(InputError):
+        w8_chain.predict_stages(x.astype(np.float64), t)
+
+
 def test_thread_safety(w8_chain):
     batches = [images(n, seed=10 + n) for n in (7, 16, 23, 32)]
     t = _mixed_thresholds(w8_chain, np.concatenate(batches))

@@ -55,6 +55,7 @@ def _register() -> None:
         commands_eval,
         commands_model,
         commands_runtime,
+        commands_serve,
     )
 
 

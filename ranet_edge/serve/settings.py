@@ -1,0 +1,62 @@
+"""What one served model is: its bundle, how it runs and how requests are batched (Ray-free)."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ranet_edge.errors import ConfigError
+
+GRAPHS = ("chain", "monolithic")
+_NUMBERS = {"threads": int, "replicas": int, "max_batch": int, "max_body_bytes": int, "batch_wait_ms": float}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Settings of one served bundle; ``from_dict`` reads them from a Serve config file's ``args``."""
+
+    bundle: str | None = None  # bundle directory; None: the shipped default bundle
+    graph: str = "chain"  # "chain": per-exit graphs, early exit; "monolithic": the whole model per image
+    operating_point: str | None = None  # stored point used when a request names none; None: bundle default
+    provider: str = "cpu"  # ONNX Runtime execution provider (short or full name)
+    threads: int = 1  # intra-op threads per session; also the CPUs Ray reserves per replica
+    replicas: int = 1  # copies of the model, each in its own process (on any node of the cluster)
+    max_batch: int = 64  # most images one batch runs (a request with more is refused)
+    batch_wait_ms: float = 5.0  # how long a batch waits for more requests after its first one
+    max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413
+
+    def __post_init__(self) -> None:
+        if self.graph not in GRAPHS:
+            raise ConfigError(f"graph {self.graph!r} is not one of {', '.join(GRAPHS)}")
+        for field in ("threads", "replicas", "max_batch", "max_body_bytes"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{field} must be a whole number >= 1, got {value!r}")
+        if not isinstance(self.batch_wait_ms, (int, float)) or not 0 <= self.batch_wait_ms <= 10_000:
+            raise ConfigError(f"batch_wait_ms must be a number of milliseconds in [0, 10000], "
+                              f"got {self.batch_wait_ms!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ServeSettings:
+        """Build from a mapping (dashes or underscores); unknown keys are refused with the valid ones."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in valid:
+                raise ConfigError(f"unknown serve setting {key!r}; valid settings: {', '.join(sorted(valid))}")
+            if isinstance(value, str) and name in _NUMBERS:  # `serve run ... max_batch=32` passes strings
+                try:
+                    value = _NUMBERS[name](value)
+                except ValueError:
+                    raise ConfigError(f"serve setting {key}={value!r} must be a number") from None
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> ServeSettings:
+        """A copy with some fields changed; ``None`` values are ignored (unset CLI options)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

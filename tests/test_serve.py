@@ -1,0 +1,191 @@
+"""A real server: Ray started by the tests, Serve's HTTP proxy on a loopback port, the shipped
+default bundle deployed with one replica and with two; requests over HTTP.
+
+One Ray instance serves the whole module (starting Ray takes ~15 s on a 2-core machine).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import json
+import socket
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("ray") is None:  # find_spec: importing ray here would change how it starts
+    pytest.skip("ray is not installed; install the serve extra: pip install 'ranet-edge[serve]'",
+                allow_module_level=True)
+
+import aiohttp  # noqa: E402  (comes with ray[serve])
+
+from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES  # noqa: E402
+from ranet_edge.runtime import ExitChain  # noqa: E402
+from ranet_edge.serve import ServeSettings  # noqa: E402
+from ranet_edge.serve.launcher import Server  # noqa: E402
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")]  # Ray's own pydantic use
+LIMIT = 64 * 1024  # max_body_bytes of the one-replica app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = Server(port=free_port(), num_cpus=4)  # 1 + 2 replicas reserve one CPU each
+    try:
+        one = srv.deploy(ServeSettings(max_body_bytes=LIMIT, max_batch=32), name="one", route_prefix="/one")
+        two = srv.deploy(ServeSettings(replicas=2), name="two", route_prefix="/two")
+        yield srv, one, two
+    finally:
+        srv.close()
+
+
+@pytest.fixture(scope="module")
+def sample() -> np.ndarray:
+    with np.load(SAMPLE_IMAGES) as z:
+        return z["x"][:200]
+
+
+@pytest.fixture(scope="module")
+def chain() -> ExitChain:
+    return ExitChain.load(DEFAULT_BUNDLE)
+
+
+async def _send(requests: list[tuple]) -> list[tuple[int, dict]]:
+    """All requests at once, each (method, url, body, content type); answers in order."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def one(method, url, body=None, ctype=None):
+            headers = {"Content-Type": ctype} if ctype else {}
+            async with session.request(method, url, data=body, headers=headers) as r:
+                return r.status, json.loads(await r.read())
+
+        return await asyncio.gather(*(one(*r) for r in requests))
+
+
+def send(requests: list[tuple]) -> list[tuple[int, dict]]:
+    return asyncio.run(_send(requests))
+
+
+def mixed_requests(url: str, sample: np.ndarray) -> tuple[list[tuple], list[tuple[int, str | None]]]:
+    """200 requests: most one PNG, every tenth a JSON list of 3 images, every third at p0.5;
+    with (first image index, operating point) per request."""
+    requests, meta = [], []
+    for i in range(200):
+        point = "p0.5" if i % 3 == 0 else None
+        q = "?operating_point=p0.5" if point else ""
+        if i % 10 == 5:
+            idx = [i, (i + 1) % 200, (i + 2) % 200]
+            body = json.dumps([base64.b64encode(png(sample[k])).decode() for k in idx]).encode()
+            requests.append(("POST", f"{url}/v1/classify{q}", body, "application/json"))
+        else:
+            idx = [i]
+            requests.append(("POST", f"{url}/v1/classify{q}", png(sample[i]), "image/png"))
+        meta.append((idx, point))
+    return requests, meta
+
+
+def check_answers(answers, meta, chain, sample):
+    for (status, body), (idx, point) in zip(answers, meta):
+        assert status == 200, body
+        want = chain.predict(chain.preprocess(sample[idx]), point)  # the same images, alone
+        got = body["predictions"]
+        assert [p["label"] for p in got] == want.labels.tolist()
+        assert [p["exit"] for p in got] == want.exits.tolist()
+        np.testing.assert_allclose([p["confidence"] for p in got], want.confidences, atol=2e-6)
+        assert [p["class"] for p in got] == [chain.class_names[k] for k in want.labels]
+        assert body["operating_point"] == (point or "iso-accuracy") and body["graph"] == "chain"
+
+
+def test_200_concurrent_requests_equal_predict(server, sample, chain):
+    _, one, _ = server
+    requests, meta = mixed_requests(one.url, sample)
+    answers = send(requests)
+    check_answers(answers, meta, chain, sample)
+    exits = {p["exit"] for _, b in answers for p in b["predictions"]}
+    assert len(exits) >= 4  # the batches really mix exits
+
+
+def test_two_replicas_answer_as_one(server, sample, chain):
+    _, one, two = server
+    requests, meta = mixed_requests(two.url, sample)
+    answers = send(requests)
+    check_answers(answers, meta, chain, sample)
+    assert len({b["replica"] for _, b in answers}) == 2  # both replicas took requests
+    again = send(mixed_requests(one.url, sample)[0])
+    assert [[(p["label"], p["exit"]) for p in b["predictions"]] for _, b in answers] == \
+           [[(p["label"], p["exit"]) for p in b["predictions"]] for _, b in again]
+
+
+def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(server, sample):
+    _, one, _ = server
+    url = f"{one.url}/v1/classify"
+    good = png(sample[0])
+    bad = [
+        (("POST", url, b"\x89PNG\r\n\x1a\ncorrupt", "image/png"), 400, "cannot be decoded"),
+        (("POST", url, good, "text/plain"), 415, "content type text/plain"),
+        (("POST", url, b"", "image/png"), 400, "body is empty"),
+        (("POST", url, b"\0" * (LIMIT + 1), "image/png"), 413, f"limit of {LIMIT} bytes"),
+        (("POST", url + "?operating_point=fastest", good, "image/png"), 400, "unknown operating point 'fastest'"),
+        (("POST", url, json.dumps(["aGk="] * 33).encode(), "application/json"), 413, "at most 32"),
+        (("POST", url, b"[1, 2]", "application/json"), 400, "list of base64"),
+        (("GET", url, None, None), 405, "GET /v1/classify is not allowed"),
+        (("GET", f"{one.url}/v2/classify", None, None), 404, "no route /v2/classify"),
+    ]
+    # interleaved with good requests, all in flight at once: each gets exactly its own answer
+    requests = [r for b in bad for r in (b[0], ("POST", url, good, "image/png"))]
+    answers = send(requests)
+    assert len(answers) == len(requests)
+    for (req, status, fragment), (got_status, body) in zip(bad, answers[0::2]):
+        assert got_status == status, (req[:2], body)
+        assert list(body) == ["error"] and fragment in body["error"] and "\n" not in body["error"]
+    assert all(s == 200 and len(b["predictions"]) == 1 for s, b in answers[1::2])
+
+
+def test_body_over_the_limit_without_content_length(server):
+    _, one, _ = server
+
+    async def chunked():
+        async def gen():
+            for _ in range(3):
+                yield b"\0" * (LIMIT // 2)
+
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{one.url}/v1/classify", data=gen(), headers={"Content-Type": "image/png"}) as r:
+                return r.status, await r.json()
+
+    status, body = asyncio.run(chunked())
+    assert status == 413 and "limit" in body["error"]
+
+
+def test_model_health_and_metrics(server, sample):
+    srv, one, two = server
+    health = json.loads(urllib.request.urlopen(f"{two.url}/v1/health", timeout=30).read())
+    assert health["status"] == "ok"
+    model = json.loads(urllib.request.urlopen(f"{one.url}/v1/model", timeout=30).read())
+    assert model["num_classes"] == 10 and model["class_names"][3] == "cat" and len(model["exits"]) == 6
+    assert model["default_operating_point"] == "iso-accuracy" and "p0.5" in model["operating_points"]
+    assert model["max_batch"] == 32 and model["session_providers"] == ["CPUExecutionProvider"]
+    assert model == {**one.summary, "replica": model["replica"]}
+    # Prometheus text from Ray's metrics agent; Ray exports every few seconds
+    assert srv.metrics_url
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and "ranet_exit_images" not in text:
+        time.sleep(2)
+        text = urllib.request.urlopen(srv.metrics_url, timeout=30).read().decode()
+    for name in ("ranet_exit_images", "ranet_requests", "ranet_batch_images", "ranet_request_ms"):
+        assert name in text, name
+    assert 'exit="0"' in text and 'status="200"' in text

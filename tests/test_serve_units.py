@@ -1,0 +1,162 @@
+"""The serving pieces that need no Ray: settings, request bodies, a batch run graph by graph,
+and `ranet-edge serve` refusing bad options before it starts anything."""
+from __future__ import annotations
+
+import base64
+import json
+import socket
+
+import cv2
+import numpy as np
+import pytest
+
+from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
+from ranet_edge.errors import CalibrationError, ConfigError
+from ranet_edge.runtime import ExitChain
+from ranet_edge.serve import ServeSettings
+from ranet_edge.serve.api import RequestError, parse_images
+from ranet_edge.serve.engine import BatchRun, Job, ServedModel, images_in
+
+
+@pytest.fixture(scope="module")
+def sample() -> np.ndarray:
+    with np.load(SAMPLE_IMAGES) as z:
+        return z["x"][:64]
+
+
+@pytest.fixture(scope="module")
+def chain() -> ExitChain:
+    return ExitChain.load(DEFAULT_BUNDLE)
+
+
+@pytest.fixture(scope="module")
+def model() -> ServedModel:
+    return ServedModel(ServeSettings())
+
+
+def png(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes()
+
+
+# --------------------------------------------------------------------------- settings
+def test_settings_from_config_file_args():
+    s = ServeSettings.from_dict({"max_batch": "32", "batch-wait-ms": "2.5", "graph": "monolithic", "replicas": 2})
+    assert (s.max_batch, s.batch_wait_ms, s.graph, s.replicas) == (32, 2.5, "monolithic", 2)
+    assert ServeSettings.from_dict(s.to_dict()) == s
+    with pytest.raises(ConfigError, match="unknown serve setting 'max_batch_size'; valid settings: .*max_batch"):
+        ServeSettings.from_dict({"max_batch_size": 8})
+    with pytest.raises(ConfigError, match="must be a number"):
+        ServeSettings.from_dict({"threads": "two"})
+
+
+@pytest.mark.parametrize("bad", [{"replicas": 0}, {"max_batch": 1.5}, {"threads": True}, {"graph": "onnx"},
+                                 {"batch_wait_ms": -1}, {"max_body_bytes": 0}])
+def test_settings_refuse_bad_values(bad):
+    with pytest.raises(ConfigError):
+        ServeSettings(**bad)
+
+
+# --------------------------------------------------------------------------- request bodies
+def test_parse_image_bodies(chain, sample):
+    spec = chain.preprocess_spec
+    one = parse_images("image/png", png(sample[0]), spec, 64)
+    np.testing.assert_array_equal(one, sample[:1])  # PNG is lossless
+    jpeg = cv2.imencode(".jpg", np.ascontiguousarray(sample[1][..., ::-1]))[1].tobytes()
+    assert parse_images("image/jpeg; charset=binary", jpeg, spec, 64).shape == (1, 32, 32, 3)
+    listed = json.dumps([base64.b64encode(png(im)).decode() for im in sample[:3]]).encode()
+    np.testing.assert_array_equal(parse_images("application/json", listed, spec, 64), sample[:3])
+    big = cv2.resize(sample[2], (96, 64))  # any size is fitted to the network input
+    assert parse_images("image/png", png(big), spec, 64).shape == (1, 32, 32, 3)
+
+
+@pytest.mark.parametrize("ctype, body, status, fragment", [
+    ("text/plain", b"hello", 415, "content type text/plain is not accepted"),
+    (None, b"\x89PNG", 415, "content type (none) is not accepted"),
+    ("image/png", b"", 400, "body is empty"),
+    ("image/png", b"\x89PNG\r\n\x1a\nnot really", 400, "cannot be decoded"),
+    ("application/json", b"{not json", 400, "not valid JSON"),
+    ("application/json", b'{"images": []}', 400, "non-empty list of base64"),
+    ("application/json", b"[]", 400, "non-empty list of base64"),
+    ("application/json", b'["@@@"]', 400, "image 0 of the JSON list is not valid base64"),
+    ("application/json", json.dumps(["aGVsbG8="] * 2).encode(), 400, "image 0 of the JSON list cannot be decoded"),
+    ("application/json", json.dumps(["aGVsbG8="] * 65).encode(), 413, "65 images in one request"),
+])
+def test_bad_bodies(chain, ctype, body, status, fragment):
+    with pytest.raises(RequestError) as err:
+        parse_images(ctype, body, chain.preprocess_spec, 64)
+    assert err.value.status == status and fragment in err.value.message
+    assert "\n" not in err.value.message
+
+
+# --------------------------------------------------------------------------- batches
+def test_batch_run_answers_early_and_equals_predict(model, chain, sample):
+    """Jobs of 1-3 images under two operating points share one batch: every image gets what
+    ExitChain.predict gives it alone, and a job is complete after the graph that decides its
+    last image, so jobs decided at exit 0 are done after the first step."""
+    sizes = [1, 2, 1, 3, 1, 1, 2, 1] * 4
+    points = ["iso-accuracy", "p0.5"]
+    jobs, start = [], 0
+    for i, k in enumerate(sizes):
+        jobs.append(Job(sample[start:start + k], points[i % 3 == 0]))
+        start += k
+    assert images_in(jobs) == sum(sizes)
+    run = BatchRun(model, jobs)
+    completed_at: dict[int, int] = {}
+    step = 0
+    while not run.done:
+        for j in run.step():
+            assert j not in completed_at  # each job completes once
+            completed_at[j] = step
+        step += 1
+    assert sorted(completed_at) == list(range(len(jobs)))
+    for j, job in enumerate(jobs):
+        want = chain.predict(chain.preprocess(job.images), job.point)
+        got = run.results[j]
+        assert [p["label"] for p in got] == want.labels.tolist()
+        assert [p["exit"] for p in got] == want.exits.tolist()
+        np.testing.assert_allclose([p["confidence"] for p in got], want.confidences, atol=1e-6)
+        assert [p["class"] for p in got] == [chain.class_names[k] for k in want.labels]
+        assert completed_at[j] == max(want.exits)  # per-exit bundle: step k runs graph k
+        assert all(p["server_ms"] >= 0 for p in got)
+    assert 0 in completed_at.values() and max(completed_at.values()) == 5  # early and late answers
+
+
+def test_monolithic_model_gives_the_chain_answers(model, sample):
+    mono = ServedModel(ServeSettings(graph="monolithic"))
+    jobs = [Job(sample[i:i + 1], "p0.5" if i % 2 else None) for i in range(40)]
+    a, b = BatchRun(model, jobs), BatchRun(mono, jobs)
+    while not a.done:
+        a.step()
+    assert sorted(b.step()) == list(range(40)) and b.done  # one step: the whole model at once
+    for ra, rb in zip(a.results, b.results):
+        assert [(p["label"], p["exit"]) for p in ra] == [(p["label"], p["exit"]) for p in rb]
+        np.testing.assert_allclose([p["confidence"] for p in ra], [p["confidence"] for p in rb], atol=1e-5)
+
+
+def test_unknown_operating_point(model):
+    assert model.check_point(None) == "iso-accuracy" == model.default_point
+    with pytest.raises(CalibrationError, match="unknown operating point 'fastest'; stored: iso-accuracy, "):
+        model.check_point("fastest")
+
+
+# --------------------------------------------------------------------------- the command, before Ray starts
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("error:") and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[-1], result.output
+
+
+def test_serve_refuses_bad_options(run, tmp_path):
+    assert_one_line_error(run("serve", tmp_path / "nothing"), "manifest")
+    assert_one_line_error(run("serve", "--operating-point", "fastest"), "unknown operating point 'fastest'")
+    assert_one_line_error(run("serve", "--replicas", "0"), "replicas must be a whole number >= 1")
+    assert_one_line_error(run("serve", "--provider", "cuda"), "not available")
+    result = run("serve", "--haproxy", "--address", "auto")
+    assert result.exit_code == 2 and "RAY_SERVE_ENABLE_HA_PROXY=1 ray start" in result.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert_one_line_error(run("serve", "--port", port), f"cannot listen on 127.0.0.1:{port}", "--port")
