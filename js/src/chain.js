@@ -23,6 +23,13 @@ async function defaultOrt() {
   }
 }
 
+/**
+ * One queue of runs per onnxruntime namespace: onnxruntime-web's WebAssembly backend corrupts
+ * outputs when runs of different sessions interleave, so no two runs overlap, in any chain.
+ * @type {WeakMap<object, Promise<unknown>>}
+ */
+const queues = new WeakMap();
+
 /** @param {any} ep an execution provider entry @returns {string} */
 const epName = (ep) => (typeof ep === 'string' ? ep : ep && ep.name) || '';
 
@@ -47,8 +54,6 @@ export class ExitChain {
   /** @private */
   constructor(/** @type {any} */ init) {
     Object.assign(this, init);
-    /** @type {Promise<unknown>} */
-    this._queue = Promise.resolve();
     /** @type {Map<string, Promise<any>>} */
     this._gather = new Map();
   }
@@ -71,6 +76,8 @@ export class ExitChain {
     const raw = await source.readBytes(MANIFEST);
     if (!raw) throw new BundleError(`${source.describe} is not a bundle (no ${MANIFEST}); create one with \`ranet-edge export\``);
     const manifest = parseManifest(text.decode(raw), where);
+    // The baseline graph is never read here, but a path leaving the bundle is refused all the same.
+    if (manifest.data.monolithic) await source.check(manifest.data.monolithic.path);
 
     // Every graph is read and verified before any session exists; the session is created from
     // the very bytes that were checked.
@@ -191,10 +198,10 @@ export class ExitChain {
   }
 
   // ------------------------------------------------------------------ running
-  /** Run `fn` after every call already queued: sessions are never run concurrently. @template T @param {() => Promise<T>} fn */
+  /** Run `fn` after every call already queued on this onnxruntime: runs never overlap. @template T @param {() => Promise<T>} fn */
   _serial(fn) {
-    const next = this._queue.then(fn, fn);
-    this._queue = next.catch(() => undefined);
+    const next = (queues.get(this.ort) || Promise.resolve()).then(fn);
+    queues.set(this.ort, next.catch(() => undefined));
     return next;
   }
 
@@ -303,7 +310,7 @@ export class ExitChain {
    * @param {import('./operating_points.js').ThresholdOptions} [options] default: the bundle's default operating point
    * @returns {Promise<import('./index.js').Prediction>}
    */
-  predict(x, options = {}) {
+  async predict(x, options = {}) {
     const { thresholds, temperatures } = this.resolveThresholds(options);
     return this._serial(async () => {
       const input = this.checkInput(x);
@@ -340,7 +347,7 @@ export class ExitChain {
 
   /** Release every session. */
   async release() {
-    await this._queue;
+    await this._serial(async () => undefined);
     const gathers = await Promise.all(this._gather.values());
     await Promise.all([...this.graphs.map((g) => g.session.release()), ...gathers.map((s) => s.release())]);
   }

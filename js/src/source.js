@@ -49,6 +49,11 @@ class UrlSource {
     return url;
   }
 
+  /** Refuse `rel` if it leaves the bundle. @param {string} rel */
+  async check(rel) {
+    this.resolve(rel);
+  }
+
   /** @param {string} rel @returns {Promise<Uint8Array | null>} null when the file does not exist */
   async readBytes(rel) {
     const url = this.resolve(rel);
@@ -81,8 +86,12 @@ class DirectorySource {
     return r === '' || (!r.startsWith('..') && !this.path.isAbsolute(r));
   }
 
-  /** @param {string} rel @returns {Promise<Uint8Array | null>} */
-  async readBytes(rel) {
+  /**
+   * The real path of `rel` inside the bundle, null when it does not exist; refuses a path that
+   * leaves the bundle, following symbolic links first as Python's Path.resolve() does.
+   * @param {string} rel
+   */
+  async check(rel) {
     const { fs, path } = this;
     const file = path.resolve(this.root, rel);
     const escapes = () => new BundleError(`graph path ${JSON.stringify(rel)} escapes the bundle directory ${this.describe}; refusing to load it`);
@@ -93,8 +102,15 @@ class DirectorySource {
     } catch {
       return null;
     }
-    // Symbolic links are followed before the check, as Python's Path.resolve() does.
     if (!this.inside(real, await fs.realpath(this.root))) throw escapes();
+    return real;
+  }
+
+  /** @param {string} rel @returns {Promise<Uint8Array | null>} */
+  async readBytes(rel) {
+    const real = await this.check(rel);
+    if (real === null) return null;
+    const { fs } = this;
     const stat = await fs.stat(real);
     if (!stat.isFile()) return null;
     return new Uint8Array(await fs.readFile(real));
@@ -109,11 +125,16 @@ class CustomSource {
     this.describe = src.describe || 'bundle';
   }
 
-  /** @param {string} rel */
-  async readBytes(rel) {
+  /** Refuse `rel` if it leaves the bundle. @param {string} rel */
+  async check(rel) {
     if (rel.split(/[/\\]/).includes('..')) {
       throw new BundleError(`graph path ${JSON.stringify(rel)} escapes the bundle ${this.describe}; refusing to load it`);
     }
+  }
+
+  /** @param {string} rel */
+  async readBytes(rel) {
+    await this.check(rel);
     const out = await this.src.readBytes(rel);
     return out == null ? null : out instanceof Uint8Array ? out : new Uint8Array(out);
   }
