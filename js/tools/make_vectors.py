@@ -56,6 +56,16 @@ def _margins(logits: list[np.ndarray], thr: np.ndarray, temps: np.ndarray, exits
     return out
 
 
+def _with_orientation(jpeg: bytes, value: int) -> bytes:
+    """JPEG bytes with an EXIF APP1 segment holding only the orientation tag, after APP0."""
+    ifd = (1).to_bytes(2, "big") + (0x0112).to_bytes(2, "big") + (3).to_bytes(2, "big") \
+        + (1).to_bytes(4, "big") + value.to_bytes(2, "big") + b"\x00\x00" + (0).to_bytes(4, "big")
+    body = b"Exif\x00\x00" + b"MM\x00\x2a" + (8).to_bytes(4, "big") + ifd
+    segment = b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
+    at = 4 + int.from_bytes(jpeg[4:6], "big")  # after SOI and APP0
+    return jpeg[:at] + segment + jpeg[at:]
+
+
 def _write_images(x: np.ndarray, chosen: dict[str, int], out: Path) -> list[str]:
     """The image files of the fixture set; returns their names."""
     import cv2
@@ -80,11 +90,15 @@ def _write_images(x: np.ndarray, chosen: dict[str, int], out: Path) -> list[str]
     write("big-64x64.png", cv2.resize(x[44], (64, 64), interpolation=cv2.INTER_CUBIC))
     write("odd-45x37.png", cv2.resize(x[45], (45, 37), interpolation=cv2.INTER_CUBIC))
     write("small-24x20.png", cv2.resize(x[46], (24, 20), interpolation=cv2.INTER_AREA))
+    write("deep-16bit.png", x[48].astype(np.uint16) * 257 + np.arange(32 * 32 * 3, dtype=np.uint16).reshape(32, 32, 3) % 200)
+    write("exif-rot6.jpg", x[47][:, 4:28], cv2.IMWRITE_JPEG_QUALITY, 95)
+    (out / "exif-rot6.jpg").write_bytes(_with_orientation((out / "exif-rot6.jpg").read_bytes(), 6))
     return names
 
 
-def _cli_rows(files: list[str], spec: str | None) -> list[dict]:
-    """`ranet-edge predict BUNDLE FILES... --json` run in-process, from js/ (paths as given)."""
+def _cli_output(files: list[str], spec: str | None) -> dict:
+    """`ranet-edge predict BUNDLE FILES... --json [--thresholds SPEC]` run in-process from js/:
+    the arguments after the bundle and the exact output."""
     from click.testing import CliRunner
 
     from ranet_edge.cli import get_cli
@@ -98,7 +112,7 @@ def _cli_rows(files: list[str], spec: str | None) -> list[dict]:
         os.chdir(cwd)
     if res.exit_code != 0:
         raise RuntimeError(f"ranet-edge predict failed: {res.output}")
-    return json.loads(res.output)
+    return {"args": args[2:], "stdout": res.output}
 
 
 def build(out: Path = FIXTURES) -> dict:
@@ -154,7 +168,7 @@ def build(out: Path = FIXTURES) -> dict:
         "margin": MARGIN,
         "predictions": predictions,
         "files": per_file,
-        "cli": {spec or "default": _cli_rows(files, spec) for spec in [None, "0.9", "p0.5"]},
+        "cli": {spec or "default": _cli_output(files, spec) for spec in [None, "0.9", "p0.5"]},
     }
     (out / "vectors.json").write_text(json.dumps(vectors, indent=1) + "\n")
     return vectors
