@@ -4,8 +4,8 @@
  *
  *   node demo/server.js [--bundle DIR] [--port N]
  *
- * serves the page (/), the package sources (/src/), onnxruntime-web's files from node_modules
- * (/ort/) and the bundle (/bundle/). Pages are cross-origin isolated (COOP/COEP), so
+ * serves the page (/), the package sources (/src/), the README's examples (/examples/),
+ * onnxruntime-web's files from node_modules (/ort/) and the bundle (/bundle/). Pages are cross-origin isolated (COOP/COEP), so
  * onnxruntime-web may use WebAssembly threads if asked to.
  */
 import { createReadStream } from 'node:fs';
@@ -33,6 +33,7 @@ export async function startServer({ bundle = DEFAULT_BUNDLE, port = 0, host = '1
     ['/bundle/', resolve(bundle)],
     ['/ort/', join(JS, 'node_modules', 'onnxruntime-web', 'dist')],
     ['/src/', join(JS, 'src')],
+    ['/examples/', join(JS, 'examples')],
     ['/', join(JS, 'demo')],
   ];
   const server = createServer(async (req, res) => {

@@ -108,6 +108,19 @@ describe('demo page in headless Chromium', { skip: missing ? `Chromium tests ski
     assert.equal(await page.textContent('#camera'), 'use the webcam');
   });
 
+  test('the README browser example (examples/browser.html) classifies a picked file as Python does', async () => {
+    const py = JSON.parse(VECTORS.cli.default.stdout).find((/** @type {any} */ r) => r.image.endsWith('exit3-bird.png'));
+    const example = await browser.context.newPage();
+    example.on('pageerror', (err) => pageErrors.push(err.message));
+    await example.goto(`${server.url}examples/browser.html`);
+    await example.waitForFunction(() => document.getElementById('out')?.textContent === 'pick an image', null, { timeout: 120_000 });
+    await example.setInputFiles('#file', join(FIXTURES, '..', '..', py.image));
+    await example.waitForFunction(() => /exit/.test(document.getElementById('out')?.textContent ?? ''));
+    const text = await example.textContent('#out');
+    assert.match(text ?? '', new RegExp(`^${py.class}: exit ${py.exit}, confidence ${py.confidence.toFixed(3)}, \\d+\\.\\d ms$`));
+    await example.close();
+  });
+
   test('no errors in the page', () => {
     assert.deepEqual(pageErrors, []);
   });

@@ -96,27 +96,32 @@ def _write_images(x: np.ndarray, chosen: dict[str, int], out: Path) -> list[str]
     return names
 
 
-def _cli_output(files: list[str], spec: str | None) -> dict:
-    """`ranet-edge predict BUNDLE FILES... --json [--thresholds SPEC]` run in-process from js/:
-    the arguments after the bundle and the exact output."""
+def _cli_output(files: list[str], spec: str | None, cwd: Path) -> dict:
+    """`ranet-edge predict BUNDLE FILES... --json [--thresholds SPEC]` run in-process from
+    ``cwd`` (js/ for the committed vectors): the arguments after the bundle and the exact output."""
     from click.testing import CliRunner
 
     from ranet_edge.cli import get_cli
 
     args = ["predict", str(BUNDLE), *files, "--json"] + (["--thresholds", spec] if spec else [])
-    cwd = os.getcwd()
-    os.chdir(JS)
+    here = os.getcwd()
+    os.chdir(cwd)
     try:
         res = CliRunner().invoke(get_cli(), args)
     finally:
-        os.chdir(cwd)
+        os.chdir(here)
     if res.exit_code != 0:
         raise RuntimeError(f"ranet-edge predict failed: {res.output}")
     return {"args": args[2:], "stdout": res.output}
 
 
 def build(out: Path = FIXTURES) -> dict:
-    """Write the fixtures under ``out`` and return the vectors (also written as vectors.json)."""
+    """Write the fixtures under ``out`` (a ``.../test/fixtures`` folder, so that the image paths
+    the CLI prints, relative to two levels up, read as from js/) and return the vectors (also
+    written as vectors.json)."""
+    if out.parts[-2:] != ("test", "fixtures"):
+        raise ValueError(f"{out} must end in test/fixtures")
+    base = out.parents[1]
     from ranet_edge.runtime import ExitChain, read_image
     from ranet_edge.runtime.preprocess import fit_image
 
@@ -149,7 +154,7 @@ def build(out: Path = FIXTURES) -> dict:
     files = [f"test/fixtures/images/{n}" for n in names]
     per_file = {}
     for name, rel in zip(names, files):
-        rgb = read_image(str(JS / rel))
+        rgb = read_image(str(base / rel))
         fitted = fit_image(rgb, chain.preprocess_spec)
         per_file[name] = {"decoded_shape": list(rgb.shape), "decoded_sha256": _sha(rgb.tobytes()),
                           "fitted_rgb_base64": base64.b64encode(fitted.tobytes()).decode()}
@@ -168,7 +173,7 @@ def build(out: Path = FIXTURES) -> dict:
         "margin": MARGIN,
         "predictions": predictions,
         "files": per_file,
-        "cli": {spec or "default": _cli_output(files, spec) for spec in [None, "0.9", "p0.5"]},
+        "cli": {spec or "default": _cli_output(files, spec, base) for spec in [None, "0.9", "p0.5"]},
     }
     (out / "vectors.json").write_text(json.dumps(vectors, indent=1) + "\n")
     return vectors
