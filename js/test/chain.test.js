@@ -75,6 +75,11 @@ describe('loading', () => {
       BundleError, /graphs must carry exits 0\.\.5 in order/);
   });
 
+  test('tensor names must match the graphs: logits outputs, and inputs an earlier graph produced', async () => {
+    await refuses(copyBundle('logits', (m) => { m.graphs[0].logits = ['logits_zero']; }), BundleError, /graph stage0\.onnx has no output 'logits_zero' named in .*manifest\.json/);
+    await refuses(copyBundle('inputs', (m) => { m.graphs[1].inputs = []; }), BundleError, /graph stage1\.onnx reads '.*', which .*manifest\.json does not list/);
+  });
+
   test('a graph path that leaves the bundle is refused before anything is read', async () => {
     copyBundle('escape');
     await refuses(copyBundle('dotdot', (m) => { m.graphs[0].path = '../escape/stage0.onnx'; }), BundleError, /escapes the bundle directory/);

@@ -91,8 +91,10 @@ def _write_images(x: np.ndarray, chosen: dict[str, int], out: Path) -> list[str]
     write("odd-45x37.png", cv2.resize(x[45], (45, 37), interpolation=cv2.INTER_CUBIC))
     write("small-24x20.png", cv2.resize(x[46], (24, 20), interpolation=cv2.INTER_AREA))
     write("deep-16bit.png", x[48].astype(np.uint16) * 257 + np.arange(32 * 32 * 3, dtype=np.uint16).reshape(32, 32, 3) % 200)
-    write("exif-rot6.jpg", x[47][:, 4:28], cv2.IMWRITE_JPEG_QUALITY, 95)
-    (out / "exif-rot6.jpg").write_bytes(_with_orientation((out / "exif-rot6.jpg").read_bytes(), 6))
+    for orientation in range(2, 9):  # every EXIF orientation but the identity
+        name = f"exif-{orientation}.jpg"
+        write(name, x[47][:, 4:28], cv2.IMWRITE_JPEG_QUALITY, 95)
+        (out / name).write_bytes(_with_orientation((out / name).read_bytes(), orientation))
     return names
 
 

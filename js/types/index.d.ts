@@ -99,6 +99,11 @@ export class ExitChain {
   readonly defaultOperatingPoint: string | null;
   readonly executionProviders: InferenceSession.ExecutionProviderConfig[] | null;
   readonly deviceIo: boolean;
+  /** One entry per graph, in order: its session and the tensor names it reads and hands on. */
+  readonly graphs: ReadonlyArray<{
+    readonly session: InferenceSession; readonly path: string; readonly inputs: string[]; readonly exits: number[];
+    readonly logits: string[]; readonly cacheNames: string[]; readonly fetches: string[]; readonly keepAfter: Set<string>;
+  }>;
   /** The manifest's static batch size, or null for dynamic-batch graphs. */
   readonly staticBatch: number | null;
   /** Images to the float32 NCHW input tensor, as the manifest's preprocessing says. */
