@@ -1,6 +1,8 @@
 # `make test`: set up .venv and run lint + the test suite, then the runtime tests in a lean
 #              second environment (.venv-lean: only `.[cpu]` and pytest, no torch/onnx/matplotlib).
 # `make demo`: set up .venv and run the main job on the bundled default model.
+# `make test-js`: install js/ from its lockfile and run the JavaScript tests (Node, Chromium);
+#              `make test` runs it too.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ LEAN := .venv-lean
 LEAN_STAMP := $(LEAN)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install test test-lean lint demo clean
+.PHONY: install test test-lean lint demo clean js-install test-js
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +39,25 @@ test-lean: $(LEAN_STAMP)
 	$(LEAN)/bin/ranet-edge doctor --json > $(LEAN)/doctor.json
 	$(LEAN)/bin/pytest -q -p no:cacheprovider
 
-test: lint test-lean
+test: lint test-lean test-js
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
 	$(BIN)/ranet-edge demo --out $(DEMO_DIR)
 
+# The JavaScript package: npm ci from the committed lockfile, no install scripts (so no
+# download of any binary or browser), then node --test; the Chromium test uses Debian's
+# /usr/bin/chromium and skips, saying why, where it is absent.
+JS_STAMP := js/node_modules/.installed
+
+$(JS_STAMP): js/package.json js/package-lock.json
+	cd js && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund
+	touch $(JS_STAMP)
+
+js-install: $(JS_STAMP)
+
+test-js: $(JS_STAMP)
+	cd js && node --test test/*.test.js
+
 clean:
-	rm -rf $(VENV) $(LEAN) build *.egg-info
+	rm -rf $(VENV) $(LEAN) build *.egg-info js/node_modules

@@ -1,0 +1,381 @@
+/**
+ * ExitChain: a bundle's graphs run in order, chained by tensor names, each sample leaving at
+ * the first exit confident enough (the Python runtime's ExitChain, runtime/chain.py).
+ */
+import { Results } from './decide.js';
+import { BundleError, InputError, ProviderError } from './errors.js';
+import { ELEM_TYPES, gatherModel } from './gather.js';
+import { MANIFEST, parseManifest } from './manifest.js';
+import { FILE as POINTS_FILE, parsePoints, resolveThresholds } from './operating_points.js';
+import { preprocess, specFrom } from './preprocess.js';
+import { oneLine, openSource, sha256Hex } from './source.js';
+import { concatRows, onDevice, sliceRows, takeRows } from './tensors.js';
+
+const text = new TextDecoder();
+
+/** onnxruntime-web, when the caller passes no `ort`. */
+async function defaultOrt() {
+  try {
+    return await import('onnxruntime-web');
+  } catch (err) {
+    throw new ProviderError(`onnxruntime-web cannot be loaded (${oneLine(err)}); npm install onnxruntime-web, `
+      + 'or pass {ort} from onnxruntime-node or onnxruntime-react-native to ExitChain.load');
+  }
+}
+
+/**
+ * One queue of runs per onnxruntime namespace: onnxruntime-web's WebAssembly backend corrupts
+ * outputs when runs of different sessions interleave, so no two runs overlap, in any chain.
+ * @type {WeakMap<object, Promise<unknown>>}
+ */
+const queues = new WeakMap();
+
+/** @param {any} ep an execution provider entry @returns {string} */
+const epName = (ep) => (typeof ep === 'string' ? ep : ep && ep.name) || '';
+
+/** One session plus what the chain needs to know about it, computed once. */
+class Graph {
+  /** @param {any} session @param {import('./manifest.js').GraphEntry} entry @param {Set<string>} keepAfter */
+  constructor(session, entry, keepAfter) {
+    this.session = session;
+    this.path = entry.path;
+    this.inputs = entry.inputs;
+    this.exits = entry.exits;
+    this.logits = entry.logits;
+    /** Tensors any later graph reads. */
+    this.keepAfter = keepAfter;
+    /** Outputs handed on: those a later graph reads. */
+    this.cacheNames = session.outputNames.filter((/** @type {string} */ n) => keepAfter.has(n));
+    this.fetches = [...entry.logits, ...this.cacheNames];
+  }
+}
+
+/**
+ * Every graph's bytes, each checked against its sha256 before any session exists (the session
+ * is then created from the very bytes that were checked).
+ * @param {any} source @param {import('./manifest.js').Manifest} manifest @param {string} where
+ * @param {((bytes: Uint8Array) => string | Promise<string>) | undefined} sha256
+ */
+async function readVerified(source, manifest, where, sha256) {
+  const models = [];
+  for (const g of manifest.graphs) {
+    const bytes = await source.readBytes(g.path);
+    const name = g.path.split('/').pop();
+    if (!bytes) throw new BundleError(`graph ${name} listed in ${where} is missing; re-export the bundle`);
+    const got = await sha256Hex(bytes, sha256);
+    if (got !== g.sha256) {
+      throw new BundleError(`graph ${name} fails its sha256 check (manifest ${g.sha256.slice(0, 12)}..., `
+        + `file ${got.slice(0, 12)}...): it was modified; re-export the bundle`);
+    }
+    models.push(bytes);
+  }
+  return models;
+}
+
+/**
+ * One session per graph, checked against the manifest: its logits exist, and every input it
+ * reads is the image or an output of an earlier graph. On failure the sessions made so far are
+ * released.
+ * @param {any} ort @param {import('./manifest.js').Manifest} manifest @param {Uint8Array[]} models @param {string} where
+ * @param {{executionProviders: any[] | undefined, onGpu: boolean, deviceIo: boolean, sessionOptions?: Record<string, any>}} how
+ */
+async function createGraphs(ort, manifest, models, where, how) {
+  /** @type {Graph[]} */
+  const graphs = [];
+  const produced = new Set([manifest.inputName]);
+  try {
+    for (let i = 0; i < manifest.graphs.length; i++) {
+      const entry = manifest.graphs[i];
+      const keepAfter = new Set(manifest.graphs.slice(i + 1).flatMap((g) => g.inputs));
+      /** @type {Record<string, any>} */
+      const so = { graphOptimizationLevel: 'all', ...(how.sessionOptions || {}) };
+      if (how.executionProviders) so.executionProviders = how.executionProviders;
+      if (how.onGpu && how.deviceIo) {
+        // Cached feature maps stay in GPU buffers between graphs; logits come to the CPU.
+        so.preferredOutputLocation = Object.fromEntries([
+          ...entry.cacheOutputs.filter((n) => keepAfter.has(n)).map((n) => [n, 'gpu-buffer']),
+          ...entry.logits.map((n) => [n, 'cpu'])]);
+      }
+      let session;
+      try {
+        session = await ort.InferenceSession.create(models[i], so);
+      } catch (err) {
+        const msg = oneLine(err);
+        if (/backend|execution provider/i.test(msg)) {
+          throw new ProviderError(`execution providers ${JSON.stringify((how.executionProviders || []).map(epName))} cannot run here (${msg}); `
+            + "use ['wasm'] (onnxruntime-web) or ['cpu'] (onnxruntime-node, onnxruntime-react-native)");
+        }
+        throw new BundleError(`ONNX Runtime cannot load graph ${entry.path} (${msg.slice(0, 160)}); re-export the bundle`);
+      }
+      graphs.push(new Graph(session, entry, keepAfter));
+      for (const name of entry.logits) {
+        if (!session.outputNames.includes(name)) throw new BundleError(`graph ${entry.path} has no output '${name}' named in ${where}; re-export the bundle`);
+      }
+      for (const name of session.inputNames) {
+        if (!entry.inputs.includes(name) || !produced.has(name)) {
+          throw new BundleError(`graph ${entry.path} reads '${name}', which ${entry.inputs.includes(name) ? 'no earlier graph produces' : `${where} does not list`}; re-export the bundle`);
+        }
+      }
+      session.outputNames.forEach((/** @type {string} */ n) => produced.add(n));
+    }
+  } catch (err) {
+    await Promise.all(graphs.map((g) => g.session.release()));
+    throw err;
+  }
+  return graphs;
+}
+
+export class ExitChain {
+  /** @private */
+  constructor(/** @type {any} */ init) {
+    Object.assign(this, init);
+    /** @type {Map<string, Promise<any>>} */
+    this._gather = new Map();
+  }
+
+  /**
+   * Read manifest.json and thresholds.json, check every graph's sha256, then create one session
+   * per graph.
+   * @param {string | URL | {readBytes: (rel: string) => Promise<Uint8Array | ArrayBuffer | null>, describe?: string}} bundle
+   *   a directory (Node), a URL, or a source object
+   * @param {import('./index.js').LoadOptions} [options]
+   * @returns {Promise<ExitChain>}
+   */
+  static async load(bundle, options = {}) {
+    const ort = options.ort || (await defaultOrt());
+    if (!ort || !ort.InferenceSession || typeof ort.InferenceSession.create !== 'function' || !ort.Tensor) {
+      throw new ProviderError('options.ort must be the onnxruntime namespace (onnxruntime-web, onnxruntime-node or onnxruntime-react-native)');
+    }
+    const source = await openSource(bundle, options);
+    const root = source.describe.replace(/\/$/, '');
+    const where = `${root}/${MANIFEST}`;
+    const raw = await source.readBytes(MANIFEST);
+    if (!raw) throw new BundleError(`${source.describe} is not a bundle (no ${MANIFEST}); create one with \`ranet-edge export\``);
+    const manifest = parseManifest(text.decode(raw), where);
+    // The baseline graph is never read here, but a path leaving the bundle is refused all the same.
+    if (manifest.data.monolithic) await source.check(manifest.data.monolithic.path);
+    const models = await readVerified(source, manifest, where, options.sha256);
+    const pointsRaw = await source.readBytes(POINTS_FILE);
+    const points = parsePoints(pointsRaw && text.decode(pointsRaw), `${root}/${POINTS_FILE}`);
+
+    const isWeb = !!(ort.env && ort.env.versions && ort.env.versions.web);
+    const executionProviders = options.executionProviders || (isWeb ? ['wasm'] : undefined);
+    const onGpu = !!executionProviders && epName(executionProviders[0]) === 'webgpu';
+    const deviceIo = options.deviceIo ?? onGpu;
+    const graphs = await createGraphs(ort, manifest, models, where, { executionProviders, onGpu, deviceIo, sessionOptions: options.sessionOptions });
+    const pre = manifest.data.preprocessing;
+    const batch = manifest.data.batch_size;
+    const chain = new ExitChain({
+      ort, manifest: manifest.data, graphs, executionProviders: executionProviders || null, deviceIo, onGpu,
+      operatingPoints: points.points, defaultOperatingPoint: points.default,
+      preprocessSpec: specFrom(pre), inputName: manifest.inputName,
+      inputShape: Array.isArray(pre.shape) ? pre.shape.slice(1).map(Number) : [3, Number(pre.size), Number(pre.size)],
+      numExits: manifest.numExits, numClasses: Number(manifest.data.num_classes),
+      classNames: Array.isArray(manifest.data.class_names) ? manifest.data.class_names : null,
+      staticBatch: Number.isInteger(batch) && batch > 0 ? batch : null,
+    });
+    if (options.warmup !== false) {
+      const n = chain.staticBatch || 1;
+      await chain.runAll(new ort.Tensor('float32', new Float32Array(n * chain.inputShape.reduce((a, b) => a * b, 1)), [n, ...chain.inputShape]));
+    }
+    return chain;
+  }
+
+  // ------------------------------------------------------------------ inputs
+  /**
+   * Images (ImageData, {data, width, height[, channels]}, or a list of them) to the float32
+   * NCHW input tensor, as the manifest's preprocessing says.
+   * @param {import('./preprocess.js').Pixels | import('./preprocess.js').Pixels[]} images
+   */
+  preprocess(images) {
+    const { data, dims } = preprocess(images, this.preprocessSpec);
+    return new this.ort.Tensor('float32', data, dims);
+  }
+
+  /** The input as a float32 tensor of shape (N, ...inputShape), N >= 1, finite. @param {any} x */
+  checkInput(x) {
+    const fix = 'use chain.preprocess(images)';
+    if (!x || typeof x !== 'object' || !('dims' in x)) {
+      throw new InputError(`input must be a float32 tensor (ort.Tensor or {data: Float32Array, dims}), got ${x === null ? 'null' : typeof x}; ${fix}`);
+    }
+    const type = x.type ?? (x.data instanceof Float32Array ? 'float32' : x.data?.constructor?.name);
+    if (type !== 'float32') throw new InputError(`input dtype is ${type}, expected float32; ${fix}`);
+    const dims = Array.from(x.dims);
+    const want = this.inputShape;
+    if (dims.length !== 4 || dims[0] < 1 || want.some((d, i) => dims[i + 1] !== d)) {
+      throw new InputError(`input shape is (${dims.join(', ')}), expected (N, ${want.join(', ')}) with N >= 1; ${fix}`);
+    }
+    if (onDevice(x)) return x;
+    const data = x.data;
+    if (!(data instanceof Float32Array) || data.length !== dims.reduce((a, b) => a * b, 1)) {
+      throw new InputError(`input data must be a Float32Array of ${dims.reduce((a, b) => a * b, 1)} values; ${fix}`);
+    }
+    for (let i = 0; i < data.length; i++) {
+      if (!Number.isFinite(data[i])) throw new InputError('input contains NaN or infinite values; check the preprocessing');
+    }
+    return x instanceof this.ort.Tensor ? x : new this.ort.Tensor('float32', data, dims);
+  }
+
+  /**
+   * One threshold (the last is -Infinity) and one temperature per exit.
+   * @param {import('./operating_points.js').ThresholdOptions} [options]
+   */
+  resolveThresholds(options = {}) {
+    return resolveThresholds(this.numExits, this.operatingPoints, this.defaultOperatingPoint, options);
+  }
+
+  // ------------------------------------------------------------------ running
+  /** Run `fn` after every call already queued on this onnxruntime: runs never overlap. @template T @param {() => Promise<T>} fn */
+  _serial(fn) {
+    const next = (queues.get(this.ort) || Promise.resolve()).then(fn);
+    queues.set(this.ort, next.catch(() => undefined));
+    return next;
+  }
+
+  /** Run one graph on the tensors it names; static-batch graphs run in padded chunks. @param {Graph} g @param {Map<string, any>} env */
+  async _run(g, env) {
+    /** @type {Record<string, any>} */
+    const feeds = {};
+    for (const name of g.inputs) feeds[name] = env.get(name);
+    const n = feeds[g.inputs[0]].dims[0];
+    const b = this.staticBatch;
+    if (!b || n === b) return g.session.run(feeds, g.fetches);
+    if (this.deviceIo) throw new InputError(`this bundle has a static batch of ${b}; on a GPU give exactly ${b} images per call`);
+    const parts = [];
+    const counts = [];
+    for (let start = 0; start < n; start += b) {
+      const m = Math.min(b, n - start);
+      /** @type {Record<string, any>} */
+      const chunk = {};
+      for (const [name, t] of Object.entries(feeds)) chunk[name] = sliceRows(this.ort, t, start, m, b);
+      parts.push(await g.session.run(chunk, g.fetches));
+      counts.push(m);
+    }
+    /** @type {Record<string, any>} */
+    const out = {};
+    for (const name of g.fetches) out[name] = concatRows(this.ort, parts.map((p) => p[name]), counts);
+    return out;
+  }
+
+  /** The tensors later graphs read, after graph `g` ran. @param {Graph} g @param {Map<string, any>} env @param {Record<string, any>} out @param {any} input */
+  _advance(g, env, out, input) {
+    const next = new Map();
+    for (const [name, t] of env) {
+      if (g.keepAfter.has(name)) next.set(name, t);
+      else if (t !== input && onDevice(t)) t.dispose();
+    }
+    for (const name of g.cacheNames) next.set(name, out[name]);
+    return next;
+  }
+
+  /** Free the device buffers the chain created. @param {Map<string, any>} env @param {any} input */
+  _release(env, input) {
+    for (const t of env.values()) if (t !== input && onDevice(t)) t.dispose();
+  }
+
+  /** The Gather session for a tensor type (device path). @param {string} type */
+  _gatherSession(type) {
+    let s = this._gather.get(type);
+    if (!s) {
+      const elem = /** @type {Record<string, number>} */ (ELEM_TYPES)[type];
+      if (!elem) throw new InputError(`cannot gather rows of a ${type} tensor on the device; cached tensors must be float32 or float16`);
+      /** @type {Record<string, any>} */
+      const so = {};
+      if (this.executionProviders) so.executionProviders = this.executionProviders;
+      if (this.onGpu) so.preferredOutputLocation = 'gpu-buffer';
+      s = this.ort.InferenceSession.create(gatherModel(elem), so);
+      this._gather.set(type, /** @type {Promise<any>} */ (s));
+    }
+    return /** @type {Promise<any>} */ (s);
+  }
+
+  /** Keep the rows `keep` of every tensor in env (on the device when deviceIo). @param {Map<string, any>} env @param {Int32Array} keep @param {any} input */
+  async _gatherRows(env, keep, input) {
+    const next = new Map();
+    const idx = this.deviceIo ? new this.ort.Tensor('int64', BigInt64Array.from(keep, (v) => BigInt(v)), [keep.length]) : null;
+    for (const [name, t] of env) {
+      if (!idx) {
+        next.set(name, takeRows(this.ort, t, keep));
+        continue;
+      }
+      const session = await this._gatherSession(t.type);
+      const { y } = await session.run({ x: t, idx });
+      if (t !== input && onDevice(t)) t.dispose();
+      next.set(name, y);
+    }
+    return next;
+  }
+
+  /**
+   * Every exit's logits for every sample (anytime prediction), stage by stage.
+   * @param {any} x float32 tensor (N, ...inputShape)
+   * @returns {Promise<any[]>} one CPU tensor (N, classes) per exit
+   */
+  runAll(x) {
+    return this._serial(async () => {
+      const input = this.checkInput(x);
+      let env = new Map([[this.inputName, input]]);
+      const logits = [];
+      try {
+        for (const g of this.graphs) {
+          const out = await this._run(g, env);
+          for (const name of g.logits) logits.push(out[name]);
+          env = this._advance(g, env, out, input);
+        }
+      } finally {
+        this._release(env, input);
+      }
+      return logits;
+    });
+  }
+
+  /**
+   * Route each sample through the graphs until an exit is confident enough. Only the rows of
+   * the samples that go on are handed to the next graph; tensors no later graph reads are
+   * dropped; results come back in input order.
+   * @param {any} x float32 tensor (N, ...inputShape)
+   * @param {import('./operating_points.js').ThresholdOptions} [options] default: the bundle's default operating point
+   * @returns {Promise<import('./index.js').Prediction>}
+   */
+  async predict(x, options = {}) {
+    const { thresholds, temperatures } = this.resolveThresholds(options);
+    return this._serial(async () => {
+      const input = this.checkInput(x);
+      const n = input.dims[0];
+      const results = new Results(n, this.numClasses);
+      let rows = Int32Array.from({ length: n }, (_, i) => i);
+      let env = new Map([[this.inputName, input]]);
+      try {
+        for (const g of this.graphs) {
+          const out = await this._run(g, env);
+          const alive = new Uint8Array(rows.length).fill(1);
+          let left = rows.length;
+          g.exits.forEach((k, j) => {
+            const z = out[g.logits[j]];
+            if (z.dims[1] !== this.numClasses) throw new BundleError(`exit ${k} gives ${z.dims[1]} classes, the manifest says ${this.numClasses}; re-export the bundle`);
+            left = results.decide(z.data, k, thresholds[k], temperatures[k], rows, alive);
+          });
+          env = this._advance(g, env, out, input);
+          if (left === 0) break;
+          if (left < rows.length) {
+            const keep = new Int32Array(left);
+            for (let r = 0, j = 0; r < rows.length; r++) if (alive[r]) keep[j++] = r;
+            rows = keep.map((r) => rows[r]);
+            env = await this._gatherRows(env, keep, input);
+          }
+        }
+      } finally {
+        this._release(env, input);
+      }
+      return { labels: results.labels, exits: results.exits, confidences: results.confidences,
+        probabilities: results.probabilities, numClasses: this.numClasses };
+    });
+  }
+
+  /** Release every session. */
+  async release() {
+    await this._serial(async () => undefined);
+    const gathers = await Promise.all(this._gather.values());
+    await Promise.all([...this.graphs.map((g) => g.session.release()), ...gathers.map((s) => s.release())]);
+  }
+}

@@ -1,0 +1,30 @@
+/**
+ * ranet-edge for JavaScript: drive a ranet-edge bundle (one ONNX graph per exit) with any
+ * onnxruntime JavaScript backend -- onnxruntime-web (WebAssembly, WebGPU) in browsers and Node,
+ * onnxruntime-node, onnxruntime-react-native -- and let every sample leave at its own exit.
+ *
+ * @typedef {object} LoadOptions
+ * @property {any} [ort] the onnxruntime namespace to use; default: import('onnxruntime-web')
+ * @property {any[]} [executionProviders] e.g. ['webgpu'], ['wasm'], ['cpu'], ['coreml'];
+ *   default ['wasm'] with onnxruntime-web, the backend's default otherwise
+ * @property {Record<string, any>} [sessionOptions] more InferenceSession options
+ * @property {boolean} [deviceIo] keep cached tensors where the provider puts them and gather
+ *   rows with a Gather session (default: on for WebGPU, where they stay in GPU buffers)
+ * @property {boolean} [warmup] run one zero image through every graph at load (default true)
+ * @property {(bytes: Uint8Array) => string | Promise<string>} [sha256] hex SHA-256, where
+ *   there is no WebCrypto (React Native)
+ * @property {typeof fetch} [fetch] for URL bundles
+ *
+ * @typedef {object} Prediction per-sample results, in input order
+ * @property {Int32Array} labels
+ * @property {Int32Array} exits 0-based exit index each sample left at
+ * @property {Float32Array} confidences max softmax probability at the exit taken
+ * @property {Float32Array} probabilities (N, numClasses) softmax at the exit taken, row-major
+ * @property {number} numClasses
+ */
+export { ExitChain } from './chain.js';
+export { BundleError, CalibrationError, InputError, ProviderError, RanetEdgeError } from './errors.js';
+export { parseManifest } from './manifest.js';
+export { parsePoints, resolveThresholds } from './operating_points.js';
+export { fitImage, normalize, preprocess, specFrom } from './preprocess.js';
+export { softmaxRow } from './decide.js';

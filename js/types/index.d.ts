@@ -1,0 +1,142 @@
+// Types of ranet-edge for JavaScript (the sources are plain ES modules with JSDoc).
+import type { InferenceSession, Tensor } from 'onnxruntime-common';
+
+/** The onnxruntime namespace: onnxruntime-web, onnxruntime-node or onnxruntime-react-native. */
+export interface OrtNamespace {
+  InferenceSession: { create(model: Uint8Array, options?: InferenceSession.SessionOptions): Promise<InferenceSession> };
+  Tensor: typeof Tensor;
+  env?: unknown;
+}
+
+/** Where a bundle's files come from, when it is neither a directory (Node) nor a URL. */
+export interface BundleSource {
+  /** The bytes of `path` (relative to the bundle), or null when there is no such file. */
+  readBytes(path: string): Promise<Uint8Array | ArrayBuffer | null>;
+  /** Names the bundle in messages. */
+  describe?: string;
+}
+
+export interface LoadOptions {
+  /** The onnxruntime namespace; default: import('onnxruntime-web'). */
+  ort?: OrtNamespace;
+  /** e.g. ['webgpu'], ['wasm'], ['cpu'], ['coreml']; default ['wasm'] with onnxruntime-web, the backend's default otherwise. */
+  executionProviders?: InferenceSession.ExecutionProviderConfig[];
+  /** More InferenceSession options (graphOptimizationLevel, intraOpNumThreads, ...). */
+  sessionOptions?: InferenceSession.SessionOptions;
+  /** Keep cached tensors where the provider puts them and gather rows with a Gather session (default: on for WebGPU, where they stay in GPU buffers). */
+  deviceIo?: boolean;
+  /** Run one zero image through every graph at load (default true). */
+  warmup?: boolean;
+  /** Hex SHA-256, where there is no WebCrypto (React Native). */
+  sha256?: (bytes: Uint8Array) => string | Promise<string>;
+  /** For URL bundles. */
+  fetch?: typeof fetch;
+}
+
+export interface ThresholdOptions {
+  /** One value for every exit but the last, or one per exit (K-1 or K values); Infinity means nobody leaves there. */
+  thresholds?: number | number[];
+  /** A name stored in the bundle's thresholds.json. */
+  operatingPoint?: string;
+}
+
+export interface OperatingPoint {
+  /** One per exit; the last is -Infinity (accept everything). */
+  thresholds: number[];
+  temperatures: number[] | null;
+  method: string;
+  val_accuracy: number;
+  expected_flops: number;
+  expected_ms: number | null;
+  provider: string | null;
+}
+
+/** Per-sample results, in input order. */
+export interface Prediction {
+  labels: Int32Array;
+  /** 0-based exit each sample left at. */
+  exits: Int32Array;
+  /** Max softmax probability at the exit taken. */
+  confidences: Float32Array;
+  /** (N, numClasses) softmax at the exit taken, row-major. */
+  probabilities: Float32Array;
+  numClasses: number;
+}
+
+/** 8-bit pixels: ImageData (RGBA) or RGB/RGBA rows. */
+export interface Pixels {
+  data: Uint8Array | Uint8ClampedArray;
+  width: number;
+  height: number;
+  /** Inferred from data.length when absent. */
+  channels?: 3 | 4;
+}
+
+export interface PreprocessSpec {
+  size: number;
+  mean: number[];
+  std: number[];
+  resize: number | null;
+}
+
+/** A float32 tensor (N, C, H, W): an ort.Tensor or a plain {data, dims}. */
+export type InputTensor = Tensor | { data: Float32Array; dims: readonly number[] };
+
+export class ExitChain {
+  /** Read manifest.json and thresholds.json, check every graph's sha256, then create one session per graph. */
+  static load(bundle: string | URL | BundleSource, options?: LoadOptions): Promise<ExitChain>;
+  readonly ort: OrtNamespace;
+  /** The raw manifest.json. */
+  readonly manifest: Record<string, any>;
+  readonly numExits: number;
+  readonly numClasses: number;
+  readonly classNames: string[] | null;
+  /** (C, H, W) of one input image. */
+  readonly inputShape: number[];
+  readonly inputName: string;
+  readonly preprocessSpec: PreprocessSpec;
+  readonly operatingPoints: Record<string, OperatingPoint>;
+  readonly defaultOperatingPoint: string | null;
+  readonly executionProviders: InferenceSession.ExecutionProviderConfig[] | null;
+  readonly deviceIo: boolean;
+  /** One entry per graph, in order: its session and the tensor names it reads and hands on. */
+  readonly graphs: ReadonlyArray<{
+    readonly session: InferenceSession; readonly path: string; readonly inputs: string[]; readonly exits: number[];
+    readonly logits: string[]; readonly cacheNames: string[]; readonly fetches: string[]; readonly keepAfter: Set<string>;
+  }>;
+  /** The manifest's static batch size, or null for dynamic-batch graphs. */
+  readonly staticBatch: number | null;
+  /** Images to the float32 NCHW input tensor, as the manifest's preprocessing says. */
+  preprocess(images: Pixels | Pixels[]): Tensor;
+  /** The input as a checked tensor; throws InputError naming the problem. */
+  checkInput(x: InputTensor): Tensor;
+  /** One threshold (the last is -Infinity) and one temperature per exit. */
+  resolveThresholds(options?: ThresholdOptions): { thresholds: Float64Array; temperatures: Float32Array };
+  /** Every exit's logits for every sample: one CPU tensor (N, classes) per exit. */
+  runAll(x: InputTensor): Promise<Tensor[]>;
+  /** Each sample stops at the first exit confident enough (default: the bundle's default operating point). */
+  predict(x: InputTensor, options?: ThresholdOptions): Promise<Prediction>;
+  /** Release every session. */
+  release(): Promise<void>;
+}
+
+export class RanetEdgeError extends Error {
+  /** The CLI's exit code for it (2). */
+  exitCode: number;
+}
+export class BundleError extends RanetEdgeError {}
+export class InputError extends RanetEdgeError {}
+export class CalibrationError extends RanetEdgeError {}
+export class ProviderError extends RanetEdgeError {}
+
+export function parseManifest(text: string, where: string): { data: any; graphs: any[]; numExits: number; inputName: string };
+export function parsePoints(text: string | null, where: string): { points: Record<string, OperatingPoint>; default: string | null };
+export function resolveThresholds(k: number, points: Record<string, OperatingPoint>, defaultName: string | null, options?: ThresholdOptions):
+  { thresholds: Float64Array; temperatures: Float32Array };
+export function specFrom(preprocessing: Record<string, any>): PreprocessSpec;
+/** One image to spec.size square uint8 RGB (HWC), resized with OpenCV's geometry. */
+export function fitImage(image: Pixels, spec: PreprocessSpec, index?: number): Uint8Array;
+export function normalize(fitted: Uint8Array[], spec: PreprocessSpec): Float32Array;
+export function preprocess(images: Pixels | Pixels[], spec: PreprocessSpec): { data: Float32Array; dims: number[] };
+/** Softmax of one row in float32 into `probs`; returns the max probability. */
+export function softmaxRow(z: ArrayLike<number>, offset: number, classes: number, temperature: number, probs: Float32Array): number;
