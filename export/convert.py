@@ -149,10 +149,12 @@ def _quantize(src: Path, dst: Path, feeds: list[dict]) -> None:
         root.setLevel(level)
 
 
-def _fp16(src: Path, dst: Path) -> None:
+def _fp16(src: Path, dst: Path, keep_float: list[str] | bool = True) -> None:
+    """float16 weights and activations; the tensors named in ``keep_float`` (or every input
+    and output when True) stay float32 at the graph's boundary."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=keep_float)
     dst.write_bytes(m.SerializeToString(deterministic=True))
 
 
@@ -195,7 +197,15 @@ def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: st
                                   for f in feeds[0]]
                     _quantize(src / entry["path"], tmp / entry["path"], mono_feeds)
             elif target == "fp16":
-                _fp16(src / entry["path"], tmp / entry["path"])
+                # The image and the logits stay float32 (what preprocessing gives and the host
+                # reads); cached feature maps go from graph to graph in float16, no casts.
+                image = data["preprocessing"]["input"]
+                stage = i < len(data["graphs"])
+                _fp16(src / entry["path"], tmp / entry["path"],
+                      [image, *entry["logits"]] if stage else True)
+                if stage:
+                    for name, t in entry.get("tensors", {}).items():
+                        t["dtype"] = t["dtype"] if name == image else "float16"
             else:
                 m = _fix_batch(onnx.load(str(src / entry["path"])), batch_size)
                 if mobile_ops:

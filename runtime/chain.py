@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ import onnxruntime as ort
 
 from ranet_edge.errors import BundleError, CalibrationError, InputError
 
+from .accel import check_options, gather_providers, graph_providers
+from .buckets import Buckets, LoadReport, make_buckets, warm_up
 from .manifest import Manifest, load_manifest
 from .operating_points import OperatingPoint, load_points
 from .plan import BoundPlan
@@ -76,21 +79,31 @@ class ExitChain:
         self._local = threading.local()  # per-thread BoundPlans, by batch size
         self._plannable = all(g.static_batch is None for g in graphs)
         self._router = None  # DeviceRouter when cached tensors stay on an accelerator
+        self._buckets: Buckets | None = None  # batch sizes the graphs run at (None: as they come)
+        self.load_report: LoadReport | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, bundle: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
              warmup: bool = True, provider_options: dict[str, Any] | None = None,
-             spinning: bool = False, device_io: bool | None = None) -> ExitChain:
+             spinning: bool = False, device_io: bool | None = None, buckets: Any = None) -> ExitChain:
         """Validate the manifest, check every sha256, then create one session per graph.
 
         ``device_io`` (default: on for GPU providers) keeps cached feature maps in device
         memory between graphs (IOBinding) and gathers the rows that go on there; forcing it
         on with the CPU provider runs the same code path on host memory.
+
+        ``buckets`` pads sub-batches to a few batch sizes (see ``runtime/buckets.py``):
+        default on for GPU providers, off on the CPU; True, False, a largest batch or a list
+        of sizes. ``warmup`` runs every graph at every bucket (cuDNN search and TensorRT
+        engines happen at load time); ``chain.load_report`` says how long loading took.
         """
+        t_load = time.perf_counter()
         manifest = load_manifest(bundle, verify=True)
         providers = provider_list(provider, provider_options)
+        check_options(providers)
         full = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        policy = make_buckets(buckets, full in DEVICE_PROVIDERS)
         so = session_options(threads, spinning)
         graphs: list[_Graph] = []
         needed_later: list[frozenset[str]] = []
@@ -99,7 +112,8 @@ class ExitChain:
         for entry, later in zip(manifest.graphs, needed_later):
             path = Path(manifest.root) / entry.path
             try:
-                sess = ort.InferenceSession(str(path), so, providers=providers)
+                sess = ort.InferenceSession(str(path), so, providers=graph_providers(
+                    providers, manifest, entry, policy.warm_sizes() if policy else None))
             except Exception as exc:
                 raise BundleError(f"ONNX Runtime cannot load graph {entry.path} ({str(exc)[:160]}); "
                                   "re-export the bundle") from None
@@ -111,15 +125,27 @@ class ExitChain:
         if device_io:
             from .device import DeviceRouter
 
-            chain._router = DeviceRouter(DEVICE_PROVIDERS.get(full, "cpu"), providers, so)
-        if warmup:
-            chain.run_all(np.zeros((graphs[0].static_batch or 1, *chain.input_shape), np.float32))
+            chain._router = DeviceRouter(DEVICE_PROVIDERS.get(full, "cpu"), gather_providers(providers), so)
+        if policy is not None and graphs[0].static_batch is not None:
+            if buckets:
+                raise InputError(f"this bundle's graphs have a static batch of {graphs[0].static_batch}; "
+                                 "buckets apply to dynamic-batch bundles: drop buckets=")
+            policy = None
+        chain._buckets = policy
+        load_s = time.perf_counter() - t_load
+        sizes = (policy.warm_sizes() if policy else [graphs[0].static_batch or 1]) if warmup else []
+        chain.load_report = LoadReport(load_s, warm_up(chain, sizes), tuple(sizes))
         return chain
 
     @property
     def session_providers(self) -> list[list[str]]:
         """The providers each session actually got, in priority order."""
         return [g.session.get_providers() for g in self._graphs]
+
+    @property
+    def buckets(self) -> Buckets | None:
+        """The batch-size policy the graphs run under (None: every sub-batch as it is)."""
+        return self._buckets
 
     @property
     def graphs(self) -> list[_Graph]:
@@ -222,15 +248,18 @@ class ExitChain:
     def run_all(self, x: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits for every sample (anytime prediction), stage by stage."""
         x = self.check_input(x)
+        n = x.shape[0]
+        if self._buckets is not None:  # padded rows repeat the last sample, dropped below
+            x = x[self._buckets.pad(np.arange(n))]
         plan = self._plan(x)
         if plan is not None:
-            return [z.copy() for g in range(len(self._graphs)) for z in plan.run_graph(g, x)]
+            return [z[:n].copy() for g in range(len(self._graphs)) for z in plan.run_graph(g, x)]
         router = self._router
         env = {self.input_name: router.upload(x) if router else x}
         logits: list[np.ndarray] = []
         for g in self._graphs:
             host, cache = self._step(g, env)
-            logits.extend(host)
+            logits.extend(z[:n] for z in host)
             env = {n: v for n, v in env.items() if n in g.keep_after}
             env.update(cache)
         return logits
@@ -253,7 +282,8 @@ class ExitChain:
         x = self.check_input(x)
         thr, temps = self._thresholds_cached(thresholds)
         n = x.shape[0]
-        if n == 1 and self._router is None:
+        bk = self._buckets  # with buckets, graphs run padded batches: row m onwards is padding
+        if n == 1 and self._router is None and (bk is None or bk.size(1) == 1):
             return self._predict_one(x, thr, temps)
         out = _Results(n)
         for decided in self._stages(x, thr, temps):
@@ -277,14 +307,18 @@ class ExitChain:
         """The routing loop behind predict and predict_stages."""
         rows = np.arange(x.shape[0])  # original positions of the samples still running
         num_classes = int(self.manifest.data["num_classes"])
+        bk = self._buckets  # with buckets, graphs run padded batches: row m onwards is padding
+        if bk is not None:
+            x = x[bk.pad(rows)]
         router = self._router
         env = {self.input_name: router.upload(x) if router else x}
         for g in self._graphs:
             logits, cache = self._step(g, env)
             alive = None  # rows of this graph's batch that have not exited yet (None: all)
+            m = len(rows)
             parts = []
             for k, z in zip(g.exits, logits):
-                alive, part = decide_exit(z, k, float(thr[k]), float(temps[k]), rows, alive)
+                alive, part = decide_exit(z[:m], k, float(thr[k]), float(temps[k]), rows, alive)
                 if part is not None:
                     parts.append(part)
             yield StageRows.concat(parts, num_classes)
@@ -294,11 +328,14 @@ class ExitChain:
             env.update(cache)
             if alive is not None:  # hand on only the rows of the samples that go on
                 rows = rows[alive]
+                keep = np.flatnonzero(alive)
+                if bk is not None:
+                    keep = bk.pad(keep)
                 if router:
-                    keep = router.upload(np.flatnonzero(alive).astype(np.int64))
+                    keep = router.upload(keep.astype(np.int64))
                     env = {nm: router.gather(v, keep) for nm, v in env.items()}
                 else:
-                    env = {nm: v[alive] for nm, v in env.items()}
+                    env = {nm: v[keep] for nm, v in env.items()}
 
     def _predict_one(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Prediction:
         """predict() for one sample: pre-bound buffers, no row bookkeeping, scalars."""

@@ -1,0 +1,182 @@
+"""The prepared GPU check: one JSON report and a printed table (run it through check.sh).
+
+    python benchmarks/gpu/check.py [--provider cuda|cpu] [--bundles DIR] [--out JSON] [--quick]
+
+Needs numpy and onnxruntime(-gpu) only; the repository need not be installed (it is imported
+from the source tree). ``--provider cpu`` is the dry run: the same report on the CPU provider,
+with the device-resident path (``device_io=True``) and buckets forced on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+SECTIONS = ("env", "providers", "bundles", "logits_vs_cpu", "fp16_accuracy", "stages", "chain_vs_monolithic",
+            "device_vs_host", "adaptive", "routed_throughput", "shapes", "load_warmup", "cudnn_search",
+            "tensorrt", "checks")
+
+
+def _import_ranet_edge() -> None:
+    """Use the installed ranet_edge if there is one, else the source tree (whose runtime/ and
+    export/ map into the package the way setup.cfg's package_dir does)."""
+    sys.path[:0] = [str(HERE), str(REPO)]
+    import ranet_edge
+
+    try:
+        import ranet_edge.runtime  # noqa: F401
+    except ModuleNotFoundError:
+        ranet_edge.__path__.append(str(REPO))
+
+
+def _section(report: dict, name: str, fn, ctx, need_s: float = 5.0):
+    if ctx.left() < need_s:
+        report[name] = {"skipped": f"time budget: {max(ctx.left(), 0):.0f} s left, needs ~{need_s:.0f} s"}
+        return None
+    t0 = time.perf_counter()
+    print(f"[{time.perf_counter() - ctx.started:6.1f} s] {name} ...", flush=True)
+    try:
+        result = fn()
+    except Exception as exc:  # noqa: BLE001 - the report says which section broke, and how
+        report[name] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}",
+                        "traceback": traceback.format_exc(limit=6)[-1500:]}
+        return None
+    report.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t0, 2)
+    report[name] = result
+    return result
+
+
+def _checks(report: dict, provider_full: str) -> list[dict]:
+    out = []
+
+    def add(name: str, ok, detail: str) -> None:
+        out.append({"name": name, "ok": bool(ok), "detail": detail})
+
+    logits = report.get("logits_vs_cpu", {})
+    for name, row in logits.items() if "error" not in logits and "skipped" not in logits else ():
+        add(f"logits {name}", row["ok"], f"max relative {row['max_relative']:.2e} <= {row['tolerance']:.0e}")
+        if name == "default":
+            add("provider in use", row["session_providers"][0] == provider_full,
+                f"sessions run on {row['session_providers'][0]}")
+    fp16 = report.get("fp16_accuracy", {}).get("default")
+    if fp16:
+        add("fp16 top-1", fp16["max_top1_drop"] <= 0.01, f"largest drop against fp32 {100 * fp16['max_top1_drop']:.2f} points")
+    agree = report.get("routed_throughput", {}).get("bucketed_vs_unbucketed")
+    if agree:
+        exact = provider_full == "CPUExecutionProvider"
+        ok = agree["identical"] if exact else agree["exits_equal"] >= 0.99 and agree["labels_equal"] >= 0.99
+        add("buckets keep results", ok, ("identical" if agree["identical"] else
+                                         f"exits equal {agree['exits_equal']:.3f}, max prob diff {agree['max_probability_diff']:.1e}"))
+    shapes = report.get("shapes", {})
+    if "bounded" in shapes:
+        add("shapes bounded", shapes["bounded"], f"bucketed max {max(shapes['bucketed']['distinct_per_graph'])} per graph "
+            f"(bound {shapes['bound_per_graph']}), unbucketed max {max(shapes['unbucketed']['distinct_per_graph'])}")
+    trt = report.get("tensorrt", {})
+    if trt.get("usable"):
+        add("TensorRT engine cache reused", trt["engine_cache_reused"],
+            f"load+warm-up {trt['first_load']['total_s']:.1f} s, then {trt['second_load']['total_s']:.1f} s")
+    broken = [k for k in SECTIONS if isinstance(report.get(k), dict) and "error" in report[k]]
+    add("no section failed", not broken, ", ".join(broken) or "all ran")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="ranet-edge GPU check")
+    ap.add_argument("--provider", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--bundles", default=str(REPO / "build" / "gpu-bundles"),
+                    help="where prepare_bundles.py put (or puts) default-fp16, c1, c1-fp16")
+    ap.add_argument("--no-prepare", action="store_true", help="never export or convert here, even with torch")
+    ap.add_argument("--out", default=None, help="JSON report (default build/gpu-check/gpu_check_PROVIDER.json)")
+    ap.add_argument("--quick", action="store_true", help="few repetitions (the CI dry run)")
+    ap.add_argument("--budget-s", type=float, default=330.0, help="stop starting sections after this long")
+    ap.add_argument("--batch", type=int, default=None, help="the batched figures' batch (64; quick: 8)")
+    ap.add_argument("--max-batch", type=int, default=None, help="the largest batch (256; quick: 32)")
+    ap.add_argument("--cudnn-search", choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"], default=None,
+                    help="cuDNN search mode for every section but cudnn_search (default: onnxruntime's)")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    _import_ranet_edge()
+    import host
+    import numpy as np
+    import prepare_bundles
+    import report_table
+    import sections
+    import timing
+
+    from ranet_edge.assets import SAMPLE_IMAGES
+    from ranet_edge.runtime.providers import SHORT_NAMES
+
+    provider_full = SHORT_NAMES[args.provider]
+    report: dict = {"report": "ranet-edge GPU check", "command": " ".join(["benchmarks/gpu/check.py", *sys.argv[1:]]),
+                    "quick": args.quick, "budget_s": args.budget_s}
+    preload = host.preload() if args.provider == "cuda" else {"called": False, "reason": "CPU dry run"}
+    report["env"] = {**host.environment(provider_full), "preload_dlls": preload}
+    probes = {p: host.provider_probe(p) for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")}
+    trt_reason = host.tensorrt_reason(probes["TensorrtExecutionProvider"])
+    report["providers"] = {"available": report["env"]["providers_available"], "probes": probes,
+                           "tensorrt_unavailable_reason": trt_reason}
+    out = Path(args.out or REPO / "build" / "gpu-check" / f"gpu_check_{args.provider}.json")
+    if provider_full not in report["env"]["providers_available"] or (
+            args.provider == "cuda" and probes["CUDAExecutionProvider"]["library_loads"] is False):
+        why = probes.get(provider_full, {}).get("reason") or f"{provider_full} not available"
+        report["error"] = f"cannot run the check on {args.provider}: {why}"
+        _write(out, report)
+        fix = ("put the CUDA libraries it names on the host (the nvidia cuBLAS/cuDNN wheels of a PyTorch "
+               "environment do) or pass their directories with --cuda-libs" if args.provider == "cuda" else
+               "install onnxruntime")
+        print(f"error: {report['error']}; {fix} (benchmarks/gpu/check.sh --help)", file=sys.stderr)
+        return 2
+    bdir = Path(args.bundles)
+    found, missing = (prepare_bundles.find(bdir) if args.no_prepare else prepare_bundles.prepare(bdir))
+    report["bundles"] = {"found": {k: str(v) for k, v in found.items()}, "missing": missing}
+    with np.load(SAMPLE_IMAGES) as z:
+        images, labels = z["x"], z["y"]
+    ctx = sections.Ctx(args.provider, images, labels, found, args.quick, started + args.budget_s,
+                       batch=args.batch or (8 if args.quick else 64),
+                       max_batch=args.max_batch or (32 if args.quick else 256),
+                       timed=("default", "default-fp16") if args.quick else (),
+                       cudnn_search=args.cudnn_search, started=started)
+    report["settings"] = {"batch": ctx.batch, "max_batch": ctx.max_batch, "timed_bundles": list(ctx.timed),
+                          "cudnn_search": args.cudnn_search or "onnxruntime default"}
+    one = [("logits_vs_cpu", sections.logits_vs_cpu, 5), ("fp16_accuracy", sections.fp16_accuracy, 5),
+           ("stages", timing.stages, 5), ("chain_vs_monolithic", timing.chain_vs_monolithic, 5),
+           ("device_vs_host", timing.device_vs_host, 5), ("adaptive", timing.adaptive, 5)]
+    for name, fn, need in one:
+        _section(report, name, lambda fn=fn: fn(ctx), ctx, need)
+    for first, second, fn, need in (("routed_throughput", "shapes", timing.routed, 15),
+                                    ("load_warmup", "cudnn_search", timing.load_warmup, 20)):
+        if _section(report, first, lambda fn=fn: fn(ctx), ctx, need) is None:
+            report[second] = report[first]  # the same error or skip
+        else:
+            report[first], report[second] = report[first]
+    _section(report, "tensorrt", lambda: timing.tensorrt(ctx, trt_reason), ctx, 0)
+    report["elapsed_s"] = round(time.perf_counter() - started, 1)
+    report["checks"] = _checks(report, provider_full)
+    report["passed"] = all(c["ok"] for c in report["checks"])
+    _write(out, report)
+    print(report_table.render(report))
+    print(f"wrote {out}")
+    return 0 if report["passed"] else 1
+
+
+def _write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

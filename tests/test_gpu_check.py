@@ -1,0 +1,58 @@
+"""The prepared GPU check's CPU dry run, as CI runs it (`check.sh --provider cpu --quick`):
+it exits 0 and its JSON report has every section, filled from real runs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ranet_edge.assets import DEFAULT_BUNDLE
+from ranet_edge.export.convert import convert_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("env", "providers", "bundles", "logits_vs_cpu", "fp16_accuracy", "stages", "chain_vs_monolithic",
+            "device_vs_host", "adaptive", "routed_throughput", "shapes", "load_warmup", "cudnn_search",
+            "tensorrt", "checks")
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_dry_run(tmp_path):
+    bundles = tmp_path / "bundles"  # default-fp16 only: c1 and c1-fp16 must be reported missing
+    convert_bundle(DEFAULT_BUNDLE, bundles / "default-fp16", "fp16", log=lambda m: None)
+    out = tmp_path / "report.json"
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu" / "check.sh"), "--provider", "cpu",
+                           "--python", sys.executable, "--quick", "--no-prepare", "--budget-s", "900",
+                           "--bundles", str(bundles), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "checks" in proc.stdout and "logits vs CPU" in proc.stdout  # the printed table
+    report = json.loads(out.read_text())
+    for name in SECTIONS:
+        assert report.get(name), name
+        assert "error" not in report[name], (name, report[name])
+    assert report["passed"] and all(c["ok"] for c in report["checks"])
+    assert set(report["bundles"]["found"]) == {"default", "default-fp16"}
+    assert set(report["bundles"]["missing"]) == {"c1", "c1-fp16"}
+    assert "prepare_bundles.py" in report["bundles"]["missing"]["c1"]
+    assert report["env"]["provider_requested"] == "CPUExecutionProvider"
+    batch, top = report["settings"]["batch"], report["settings"]["max_batch"]
+    for name in ("default", "default-fp16"):
+        assert len(report["logits_vs_cpu"][name]["exits"]) == 6 and report["logits_vs_cpu"][name]["ok"]
+        assert len(report["stages"][name][f"batch{batch}_p50_ms"]) == 6
+        assert report["chain_vs_monolithic"][name][f"batch{batch}"]["ratio"] > 0
+        assert report["device_vs_host"][name][f"predict_batch{batch}"]["host_over_device"] > 0
+        for b in (1, batch, top):
+            row = report["adaptive"][name][f"batch{b}"]
+            assert row["predicted_speedup"] > 1 and row["measured_speedup"] > 0
+            assert sum(row["exit_counts"]) > 0
+    fp16 = report["fp16_accuracy"]["default"]["exits"]
+    assert len(fp16) == 6 and all(abs(e["top1_fp32"] - e["top1_fp16"]) <= 0.02 for e in fp16)
+    assert report["routed_throughput"]["bucketed_vs_unbucketed"]["identical"]  # exact on the CPU
+    shapes = report["shapes"]
+    assert shapes["bounded"] and max(shapes["bucketed"]["distinct_per_graph"]) <= shapes["bound_per_graph"]
+    assert report["load_warmup"]["default"]["buckets"]["warm_sizes"][-1] == top
+    assert "CUDA" in report["cudnn_search"]["skipped"]
+    assert report["tensorrt"]["usable"] is False and report["tensorrt"]["reason"]
