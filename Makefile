@@ -11,7 +11,7 @@ LEAN := .venv-lean
 LEAN_STAMP := $(LEAN)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install test test-lean lint demo clean js-install test-js
+.PHONY: install test test-lean lint demo clean js-install test-js js-run-tests
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +56,11 @@ $(JS_STAMP): js/package.json js/package-lock.json
 
 js-install: $(JS_STAMP)
 
-test-js: $(JS_STAMP)
+test-js:
+	@if command -v node >/dev/null && command -v npm >/dev/null; then $(MAKE) --no-print-directory js-run-tests; \
+	else echo "test-js: skipped, Node.js and npm are not installed (the JavaScript driver needs Node >= 18)"; fi
+
+js-run-tests: $(JS_STAMP)
 	cd js && node --test test/*.test.js
 
 clean:
