@@ -75,7 +75,7 @@ def info(bundle: str, as_json: bool) -> None:
     if any(extra):
         mean = sum(extra) / len(extra) / 1e6
         click.echo("'MFLOPs' is the official cumulative count, as the papers report it; 'paid' is what a sample "
-                   f"leaving there costs in this chain: {abs(mean):.2f} MFLOPs {'more' if mean > 0 else 'less'} "
+                   f"leaving there pays in this chain: {abs(mean):.2f} MFLOPs {'more' if mean > 0 else 'less'} "
                    "on average per exit")
     if rep.get("mobile_report"):
         click.echo("mobile usability (share of nodes each EP takes):")
