@@ -38,37 +38,42 @@ const { chromiumMissing, launchChromium, CHROMIUM } = await import(join(JS, 'too
 ort.env.wasm.numThreads = 1;
 const images = shippedImages().slice(0, COUNT);
 
-/** One timing round on a chain living in this JS context (Node or, serialised, the page). */
-const roundSource = async (/** @type {any} */ chain, /** @type {any[]} */ pixels, /** @type {number} */ b) => {
+/** Time one mode ('all': runAll, 'adaptive': predict at the default operating point) on a chain in this JS context. */
+const timeSource = async (/** @type {any} */ chain, /** @type {any[]} */ pixels, /** @type {number} */ b, /** @type {string} */ mode) => {
   const batches = [];
   for (let i = 0; i < pixels.length; i += b) batches.push(chain.preprocess(pixels.slice(i, i + b)));
-  const t0 = performance.now();
-  for (const x of batches) await chain.runAll(x);
-  const t1 = performance.now();
   const exits = [];
-  for (const x of batches) exits.push(...(await chain.predict(x)).exits);
-  const t2 = performance.now();
-  return { all_ms: (t1 - t0) / pixels.length, adaptive_ms: (t2 - t1) / pixels.length, exits };
+  const t0 = performance.now();
+  for (const x of batches) {
+    if (mode === 'all') await chain.runAll(x);
+    else exits.push(...(await chain.predict(x)).exits);
+  }
+  return { ms: (performance.now() - t0) / pixels.length, exits };
 };
 
-/** @type {Record<string, (b: number) => Promise<{all_ms: number, adaptive_ms: number, exits: number[]}>>} */
+/** @type {Record<string, (b: number, mode: string) => Promise<{ms: number, cpu_ms: number | null, exits: number[]}>>} */
 const sides = {};
 const notes = [];
 
-// --- Node, onnxruntime-web wasm
+// --- Node, onnxruntime-web wasm (its WebAssembly runs on this thread: process CPU time is its cost)
 const nodeChain = await ExitChain.load(BUNDLE, { ort });
-sides['onnxruntime-web wasm, Node'] = (b) => roundSource(nodeChain, images, b);
+sides['onnxruntime-web wasm, Node'] = async (b, mode) => {
+  const c0 = process.cpuUsage();
+  const r = await timeSource(nodeChain, images, b, mode);
+  const c = process.cpuUsage(c0);
+  return { ...r, cpu_ms: (c.user + c.system) / 1e3 / images.length };
+};
 
 // --- Python runtime
 const py = spawn(PYTHON, [join(ROOT, 'benchmarks', 'js_bench_python.py'), BUNDLE], { stdio: ['pipe', 'pipe', 'inherit'] });
 const pyLines = createInterface({ input: py.stdout })[Symbol.asyncIterator]();
 const pyReady = JSON.parse((await pyLines.next()).value);
-sides['Python runtime (onnxruntime CPU)'] = async (b) => {
-  py.stdin.write(`${JSON.stringify({ count: COUNT, batch: b })}\n`);
+sides['Python runtime (onnxruntime CPU)'] = async (b, mode) => {
+  py.stdin.write(`${JSON.stringify({ count: COUNT, batch: b, mode })}\n`);
   return JSON.parse((await pyLines.next()).value);
 };
 
-// --- Chromium, onnxruntime-web wasm in the demo page
+// --- Chromium, onnxruntime-web wasm in the demo page (CPU: the renderer process's CPU time, CDP metric ProcessTime)
 let browser = null;
 let server = null;
 let chromiumVersion = null;
@@ -81,6 +86,9 @@ if (missing) {
   server = await startServer({ bundle: BUNDLE });
   browser = await launchChromium();
   const page = await browser.context.newPage();
+  const cdp = await browser.context.newCDPSession(page);
+  await cdp.send('Performance.enable');
+  const cpuSeconds = async () => (await cdp.send('Performance.getMetrics')).metrics.find((m) => m.name === 'ProcessTime')?.value ?? NaN;
   await page.goto(`${server.url}?threads=1`);
   await page.evaluate(() => /** @type {any} */ (window).ranetDemo.ready.then(() => undefined));
   const packed = Buffer.concat(images.map((/** @type {any} */ im) => Buffer.from(im.data))).toString('base64');
@@ -88,28 +96,36 @@ if (missing) {
     const bytes = Uint8Array.from(atob(packed), (c) => c.charCodeAt(0));
     const w = /** @type {any} */ (window);
     w.benchPixels = Array.from({ length: n }, (_, i) => ({ data: bytes.subarray(i * 3072, (i + 1) * 3072), width: 32, height: 32, channels: 3 }));
-    w.benchRound = eval(`(${src})`);
-  }, { packed, n: images.length, src: roundSource.toString() });
-  sides['onnxruntime-web wasm, Chromium'] = (b) => page.evaluate(async (batch) => {
-    const w = /** @type {any} */ (window);
-    const r = await w.benchRound(await w.ranetDemo.ready, w.benchPixels, batch);
-    return { ...r, exits: Array.from(r.exits) };
-  }, b);
+    w.benchTime = eval(`(${src})`);
+  }, { packed, n: images.length, src: timeSource.toString() });
+  sides['onnxruntime-web wasm, Chromium'] = async (b, mode) => {
+    const t0 = await cpuSeconds();
+    const r = await page.evaluate(async ({ batch, mode }) => {
+      const w = /** @type {any} */ (window);
+      const r = await w.benchTime(await w.ranetDemo.ready, w.benchPixels, batch, mode);
+      return { ...r, exits: Array.from(r.exits) };
+    }, { batch: b, mode });
+    return { ...r, cpu_ms: ((await cpuSeconds()) - t0) * 1e3 / images.length };
+  };
 }
 
-// --- interleaved rounds (one untimed warm-up round per side and batch)
+// --- interleaved rounds (one untimed warm-up round per side); each round rotates the order
 const names = Object.keys(sides);
-/** @type {Record<string, Record<number, {all: number[], adaptive: number[], exits: number[]}>>} */
-const runs = Object.fromEntries(names.map((n) => [n, Object.fromEntries(BATCHES.map((b) => [b, { all: [], adaptive: [], exits: [] }]))]));
-for (const b of BATCHES) for (const n of names) await sides[n](b);
+const MODES = ['all', 'adaptive'];
+/** @type {Record<string, Record<string, {ms: number[], cpu: number[], exits: number[]}>>} */
+const runs = Object.fromEntries(names.map((n) => [n, Object.fromEntries(BATCHES.flatMap((b) => MODES.map((m) => [`${b}/${m}`, { ms: [], cpu: [], exits: [] }])))]));
+for (const b of BATCHES) for (const m of MODES) for (const n of names) await sides[n](b, m);
 for (let r = 0; r < ROUNDS; r++) {
   for (const b of BATCHES) {
-    const order = names.map((_, i) => names[(i + r) % names.length]);
-    for (const n of order) {
-      const res = await sides[n](b);
-      runs[n][b].all.push(res.all_ms);
-      runs[n][b].adaptive.push(res.adaptive_ms);
-      runs[n][b].exits = Array.from(res.exits);
+    for (const m of MODES) {
+      for (let i = 0; i < names.length; i++) {
+        const n = names[(i + r) % names.length];
+        const res = await sides[n](b, m);
+        const slot = runs[n][`${b}/${m}`];
+        slot.ms.push(res.ms);
+        slot.cpu.push(res.cpu_ms ?? NaN);
+        slot.exits = Array.from(res.exits);
+      }
     }
   }
   console.log(`round ${r + 1}/${ROUNDS} done`);
@@ -120,27 +136,32 @@ await server?.close();
 
 const median = (/** @type {number[]} */ v) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
 const results = names.flatMap((n) => BATCHES.map((b) => {
-  const { all, adaptive, exits } = runs[n][b];
-  const hist = Array.from({ length: 6 }, (_, k) => exits.filter((e) => e === k).length);
-  return { side: n, batch: b, all_exits_ms: median(all), adaptive_ms: median(adaptive),
-    speedup: median(all) / median(adaptive), exit_histogram: hist, rounds: { all, adaptive } };
+  const all = runs[n][`${b}/all`];
+  const ada = runs[n][`${b}/adaptive`];
+  const hist = Array.from({ length: 6 }, (_, k) => ada.exits.filter((e) => e === k).length);
+  return { side: n, batch: b, all_exits_ms: median(all.ms), adaptive_ms: median(ada.ms), speedup: median(all.ms) / median(ada.ms),
+    all_exits_cpu_ms: median(all.cpu), adaptive_cpu_ms: median(ada.cpu), exit_histogram: hist,
+    rounds: { all_ms: all.ms, adaptive_ms: ada.ms, all_cpu_ms: all.cpu, adaptive_cpu_ms: ada.cpu } };
 }));
-const sameExits = BATCHES.every((b) => names.every((n) => JSON.stringify(runs[n][b].exits) === JSON.stringify(runs[names[0]][b].exits)));
+const sameExits = BATCHES.every((b) => names.every((n) => JSON.stringify(runs[n][`${b}/adaptive`].exits) === JSON.stringify(runs[names[0]][`${b}/adaptive`].exits)));
 const pkg = JSON.parse(readFileSync(join(JS, 'node_modules', 'onnxruntime-web', 'package.json'), 'utf8'));
 const report = {
   command: `node benchmarks/js_bench.mjs ${args.join(' ')}`.trim(),
   machine: { cpu: cpus()[0]?.model, cpus: cpus().length, loadavg_at_end: loadavg() },
   versions: { node: process.version, 'onnxruntime-web': pkg.version, onnxruntime_python: pyReady.onnxruntime, chromium: chromiumVersion },
   threads: 'one on every side: onnxruntime-web env.wasm.numThreads = 1 (Node and Chromium), Python intra-op threads 1, spinning off',
+  cpu: 'CPU ms per image: Node process.cpuUsage(), Python time.process_time(), Chromium renderer ProcessTime (CDP); wall ms is performance.now()/perf_counter()',
   images: `${COUNT} of the shipped validation images (ranet_edge/assets/cifar10-val-500.npz), rounds: ${ROUNDS}, median per side`,
   adaptive: 'predict() at the bundle default operating point', same_exits_on_every_side: sameExits, notes, results,
 };
 mkdirSync(dirname(OUT), { recursive: true });
 writeFileSync(OUT, `${JSON.stringify(report, null, 2)}\n`);
 console.log(`wrote ${OUT}\n`);
-console.log('| runtime | batch | all exits, ms/image | adaptive, ms/image | adaptive speed-up | exits (0..5) |');
-console.log('| --- | --- | --- | --- | --- | --- |');
+const f = (/** @type {number} */ v) => (v >= 10 ? v.toFixed(1) : v.toFixed(2));
+console.log('| runtime | batch | all exits, ms/image | adaptive, ms/image | adaptive speed-up | all exits, CPU ms/image | adaptive, CPU ms/image |');
+console.log('| --- | --- | --- | --- | --- | --- | --- |');
 for (const r of results) {
-  console.log(`| ${r.side} | ${r.batch} | ${r.all_exits_ms.toFixed(3)} | ${r.adaptive_ms.toFixed(3)} | x${r.speedup.toFixed(2)} | ${r.exit_histogram.join(' / ')} |`);
+  console.log(`| ${r.side} | ${r.batch} | ${f(r.all_exits_ms)} | ${f(r.adaptive_ms)} | x${r.speedup.toFixed(2)} | ${f(r.all_exits_cpu_ms)} | ${f(r.adaptive_cpu_ms)} |`);
 }
-console.log(`\nsame exits on every side: ${sameExits}`);
+console.log(`\nexits at the default operating point (0..5): ${results[0].exit_histogram.join(' / ')}; same on every side: ${sameExits}`);
+console.log(`load average at the end: ${loadavg().map((v) => v.toFixed(1)).join(' ')} on ${cpus().length} CPUs`);

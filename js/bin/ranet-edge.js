@@ -86,7 +86,7 @@ async function main(argv) {
   const ort = await import('onnxruntime-web');
   ort.env.wasm.numThreads = args.threads;
   ort.env.logLevel = 'error';
-  const chain = await ExitChain.load(bundle, { ort });
+  const chain = await ExitChain.load(bundle, { ort, warmup: false }); // one call: nothing to warm up for
   const options = parseThresholds(args.thresholds);
   chain.resolveThresholds(options); // a bad spec fails before any image is read
   const pixels = [];
