@@ -177,6 +177,12 @@ def test_serve_refuses_bad_options(run, tmp_path):
     assert_one_line_error(run("serve", "--operating-point", "fastest"), "unknown operating point 'fastest'")
     assert_one_line_error(run("serve", "--replicas", "0"), "replicas must be a whole number >= 1")
     assert_one_line_error(run("serve", "--provider", "cuda"), "not available")
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    assert_one_line_error(run("serve", "--address", f"127.0.0.1:{closed}"),
+                          f"cannot reach the Ray cluster at 127.0.0.1:{closed}", "ray start --head")
+    assert_one_line_error(run("serve", "--address", "head-node"), "must be 'auto' or HOST:PORT")
     result = run("serve", "--haproxy", "--address", "auto")
     assert result.exit_code == 2 and "RAY_SERVE_ENABLE_HA_PROXY=1 ray start" in result.output
     with socket.socket() as s:
