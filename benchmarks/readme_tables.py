@@ -136,7 +136,8 @@ def serving() -> str:
         return f"{s['latency_ms']['p50']:.1f} / {s['latency_ms']['p99']:.1f}"
 
     lines = [
-        f"Closed-loop clients on the same 2-vCPU machine (aiohttp, one PNG per request), the shipped bundle at its "
+        f"Closed-loop clients on the same machine ({r['env']['cpu']}, {r['env']['cores']} vCPUs; aiohttp, one PNG per "
+        "request), the shipped bundle at its "
         f"default operating point, max batch {st['max_batch']}, {st['batch_wait_ms']:g} ms batch wait, one intra-op "
         f"thread; each app measured {st['rounds']} x {st['seconds']:g} s in turns with the others at each "
         f"concurrency (`benchmarks/results/serve_load.json`; Ray {r['env']['ray']}; the machine was shared, load "

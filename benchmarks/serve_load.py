@@ -235,8 +235,11 @@ def main() -> None:
 
     import ray
 
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as fh:
+        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     result = {
-        "env": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "env": {"cpu": cpu, "cores": os.cpu_count(),
                 "python": platform.python_version(), "onnxruntime": ort.__version__, "ray": ray.__version__,
                 "load_average_at_end": os.getloadavg()},
         "settings": {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms, "seconds": args.seconds,

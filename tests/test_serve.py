@@ -22,6 +22,7 @@ if importlib.util.find_spec("ray") is None:  # find_spec: importing ray here wou
                 allow_module_level=True)
 
 import aiohttp  # noqa: E402  (comes with ray[serve])
+from test_serve_units import png_header_bomb  # noqa: E402
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES  # noqa: E402
 from ranet_edge.runtime import ExitChain  # noqa: E402
@@ -142,6 +143,7 @@ def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(server, samp
         (("POST", url + "?operating_point=fastest", good, "image/png"), 400, "unknown operating point 'fastest'"),
         (("POST", url, json.dumps(["aGk="] * 33).encode(), "application/json"), 413, "at most 32"),
         (("POST", url, b"[1, 2]", "application/json"), 400, "list of base64"),
+        (("POST", url, png_header_bomb(), "image/png"), 413, "more than 50,000,000 pixels"),
         (("GET", url, None, None), 405, "GET /v1/classify is not allowed"),
         (("GET", f"{one.url}/v2/classify", None, None), 404, "no route /v2/classify"),
     ]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import struct
+import subprocess
+import sys
+import zlib
 
 import cv2
 import numpy as np
@@ -36,6 +40,15 @@ def model() -> ServedModel:
 
 def png(rgb: np.ndarray) -> bytes:
     return cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes()
+
+
+def png_header_bomb(width: int = 10_000, height: int = 10_000) -> bytes:
+    """A few dozen bytes of PNG whose header declares a 100-megapixel image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 # --------------------------------------------------------------------------- settings
@@ -86,6 +99,17 @@ def test_bad_bodies(chain, ctype, body, status, fragment):
         parse_images(ctype, body, chain.preprocess_spec, 64)
     assert err.value.status == status and fragment in err.value.message
     assert "\n" not in err.value.message
+
+
+def test_huge_declared_image_is_refused_before_decoding():
+    """OpenCV reads its pixel limit when it loads: importing the serving API first (as a
+    replica does) sets it, so a tiny body declaring a huge image gets 413, not a 300 MB decode."""
+    code = ("import sys; from ranet_edge.serve.api import RequestError, parse_images; "
+            "from ranet_edge.runtime.preprocess import PreprocessSpec\n"
+            "try:\n    parse_images('image/png', sys.stdin.buffer.read(), PreprocessSpec.for_dataset('cifar10'), 64)\n"
+            "except RequestError as e:\n    print(e.status, e.message)")
+    out = subprocess.run([sys.executable, "-c", code], input=png_header_bomb(), capture_output=True, check=True)
+    assert out.stdout.decode().startswith("413 the image has more than 50,000,000 pixels"), out
 
 
 # --------------------------------------------------------------------------- batches
@@ -153,6 +177,12 @@ def test_serve_refuses_bad_options(run, tmp_path):
     assert_one_line_error(run("serve", "--operating-point", "fastest"), "unknown operating point 'fastest'")
     assert_one_line_error(run("serve", "--replicas", "0"), "replicas must be a whole number >= 1")
     assert_one_line_error(run("serve", "--provider", "cuda"), "not available")
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    assert_one_line_error(run("serve", "--address", f"127.0.0.1:{closed}"),
+                          f"cannot reach the Ray cluster at 127.0.0.1:{closed}", "ray start --head")
+    assert_one_line_error(run("serve", "--address", "head-node"), "must be 'auto' or HOST:PORT")
     result = run("serve", "--haproxy", "--address", "auto")
     assert result.exit_code == 2 and "RAY_SERVE_ENABLE_HA_PROXY=1 ray start" in result.output
     with socket.socket() as s:

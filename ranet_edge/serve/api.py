@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 
 import numpy as np
 
@@ -21,11 +22,24 @@ class RequestError(Exception):
         self.message = message
 
 
+#: Largest image decoded (pixels). A few KB of PNG can declare a gigapixel image, which the body
+#: size limit does not see; OpenCV checks this before it allocates (its own default is 2^30).
+#: OpenCV reads the variable when it loads, so it is set on importing this module, which a
+#: replica does before anything imports cv2.
+MAX_IMAGE_PIXELS = 50_000_000
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+
+
 def decode_image(data: bytes) -> np.ndarray | None:
     """JPEG/PNG (or any format OpenCV reads) bytes -> uint8 HxWx3 RGB; None if undecodable."""
     import cv2
 
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        if "MAX_IMAGE_PIXELS" in str(exc):
+            raise RequestError(413, f"the image has more than {MAX_IMAGE_PIXELS:,} pixels; send a smaller one") from None
+        return None
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -57,6 +57,8 @@ class Server:
                 # Ray's single-machine mode (its default on macOS and Windows): GCS, raylet and
                 # workers listen on and advertise 127.0.0.1 instead of the machine's address.
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if address and address != "auto":
+            _check_reachable(address)  # ray.init would retry an unreachable address for minutes
         ray = require("ray", "serve")
         from ray import serve
 
@@ -162,6 +164,17 @@ def serve_bundle(settings: ServeSettings, address: str | None = None, host: str 
     except BaseException:
         server.close()
         raise
+
+
+def _check_reachable(address: str) -> None:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--address {address!r} must be 'auto' or HOST:PORT of the head node (e.g. HEAD_IP:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ServeError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+                         "`ray start --head` there, or check the address") from None
 
 
 def _check_port_free(host: str, port: int) -> None:
