@@ -26,5 +26,8 @@ cd benchmarks
     ${DATA:+--data "$DATA" --holdout 5000} --out results/adaptive_speedup.json
 ../$BIN/python threads_sweep.py --bundle "../$B" --out results/threads_sweep.json
 ../$BIN/python runtime_footprint.py --bundle "../$B" --out results/runtime_footprint.json
+../$BIN/python predict_memory.py --bundle "../$B" ${DATA:+--data "$DATA"} --out results/predict_memory.json
+../$BIN/python predict_memory.py --bundle "../$B" ${DATA:+--data "$DATA"} --images 16384 --cases load,predict,run_all \
+    --out results/predict_memory_16k.json
 ../$BIN/python edge_formats.py --bundle "../$B" ${DATA:+--data "$DATA" --holdout 5000} --out results/edge_formats.json
 ../$BIN/python serve_load.py --out results/serve_load.json   # starts and stops its own local Ray

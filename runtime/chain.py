@@ -22,6 +22,12 @@ from .plan import BoundPlan
 from .preprocess import PreprocessSpec, preprocess
 from .providers import DEVICE_PROVIDERS, provider_list, session_options
 
+#: Samples per graph run: predict and run_all cut larger arrays into chunks of this many,
+#: so memory (ONNX Runtime's arena, cached tensors, bound buffers) does not grow with the
+#: array. 128 keeps run_all on 4,096 CIFAR images under 300 MB with the default model at
+#: the throughput of 256 (benchmarks/predict_memory.py).
+DEFAULT_MAX_BATCH = 128
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -81,17 +87,21 @@ class ExitChain:
         self._router = None  # DeviceRouter when cached tensors stay on an accelerator
         self._buckets: Buckets | None = None  # batch sizes the graphs run at (None: as they come)
         self.load_report: LoadReport | None = None
+        self.max_batch = DEFAULT_MAX_BATCH  # samples per run; larger arrays go in chunks
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, bundle: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
              warmup: bool = True, provider_options: dict[str, Any] | None = None,
-             spinning: bool = False, device_io: bool | None = None, buckets: Any = None) -> ExitChain:
+             spinning: bool = False, device_io: bool | None = None, buckets: Any = None,
+             max_batch: int = DEFAULT_MAX_BATCH) -> ExitChain:
         """Validate the manifest, check every sha256, then create one session per graph.
 
         ``device_io`` (default: on for GPU providers) keeps cached feature maps in device
         memory between graphs (IOBinding) and gathers the rows that go on there; forcing it
-        on with the CPU provider runs the same code path on host memory.
+        on with the CPU provider runs the same code path on host memory. ``max_batch``: the
+        most samples one run of a graph sees; ``predict`` and ``run_all`` process larger
+        arrays in chunks of this size, so peak memory does not grow with the array.
 
         ``buckets`` pads sub-batches to a few batch sizes (see ``runtime/buckets.py``):
         default on for GPU providers, off on the CPU; True, False, a largest batch or a list
@@ -99,6 +109,8 @@ class ExitChain:
         engines happen at load time); ``chain.load_report`` says how long loading took.
         """
         t_load = time.perf_counter()
+        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+            raise InputError(f"max_batch={max_batch!r}: give a whole number >= 1 (samples per graph run)")
         manifest = load_manifest(bundle, verify=True)
         providers = provider_list(provider, provider_options)
         check_options(providers)
@@ -120,6 +132,7 @@ class ExitChain:
             graphs.append(_Graph(sess, entry, later))
         points, default = load_points(manifest.root)
         chain = cls(manifest, graphs, provider, points, default)
+        chain.max_batch = int(max_batch)
         if device_io is None:
             device_io = full in DEVICE_PROVIDERS
         if device_io:
@@ -165,8 +178,9 @@ class ExitChain:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape or x.shape[0] == 0:
             raise InputError(f"input shape is {tuple(x.shape)}, expected (N, {', '.join(map(str, self.input_shape))}) "
                              "with N >= 1; use chain.preprocess(images)")
-        if not np.isfinite(x).all():
-            raise InputError("input contains NaN or infinite values; check the preprocessing")
+        for start in range(0, x.shape[0], self.max_batch):  # a bounded temporary, however large x is
+            if not np.isfinite(x[start:start + self.max_batch]).all():
+                raise InputError("input contains NaN or infinite values; check the preprocessing")
         return x
 
     def resolve_thresholds(self, thresholds: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -245,9 +259,19 @@ class ExitChain:
             plan = plans[x.shape[0]] = BoundPlan(self._graphs, self.input_name, x)
         return plan
 
+    def _chunks(self, n: int) -> list[slice]:
+        return [slice(start, start + self.max_batch) for start in range(0, n, self.max_batch)]
+
     def run_all(self, x: np.ndarray) -> list[np.ndarray]:
-        """Every exit's logits for every sample (anytime prediction), stage by stage."""
+        """Every exit's logits for every sample (anytime prediction), stage by stage, in chunks
+        of at most ``max_batch`` samples."""
         x = self.check_input(x)
+        if x.shape[0] <= self.max_batch:
+            return self._run_all(x)
+        parts = [self._run_all(x[c]) for c in self._chunks(x.shape[0])]
+        return [np.concatenate(col) for col in zip(*parts)]
+
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
         n = x.shape[0]
         if self._buckets is not None:  # padded rows repeat the last sample, dropped below
             x = x[self._buckets.pad(np.arange(n))]
@@ -278,13 +302,23 @@ class ExitChain:
         return hit
 
     def predict(self, x: np.ndarray, thresholds: Any = None) -> Prediction:
-        """Route each sample through the graphs until an exit is confident enough."""
+        """Route each sample through the graphs until an exit is confident enough (in chunks
+        of at most ``max_batch`` samples)."""
         x = self.check_input(x)
         thr, temps = self._thresholds_cached(thresholds)
         n = x.shape[0]
         bk = self._buckets  # with buckets, graphs run padded batches: row m onwards is padding
         if n == 1 and self._router is None and (bk is None or bk.size(1) == 1):
             return self._predict_one(x, thr, temps)
+        if n <= self.max_batch:
+            return self._predict_batch(x, thr, temps)
+        parts = [self._predict_batch(x[c], thr, temps) for c in self._chunks(n)]
+        return Prediction(np.concatenate([p.labels for p in parts]), np.concatenate([p.exits for p in parts]),
+                          np.concatenate([p.confidences for p in parts]),
+                          np.concatenate([p.probabilities for p in parts]))
+
+    def _predict_batch(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Prediction:
+        n = x.shape[0]
         out = _Results(n)
         for decided in self._stages(x, thr, temps):
             out.fill(decided)

@@ -71,11 +71,17 @@ def fit_image(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def normalize(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """uint8 NHWC -> normalised float32 NCHW."""
+    """uint8 NHWC -> normalised float32 NCHW, written channel by channel into the one array
+    returned (no float temporaries the size of the batch)."""
     mean = np.asarray(spec.mean, np.float32) * 255.0
     inv = 1.0 / (np.asarray(spec.std, np.float32) * 255.0)
-    out = (batch.astype(np.float32) - mean) * inv
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    n, h, w, c = batch.shape
+    out = np.empty((n, c, h, w), np.float32)
+    for ch in range(c):
+        plane = out[:, ch]
+        np.subtract(batch[..., ch], mean[ch], out=plane, dtype=np.float32)  # uint8 -> float32 exactly
+        np.multiply(plane, inv[ch], out=plane)
+    return out
 
 
 def preprocess(images: Sequence[np.ndarray] | np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Execution providers: short names, availability checks and session options."""
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import onnxruntime as ort
@@ -60,9 +61,34 @@ def provider_list(provider: str, options: dict[str, Any] | None = None) -> list:
     return [first] if full == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
 
 
+_ARENA_LOCK = threading.Lock()
+_arena_shared: bool | None = None  # None: not tried yet
+
+
+def shared_cpu_arena() -> bool:
+    """Register one CPU memory arena with ONNX Runtime's environment (once per process).
+
+    Each session otherwise keeps an arena of its own that never shrinks, so a chain of k
+    graphs holds the sum of k peaks; sessions created with :func:`session_options` allocate
+    from this one instead and the process holds the largest peak. False where this build
+    cannot share one (its sessions then keep their own arenas).
+    """
+    global _arena_shared
+    with _ARENA_LOCK:
+        if _arena_shared is None:
+            try:
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+                _arena_shared = True
+            except Exception as exc:  # another library in this process registered one first: share it
+                _arena_shared = "already" in str(exc).lower()
+        return _arena_shared
+
+
 def session_options(threads: int | None, spinning: bool = False) -> ort.SessionOptions:
     """Options measured on small CNNs (see benchmarks/README): one intra-op thread unless told
-    otherwise, no busy-wait spinning, sequential execution, every graph optimisation."""
+    otherwise, no busy-wait spinning, sequential execution, every graph optimisation, and
+    the process-wide CPU arena (benchmarks/predict_memory.py)."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads={threads!r}: give a whole number >= 1 (or None for one thread)")
     so = ort.SessionOptions()
@@ -72,6 +98,8 @@ def session_options(threads: int | None, spinning: bool = False) -> ort.SessionO
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3
+    if shared_cpu_arena():
+        so.add_session_config_entry("session.use_env_allocators", "1")
     return so
 
 

@@ -139,6 +139,11 @@ def export(ckpt: str | None, out: str | None, opset: int, batch_size: int | None
     """Export a checkpoint to a bundle of chained per-exit ONNX graphs, validated against PyTorch."""
     import time
 
+    from ..checkpoint import not_a_checkpoint
+
+    instead = not_a_checkpoint(ckpt) if ckpt else None  # a bundle or a graph: say so, torch or not
+    if instead:
+        raise CheckpointError(instead)
     require("torch", "export")
     require("onnx", "export")
     from ..errors import ExportError
