@@ -3,16 +3,47 @@
 >>> from ranet_edge.runtime import ExitChain
 >>> chain = ExitChain.load("bundle/", provider="cpu")
 >>> result = chain.predict(chain.preprocess(images))
+
+Importing the package imports nothing else: each name below loads its module (and with it
+numpy and onnxruntime) the first time it is used, so an app pays for what it touches
+(benchmarks/runtime_footprint.py).
 """
 from __future__ import annotations
 
-from .chain import ExitChain, Prediction, softmax
-from .manifest import Manifest, load_manifest
-from .operating_points import OperatingPoint, load_points, save_point
-from .preprocess import PreprocessSpec, preprocess, read_image
-from .providers import available as available_providers
+from importlib import import_module
+
+TYPE_CHECKING = False  # typing itself is not imported: it would cost more than this module
+if TYPE_CHECKING:
+    from .chain import ExitChain, Prediction, softmax
+    from .manifest import Manifest, load_manifest
+    from .operating_points import OperatingPoint, load_points, save_point
+    from .preprocess import PreprocessSpec, preprocess, read_image
+    from .providers import available as available_providers
+
+_WHERE = {  # public name -> (module, attribute)
+    "ExitChain": (".chain", "ExitChain"), "Prediction": (".chain", "Prediction"), "softmax": (".chain", "softmax"),
+    "Manifest": (".manifest", "Manifest"), "load_manifest": (".manifest", "load_manifest"),
+    "OperatingPoint": (".operating_points", "OperatingPoint"), "load_points": (".operating_points", "load_points"),
+    "save_point": (".operating_points", "save_point"), "PreprocessSpec": (".preprocess", "PreprocessSpec"),
+    "preprocess": (".preprocess", "preprocess"), "read_image": (".preprocess", "read_image"),
+    "available_providers": (".providers", "available"),
+}
 
 __all__ = [
     "ExitChain", "Manifest", "OperatingPoint", "Prediction", "PreprocessSpec", "available_providers",
     "load_manifest", "load_points", "preprocess", "read_image", "save_point", "softmax",
 ]
+
+
+def __getattr__(name: str) -> object:
+    try:
+        module, attr = _WHERE[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(import_module(module, __name__), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
