@@ -6,9 +6,10 @@ Concat(n, c, h, w)``. H and W are constants of the architecture, so the three no
 recompute the batch and channel counts that ``Resize`` keeps anyway. :func:`constant_resize`
 gives such a ``Resize`` a constant ``scales`` input (1, 1, h/H, w/W) instead and drops the
 size chain. Output sizes are identical (checked in float32 and float64 for every rewritten
-node); the interpolation of ``align_corners`` and the other coordinate modes depends only on
-the input and output lengths, so the values are identical too (the exporter validates every
-export against PyTorch).
+node). With ``align_corners`` (RANet's fusion layers) the interpolation depends only on the
+input and output lengths, so the values are identical too; the other coordinate modes divide
+by the scale, so they are rewritten only when out/in is exact in float32 (the exporter
+validates every export against PyTorch anyway).
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def _fixed(tensor: str, axis: int, shapes: Mapping[str, Sequence[int]], other: M
 
 
 def _scale(x: str, axis: int, entry: Entry, shapes: Mapping[str, Sequence[int]],
-           other: Mapping[str, Sequence[int]]) -> float | None:
+           other: Mapping[str, Sequence[int]], nudge: bool) -> float | None:
     """The constant scale of ``axis`` of Resize(x) whose size entry is ``entry``, or None."""
     if entry == ("dim", x, axis):
         return 1.0  # the input's own size, whatever it is
@@ -94,12 +95,15 @@ def _scale(x: str, axis: int, entry: Entry, shapes: Mapping[str, Sequence[int]],
         size = int(entry[1])
     if not _fixed(x, axis, shapes, other) or shapes[x][axis] <= 0:
         return None
-    return _exact_scale(int(shapes[x][axis]), size)
+    return _exact_scale(int(shapes[x][axis]), size, nudge)
 
 
-def _exact_scale(src: int, dst: int) -> float | None:
-    """A float32 scale s with floor(src * s) == dst in float32 and float64, or None."""
+def _exact_scale(src: int, dst: int, nudge: bool) -> float | None:
+    """A float32 scale s with floor(src * s) == dst in float32 and float64, or None; without
+    ``nudge`` only dst / src itself, when float32 holds it exactly."""
     s = np.float32(dst / src)
+    if not nudge:
+        return float(s) if float(s) * src == dst else None
     for _ in range(4):
         if math.floor(float(np.float32(src) * s)) == dst and math.floor(src * float(s)) == dst:
             return float(s)
@@ -135,7 +139,14 @@ def constant_resize(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]],
         src, dst = list(shapes[x]), list(shapes[y])
         if entries is None or len(entries) != len(src) or len(dst) != len(src):
             continue
-        scales = [_scale(x, axis, entry, shapes, other) for axis, entry in enumerate(entries)]
+        mode = next((helper.get_attribute_value(a) for a in node.attribute
+                     if a.name == "coordinate_transformation_mode"), b"half_pixel")
+        if mode == b"tf_crop_and_resize":
+            continue
+        # align_corners maps coordinates with the lengths alone; the other modes divide by the
+        # scale, which then has to be out/in exactly
+        nudge = mode == b"align_corners"
+        scales = [_scale(x, axis, entry, shapes, other, nudge) for axis, entry in enumerate(entries)]
         if None in scales or any(math.floor(n * s_) != d for n, s_, d in zip(src, scales, dst)):
             continue  # not fixed sizes, or not the sizes this run produced
         name = f"{y}__scales"
