@@ -1,6 +1,10 @@
 """Import time of the runtime against onnxruntime alone, and process memory with a bundle loaded.
 
-    python benchmarks/runtime_footprint.py --bundle B --out J
+    python benchmarks/runtime_footprint.py --bundle B [--rounds 40] --out J
+
+Every import is timed in a fresh interpreter; the three commands run interleaved, one of
+each per round (in a rotating order), so that machine noise hits all of them alike; the
+ratios are of medians.
 """
 from __future__ import annotations
 
@@ -12,14 +16,22 @@ import numpy as np
 from _common import write
 
 SNIPPET = """
+{prelude}
 import time, sys
 t0 = time.perf_counter()
-import {module}
+{statement}
 dt = time.perf_counter() - t0
-print(dt, 'torch' in sys.modules)
+print(dt, 'torch' in sys.modules, 'cv2' in sys.modules, 'onnxruntime' in sys.modules)
 """
 
+STATEMENTS = {
+    "onnxruntime": "import onnxruntime",
+    "ranet_edge.runtime": "import ranet_edge.runtime",
+    "ExitChain": "from ranet_edge.runtime import ExitChain",  # pulls in numpy and onnxruntime
+}
+
 MEMORY = """
+{prelude}
 import sys
 def rss():
     for line in open('/proc/self/status'):
@@ -32,40 +44,55 @@ after_import = rss()
 chain = ExitChain.load(sys.argv[1], threads=1)
 loaded = rss()
 chain.run_all(np.zeros((1, *chain.input_shape), np.float32))
-print(base, after_import, loaded, rss(), 'torch' in sys.modules)
+print(base, after_import, loaded, rss(), 'torch' in sys.modules, 'cv2' in sys.modules)
 """
 
 
-def import_time(module: str, repeats: int) -> tuple[list[float], bool]:
-    times, torch_loaded = [], False
-    for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", SNIPPET.format(module=module)], capture_output=True,
-                             text=True, check=True).stdout.split()
-        times.append(float(out[0]))
-        torch_loaded |= out[1] == "True"
-    return times, torch_loaded
+def timed_import(statement: str, prelude: str) -> tuple[float, bool, bool, bool]:
+    out = subprocess.run([sys.executable, "-c", SNIPPET.format(prelude=prelude, statement=statement)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), out[1] == "True", out[2] == "True", out[3] == "True"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", required=True)
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--prelude", default="", help="code every subprocess runs before the timed import "
+                    "(e.g. pointing the editable install at another source tree for a before/after run)")
     ap.add_argument("--out", default="benchmarks/results/runtime_footprint.json")
     args = ap.parse_args()
-    ort_t, _ = import_time("onnxruntime", args.repeats)
-    rt_t, torch_loaded = import_time("ranet_edge.runtime", args.repeats)
-    mem = subprocess.run([sys.executable, "-c", MEMORY, args.bundle], capture_output=True, text=True,
-                         check=True).stdout.split()
+    names = list(STATEMENTS)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    loads: dict[str, dict[str, bool]] = {k: {"torch": False, "cv2": False, "onnxruntime": False} for k in names}
+    for _ in range(2):  # warm the page cache
+        for k in names:
+            timed_import(STATEMENTS[k], args.prelude)
+    for r in range(args.rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            dt, torch_, cv2_, ort_ = timed_import(STATEMENTS[k], args.prelude)
+            times[k].append(dt)
+            loads[k] = {"torch": loads[k]["torch"] or torch_, "cv2": loads[k]["cv2"] or cv2_,
+                        "onnxruntime": loads[k]["onnxruntime"] or ort_}
+    mem = subprocess.run([sys.executable, "-c", MEMORY.format(prelude=args.prelude), args.bundle],
+                         capture_output=True, text=True, check=True).stdout.split()
+    med = {k: float(np.median(v)) for k, v in times.items()}
     result = {
-        "import_s": {"onnxruntime": float(np.median(ort_t)), "ranet_edge.runtime": float(np.median(rt_t))},
-        "import_ratio": float(np.median(rt_t) / np.median(ort_t)),
-        "runtime_imports_torch": torch_loaded,
+        "rounds": args.rounds,
+        "import_s": med,
+        "import_s_p10_p90": {k: [float(np.percentile(v, 10)), float(np.percentile(v, 90))] for k, v in times.items()},
+        "import_ratio": med["ranet_edge.runtime"] / med["onnxruntime"],
+        "exitchain_import_ratio": med["ExitChain"] / med["onnxruntime"],
+        "modules_loaded": loads,
+        "runtime_imports_torch": loads["ranet_edge.runtime"]["torch"] or loads["ExitChain"]["torch"],
         "rss_mb": {"interpreter": float(mem[0]), "after_import": float(mem[1]), "bundle_loaded": float(mem[2]),
                    "after_first_run": float(mem[3])},
+        "run_loads_cv2": mem[5] == "True",
     }
-    print(f"import onnxruntime {result['import_s']['onnxruntime'] * 1e3:.0f} ms, ranet_edge.runtime "
-          f"{result['import_s']['ranet_edge.runtime'] * 1e3:.0f} ms (x{result['import_ratio']:.2f}); "
-          f"RSS with bundle loaded {result['rss_mb']['after_first_run']:.0f} MB")
+    print(f"import onnxruntime {med['onnxruntime'] * 1e3:.1f} ms, ranet_edge.runtime {med['ranet_edge.runtime'] * 1e3:.1f} ms "
+          f"(x{result['import_ratio']:.3f}), from ranet_edge.runtime import ExitChain {med['ExitChain'] * 1e3:.1f} ms "
+          f"(x{result['exitchain_import_ratio']:.3f}); medians of {args.rounds} interleaved rounds")
+    print(f"modules loaded: {loads}; RSS with bundle loaded and run {result['rss_mb']['after_first_run']:.0f} MB")
     write(args.out, result)
 
 

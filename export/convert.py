@@ -1,13 +1,12 @@
 """Edge formats of a bundle: ORT format with static shapes, int8 (static QDQ), fp16.
 
 Needs onnx and onnxruntime only (no torch). Each conversion writes a complete new bundle;
-the runtime loads it like any other. int8 calibrates stage k on the real cached tensors
-that the fp32 stages 0..k-1 produce from real images.
+the runtime loads it like any other. int8 quantizes the chain as one graph calibrated on
+real images and cuts it at the exits again, handing on uint8 tensors (export/quantize.py).
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -19,7 +18,6 @@ import onnx
 
 from ranet_edge.errors import DataError, ExportError
 from ranet_edge.runtime.chain import ExitChain
-from ranet_edge.runtime.latency import cached_inputs
 from ranet_edge.runtime.manifest import MANIFEST, load_manifest, replace_dir, sha256_file, write_json_atomic
 
 TARGETS = ("ort", "int8", "fp16")
@@ -106,47 +104,35 @@ def mobile_report(m: onnx.ModelProto) -> dict:
     return out
 
 
-def _calibration_feeds(bundle: Path, images: np.ndarray, batch: int = 16) -> list[list[dict[str, np.ndarray]]]:
-    """Per graph, the real fp32 feeds it receives for the calibration images."""
-    chain = ExitChain.load(bundle, warmup=False)
-    per_graph: list[list[dict]] = [[] for _ in chain.graphs]
-    for start in range(0, len(images), batch):
-        x = chain.preprocess(images[start:start + batch])
-        for g, f in enumerate(cached_inputs(chain, x)):
-            per_graph[g].append(f)
-    return per_graph
+def _int8(src: Path, tmp: Path, work: Path, data: dict, images: np.ndarray, recipe=None) -> None:
+    """Write the int8 stages (and the int8 whole graph as the monolithic baseline) into
+    ``tmp`` and update the graph and exit entries of ``data`` (see export/quantize.py)."""
+    from .graph_costs import intermediate_values
+    from .quantize import quantize_chain
 
-
-class _Reader:
-    """onnxruntime.quantization CalibrationDataReader over a list of feed dicts."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]):
-        self._it = iter(feeds)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self):  # pragma: no cover - not used by MinMax
-        pass
-
-
-def _quantize(src: Path, dst: Path, feeds: list[dict]) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    m = onnx.load(str(src))
-    logits_nodes = [n.name for n in m.graph.node if n.op_type == "Gemm"]  # logits stay in float
-    reader = type("StageReader", (_Reader, CalibrationDataReader), {})(feeds)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_static advises on the root logger at every call
-    try:
-        # uint8 activations with int8 per-channel weights (U8S8): on the x86 CPUs measured
-        # (benchmarks/edge_formats.py) it ran faster than int8 activations (S8S8).
-        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=logits_nodes)
-    finally:
-        root.setLevel(level)
+    chain = ExitChain.load(src, warmup=False)
+    x = chain.preprocess(images)
+    graphs = data["graphs"]
+    q = quantize_chain([src / g["path"] for g in graphs], [list(g["logits"]) for g in graphs], chain.input_name,
+                       x, work, data.get("batch_size"), recipe)
+    batch = data.get("batch_size") or 1
+    values = intermediate_values(q.model, {chain.input_name: x[:batch]})
+    values[chain.input_name] = x[:batch]
+    by_graph = {}
+    for g, st in zip(graphs, q.stages, strict=True):
+        (tmp / g["path"]).write_bytes(st.model.SerializeToString(deterministic=True))
+        g.update(inputs=st.inputs, cache_outputs=st.cache_outputs, tensors={
+            n: {"shape": [None if data.get("batch_size") is None else batch, *values[n].shape[1:]],
+                "dtype": str(values[n].dtype)} for n in st.inputs + st.cache_outputs})
+        by_graph[g["path"]] = st
+    for e in data["exits"]:
+        st = by_graph[e["graph"]]
+        e.update(inputs=st.inputs, cache_outputs=st.cache_outputs, cache_bytes_per_sample=int(sum(
+            values[n][0].nbytes for n in st.cache_outputs)))
+    if data.get("monolithic"):  # the baseline is the very graph the stages were cut from
+        (tmp / data["monolithic"]["path"]).write_bytes(q.model.SerializeToString(deterministic=True))
+        data["monolithic"]["note"] = "the int8 whole graph the stages were cut from"
+    data["int8"] = {"recipe": q.recipe.describe(), "uint8_resizes": q.uint8_resizes}
 
 
 def _fp16(src: Path, dst: Path, keep_float: list[str] | bool = True) -> None:
@@ -160,7 +146,7 @@ def _fp16(src: Path, dst: Path, keep_float: list[str] | bool = True) -> None:
 
 def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: str, batch_size: int = 1,
                    images: np.ndarray | None = None, calib_size: int = 256, force: bool = False,
-                   log: Callable[[str], None] = print, mobile_ops: bool = True) -> dict:
+                   log: Callable[[str], None] = print, mobile_ops: bool = True, int8_recipe=None) -> dict:
     """Write ``out``: ``bundle`` converted to ``target`` (ort, int8 or fp16); returns its manifest."""
     if target not in TARGETS:
         raise ExportError(f"unknown conversion target {target!r}; use one of {', '.join(TARGETS)}")
@@ -184,28 +170,23 @@ def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: st
     try:
         work = tmp / ".work"
         work.mkdir()
-        feeds = _calibration_feeds(src, images[:calib_size]) if target == "int8" else None
         entries = list(data["graphs"]) + ([data["monolithic"]] if data.get("monolithic") else [])
+        if target == "int8":
+            _int8(src, tmp, work, data, images[:calib_size], int8_recipe)
+            log(f"  quantized {len(data['graphs'])} graphs as one and cut it at the exits again")
         report = {}
-        for i, entry in enumerate(entries):
+        for entry in entries if target != "int8" else []:
             name = Path(entry["path"]).stem
-            if target == "int8":
-                if i < len(data["graphs"]):
-                    _quantize(src / entry["path"], tmp / entry["path"], feeds[i])
-                else:  # the monolithic baseline: calibrate on the images themselves
-                    mono_feeds = [{data["preprocessing"]["input"]: f[data["preprocessing"]["input"]]}
-                                  for f in feeds[0]]
-                    _quantize(src / entry["path"], tmp / entry["path"], mono_feeds)
-            elif target == "fp16":
+            if target == "fp16":
                 # The image and the logits stay float32 (what preprocessing gives and the host
                 # reads); cached feature maps go from graph to graph in float16, no casts.
                 image = data["preprocessing"]["input"]
-                stage = i < len(data["graphs"])
+                stage = entry is not data.get("monolithic")
                 _fp16(src / entry["path"], tmp / entry["path"],
                       [image, *entry["logits"]] if stage else True)
                 if stage:
-                    for name, t in entry.get("tensors", {}).items():
-                        t["dtype"] = t["dtype"] if name == image else "float16"
+                    for tname, t in entry.get("tensors", {}).items():
+                        t["dtype"] = t["dtype"] if tname == image else "float16"
             else:
                 m = _fix_batch(onnx.load(str(src / entry["path"])), batch_size)
                 if mobile_ops:

@@ -38,6 +38,7 @@ from ranet_edge.runtime.manifest import (
 from .fold import fold_batchnorm
 from .graph_costs import initializer_params, intermediate_values, node_flops
 from .partition import Stage, constant_nodes, partition
+from .rewrite import constant_resize
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
@@ -225,6 +226,12 @@ def export_model(
     _check_nothing_folded_by_torch(folded, full, notes)
     feed = np.zeros((batch, *input_shape), np.float32)
     values = {INPUT_NAME: feed, **intermediate_values(full, {INPUT_NAME: feed})}
+    other = None  # shapes at a second batch size tell the fixed dimensions from the batch axis
+    if spec.batch_size is None:
+        other = {k: v.shape for k, v in intermediate_values(full, {INPUT_NAME: np.zeros((2, *input_shape), np.float32)}).items()}
+    resizes = constant_resize(full, {k: v.shape for k, v in values.items()}, other)
+    live = {out for node in full.graph.node for out in node.output} | {INPUT_NAME}
+    values = {k: v for k, v in values.items() if k in live}
     _value_infos(full, values, spec.batch_size)
     flops_per_node = node_flops(full, {k: v.shape for k, v in values.items()})
 
@@ -308,6 +315,7 @@ def export_model(
             "preprocessing": generic_pre, "num_classes": int(values[f"logits_{num_exits - 1}"].shape[1]),
             **(metadata or {}),
             "granularity": spec.granularity, "opset": spec.opset, "batch_size": spec.batch_size,
+            "rewrites": {"constant_resize": resizes},
             "precision": "fp32", "graph_format": "onnx",
             "graphs": graphs, "exits": exits, "monolithic": mono,
             "validation": {"tolerance": spec.tolerance, "reference": "PyTorch eager, float32",

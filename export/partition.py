@@ -11,6 +11,7 @@ exactly once across the chain.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx
@@ -40,8 +41,14 @@ def constant_nodes(graph: onnx.GraphProto) -> set[int]:
     return const
 
 
-def partition(model: onnx.ModelProto, groups: list[list[str]]) -> list[Stage]:
-    """Split ``model`` into one stage per group of logits outputs (groups in exit order)."""
+def partition(model: onnx.ModelProto, groups: list[list[str]],
+              follow_producer: Callable[[onnx.NodeProto], bool] | None = None) -> list[Stage]:
+    """Split ``model`` into one stage per group of logits outputs (groups in exit order).
+
+    Nodes for which ``follow_producer`` is true run in the stage that computes their first
+    input even when only later stages read them, so that what crosses the boundary is their
+    output (a quantized graph then hands on the uint8 outputs of its QuantizeLinear nodes).
+    """
     graph = model.graph
     producer = {out: n for n, node in enumerate(graph.node) for out in node.output}
     inits = {i.name: i for i in graph.initializer}
@@ -74,6 +81,12 @@ def partition(model: onnx.ModelProto, groups: list[list[str]]) -> list[Stage]:
             if n not in const:
                 owner[n] = s
         stage_nodes.append(sorted(needed))
+    for n, node in enumerate(graph.node):
+        src = producer.get(node.input[0]) if node.input else None
+        if follow_producer and n in owner and src in owner and owner[src] < owner[n] and follow_producer(node):
+            stage_nodes[owner[n]].remove(n)
+            owner[n] = owner[src]
+            stage_nodes[owner[n]] = sorted([*stage_nodes[owner[n]], n])
 
     consumers_stage: dict[str, set[int]] = {}
     for s, nodes in enumerate(stage_nodes):

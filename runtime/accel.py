@@ -13,9 +13,9 @@ import hashlib
 import os
 from pathlib import Path
 
-import onnxruntime as ort
-
 from ranet_edge.errors import InputError
+
+from ._ort import ort  # onnxruntime, through the build check
 
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"

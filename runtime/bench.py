@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
 from ranet_edge.errors import BundleError
 
+from ._ort import ort  # onnxruntime, through the build check
 from .chain import ExitChain
 from .latency import measure_stages
 from .providers import provider_list, session_options

@@ -8,7 +8,8 @@ with the kept indices. The CPU path of :class:`ExitChain` does not use any of th
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
+
+from ._ort import ort  # onnxruntime, through the build check
 
 # ONNX TensorProto element types of the cached tensors the router gathers.
 FLOAT, FLOAT16, INT64 = 1, 10, 7

@@ -6,11 +6,8 @@ and validates it without torch; the exporter writes it with :func:`write_json_at
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +50,8 @@ class Manifest:
 
 
 def sha256_file(path: Path) -> str:
+    import hashlib  # here, not at import time: see runtime/__init__.py
+
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -138,6 +137,8 @@ def _short(value: Any) -> str:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write strict JSON (no NaN or Infinity: ValueError; sorted keys, stable formatting) to a
     temporary file and rename it."""
+    import tempfile  # writers only; the runtime's import stays light
+
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o644)
@@ -153,6 +154,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 def replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished bundle ``tmp`` to ``out``, replacing what was there."""
+    import shutil
+
     if out.exists():
         trash = out.with_name(f".{out.name}.old")
         shutil.rmtree(trash, ignore_errors=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import onnxruntime as ort
-
 from ranet_edge.errors import InputError, ProviderError
+
+from ._ort import ort  # onnxruntime, through the build check
 
 SHORT_NAMES = {
     "cpu": "CPUExecutionProvider",

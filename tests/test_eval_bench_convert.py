@@ -155,6 +155,44 @@ def test_convert_targets_load_and_agree(w8_bundle, images, tmp_path, target):
         assert manifest["precision"] in ("fp16", "int8-qdq")
 
 
+def _optimized_ops(path: Path) -> dict[str, int]:
+    """What ONNX Runtime really runs for a graph: its optimized nodes per op type."""
+    import onnx
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+    so.log_severity_level = 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops: dict[str, int] = {}
+    for node in onnx.load(so.optimized_model_filepath).graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return ops
+
+
+def test_int8_hands_on_uint8_and_cuts_the_whole_quantized_graph(w8_bundle, images, tmp_path):
+    """int8 quantizes the chain as one graph and cuts it again: the stages hand on uint8
+    tensors, compute exactly what the int8 whole graph computes, and together run the very
+    nodes ONNX Runtime runs for the whole graph (no Quantize/Dequantize/Transpose per cut)."""
+    out = tmp_path / "int8"
+    res = invoke("convert", w8_bundle, "-o", out, "--to", "int8", "--data", images, "--calib-size", "100")
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    handed = {n: t for g in manifest["graphs"] for n, t in g["tensors"].items() if n != "image"}
+    assert handed and all(t["dtype"] == "uint8" for t in handed.values()), handed
+    assert manifest["int8"]["uint8_resizes"] > 0
+    chain = ExitChain.load(out)
+    with np.load(images) as z:
+        x = chain.preprocess(z["x"][100:140])
+    whole = ort.InferenceSession(str(out / manifest["monolithic"]["path"]), providers=["CPUExecutionProvider"])
+    for got, want in zip(chain.run_all(x), whole.run(None, {"image": x})):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    staged: dict[str, int] = {}
+    for g in manifest["graphs"]:
+        for op, k in _optimized_ops(out / g["path"]).items():
+            staged[op] = staged.get(op, 0) + k
+    assert staged == _optimized_ops(out / manifest["monolithic"]["path"])
+
+
 @pytest.mark.needs("onnx")
 def test_convert_errors(w8_bundle, tmp_path):
     res = invoke("convert", w8_bundle, "-o", tmp_path / "x", "--to", "int8")
