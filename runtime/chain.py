@@ -248,18 +248,18 @@ class ExitChain:
     def run_all(self, x: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits for every sample (anytime prediction), stage by stage."""
         x = self.check_input(x)
-        n = x.shape[0]
+        real = x.shape[0]
         if self._buckets is not None:  # padded rows repeat the last sample, dropped below
-            x = x[self._buckets.pad(np.arange(n))]
+            x = x[self._buckets.pad(np.arange(real))]
         plan = self._plan(x)
         if plan is not None:
-            return [z[:n].copy() for g in range(len(self._graphs)) for z in plan.run_graph(g, x)]
+            return [z[:real].copy() for g in range(len(self._graphs)) for z in plan.run_graph(g, x)]
         router = self._router
         env = {self.input_name: router.upload(x) if router else x}
         logits: list[np.ndarray] = []
         for g in self._graphs:
             host, cache = self._step(g, env)
-            logits.extend(z[:n] for z in host)
+            logits.extend(z[:real] for z in host)
             env = {n: v for n, v in env.items() if n in g.keep_after}
             env.update(cache)
         return logits

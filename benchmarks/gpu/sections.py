@@ -29,13 +29,9 @@ class Ctx:
     deadline: float
     batch: int = 64  # the batch of the batched figures
     max_batch: int = 256  # the largest batch measured; bucketed chains warm up to it
-    timed: tuple[str, ...] = ()  # bundles the timing sections run (default: all)
     cudnn_search: str | None = None  # the mode the other sections run with (None: provider default)
     started: float = 0.0  # perf_counter() when the check began
     _x: np.ndarray | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.timed = tuple(n for n in (self.timed or self.bundles) if n in self.bundles)
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
