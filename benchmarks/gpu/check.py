@@ -94,7 +94,7 @@ def main() -> int:
     ap.add_argument("--no-prepare", action="store_true", help="never export or convert here, even with torch")
     ap.add_argument("--out", default=None, help="JSON report (default build/gpu-check/gpu_check_PROVIDER.json)")
     ap.add_argument("--quick", action="store_true", help="few repetitions (the CI dry run)")
-    ap.add_argument("--budget-s", type=float, default=330.0, help="stop starting sections after this long")
+    ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting sections after this long")
     ap.add_argument("--batch", type=int, default=None, help="the batched figures' batch (64; quick: 8)")
     ap.add_argument("--max-batch", type=int, default=None, help="the largest batch (256; quick: 32)")
     ap.add_argument("--cudnn-search", choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"], default=None,
