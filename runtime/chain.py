@@ -285,7 +285,7 @@ class ExitChain:
         for g in self._graphs:
             host, cache = self._step(g, env)
             logits.extend(z[:n] for z in host)
-            env = {n: v for n, v in env.items() if n in g.keep_after}
+            env = {nm: v for nm, v in env.items() if nm in g.keep_after}
             env.update(cache)
         return logits
 

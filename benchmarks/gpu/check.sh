@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check: a GPU host with this repository -> one JSON report and a printed
-# table, in at most 6 minutes (check.py stops starting sections after --budget-s, 330 s).
+# table, in at most 6 minutes (check.py starts no section after --budget-s, 300 s).
 #
 #   benchmarks/gpu/check.sh [--provider cuda|cpu] [--wheels DIR] [--python PY] [--cuda-libs DIRS]
 #                           [check.py options: --bundles DIR --out JSON --quick --cudnn-search MODE ...]

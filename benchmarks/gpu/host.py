@@ -49,21 +49,36 @@ def preload() -> dict:
 
 def provider_probe(name: str) -> dict:
     """Is ``name`` listed, and does its shared library load? The loader's own message says
-    which library is missing when it does not."""
+    which library is missing when it does not. (The provider libraries take their host
+    symbols from libonnxruntime_providers_shared, which is loaded first, as onnxruntime does.)"""
     listed = name in ort.get_available_providers()
     out: dict = {"listed": listed, "library_loads": None, "reason": None}
     if not listed:
         out["reason"] = f"not in this onnxruntime build ({ort.__version__}, {Path(ort.__file__).parent})"
         return out
-    lib = Path(ort.__file__).parent / "capi" / PROVIDER_LIBS.get(name, "")
-    if name in PROVIDER_LIBS:
-        try:
-            ctypes.CDLL(str(lib))
-            out["library_loads"] = True
-        except OSError as exc:
-            out["library_loads"] = False
-            out["reason"] = f"{lib.name} does not load: {str(exc)[:300]}"
+    if name not in PROVIDER_LIBS:
+        return out
+    capi = Path(ort.__file__).parent / "capi"
+    try:
+        ctypes.CDLL(str(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(capi / PROVIDER_LIBS[name]))
+        out["library_loads"] = True
+    except OSError as exc:
+        out["library_loads"] = False
+        out["reason"] = f"{PROVIDER_LIBS[name]} does not load: {str(exc)[:300]}"
     return out
+
+
+def session_probe(model: Path, name: str) -> dict:
+    """The last word: does a session on ``model`` really run on ``name``? (onnxruntime falls
+    back to the CPU, with a log line, when a provider cannot be created.)"""
+    try:
+        sess = ort.InferenceSession(str(model), providers=list(dict.fromkeys([name, "CPUExecutionProvider"])))
+    except Exception as exc:  # noqa: BLE001 - reported
+        return {"runs": False, "reason": f"session creation failed: {str(exc)[:300]}"}
+    got = sess.get_providers()
+    return {"runs": got[0] == name, "session_providers": got,
+            "reason": None if got[0] == name else f"onnxruntime fell back to {got[0]}"}
 
 
 def tensorrt_reason(probe: dict) -> str | None:
@@ -87,4 +102,5 @@ def environment(provider: str) -> dict:
         "onnxruntime_path": str(Path(ort.__file__).parent), "device": ort.get_device(),
         "providers_available": providers, "provider_requested": provider, "gpu": gpu(),
         "ld_library_path": [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p],
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],  # CPU figures mean little if high
     }

@@ -17,7 +17,8 @@ def render(r: dict) -> str:
     gpu = env.get("gpu") or {}
     lines = [f"ranet-edge GPU check: {gpu.get('name') or env['platform']} | onnxruntime {env['onnxruntime']} | "
              f"provider {env['provider_requested']} | {r.get('elapsed_s', '?')} s"
-             + (" | quick" if r.get("quick") else "")]
+             + (" | quick" if r.get("quick") else "")
+             + f" | load average {env.get('load_average_at_start', ['?'])[0]} (cores {env['cpu_count']})"]
     lines.append(f"providers            {', '.join(r['providers']['available'])}")
     lines.append(f"TensorRT             {'usable' if not r['providers']['tensorrt_unavailable_reason'] else 'unavailable: ' + r['providers']['tensorrt_unavailable_reason']}")
     missing = r["bundles"]["missing"]
@@ -60,8 +61,10 @@ def render(r: dict) -> str:
         for n, v in s.items()])
 
     def routed(s):
-        out = [f"{k[:-len('_images_per_s')]}: " + ", ".join(f"{n} {v:,.0f}" for n, v in row.items()) + " img/s"
-               for k, row in s["steady"].items()]
+        steady = s["steady"]
+        out = [f"{k[:-len('_images_per_s')]}: " + ", ".join(f"{n} {v:,.0f}" for n, v in row.items()) + " img/s; "
+               f"padding +{100 * (steady[k.replace('images_per_s', 'padding')]['flops_ratio'] - 1):.1f}% FLOPs"
+               for k, row in steady.items() if k.endswith("_images_per_s")]
         for kind, v in s["fresh_workload"].items():
             out.append(f"fresh {kind}: load+warm-up {v['load_and_warmup_s']:.2f} s, {v['batches']} random batches "
                        f"{v['first_pass_s']:.2f} s, again {v['second_pass_s']:.2f} s")

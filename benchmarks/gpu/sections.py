@@ -29,13 +29,10 @@ class Ctx:
     deadline: float
     batch: int = 64  # the batch of the batched figures
     max_batch: int = 256  # the largest batch measured; bucketed chains warm up to it
-    timed: tuple[str, ...] = ()  # bundles the timing sections run (default: all)
     cudnn_search: str | None = None  # the mode the other sections run with (None: provider default)
     started: float = 0.0  # perf_counter() when the check began
     _x: np.ndarray | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.timed = tuple(n for n in (self.timed or self.bundles) if n in self.bundles)
+    _chains: dict = field(default_factory=dict, repr=False)
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
@@ -52,11 +49,19 @@ class Ctx:
         return {"cudnn_conv_algo_search": mode} if mode and self.provider == "cuda" else None
 
     def chain(self, name: str, buckets=None, device_io: bool = True, warmup: bool = True,
-              cudnn: str | None = None) -> ExitChain:
-        """``name`` on the provider: device-resident caches, buckets up to ``max_batch`` unless told."""
-        return ExitChain.load(self.bundles[name], provider=self.provider, device_io=device_io,
-                              buckets=self.max_batch if buckets is None else buckets, warmup=warmup,
-                              provider_options=self.options(cudnn))
+              cudnn: str | None = None, fresh: bool = False) -> ExitChain:
+        """``name`` on the provider: device-resident caches, buckets up to ``max_batch`` unless
+        told. Chains are shared between sections (each new session searches its convolution
+        algorithms again, which on a GPU costs seconds per bucketed warm-up) unless ``fresh``."""
+        spec = self.max_batch if buckets is None else buckets
+        key = (name, str(spec), device_io, cudnn)
+        if fresh or key not in self._chains:
+            chain = ExitChain.load(self.bundles[name], provider=self.provider, device_io=device_io,
+                                   buckets=spec, warmup=warmup, provider_options=self.options(cudnn))
+            if fresh:
+                return chain
+            self._chains[key] = chain
+        return self._chains[key]
 
     def x(self, n: int | None = None) -> np.ndarray:
         """The shipped images preprocessed (every bundle here reads 32x32 CIFAR-10 RGB)."""

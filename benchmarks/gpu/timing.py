@@ -12,7 +12,7 @@ import onnxruntime as ort
 from sections import Ctx, compare_predictions
 
 from ranet_edge.runtime import ExitChain
-from ranet_edge.runtime.buckets import ShapeLog
+from ranet_edge.runtime.buckets import Buckets, ShapeLog
 from ranet_edge.runtime.manifest import load_manifest
 from ranet_edge.runtime.providers import provider_list, session_options
 
@@ -48,7 +48,7 @@ def stages(ctx: Ctx) -> dict:
     """p50 ms of each graph on the device path (cached inputs already on the device, cached
     outputs left there, logits to the host), graphs interleaved, batch 1 and ``ctx.batch`` (64)."""
     out = {}
-    for name in ctx.timed:
+    for name in ctx.bundles:
         chain = ctx.chain(name, warmup=False)
         router = chain._router  # the device path's runner (benchmark code may look inside)
         out[name] = {}
@@ -73,7 +73,7 @@ def stages(ctx: Ctx) -> dict:
 def chain_vs_monolithic(ctx: Ctx) -> dict:
     """run_all (every exit, stage by stage, device path) against the monolithic graph."""
     out = {}
-    for name in ctx.timed:
+    for name in ctx.bundles:
         mono = monolithic(ctx, name)
         if mono is None:
             out[name] = {"skipped": "bundle has no monolithic graph (export with --monolithic)"}
@@ -94,7 +94,7 @@ def device_vs_host(ctx: Ctx) -> dict:
     """Same provider, same buckets: cached maps kept on the device (IOBinding, on-device
     Gather) against every map copied to the host and back between graphs."""
     out = {}
-    for name in ctx.timed:
+    for name in ctx.bundles:
         dev, host = ctx.chain(name, warmup=False), ctx.chain(name, device_io=False, warmup=False)
         row = {}
         for batch in (1, ctx.batch):
@@ -154,11 +154,24 @@ def adaptive(ctx: Ctx) -> dict:
     return out
 
 
+def padding_cost(chain: ExitChain, exits: np.ndarray) -> dict:
+    """FLOPs the graphs run for one routed batch whose samples left at ``exits``, bucketed
+    against unbucketed (a property of the routing, not of the machine)."""
+    run = np.asarray(chain.manifest.exit_field("run_flops"), np.float64)
+    last = [g.exits[-1] for g in chain.graphs]
+    stage = np.diff(np.r_[0.0, run[last]])  # FLOPs per sample of each graph
+    rows = [int((exits >= g.exits[0]).sum()) for g in chain.graphs]  # samples reaching each graph
+    policy = chain.buckets or Buckets(max_batch=len(exits))
+    padded = [policy.size(r) if r else 0 for r in rows]
+    return {"rows_per_graph": rows, "padded_rows_per_graph": padded,
+            "flops_ratio": float(np.dot(padded, stage) / np.dot(rows, stage))}
+
+
 def _workload(ctx: Ctx, seed: int = 0) -> list[np.ndarray]:
     """Random routed batches: sizes 1..max_batch, random shipped images."""
     rng = np.random.default_rng(seed)
     x_all = ctx.x()
-    sizes = rng.integers(1, ctx.max_batch + 1, ctx.n(24, 6))
+    sizes = rng.integers(1, ctx.max_batch + 1, ctx.n(24, 12))
     return [x_all[rng.integers(0, len(x_all), s)] for s in sizes]
 
 
@@ -176,11 +189,12 @@ def routed(ctx: Ctx) -> tuple[dict, dict]:
                             "monolithic": partial(mono.run, None, {bucketed.input_name: xb})},
                            ctx.n(30, 5), block=5, settle=1)
         steady[f"batch{batch}_images_per_s"] = {k: 1e3 * batch / v for k, v in med.items()}
+        steady[f"batch{batch}_padding"] = padding_cost(bucketed, bucketed.predict(xb).exits)
     work = _workload(ctx)
-    fresh, logs, preds = {}, {}, {}
+    fresh, logs, preds, chains = {}, {}, {}, {}
     for kind, spec in (("bucketed", None), ("unbucketed", False)):
         t0 = time.perf_counter()
-        chain = ctx.chain(name, buckets=spec)
+        chain = chains[kind] = ctx.chain(name, buckets=spec, fresh=True)
         t_load = time.perf_counter() - t0
         logs[kind] = ShapeLog.attach(chain)
         passes = []
@@ -195,7 +209,7 @@ def routed(ctx: Ctx) -> tuple[dict, dict]:
         "identical": all(a["identical"] for a in agree), "exits_equal": min(a["exits_equal"] for a in agree),
         "labels_equal": min(a["labels_equal"] for a in agree),
         "max_probability_diff": max(a["max_probability_diff"] for a in agree)}}
-    bound = bucketed.buckets.bound()
+    bound = chains["bucketed"].buckets.bound()  # its largest batch: max_batch (the workload stays below)
     shapes = {kind: {"distinct_per_graph": log.distinct(), "batch_sizes_per_graph": log.batch_sizes()}
               for kind, log in logs.items()}
     shapes["bound_per_graph"] = bound
@@ -213,13 +227,14 @@ def load_warmup(ctx: Ctx) -> tuple[dict, dict]:
     out = {}
     for name in ("default", "c1"):
         if name in ctx.bundles:
-            out[name] = {"buckets": report(ctx.chain(name)), "no_buckets": report(ctx.chain(name, buckets=False))}
+            out[name] = {"buckets": report(ctx.chain(name, fresh=True)),
+                         "no_buckets": report(ctx.chain(name, buckets=False, fresh=True))}
     if ctx.provider != "cuda":
         return out, {"skipped": f"cuDNN search modes apply to the CUDA provider, not {ctx.provider}"}
     modes = {}
     xb, xmax = ctx.x(ctx.batch), ctx.x(ctx.max_batch)
     for mode in CUDNN_MODES:
-        chain = ctx.chain("default", cudnn=mode)
+        chain = ctx.chain("default", cudnn=mode, fresh=True)
         med = side_by_side({"batch": partial(chain.predict, xb), "bmax": partial(chain.predict, xmax),
                             "run_all_b1": partial(chain.run_all, xb[:1])}, ctx.n(30, 5), block=5, settle=1)
         modes[mode] = {**report(chain), **{f"{k}_ms": v for k, v in med.items()}}
@@ -253,6 +268,7 @@ def tensorrt(ctx: Ctx, reason: str | None) -> dict:
         x = ctx.x(ctx.batch)
         rel = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(ref.run_all(x), chain.run_all(x)))
         med = side_by_side({"batch": partial(chain.predict, x)}, ctx.n(30, 5))
-    return {"usable": got[0] == TENSORRT, "session_providers": got, "first_load": loads[0], "second_load": loads[1],
+    return {"usable": got[0] == TENSORRT, "session_providers": got,
+            "reason": None if got[0] == TENSORRT else f"onnxruntime fell back to {got[0]} (see its log above)", "first_load": loads[0], "second_load": loads[1],
             "engine_cache_reused": loads[1]["total_s"] < 0.5 * loads[0]["total_s"],
             "max_relative_logit_diff_vs_cpu": rel, "predict_batch_ms": med["batch"], "batch": ctx.batch}
