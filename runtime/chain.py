@@ -16,6 +16,7 @@ from ranet_edge.errors import BundleError, CalibrationError, InputError
 
 from .accel import check_options, gather_providers, graph_providers
 from .buckets import Buckets, LoadReport, make_buckets, warm_up
+from .decision import ONE, exp_and_total, reaches, softmax  # noqa: F401  (softmax: re-exported)
 from .manifest import Manifest, load_manifest
 from .operating_points import OperatingPoint, load_points
 from .plan import BoundPlan
@@ -31,13 +32,6 @@ class Prediction:
     exits: np.ndarray  # int64 (N,), 0-based exit index
     confidences: np.ndarray  # float32 (N,), max softmax probability at the exit taken
     probabilities: np.ndarray  # float32 (N, classes), softmax at the exit taken
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature if temperature != 1.0 else logits
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class _Graph:
@@ -347,11 +341,9 @@ class ExitChain:
             else:
                 logits, cache = self._step(g, env)
             for k, z in zip(g.exits, logits):
-                z = z[0] if temps[k] == 1.0 else z[0] / temps[k]
-                e = np.exp(z - z.max())
-                total = e.sum()
-                if 1.0 / total >= thr[k]:
-                    p = (e / total).astype(np.float32)
+                e, total = exp_and_total(z[0], temps[k])
+                if reaches(ONE / total, thr[k]):
+                    p = e / total
                     label = int(p.argmax())
                     return Prediction(np.array([label]), np.array([k]), np.array([p[label]], np.float32), p[None])
             env = {nm: v for nm, v in env.items() if nm in g.keep_after}
@@ -388,19 +380,15 @@ def decide_exit(z: np.ndarray, k: int, threshold: float, temperature: float, row
     exit of the same graph has not taken (None: all). Returns the rows still alive after
     this exit (None when all are) and those decided here (None when none are).
     """
-    if temperature != 1.0:
-        z = z / temperature
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    total = e.sum(axis=1)
-    ck = 1.0 / total  # max softmax probability, without normalising every row
-    take = ck >= threshold
+    e, total = exp_and_total(z, temperature)
+    ck = ONE / total  # max softmax probability, without normalising every row
+    take = reaches(ck, threshold)
     if alive is not None:
         take &= alive
     if not take.any():
         return alive, None
-    pk = (e[take] / total[take, None]).astype(np.float32, copy=False)
-    decided = StageRows(rows[take], pk.argmax(axis=1), np.full(len(pk), k, np.int64),
-                        ck[take].astype(np.float32), pk)
+    pk = e[take] / total[take, None]
+    decided = StageRows(rows[take], pk.argmax(axis=1), np.full(len(pk), k, np.int64), ck[take], pk)
     return (~take if alive is None else alive & ~take), decided
 
 
