@@ -26,6 +26,7 @@ from onnx import helper
 
 from ranet_edge import __version__
 from ranet_edge.errors import ExportError
+from ranet_edge.runtime.graphs import walk
 from ranet_edge.runtime.manifest import (
     FORMAT,
     MANIFEST,
@@ -130,13 +131,12 @@ def _session(m: onnx.ModelProto) -> ort.InferenceSession:
 
 def chain_run(sessions: list[ort.InferenceSession], stages: list[Stage], x: np.ndarray) -> list[np.ndarray]:
     """Run the stages in order, feeding each the tensors it names (how any user chains them)."""
-    env: dict[str, np.ndarray] = {INPUT_NAME: x}
-    logits: list[np.ndarray] = []
-    for sess, st in zip(sessions, stages, strict=False):
-        outs = sess.run(None, {name: env[name] for name in st.inputs})
-        env.update(zip([o.name for o in sess.get_outputs()], outs, strict=False))
-        logits.extend(env[name] for name in st.logits)
-    return logits
+    def run(g: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sess = sessions[g]
+        return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+
+    return [outs[name] for g, _, outs in walk([st.inputs for st in stages[:len(sessions)]], {INPUT_NAME: x}, run)
+            for name in stages[g].logits]
 
 
 def _validate(model: torch.nn.Module, sessions, stages, shape, spec: ExportSpec) -> tuple[list[dict], bool]:

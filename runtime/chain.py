@@ -17,6 +17,7 @@ from ranet_edge.errors import BundleError, CalibrationError, InputError
 from .accel import check_options, gather_providers, graph_providers
 from .buckets import Buckets, LoadReport, make_buckets, warm_up
 from .decision import ONE, exp_and_total, reaches, softmax  # noqa: F401  (softmax: re-exported)
+from .graphs import GraphInfo, read_later, walk
 from .manifest import Manifest, load_manifest
 from .operating_points import OperatingPoint, load_points
 from .plan import BoundPlan
@@ -34,19 +35,7 @@ class Prediction:
     probabilities: np.ndarray  # float32 (N, classes), softmax at the exit taken
 
 
-class _Graph:
-    """One session plus what the chain needs to know about it, computed once."""
-
-    def __init__(self, session: ort.InferenceSession, entry, keep_after: frozenset[str]):
-        self.session = session
-        self.inputs = entry.inputs
-        self.exits = entry.exits
-        self.output_names = [o.name for o in session.get_outputs()]
-        self.logit_pos = [self.output_names.index(n) for n in entry.logits]
-        self.cache_pos = [(i, n) for i, n in enumerate(self.output_names) if n in keep_after]
-        self.keep_after = keep_after  # tensors any later graph reads
-        shape = session.get_inputs()[0].shape
-        self.static_batch = shape[0] if isinstance(shape[0], int) else None
+_Graph = GraphInfo  # the former private name
 
 
 class ExitChain:
@@ -56,7 +45,7 @@ class ExitChain:
     from several threads at once.
     """
 
-    def __init__(self, manifest: Manifest, graphs: list[_Graph], provider: str,
+    def __init__(self, manifest: Manifest, graphs: list[GraphInfo], provider: str,
                  points: dict[str, OperatingPoint], default_point: str | None):
         self.manifest = manifest
         self._graphs = graphs
@@ -99,11 +88,8 @@ class ExitChain:
         full = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         policy = make_buckets(buckets, full in DEVICE_PROVIDERS)
         so = session_options(threads, spinning)
-        graphs: list[_Graph] = []
-        needed_later: list[frozenset[str]] = []
-        for g in range(len(manifest.graphs)):
-            needed_later.append(frozenset(n for e in manifest.graphs[g + 1:] for n in e.inputs))
-        for entry, later in zip(manifest.graphs, needed_later):
+        graphs: list[GraphInfo] = []
+        for entry, later in zip(manifest.graphs, read_later([e.inputs for e in manifest.graphs])):
             path = Path(manifest.root) / entry.path
             try:
                 sess = ort.InferenceSession(str(path), so, providers=graph_providers(
@@ -111,7 +97,7 @@ class ExitChain:
             except Exception as exc:
                 raise BundleError(f"ONNX Runtime cannot load graph {entry.path} ({str(exc)[:160]}); "
                                   "re-export the bundle") from None
-            graphs.append(_Graph(sess, entry, later))
+            graphs.append(GraphInfo(sess, entry, later))
         points, default = load_points(manifest.root)
         chain = cls(manifest, graphs, provider, points, default)
         if device_io is None:
@@ -142,7 +128,8 @@ class ExitChain:
         return self._buckets
 
     @property
-    def graphs(self) -> list[_Graph]:
+    def graphs(self) -> list[GraphInfo]:
+        """The loaded graphs, in order (see :class:`ranet_edge.runtime.graphs.GraphInfo`)."""
         return list(self._graphs)
 
     # ------------------------------------------------------------------ inputs
@@ -202,7 +189,7 @@ class ExitChain:
         return np.r_[head, -np.inf], temps
 
     # ------------------------------------------------------------------ running
-    def _run(self, graph: _Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, graph: GraphInfo, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         b = graph.static_batch
         n = next(iter(feeds.values())).shape[0]
         if b is None or n == b:
@@ -217,7 +204,7 @@ class ExitChain:
             parts.append([o[:m] for o in graph.session.run(graph.output_names, chunk)])
         return [np.concatenate(col) for col in zip(*parts)]
 
-    def _step(self, g: _Graph, env: dict) -> tuple[list[np.ndarray], dict]:
+    def _step(self, g: GraphInfo, env: dict) -> tuple[list[np.ndarray], dict]:
         """Run one graph on the tensors it names: (host logits in exit order, cached outputs)."""
         feeds = {name: env[name] for name in g.inputs}
         if self._router:
@@ -249,13 +236,15 @@ class ExitChain:
         if plan is not None:
             return [z[:n].copy() for g in range(len(self._graphs)) for z in plan.run_graph(g, x)]
         router = self._router
-        env = {self.input_name: router.upload(x) if router else x}
         logits: list[np.ndarray] = []
-        for g in self._graphs:
-            host, cache = self._step(g, env)
+
+        def run(g: int, feeds: dict) -> dict:
+            host, cache = self._step(self._graphs[g], feeds)
             logits.extend(z[:n] for z in host)
-            env = {n: v for n, v in env.items() if n in g.keep_after}
-            env.update(cache)
+            return cache
+
+        for _ in walk([g.inputs for g in self._graphs], {self.input_name: router.upload(x) if router else x}, run):
+            pass
         return logits
 
     def _thresholds_cached(self, thresholds: Any) -> tuple[np.ndarray, np.ndarray]:
