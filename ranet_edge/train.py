@@ -249,12 +249,3 @@ def train(config: ArchConfig, opts: TrainOptions, log: Callable[[str], None] = p
         dist.destroy_process_group()
     return results
 
-
-def main() -> None:  # pragma: no cover - `python -m ranet_edge.train` for torchrun
-    from .cli import main as cli_main
-
-    cli_main(["train", *sys.argv[1:]])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
