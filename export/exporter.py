@@ -9,6 +9,7 @@ guarantees the stages compute exactly what the monolithic graph computes.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -39,6 +40,8 @@ from ranet_edge.runtime.manifest import (
 from .fold import fold_batchnorm
 from .graph_costs import initializer_params, intermediate_values, node_flops
 from .partition import Stage, constant_nodes, partition
+
+logger = logging.getLogger(__name__)  # the validation table, then any warnings (the CLI prints them)
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
@@ -193,7 +196,7 @@ def export_model(
     reference_flops: list[int] | None = None,
     metadata: dict | None = None,
     force: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``model`` (forward returns exit logits in order) as a validated bundle.
 
@@ -201,7 +204,8 @@ def export_model(
     ``reference_flops`` (cumulative, from the model's own counter, e.g. the official one) is
     checked against the FLOPs counted on the cut graphs and recorded as each exit's ``flops``;
     ``run_flops`` is what a sample leaving there pays in the chain. ``metadata`` goes into
-    the manifest as given.
+    the manifest as given. The validation table and any warnings go to this module's
+    ``logging`` logger (``ranet_edge.export.exporter``), or to ``log`` if one is given.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -261,7 +265,7 @@ def export_model(
     text = format_table(table, spec.tolerance)
     if not ok:
         raise ExportError("validation against PyTorch failed; per-exit differences:\n" + text)
-    log(text)
+    (log or logger.info)(text)
 
     out.parent.mkdir(parents=True, exist_ok=True)  # stage beside the target: rename never crosses devices
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -321,7 +325,7 @@ def export_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for note in notes:
-        log(f"warning: {note}")
+        (log or logger.warning)(f"warning: {note}")
     return ExportResult(out, manifest, table, notes)
 
 

@@ -37,7 +37,7 @@ def convert(bundle, out, target, batch_size, data_path, calib_size, mobile_ops, 
             if data_path is not None:
                 raise
     data = convert_bundle(bundle, out, target, batch_size, images, calib_size, force,
-                          log=lambda m: click.echo(m, err=True), mobile_ops=mobile_ops)
+                          mobile_ops=mobile_ops)
     click.echo(f"wrote {out} ({data['precision']}, {data['graph_format']}); next: ranet-edge info {out}")
     check = data.get("conversion_check")
     if check:

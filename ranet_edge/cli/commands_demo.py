@@ -38,7 +38,7 @@ def demo(out: str, threads: int | None) -> None:
                     "with UNTRAINED random weights, so its exits say nothing about accuracy.", fg="yellow")
     bundle = work / "bundle"
     click.secho(f"\n== 1. export {ckpt.name} -> {bundle}", bold=True)
-    result = export_checkpoint(ckpt, bundle, ExportSpec(opset=17, monolithic=True), force=True, log=click.echo)
+    result = export_checkpoint(ckpt, bundle, ExportSpec(opset=17, monolithic=True), force=True)
     click.echo(f"wrote {bundle}: {len(result.manifest['graphs'])} graphs for {len(result.manifest['exits'])} exits; "
                f"next: ranet-edge info {bundle}")
     click.secho("\n== 2. calibrate: the paper's p = 0.5 on the shipped validation images", bold=True)
