@@ -8,20 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ranet_edge.data import open_dataset, split
+from ranet_edge.data import load_labelled
 
 
 def held_out_images(data: str | None, holdout: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The training run's validation split (or the shipped sample when ``data`` is None)."""
-    if data is None:
-        from ranet_edge.assets import SAMPLE_IMAGES
-
-        with np.load(SAMPLE_IMAGES) as z:
-            return z["x"], z["y"]
-    ds = open_dataset(data)
-    _, idx = split(len(ds), holdout, seed)
-    ds = ds.subset(idx).materialize()
-    return ds.arrays, ds.labels
+    """The training run's validation split (or the shipped sample when ``data`` is None), as
+    `ranet-edge eval --data DATA --holdout N` loads it."""
+    labelled = load_labelled(data, holdout if data is not None else None, seed)
+    return labelled.images, labelled.labels
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 5, block: int = 100, settle: int = 10) -> dict[str, np.ndarray]:

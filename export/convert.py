@@ -7,6 +7,7 @@ real images and cuts it at the exits again, handing on uint8 tensors (export/qua
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,9 @@ from ranet_edge.runtime.chain import ExitChain
 from ranet_edge.runtime.manifest import MANIFEST, load_manifest, replace_dir, sha256_file, write_json_atomic
 
 TARGETS = ("ort", "int8", "fp16")
+
+
+logger = logging.getLogger(__name__)  # what was converted (the CLI prints it)
 
 
 def _fix_batch(m: onnx.ModelProto, batch: int) -> onnx.ModelProto:
@@ -146,8 +150,11 @@ def _fp16(src: Path, dst: Path, keep_float: list[str] | bool = True) -> None:
 
 def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: str, batch_size: int = 1,
                    images: np.ndarray | None = None, calib_size: int = 256, force: bool = False,
-                   log: Callable[[str], None] = print, mobile_ops: bool = True, int8_recipe=None) -> dict:
-    """Write ``out``: ``bundle`` converted to ``target`` (ort, int8 or fp16); returns its manifest."""
+                   log: Callable[[str], None] | None = None, mobile_ops: bool = True, int8_recipe=None) -> dict:
+    """Write ``out``: ``bundle`` converted to ``target`` (ort, int8 or fp16); returns its manifest.
+
+    Progress goes to the ``logging`` logger of this module (or to ``log``, if given)."""
+    log = log or logger.info
     if target not in TARGETS:
         raise ExportError(f"unknown conversion target {target!r}; use one of {', '.join(TARGETS)}")
     src = Path(bundle)

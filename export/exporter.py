@@ -9,6 +9,7 @@ guarantees the stages compute exactly what the monolithic graph computes.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from onnx import helper
 
 from ranet_edge import __version__
 from ranet_edge.errors import ExportError
+from ranet_edge.runtime.graphs import walk
 from ranet_edge.runtime.manifest import (
     FORMAT,
     MANIFEST,
@@ -39,6 +41,8 @@ from .fold import fold_batchnorm
 from .graph_costs import initializer_params, intermediate_values, node_flops
 from .partition import Stage, constant_nodes, partition
 from .rewrite import constant_resize
+
+logger = logging.getLogger(__name__)  # the validation table, then any warnings (the CLI prints them)
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
@@ -131,13 +135,12 @@ def _session(m: onnx.ModelProto) -> ort.InferenceSession:
 
 def chain_run(sessions: list[ort.InferenceSession], stages: list[Stage], x: np.ndarray) -> list[np.ndarray]:
     """Run the stages in order, feeding each the tensors it names (how any user chains them)."""
-    env: dict[str, np.ndarray] = {INPUT_NAME: x}
-    logits: list[np.ndarray] = []
-    for sess, st in zip(sessions, stages, strict=False):
-        outs = sess.run(None, {name: env[name] for name in st.inputs})
-        env.update(zip([o.name for o in sess.get_outputs()], outs, strict=False))
-        logits.extend(env[name] for name in st.logits)
-    return logits
+    def run(g: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sess = sessions[g]
+        return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+
+    return [outs[name] for g, _, outs in walk([st.inputs for st in stages[:len(sessions)]], {INPUT_NAME: x}, run)
+            for name in stages[g].logits]
 
 
 def _validate(model: torch.nn.Module, sessions, stages, shape, spec: ExportSpec) -> tuple[list[dict], bool]:
@@ -194,7 +197,7 @@ def export_model(
     reference_flops: list[int] | None = None,
     metadata: dict | None = None,
     force: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``model`` (forward returns exit logits in order) as a validated bundle.
 
@@ -202,7 +205,8 @@ def export_model(
     ``reference_flops`` (cumulative, from the model's own counter, e.g. the official one) is
     checked against the FLOPs counted on the cut graphs and recorded as each exit's ``flops``;
     ``run_flops`` is what a sample leaving there pays in the chain. ``metadata`` goes into
-    the manifest as given.
+    the manifest as given. The validation table and any warnings go to this module's
+    ``logging`` logger (``ranet_edge.export.exporter``), or to ``log`` if one is given.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -268,7 +272,7 @@ def export_model(
     text = format_table(table, spec.tolerance)
     if not ok:
         raise ExportError("validation against PyTorch failed; per-exit differences:\n" + text)
-    log(text)
+    (log or logger.info)(text)
 
     out.parent.mkdir(parents=True, exist_ok=True)  # stage beside the target: rename never crosses devices
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -329,7 +333,7 @@ def export_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for note in notes:
-        log(f"warning: {note}")
+        (log or logger.warning)(f"warning: {note}")
     return ExportResult(out, manifest, table, notes)
 
 

@@ -13,7 +13,7 @@ from .exporter import INPUT_NAME, ExportResult, ExportSpec, export_model
 
 
 def export_loaded(loaded: LoadedCheckpoint, out_dir: str | os.PathLike, spec: ExportSpec,
-                  source: str = "", force: bool = False, log: Callable[[str], None] = print) -> ExportResult:
+                  source: str = "", force: bool = False, log: Callable[[str], None] | None = None) -> ExportResult:
     model, config = loaded.model, loaded.config
     costs = model.exit_costs()
     pre = PreprocessSpec.for_dataset(config.data).to_dict()
@@ -40,7 +40,7 @@ def export_loaded(loaded: LoadedCheckpoint, out_dir: str | os.PathLike, spec: Ex
 
 def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike, spec: ExportSpec | None = None,
                       config: ArchConfig | None = None, config_source: str = "flags", force: bool = False,
-                      log: Callable[[str], None] = print, arch: str | None = None) -> ExportResult:
+                      log: Callable[[str], None] | None = None, arch: str | None = None) -> ExportResult:
     """Load ``ckpt`` (any supported layout; architecture inferred when ``config`` is None,
     as ``arch`` if given) and export it."""
     loaded = load_checkpoint(ckpt, config, config_source, arch)

@@ -170,3 +170,50 @@ def split(n: int, val_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
         raise DataError(f"val_size={val_size} must be between 0 and {n - 1} for {n} images")
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[: n - val_size]), np.sort(perm[n - val_size:])
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Images in memory with their labels, and where they came from."""
+
+    images: np.ndarray  # N,H,W,3 uint8 RGB
+    labels: np.ndarray  # int64 (N,)
+    source: str  # the path read
+
+
+def load_labelled(path: str | os.PathLike | None = None, holdout: int | None = None,
+                  seed: int = 0) -> LabelledImages:
+    """Every image of ``path`` (default: the sample shipped with the package) in memory.
+
+    ``holdout`` keeps only the last ``holdout`` of the seeded permutation of :func:`split`:
+    the validation split `ranet-edge train --val-size N` held out.
+    """
+    if path is None:
+        from .assets import SAMPLE_IMAGES
+
+        if not SAMPLE_IMAGES.exists():
+            raise DataError("no --data given and this install ships no sample images; pass --data PATH")
+        path = SAMPLE_IMAGES
+    path = str(path)
+    ds = open_dataset(path)
+    if holdout is not None and holdout > len(ds):
+        raise DataError(f"--holdout {holdout} is more than the {len(ds)} images of {path}; "
+                        f"give at most {len(ds)}")
+    if holdout is not None and holdout < len(ds):  # every image when it names them all
+        _, idx = split(len(ds), holdout, seed)
+        ds = ds.subset(idx)
+    if len(ds) == 0:
+        raise DataError(f"{path} holds no images")
+    ds = ds.materialize() if ds.arrays is None and len(ds) <= 60000 else ds
+    images = ds.arrays if ds.arrays is not None else np.stack(ds.images(range(len(ds))))
+    return LabelledImages(images, ds.labels, path)
+
+
+def split_val(n: int, val_size: int | None, seed: int = 0, need_eval: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, evaluate) indices, each sorted: ``val_size`` images (default half) of a seeded
+    permutation fit thresholds, the rest evaluate (at least one when ``need_eval``)."""
+    size = n // 2 if val_size is None else val_size
+    if not (1 <= size <= n) or (need_eval and size >= n):
+        raise DataError(f"--val-size {size} must be between 1 and {n - 1 if need_eval else n} for {n} images")
+    perm = np.random.default_rng([seed, 1]).permutation(n)
+    return np.sort(perm[:size]), np.sort(perm[size:])

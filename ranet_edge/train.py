@@ -6,6 +6,7 @@ checkpoint continues exactly as an uninterrupted run would.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -27,6 +28,8 @@ from .checkpoint import FORMAT, read_checkpoint_file
 from .data import Dataset, open_dataset, split
 from .errors import CheckpointError, DataError
 from .model import build_model
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,11 @@ def evaluate(model: torch.nn.Module, data: Dataset, spec: PreprocessSpec, batch_
     return [round(100.0 * c / max(len(data), 1), 3) for c in correct.tolist()]
 
 
-def train(config: ArchConfig, opts: TrainOptions, log: Callable[[str], None] = print) -> list[EpochResult]:
-    """Train (or resume) and return the results of the epochs run in this call."""
+def train(config: ArchConfig, opts: TrainOptions, log: Callable[[str], None] | None = None) -> list[EpochResult]:
+    """Train (or resume) and return the results of the epochs run in this call.
+
+    Progress lines go to this module's ``logging`` logger (or to ``log``, if given)."""
+    log = log or logger.info
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
@@ -249,12 +255,3 @@ def train(config: ArchConfig, opts: TrainOptions, log: Callable[[str], None] = p
         dist.destroy_process_group()
     return results
 
-
-def main() -> None:  # pragma: no cover - `python -m ranet_edge.train` for torchrun
-    from .cli import main as cli_main
-
-    cli_main(["train", *sys.argv[1:]])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,6 +1,7 @@
 """Thresholds for budgeted batch classification (numpy only, vectorised over samples).
 
-Inputs are per-exit confidences ``conf`` (K, n) -- the max softmax of each exit -- and
+Inputs are per-exit confidences ``conf`` (K, n) -- the max softmax of each exit, as
+``decision.confidence`` computes it (``ExitOutputs.conf_correct``) -- and
 per-exit correctness ``correct`` (K, n) on a labelled validation set, plus the cost of
 leaving at each exit (cumulative FLOPs, or measured cumulative milliseconds).
 """
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranet_edge.errors import CalibrationError
+
+from .decision import reaches
 
 NOBODY = 1e8  # the paper's "no sample exits here" threshold
 EVERYBODY = -1e8  # the last exit's threshold
@@ -46,16 +49,17 @@ def paper_thresholds(conf: np.ndarray, p: float) -> np.ndarray:
         if 0 < count <= left.size:
             # the count-th largest value among the samples left (ties do not change the value)
             thresholds[k] = np.partition(left, left.size - count)[left.size - count]
-        taken |= conf[k] >= thresholds[k]
+        taken |= reaches(conf[k], thresholds[k])
     thresholds[-1] = EVERYBODY
     return thresholds
 
 
 def exit_index(conf: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """First exit whose confidence reaches its threshold (the last always accepts)."""
+    """First exit whose confidence reaches its threshold (the last always accepts), by the
+    runtime's own rule (``decision.reaches``: float32, ties at a threshold leave)."""
     t = np.asarray(thresholds, np.float64).copy()
     t[-1] = -np.inf
-    return np.argmax(conf >= t[:, None], axis=0)
+    return np.argmax(reaches(conf, t[:, None]), axis=0)
 
 
 def outcome(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, thresholds: np.ndarray) -> Outcome:

@@ -16,6 +16,8 @@ from ranet_edge.errors import BundleError, CalibrationError, InputError
 from ._ort import ort  # onnxruntime, through the build check
 from .accel import check_options, gather_providers, graph_providers
 from .buckets import Buckets, LoadReport, make_buckets, warm_up
+from .decision import ONE, exp_and_total, reaches, softmax  # noqa: F401  (softmax: re-exported)
+from .graphs import GraphInfo, read_later, walk
 from .manifest import Manifest, load_manifest
 from .operating_points import OperatingPoint, load_points
 from .plan import BoundPlan
@@ -39,26 +41,7 @@ class Prediction:
     probabilities: np.ndarray  # float32 (N, classes), softmax at the exit taken
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature if temperature != 1.0 else logits
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-class _Graph:
-    """One session plus what the chain needs to know about it, computed once."""
-
-    def __init__(self, session: ort.InferenceSession, entry, keep_after: frozenset[str]):
-        self.session = session
-        self.inputs = entry.inputs
-        self.exits = entry.exits
-        self.output_names = [o.name for o in session.get_outputs()]
-        self.logit_pos = [self.output_names.index(n) for n in entry.logits]
-        self.cache_pos = [(i, n) for i, n in enumerate(self.output_names) if n in keep_after]
-        self.keep_after = keep_after  # tensors any later graph reads
-        shape = session.get_inputs()[0].shape
-        self.static_batch = shape[0] if isinstance(shape[0], int) else None
+_Graph = GraphInfo  # the former private name
 
 
 class ExitChain:
@@ -68,7 +51,7 @@ class ExitChain:
     from several threads at once.
     """
 
-    def __init__(self, manifest: Manifest, graphs: list[_Graph], provider: str,
+    def __init__(self, manifest: Manifest, graphs: list[GraphInfo], provider: str,
                  points: dict[str, OperatingPoint], default_point: str | None):
         self.manifest = manifest
         self._graphs = graphs
@@ -117,11 +100,8 @@ class ExitChain:
         full = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         policy = make_buckets(buckets, full in DEVICE_PROVIDERS)
         so = session_options(threads, spinning)
-        graphs: list[_Graph] = []
-        needed_later: list[frozenset[str]] = []
-        for g in range(len(manifest.graphs)):
-            needed_later.append(frozenset(n for e in manifest.graphs[g + 1:] for n in e.inputs))
-        for entry, later in zip(manifest.graphs, needed_later):
+        graphs: list[GraphInfo] = []
+        for entry, later in zip(manifest.graphs, read_later([e.inputs for e in manifest.graphs])):
             path = Path(manifest.root) / entry.path
             try:
                 sess = ort.InferenceSession(str(path), so, providers=graph_providers(
@@ -129,7 +109,7 @@ class ExitChain:
             except Exception as exc:
                 raise BundleError(f"ONNX Runtime cannot load graph {entry.path} ({str(exc)[:160]}); "
                                   "re-export the bundle") from None
-            graphs.append(_Graph(sess, entry, later))
+            graphs.append(GraphInfo(sess, entry, later))
         points, default = load_points(manifest.root)
         chain = cls(manifest, graphs, provider, points, default)
         chain.max_batch = int(max_batch)
@@ -161,7 +141,8 @@ class ExitChain:
         return self._buckets
 
     @property
-    def graphs(self) -> list[_Graph]:
+    def graphs(self) -> list[GraphInfo]:
+        """The loaded graphs, in order (see :class:`ranet_edge.runtime.graphs.GraphInfo`)."""
         return list(self._graphs)
 
     # ------------------------------------------------------------------ inputs
@@ -222,7 +203,7 @@ class ExitChain:
         return np.r_[head, -np.inf], temps
 
     # ------------------------------------------------------------------ running
-    def _run(self, graph: _Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, graph: GraphInfo, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         b = graph.static_batch
         n = next(iter(feeds.values())).shape[0]
         if b is None or n == b:
@@ -237,7 +218,7 @@ class ExitChain:
             parts.append([o[:m] for o in graph.session.run(graph.output_names, chunk)])
         return [np.concatenate(col) for col in zip(*parts)]
 
-    def _step(self, g: _Graph, env: dict) -> tuple[list[np.ndarray], dict]:
+    def _step(self, g: GraphInfo, env: dict) -> tuple[list[np.ndarray], dict]:
         """Run one graph on the tensors it names: (host logits in exit order, cached outputs)."""
         feeds = {name: env[name] for name in g.inputs}
         if self._router:
@@ -280,13 +261,15 @@ class ExitChain:
             out = plan.run_all(x)  # fresh copies
             return out if x.shape[0] == n else [z[:n] for z in out]
         router = self._router
-        env = {self.input_name: router.upload(x) if router else x}
         logits: list[np.ndarray] = []
-        for g in self._graphs:
-            host, cache = self._step(g, env)
+
+        def run(g: int, feeds: dict) -> dict:
+            host, cache = self._step(self._graphs[g], feeds)
             logits.extend(z[:n] for z in host)
-            env = {nm: v for nm, v in env.items() if nm in g.keep_after}
-            env.update(cache)
+            return cache
+
+        for _ in walk([g.inputs for g in self._graphs], {self.input_name: router.upload(x) if router else x}, run):
+            pass
         return logits
 
     def _thresholds_cached(self, thresholds: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -382,11 +365,9 @@ class ExitChain:
             else:
                 logits, cache = self._step(g, env)
             for k, z in zip(g.exits, logits):
-                z = z[0] if temps[k] == 1.0 else z[0] / temps[k]
-                e = np.exp(z - z.max())
-                total = e.sum()
-                if 1.0 / total >= thr[k]:
-                    p = (e / total).astype(np.float32)
+                e, total = exp_and_total(z[0], temps[k])
+                if reaches(ONE / total, thr[k]):
+                    p = e / total
                     label = int(p.argmax())
                     return Prediction(np.array([label]), np.array([k]), np.array([p[label]], np.float32), p[None])
             env = {nm: v for nm, v in env.items() if nm in g.keep_after}
@@ -423,19 +404,15 @@ def decide_exit(z: np.ndarray, k: int, threshold: float, temperature: float, row
     exit of the same graph has not taken (None: all). Returns the rows still alive after
     this exit (None when all are) and those decided here (None when none are).
     """
-    if temperature != 1.0:
-        z = z / temperature
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    total = e.sum(axis=1)
-    ck = 1.0 / total  # max softmax probability, without normalising every row
-    take = ck >= threshold
+    e, total = exp_and_total(z, temperature)
+    ck = ONE / total  # max softmax probability, without normalising every row
+    take = reaches(ck, threshold)
     if alive is not None:
         take &= alive
     if not take.any():
         return alive, None
-    pk = (e[take] / total[take, None]).astype(np.float32, copy=False)
-    decided = StageRows(rows[take], pk.argmax(axis=1), np.full(len(pk), k, np.int64),
-                        ck[take].astype(np.float32), pk)
+    pk = e[take] / total[take, None]
+    decided = StageRows(rows[take], pk.argmax(axis=1), np.full(len(pk), k, np.int64), ck[take], pk)
     return (~take if alive is None else alive & ~take), decided
 
 

@@ -10,7 +10,8 @@ import numpy as np
 from ranet_edge.errors import CalibrationError
 
 from . import calibration as cal
-from .chain import ExitChain, softmax
+from . import decision
+from .chain import ExitChain
 
 PAPER_P = [i / 20 for i in range(1, 40)]
 
@@ -23,11 +24,14 @@ class ExitOutputs:
     labels: np.ndarray
 
     def probs(self, temperatures: np.ndarray | None = None) -> np.ndarray:
+        """(K, n, C) float32 softmax of every exit, by the runtime's rule."""
         t = np.ones(len(self.logits)) if temperatures is None else temperatures
-        return np.stack([softmax(z.astype(np.float64), float(tk)) for z, tk in zip(self.logits, t)])
+        return np.stack([decision.softmax(z, float(tk)) for z, tk in zip(self.logits, t)])
 
     def conf_correct(self, temperatures: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        p = self.probs(temperatures)
+        """(K, n) float32 confidences -- exactly what the chain compares with thresholds --
+        and whether each exit's top-1 is right."""
+        p = self.probs(temperatures)  # the largest probability is exactly decision.confidence
         return p.max(axis=2), p.argmax(axis=2) == self.labels[None, :]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .chain import ExitChain
+from .graphs import walk
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,9 @@ class StageTimes:
 
 def cached_inputs(chain: ExitChain, x: np.ndarray) -> list[dict[str, np.ndarray]]:
     """The real feeds of every graph for input ``x`` (what a chain run hands on)."""
-    env = {chain.input_name: x}
-    feeds = []
-    for g in chain.graphs:
-        f = {n: env[n] for n in g.inputs}
-        feeds.append(f)
-        outs = g.session.run(g.output_names, f)
-        env.update(zip(g.output_names, outs))
-    return feeds
+    graphs = chain.graphs
+    return [feeds for _, feeds, _ in walk([g.inputs for g in graphs], {chain.input_name: x},
+                                          lambda g, f: graphs[g].run(f))]
 
 
 def measure_stages(chain: ExitChain, x: np.ndarray, warmup: int = 5, iters: int = 50,

@@ -16,22 +16,20 @@ from __future__ import annotations
 import numpy as np
 
 from ._ort import ort  # onnxruntime, through the build check
+from .graphs import GraphInfo, walk
 
 
 class BoundPlan:
     """Bindings for running every graph at one batch size, outputs in reused buffers."""
 
-    def __init__(self, graphs: list, input_name: str, x: np.ndarray):
+    def __init__(self, graphs: list[GraphInfo], input_name: str, x: np.ndarray):
         self.graphs = graphs
         self.input_name = input_name
         self.buffers: dict[str, np.ndarray] = {}
         values: dict[str, ort.OrtValue] = {}
-        env = {input_name: x}
         self.bindings = []
-        for g in graphs:
-            outs = g.session.run(g.output_names, {n: env[n] for n in g.inputs})
-            env.update(zip(g.output_names, outs))
-            for name, arr in zip(g.output_names, outs):
+        for _, _, outs in walk([g.inputs for g in graphs], {input_name: x}, lambda g, f: graphs[g].run(f)):
+            for name, arr in outs.items():
                 self.buffers[name] = np.empty_like(arr)
                 values[name] = ort.OrtValue.ortvalue_from_numpy(self.buffers[name])
         for g in graphs:
@@ -42,7 +40,7 @@ class BoundPlan:
             for name in g.output_names:
                 io.bind_ortvalue_output(name, values[name])
             self.bindings.append(io)
-        self.logits = [[g.output_names[p] for p in g.logit_pos] for g in graphs]
+        self.logits = [g.logit_names for g in graphs]
         self._run_options = ort.RunOptions()
         # per graph: (run, binding, bind_image or None); run(binding, run_options) runs it
         self._steps = [_fast_calls(g.session, io, input_name in g.inputs) for g, io in zip(graphs, self.bindings)]

@@ -106,7 +106,7 @@ def test_ddp_two_processes_stay_in_sync(folder, tmp_path):
     if not torchrun.exists():
         pytest.skip("torchrun is not installed beside this python")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "ranet_edge.train",
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "ranet_edge.cli", "train",
            "--data", str(folder), "--preset", "tiny", "--epochs", "1", "--batch-size", "4",
            "--val-size", "6", "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -131,3 +131,16 @@ def test_random_resized_crop_with_decoding_threads(folder, tmp_path):
     results = train(get_preset("tiny"), _opts(folder, tmp_path, epochs=1, augment="imagenet", workers=2),
                     log=lambda m: None)
     assert results[0].train_loss > 0
+
+
+def test_training_does_not_import_the_cli_and_the_cli_runs_as_a_module():
+    """The layers point one way: the CLI imports training, never the reverse (issue 12);
+    `python -m ranet_edge.cli` is what torchrun runs."""
+    code = "import sys, ranet_edge.train; print(sorted(m for m in sys.modules if m.startswith('ranet_edge.cli')))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    proc = subprocess.run([sys.executable, "-m", "ranet_edge.cli", "train", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--data" in proc.stdout

@@ -1,6 +1,7 @@
 """The ``ranet-edge`` command line: thin click wrappers over the library."""
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -10,10 +11,30 @@ from .. import __version__
 from ..errors import RanetEdgeError
 
 
+class _EchoHandler(logging.Handler):
+    """Prints the library's log records as the commands always printed them: the export's
+    validation table on stdout, progress of other steps (training, conversion) on stderr."""
+
+    STDOUT = ("ranet_edge.export.exporter",)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=record.name not in self.STDOUT)
+
+
+def _print_library_logs() -> None:
+    """Route the ``ranet_edge`` loggers to the terminal (once)."""
+    root = logging.getLogger("ranet_edge")
+    if not any(isinstance(h, _EchoHandler) for h in root.handlers):
+        root.addHandler(_EchoHandler())
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
 class _Group(click.Group):
     """Turns every RanetEdgeError, and click's own usage errors, into one line on stderr."""
 
     def invoke(self, ctx: click.Context):
+        _print_library_logs()
         try:
             return super().invoke(ctx)
         except RanetEdgeError as exc:

@@ -6,7 +6,6 @@ from pathlib import Path
 import click
 
 from . import cli
-from .commands_eval import load_images
 from .commands_runtime import provider_option
 
 
@@ -24,35 +23,41 @@ from .commands_runtime import provider_option
 def bench(bundle, provider, threads, batch_size, warmup, iters, thresholds, operating_point, data_path,
           n_images, json_out) -> None:
     """Latency per stage and exit, chain against monolithic graph, adaptive speed-up, throughput."""
-    from ranet_edge.errors import InputError
-    from ranet_edge.runtime import ExitChain
-    from ranet_edge.runtime.bench import BenchOptions, run_bench
+    from ranet_edge.runtime.bench import BenchOptions
+    from ranet_edge.tasks import bench as run_benchmark
 
     from .commands_runtime import parse_thresholds
 
     if thresholds and operating_point:
         raise click.UsageError("give --thresholds or --operating-point, not both")
-    if min(batch_size, iters, n_images) < 1 or warmup < 0:
-        raise InputError("--batch-size, --iters and --images must be >= 1, --warmup >= 0")
     if bundle is None:
         from ..assets import default_bundle
 
         bundle = default_bundle()
-    chain = ExitChain.load(bundle, provider=provider, threads=threads)
     spec = parse_thresholds(thresholds) if thresholds else operating_point
-    if spec is None and chain.default_operating_point is None:
-        spec = 0.9
-        click.echo("no operating point stored: adaptive mode uses threshold 0.9 at every exit "
-                   "(run `ranet-edge calibrate` for a real one)", err=True)
-    images, _, source = load_images(data_path, None, 0)
     opts = BenchOptions(batch_size=batch_size, warmup=warmup, iters=iters, thresholds=spec,
                         adaptive_images=n_images)
-    r = run_bench(chain, images, opts, threads, progress=lambda s: click.echo(f"  measuring {s} ...", err=True))
+    b = run_benchmark(bundle, opts, provider=provider, threads=threads, data_path=data_path,
+                      progress=lambda s: click.echo(f"  measuring {s} ...", err=True))
+    echo_bench(b, batch_size)
+    if json_out:
+        from ranet_edge.runtime.manifest import write_json_atomic
+
+        write_json_atomic(Path(json_out), b.result)
+        click.echo(f"wrote {json_out}")
+
+
+def echo_bench(b, batch_size: int) -> None:
+    """Print a :class:`ranet_edge.tasks.Benchmark` as `ranet-edge bench` does."""
+    r, source = b.result, b.source
+    if b.assumed_threshold is not None:
+        click.echo(f"no operating point stored: adaptive mode used threshold {b.assumed_threshold:g} at every "
+                   "exit (run `ranet-edge calibrate` for a real one)", err=True)
     env = r["env"]
     click.echo(f"machine   {env['cpu']}, {env['cores']} cores; onnxruntime {env['onnxruntime']}; "
                f"threads {env['threads']}; sessions on {sorted({p[0] for p in env['session_providers']})}")
     click.echo(f"per stage at batch {batch_size} (ms)      p50      p90      p99   to exit (p50)")
-    for k, (p, e) in enumerate(zip(r["stage_percentiles"], _graph_exit_ms(chain, r["exit_ms"]))):
+    for k, (p, e) in enumerate(zip(r["stage_percentiles"], _graph_exit_ms(b.exits_per_graph, r["exit_ms"]))):
         click.echo(f"  graph {k:<2}                    {p['p50']:>8.3f} {p['p90']:>8.3f} {p['p99']:>8.3f}   {e:>8.3f}")
     if r["monolithic_ms"] is None:
         click.echo(f"full chain {r['chain_ms']:.3f} ms; no monolithic graph: re-export with "
@@ -72,16 +77,11 @@ def bench(bundle, provider, threads, batch_size, warmup, iters, thresholds, oper
     t = r["throughput"]
     mono_ips = f"{t['monolithic_ips']:.0f}" if t["monolithic_ips"] else "n/a"
     click.echo(f"throughput at batch {t['batch_size']}: chain {t['chain_ips']:.0f} img/s, monolithic {mono_ips} img/s")
-    if json_out:
-        from ranet_edge.runtime.manifest import write_json_atomic
-
-        write_json_atomic(Path(json_out), r)
-        click.echo(f"wrote {json_out}")
 
 
-def _graph_exit_ms(chain, exit_ms: list[float]) -> list[float]:
+def _graph_exit_ms(exits_per_graph: list[int], exit_ms: list[float]) -> list[float]:
     out, k = [], 0
-    for g in chain.graphs:
-        k += len(g.exits)
+    for n in exits_per_graph:
+        k += n
         out.append(exit_ms[k - 1])
     return out

@@ -5,7 +5,6 @@ import click
 
 from ..errors import DataError
 from . import cli
-from .commands_eval import load_images
 
 
 @cli.command()
@@ -23,6 +22,7 @@ def convert(bundle, out, target, batch_size, data_path, calib_size, mobile_ops, 
     from ranet_edge.errors import ExportError, require
 
     require("onnx", "export")
+    from ranet_edge.data import load_labelled
     from ranet_edge.export.convert import TARGETS, convert_bundle
 
     if target not in TARGETS:
@@ -32,12 +32,12 @@ def convert(bundle, out, target, batch_size, data_path, calib_size, mobile_ops, 
     images = None
     if data_path is not None or target != "int8":
         try:
-            images, _, _ = load_images(data_path, None, 0)
+            images = load_labelled(data_path).images
         except DataError:
             if data_path is not None:
                 raise
     data = convert_bundle(bundle, out, target, batch_size, images, calib_size, force,
-                          log=lambda m: click.echo(m, err=True), mobile_ops=mobile_ops)
+                          mobile_ops=mobile_ops)
     click.echo(f"wrote {out} ({data['precision']}, {data['graph_format']}); next: ranet-edge info {out}")
     check = data.get("conversion_check")
     if check:

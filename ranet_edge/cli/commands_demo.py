@@ -15,60 +15,52 @@ from . import cli
 def demo(out: str, threads: int | None) -> None:
     """Export the bundled default model, calibrate an operating point, benchmark it and show
     where the shipped validation images leave the network."""
-    torch = require("torch", "export")
+    require("torch", "export")
+    require("onnx", "export")
     import numpy as np
 
-    from ranet_edge.runtime import ExitChain
+    from ranet_edge.runtime.bench import BenchOptions
+    from ranet_edge.tasks import DataOptions, Goal, bench, calibrate, early_exit
 
-    from ..assets import DEFAULT_CHECKPOINT, SAMPLE_IMAGES
-    from .commands_bench import bench
-    from .commands_eval import calibrate, split_val
-    from .commands_model import export
+    from ..assets import SAMPLE_IMAGES
+    from ..data import split_val
+    from ..demo import demo_checkpoint
+    from ..export.exporter import ExportSpec
+    from ..export.ranet import export_checkpoint
+    from .commands_bench import echo_bench
+    from .commands_eval import _progress, echo_calibrated
 
-    ctx = click.get_current_context()
     work = Path(out)
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = DEFAULT_CHECKPOINT
-    if not ckpt.exists():
-        from ..checkpoint import FORMAT
-        from ..model import RANet
-        from ..presets import get_preset
-
+    ckpt, trained = demo_checkpoint(work)
+    if not trained:
         click.secho("NOTE: this install has no trained default model; the demo uses the 'tiny' preset "
                     "with UNTRAINED random weights, so its exits say nothing about accuracy.", fg="yellow")
-        torch.manual_seed(0)
-        cfg = get_preset("tiny")
-        ckpt = work / "tiny-untrained.pt"
-        torch.save({"format": FORMAT, "config": cfg.to_dict(), "model": RANet(cfg).state_dict()}, ckpt)
     bundle = work / "bundle"
     click.secho(f"\n== 1. export {ckpt.name} -> {bundle}", bold=True)
-    ctx.invoke(export, ckpt=str(ckpt), out=str(bundle), monolithic=True, force=True, opset=17,
-               batch_size=None, no_simplify=False, granularity="exit", tolerance=1e-4,
-               preset=None)
+    result = export_checkpoint(ckpt, bundle, ExportSpec(opset=17, monolithic=True), force=True)
+    click.echo(f"wrote {bundle}: {len(result.manifest['graphs'])} graphs for {len(result.manifest['exits'])} exits; "
+               f"next: ranet-edge info {bundle}")
     click.secho("\n== 2. calibrate: the paper's p = 0.5 on the shipped validation images", bold=True)
-    ctx.invoke(calibrate, bundle=str(bundle), data_path=str(SAMPLE_IMAGES), holdout=None, seed=0,
-               val_size=250, p=0.5, target_accuracy=None, budget_mflops=None, budget_ms=None,
-               temperature=False, name="demo", make_default=True, provider="cpu", threads=threads,
-               as_json=False)
+    echo_calibrated(calibrate(bundle, Goal(p=0.5), DataOptions(SAMPLE_IMAGES, val_size=250), name="demo",
+                              make_default=True, threads=threads, progress=_progress))
     click.secho("\n== 3. bench", bold=True)
-    ctx.invoke(bench, bundle=str(bundle), provider="cpu", threads=threads, batch_size=1, warmup=5, iters=50,
-               thresholds=None, operating_point=None, data_path=str(SAMPLE_IMAGES), n_images=250,
-               json_out=str(work / "bench.json"))
+    b = bench(bundle, BenchOptions(batch_size=1, warmup=5, iters=50, adaptive_images=250), threads=threads,
+              data_path=SAMPLE_IMAGES, progress=lambda s: click.echo(f"  measuring {s} ...", err=True))
+    echo_bench(b, 1)
+    from ranet_edge.runtime.manifest import write_json_atomic
+
+    write_json_atomic(work / "bench.json", b.result)
+    click.echo(f"wrote {work / 'bench.json'}")
     click.secho("\n== 4. early exit at work on the 250 shipped images not used for calibration", bold=True)
-    chain = ExitChain.load(bundle, threads=threads)
     with np.load(SAMPLE_IMAGES) as z:
         _, rest = split_val(len(z["y"]), 250, 0, True)  # the images calibrate did not see
         x, y = z["x"][rest], z["y"][rest]
-    batch = chain.preprocess(x)
-    res = chain.predict(batch)
-    final = chain.run_all(batch)[-1].argmax(1)
-    flops = np.asarray(chain.manifest.exit_field("flops"), float)
+    r = early_exit(bundle, x, y, threads=threads)
     click.echo(f"{'exit':>4} {'images':>7} {'accuracy':>9} {'MFLOPs':>8}")
-    for k in range(chain.num_exits):
-        m = res.exits == k
-        acc = f"{100 * (res.labels[m] == y[m]).mean():.1f}%" if m.any() else "-"
-        click.echo(f"{k:>4} {int(m.sum()):>7} {acc:>9} {flops[k] / 1e6:>8.2f}")
-    expected = float(flops[res.exits].mean())
-    click.echo(f"adaptive: {100 * (res.labels == y).mean():.1f}% top-1 at {expected / 1e6:.2f} MFLOPs/image; "
-               f"final exit alone: {100 * (final == y).mean():.1f}% at {flops[-1] / 1e6:.2f} MFLOPs "
-               f"(x{flops[-1] / expected:.2f} fewer FLOPs)")
+    for row in r.rows:
+        acc = f"{100 * row.accuracy:.1f}%" if row.accuracy is not None else "-"
+        click.echo(f"{row.exit:>4} {row.images:>7} {acc:>9} {row.flops / 1e6:>8.2f}")
+    click.echo(f"adaptive: {100 * r.accuracy:.1f}% top-1 at {r.expected_flops / 1e6:.2f} MFLOPs/image; "
+               f"final exit alone: {100 * r.final_accuracy:.1f}% at {r.final_flops / 1e6:.2f} MFLOPs "
+               f"(x{r.final_flops / r.expected_flops:.2f} fewer FLOPs)")

@@ -111,7 +111,7 @@ def train(data_path: str, dataset: str | None, threads: int | None, **kwargs) ->
     augment = "imagenet" if dataset == "imagenet" else ("cifar" if dataset in ("cifar10", "cifar100") else "auto")
     opts = TrainOptions(data=data_path, augment=augment, **kwargs)
     click.echo(f"training {config.official_flags()} for {opts.epochs} epochs -> {opts.out}", err=True)
-    run_train(config, opts, log=lambda m: click.echo(m, err=True))
+    run_train(config, opts)
 
 
 def default_checkpoint() -> Path:
@@ -164,7 +164,7 @@ def export(ckpt: str | None, out: str | None, opset: int, batch_size: int | None
     spec = ExportSpec(opset=opset, batch_size=batch_size, simplify=not no_simplify, monolithic=monolithic,
                       granularity=granularity, tolerance=tolerance)
     t0 = time.perf_counter()
-    result = export_checkpoint(ckpt, out, spec, config, source, force=force, log=lambda m: click.echo(m),
+    result = export_checkpoint(ckpt, out, spec, config, source, force=force,
                                arch=arch)
     exits = result.manifest["exits"]
     click.echo(f"wrote {out}: {len(result.manifest['graphs'])} graphs for {len(exits)} exits "

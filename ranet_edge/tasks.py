@@ -1,0 +1,251 @@
+"""What `ranet-edge calibrate` and `ranet-edge eval` do, as library calls with typed results.
+
+Torch-free: the runtime, the data readers and numpy. The CLI parses options, calls one of
+these and prints what comes back; Python users call the same functions.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import LabelledImages, load_labelled, split_val
+from .errors import InputError
+from .runtime import ExitChain, OperatingPoint, save_point
+from .runtime import calibration as cal
+from .runtime.evaluate import PAPER_P, anytime, budgeted, collect
+from .runtime.latency import measure_stages
+
+# progress(label, total) -> a context giving update(done): click.progressbar fits, or nothing
+Progress = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int], None]]]
+
+
+@contextlib.contextmanager
+def no_progress(_label: str, _total: int) -> Iterator[Callable[[int], None]]:
+    yield lambda _done: None
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Which labelled images to use: ``path`` (default: the shipped sample), optionally only
+    the ``holdout`` split, of which ``val_size`` images fit thresholds (default: half)."""
+
+    path: str | os.PathLike | None = None
+    holdout: int | None = None
+    seed: int = 0
+    val_size: int | None = None
+
+    def load(self) -> LabelledImages:
+        return load_labelled(self.path, self.holdout, self.seed)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What an operating point is for: exactly one field is set."""
+
+    p: float | None = None  # the paper's share parameter
+    target_accuracy: float | None = None  # a fraction (values above 1 are read as percent)
+    budget_mflops: float | None = None
+    budget_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if sum(v is not None for v in (self.p, self.target_accuracy, self.budget_mflops, self.budget_ms)) != 1:
+            raise InputError("give exactly one of --p, --target-accuracy, --budget-mflops, --budget-ms")
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """An operating point fitted and saved to the bundle."""
+
+    name: str
+    point: OperatingPoint
+    outcome: cal.Outcome  # on the fitting images
+    val_images: int
+    source: str
+    path: Path  # the thresholds file written
+    ece_before: float | None = None  # mean expected calibration error, with --temperature
+    ece_after: float | None = None
+
+    def to_dict(self) -> dict:
+        from .runtime.operating_points import thresholds_to_json
+
+        out = {"name": self.name, "thresholds": thresholds_to_json(self.point.thresholds),
+               "val_accuracy": self.outcome.accuracy, "expected_flops": self.point.expected_flops,
+               "expected_ms": self.point.expected_ms, "exit_counts": self.outcome.exit_counts.tolist(),
+               "val_images": self.val_images, "data": self.source, "temperatures": self.point.temperatures}
+        if self.ece_before is not None:
+            out["ece_before"], out["ece_after"] = self.ece_before, self.ece_after
+        return out
+
+
+def choose(conf: np.ndarray, correct: np.ndarray, flops: np.ndarray, exit_ms: np.ndarray, goal: Goal,
+           provider: str) -> tuple[cal.Outcome, str, str]:
+    """(outcome, method, default name) of the thresholds ``goal`` asks for.
+
+    Costs are the official cumulative counts, so that budgets compare with the papers'
+    (MSDNet's chain pays less at early exits; the measured ms shows what is really paid).
+    """
+    if goal.p is not None:
+        res = cal.outcome(conf, correct, flops, cal.paper_thresholds(conf, goal.p))
+        return res, f"paper p={goal.p:g}", f"p{goal.p:g}"
+    if goal.target_accuracy is not None:
+        target = goal.target_accuracy / 100 if goal.target_accuracy > 1 else goal.target_accuracy
+        return (cal.for_accuracy(conf, correct, flops, target), f"cheapest with val accuracy >= {target:.4f}",
+                f"acc{target:.3f}")
+    if goal.budget_mflops is not None:
+        return (cal.for_budget(conf, correct, flops / 1e6, goal.budget_mflops),
+                f"most accurate within {goal.budget_mflops:g} MFLOPs", f"mflops{goal.budget_mflops:g}")
+    return (cal.for_budget(conf, correct, exit_ms, goal.budget_ms),
+            f"most accurate within {goal.budget_ms:g} ms on {provider}", f"ms{goal.budget_ms:g}")
+
+
+def calibrate(bundle: str | os.PathLike, goal: Goal, data: DataOptions = DataOptions(), *,
+              temperature: bool = False, name: str | None = None, make_default: bool = False,
+              provider: str = "cpu", threads: int | None = None,
+              progress: Progress = no_progress) -> Calibrated:
+    """Fit exit thresholds for ``goal`` on labelled images and store them in the bundle."""
+    chain = ExitChain.load(bundle, provider=provider, threads=threads)
+    labelled = data.load()
+    images = labelled.images
+    fit_idx, _ = split_val(len(images), data.val_size if data.val_size is not None else len(images),
+                           data.seed, False)
+    with progress("running every exit", len(fit_idx)) as update:
+        outs = collect(chain, images[fit_idx], labelled.labels[fit_idx], progress=update)
+    temps = cal.fit_temperatures(outs.logits, outs.labels) if temperature else None
+    conf, correct = outs.conf_correct(temps)
+    flops = np.asarray(chain.manifest.exit_field("flops"), np.float64)
+    times = measure_stages(chain, chain.preprocess(images[:1]), warmup=3, iters=30)
+    exit_ms = np.asarray(times.exit_ms(chain))
+    session_provider = chain.session_providers[0][0]
+    res, method, default_name = choose(conf, correct, flops, exit_ms, goal, session_provider)
+    counts = res.exit_counts
+    thresholds = [float(t) if t < 1e7 else float("inf") for t in res.thresholds[:-1]] + [float("-inf")]
+    point = OperatingPoint(
+        thresholds=thresholds, method=method, val_accuracy=res.accuracy,
+        expected_flops=float(counts @ flops / counts.sum()), expected_ms=float(counts @ exit_ms / counts.sum()),
+        temperatures=[float(t) for t in temps] if temps is not None else None, provider=session_provider,
+    )
+    name = name or default_name
+    save_point(bundle, name, point, default=make_default)
+    ece = (None, None)
+    if temperature:
+        ece = tuple(float(np.mean([cal.expected_calibration_error(pk, outs.labels) for pk in outs.probs(t)]))
+                    for t in (None, temps))
+    return Calibrated(name, point, res, int(len(fit_idx)), labelled.source, Path(bundle) / "thresholds.json", *ece)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Anytime accuracy per exit and the paper's budgeted-batch curve, with measured latency."""
+
+    bundle: str
+    source: str
+    val_images: int
+    eval_images: int
+    provider: str
+    batch_size: int
+    anytime: list[dict]  # per exit: top1, top5, flops, ms
+    budgeted: list[dict]  # per p: thresholds, accuracy, expected_flops, measured_ms, exit_counts...
+
+    def to_dict(self) -> dict:
+        return {"bundle": self.bundle, "data": self.source, "val_images": self.val_images,
+                "eval_images": self.eval_images, "provider": self.provider, "batch_size": self.batch_size,
+                "anytime": self.anytime, "budgeted": self.budgeted}
+
+
+def evaluate(bundle: str | os.PathLike, data: DataOptions = DataOptions(), *, provider: str = "cpu",
+             threads: int | None = None, batch_size: int = 1, progress: Progress = no_progress) -> Evaluation:
+    """Fit the paper's thresholds on one split, then evaluate on the other split: every exit
+    alone (anytime) and a real timed chain run at each of the paper's 39 values of p."""
+    if batch_size < 1:
+        raise InputError("--batch-size must be >= 1")
+    chain = ExitChain.load(bundle, provider=provider, threads=threads)
+    labelled = data.load()
+    images, labels = labelled.images, labelled.labels
+    val_idx, eval_idx = split_val(len(images), data.val_size, data.seed, True)
+    times = measure_stages(chain, chain.preprocess(images[:1]), warmup=3, iters=30)
+    exit_ms = times.exit_ms(chain)
+    flops = chain.manifest.exit_field("flops")
+    with progress("running every exit", len(images)) as update:
+        val = collect(chain, images[val_idx], labels[val_idx], progress=update)
+        test = collect(chain, images[eval_idx], labels[eval_idx], progress=update)
+    any_rows = anytime(test, flops, exit_ms)
+    with progress(f"budgeted runs ({len(PAPER_P)} operating points)", len(PAPER_P)) as update:
+        bud_rows = budgeted(chain, val, images[eval_idx], labels[eval_idx], flops, batch_size,
+                            progress=update, run_costs=chain.manifest.exit_field("run_flops"))
+    return Evaluation(str(bundle), labelled.source, int(len(val_idx)), int(len(eval_idx)),
+                      chain.session_providers[0][0], batch_size, any_rows, bud_rows)
+
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """`ranet-edge bench`'s figures (``result``, what the JSON holds) and what they were run on."""
+
+    result: dict
+    source: str  # the images of adaptive mode
+    exits_per_graph: list[int]
+    assumed_threshold: float | None  # set when no operating point was stored or given
+
+
+def bench(bundle: str | os.PathLike, opts, *, provider: str = "cpu", threads: int | None = None,
+          data_path: str | os.PathLike | None = None, progress: Callable[[str], None] = lambda s: None) -> Benchmark:
+    """Load the bundle and run :func:`ranet_edge.runtime.bench.run_bench` on real images.
+
+    ``opts`` is a :class:`~ranet_edge.runtime.bench.BenchOptions`; with no thresholds and no
+    default operating point in the bundle, adaptive mode uses 0.9 at every exit.
+    """
+    from dataclasses import replace
+
+    from .runtime.bench import run_bench
+
+    if min(opts.batch_size, opts.iters, opts.adaptive_images) < 1 or opts.warmup < 0:
+        raise InputError("--batch-size, --iters and --images must be >= 1, --warmup >= 0")
+    chain = ExitChain.load(bundle, provider=provider, threads=threads)
+    assumed = None
+    if opts.thresholds is None and chain.default_operating_point is None:
+        assumed = 0.9
+        opts = replace(opts, thresholds=assumed)
+    labelled = load_labelled(data_path)
+    result = run_bench(chain, labelled.images, opts, threads, progress=progress)
+    return Benchmark(result, labelled.source, [len(g.exits) for g in chain.graphs], assumed)
+
+
+@dataclass(frozen=True)
+class ExitRow:
+    exit: int
+    images: int
+    accuracy: float | None  # None when no image left here
+    flops: float  # the official cumulative count to this exit
+
+
+@dataclass(frozen=True)
+class EarlyExit:
+    """Where labelled images leave a bundle at its default operating point."""
+
+    rows: list[ExitRow]
+    accuracy: float  # adaptive top-1
+    expected_flops: float  # mean official cumulative FLOPs per image
+    final_accuracy: float  # the last exit alone
+    final_flops: float
+
+
+def early_exit(bundle: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
+               threads: int | None = None, thresholds=None) -> EarlyExit:
+    """Predict ``images`` (uint8 NHWC) with per-sample exit and compare with the last exit alone."""
+    chain = ExitChain.load(bundle, threads=threads)
+    batch = chain.preprocess(images)
+    res = chain.predict(batch, thresholds)
+    final = chain.run_all(batch)[-1].argmax(1)
+    flops = np.asarray(chain.manifest.exit_field("flops"), float)
+    rows = []
+    for k in range(chain.num_exits):
+        m = res.exits == k
+        rows.append(ExitRow(k, int(m.sum()), float((res.labels[m] == labels[m]).mean()) if m.any() else None,
+                            float(flops[k])))
+    return EarlyExit(rows, float((res.labels == labels).mean()), float(flops[res.exits].mean()),
+                     float((final == labels).mean()), float(flops[-1]))
