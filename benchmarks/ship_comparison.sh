@@ -36,4 +36,4 @@ PY
   $BIN/ranet-edge export "$OUT/$1.pt" -o "$OUT/$1.bundle" --force > /dev/null
 done
 $BIN/python benchmarks/ranet_vs_msdnet.py --ranet "$OUT/ranet.bundle" --msdnet "$OUT/msdnet.bundle" \
-    --data "$DATA" --holdout 5000 --every 1
+    --data "$DATA" --holdout 5000 --every 2
