@@ -169,6 +169,7 @@ def _optimized_ops(path: Path) -> dict[str, int]:
     return ops
 
 
+@pytest.mark.needs("onnx")
 def test_int8_hands_on_uint8_and_cuts_the_whole_quantized_graph(w8_bundle, images, tmp_path):
     """int8 quantizes the chain as one graph and cuts it again: the stages hand on uint8
     tensors, compute exactly what the int8 whole graph computes, and together run the very

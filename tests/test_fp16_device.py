@@ -9,6 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+pytest.importorskip("onnx")  # converting needs the export extra: skipped in the lean install
+
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.export.convert import convert_bundle
 from ranet_edge.runtime import ExitChain

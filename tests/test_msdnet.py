@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")  # the export extra: skipped in the lean install
 
 from ranet_edge.architectures import config_from_dict
 from ranet_edge.checkpoint import infer_arch_config, load_checkpoint

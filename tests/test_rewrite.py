@@ -5,9 +5,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
+
+onnx = pytest.importorskip("onnx")  # the export extra: skipped in the lean install
 from msdnet_toy import save_random_ranet
 from onnx import TensorProto, helper, numpy_helper
 
