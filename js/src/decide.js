@@ -3,7 +3,8 @@
  * logits divided by the exit's temperature, e = exp(z - max z), confidence = 1 / sum(e) (the max
  * softmax probability), and a sample leaves at exit k when its confidence reaches the exit's
  * threshold (>=; the last exit's threshold is -Infinity, so it takes every sample left). The
- * float32 confidence is compared with the float64 threshold, as calibration compares them.
+ * threshold is rounded to float32 before the comparison, as runtime/decision.py does for the
+ * runtime and calibration alike.
  */
 
 const f32 = Math.fround;
@@ -69,7 +70,7 @@ export class Results {
     for (let r = 0; r < rows.length; r++) {
       if (!alive[r]) continue;
       const conf = softmaxRow(logits, r * C, C, temperature, p);
-      if (conf >= threshold) {
+      if (conf >= f32(threshold)) {
         const i = rows[r];
         this.probabilities.set(p, i * C);
         this.labels[i] = argmax(p);

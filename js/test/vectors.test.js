@@ -116,9 +116,10 @@ describe('against the Python runtime', () => {
       refLogits.forEach((z, k) => results.decide(z, k, thresholds[k], temperatures[k], rows, alive));
       assert.deepEqual(Array.from(results.exits), p.exits, key);
       assert.deepEqual(Array.from(results.labels), p.labels, key);
-      // numpy's float32 exp and pairwise sum round differently from Math.exp and a running sum:
-      // the confidences agree within a unit in the last place or two, not bit for bit.
-      p.confidences.forEach((/** @type {number} */ c, /** @type {number} */ i) => assert.ok(Math.abs(results.confidences[i] - c) <= 2.5e-7, `${key} image ${i}`));
+      // numpy's vectorised float32 exp (a few units in the last place) and pairwise sum round
+      // differently from Math.exp and a running sum: confidences agree within ~5 float32 ulps
+      // (3e-7 seen with temperature scaling), not bit for bit; exits and labels are identical.
+      p.confidences.forEach((/** @type {number} */ c, /** @type {number} */ i) => assert.ok(Math.abs(results.confidences[i] - c) <= 1e-6, `${key} image ${i}: ${results.confidences[i]} vs ${c}`));
     }
   });
 
