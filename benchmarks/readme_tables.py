@@ -74,23 +74,27 @@ def performance() -> str:
           f"{b['ms_per_image']['torch_eager']:.3f} | x{b['speedup_vs_monolithic']:.2f} | {b['measured_over_predicted']:.2f} | "
           f"x{b['speedup_vs_torch_eager']:.1f} |" for n, b in ((1, b1), (64, b64))],
         "",
-        "**Chain overhead** (`benchmarks/chain_overhead.py`: every exit computed stage by stage against the "
-        "monolithic graph with all exits):",
+        "**Chain overhead** (`benchmarks/chain_overhead.py`: every exit computed stage by stage with "
+        "`ExitChain.run_all` against the monolithic graph with all exits, both with the same session options, "
+        "spinning off; medians of rounds of interleaved settled blocks; in brackets the monolithic graph with "
+        "pre-bound outputs, as the chain runs its graphs):",
         "",
-        "| bundle | batch 1 chain / monolithic | batch 64 chain / monolithic |",
-        "| --- | --- | --- |",
-        f"| default, one graph per exit | x{co['batch1']['overhead_ratio']:.3f} ({co['batch1']['median_ms']['chain']:.3f} vs "
-        f"{co['batch1']['median_ms']['monolithic']:.3f} ms) | x{co['batch64']['overhead_ratio']:.3f} |",
-        f"| default, one graph per sub-network | x{cos['batch1']['overhead_ratio']:.3f} | x{cos['batch64']['overhead_ratio']:.3f} |",
-        f"| RANet C-1 (58.9 MFLOPs), one graph per exit | x{coc['batch1']['overhead_ratio']:.3f} "
-        f"({coc['batch1']['median_ms']['chain']:.3f} vs {coc['batch1']['median_ms']['monolithic']:.3f} ms) | "
-        f"x{coc['batch64']['overhead_ratio']:.3f} |",
+        "| bundle | threads | batch 1 chain / monolithic | batch 64 chain / monolithic |",
+        "| --- | --- | --- | --- |",
+        *[f"| {label} | {t} | x{r['batch1']['overhead_ratio']:.3f} (x{r['batch1']['overhead_ratio_vs_bound']:.3f}; "
+          f"{r['batch1']['median_ms']['chain']:.3f} vs {r['batch1']['median_ms']['monolithic']:.3f} ms) | "
+          f"x{r['batch64']['overhead_ratio']:.3f} (x{r['batch64']['overhead_ratio_vs_bound']:.3f}) |"
+          for label, c in (("default, one graph per exit", co), ("default, one graph per sub-network", cos),
+                           ("RANet C-1 (58.9 MFLOPs), one graph per exit", coc))
+          for t, r in sorted(c["threads"].items())],
         "",
-        "The cut costs something when every exit is computed: cached outputs are materialised separately and each "
-        "graph is one more ONNX Runtime call, which shows most at batch 1 on a model whose graphs run in tens of "
-        "microseconds (repeated runs on this shared machine spread by a few percent). Early exit more than pays "
-        "for it (table above). The runtime binds every graph output to a reused buffer (IOBinding) on the CPU "
-        "path, which took the default model's batch-1 ratio from about x1.20 to the figure above.",
+        "What the cut costs when every exit is computed: one ONNX Runtime call per graph, and each tensor handed "
+        "on is written out of ONNX Runtime's blocked (NCHWc) layout by its producer and read back in by each "
+        "consumer graph, which a single graph does once or not at all (`benchmarks/op_profile.py` counts the "
+        "nodes). The exporter gives every fusion `Resize` constant scales (`export/rewrite.py`), so no "
+        "`Shape`/`Slice`/`Concat` runs per call in any graph, and the runtime calls ONNX Runtime's compiled "
+        "`run_with_iobinding` on pre-bound buffers with no Python between graphs beyond the loop. Early exit more "
+        "than pays for the rest (table above).",
         "",
         "**Threads** (`benchmarks/threads_sweep.py`, all exits, median ms):",
         "",
@@ -104,9 +108,12 @@ def performance() -> str:
         f"spinning take x{t64['threads2_spin0'] / t64['threads1_spin0']:.2f} of the time (`--threads 2`), while two "
         f"*spinning* threads on two shared vCPUs take x{t64['threads2_spin1'] / t64['threads1_spin0']:.1f}.",
         "",
-        f"**Footprint** (`benchmarks/runtime_footprint.py`): `import ranet_edge.runtime` takes "
-        f"{1e3 * fp['import_s']['ranet_edge.runtime']:.0f} ms against {1e3 * fp['import_s']['onnxruntime']:.0f} ms for "
-        f"`import onnxruntime` alone (x{fp['import_ratio']:.2f}) and never loads torch; the process holds "
+        f"**Footprint** (`benchmarks/runtime_footprint.py`, fresh interpreters, {fp['rounds']} interleaved rounds, "
+        f"medians): `import ranet_edge.runtime` takes {1e3 * fp['import_s']['ranet_edge.runtime']:.1f} ms against "
+        f"{1e3 * fp['import_s']['onnxruntime']:.1f} ms for `import onnxruntime` alone (x{fp['import_ratio']:.2f}): "
+        "it imports nothing until a name is used. `from ranet_edge.runtime import ExitChain`, which brings numpy "
+        f"and onnxruntime, takes {1e3 * fp['import_s']['ExitChain']:.1f} ms (x{fp['exitchain_import_ratio']:.2f}); "
+        "opencv loads only when an image file is decoded, torch never. The process holds "
         f"{fp['rss_mb']['after_first_run']:.0f} MB with the default bundle loaded and run.",
         "",
         *memory(),
@@ -118,12 +125,21 @@ def performance() -> str:
         "| --- |" + " --- |" * len(ed["top1"]["fp32"]),
         *["| " + k + " | " + " | ".join(f"{100 * a:.2f}" for a in v) + " |" for k, v in ed["top1"].items()],
         "",
-        f"int8 stays within {max(abs(a) for a in ed['int8_minus_fp32_points']):.2f} points of fp32 at every exit. CPU "
-        f"latency of int8 against fp32 (all exits): x{ed['int8_over_fp32_batch1']:.2f} at batch 1, "
-        f"x{ed['int8_over_fp32_batch64']:.2f} at batch 64 — these convolutions are too small for int8 kernels to win "
-        "much on this CPU. After the mobile rewrite, NNAPI and CoreML take 100% of the nodes of every stage (one "
-        "partition each); as exported they took 90–100% (NNAPI stops at the align_corners `Resize`, CoreML at "
-        "`Flatten`).",
+        f"int8 ({ed['int8_recipe']}) stays within {max(abs(a) for a in ed['int8_minus_fp32_points']):.2f} points "
+        "of fp32 at every exit. CPU latency against fp32, every exit computed (`run_all`), interleaved:",
+        "",
+        "| threads | int8 / fp32, batch 1 | int8 / fp32, batch 64 | fp16 / fp32, batch 1 | fp16 / fp32, batch 64 |",
+        "| --- | --- | --- | --- | --- |",
+        *[f"| {t} | x{r['batch1']['int8_over_fp32']:.3f} | x{r['batch64']['int8_over_fp32']:.3f} | "
+          f"x{r['batch1']['fp16_over_fp32']:.3f} | x{r['batch64']['fp16_over_fp32']:.3f} |"
+          for t, r in sorted(ed["latency"].items())],
+        "",
+        "The int8 bundle is the chain quantized as one graph and cut at the exits again (`export/quantize.py`): "
+        "stages hand on uint8 channels-last tensors, so ONNX Runtime runs for the stages exactly the nodes it runs "
+        "for the whole int8 graph (no QuantizeLinear, DequantizeLinear or Transpose per cut). fp16 is for GPU "
+        "providers; on this CPU it runs through casts. After the mobile rewrite, NNAPI and CoreML take 100% of the "
+        "nodes of every stage (one partition each); as exported they took 90–100% (NNAPI stops at the "
+        "align_corners `Resize`, CoreML at `Flatten`).",
     ]
     return "\n".join(lines)
 

@@ -18,10 +18,10 @@ from _common import write
 SNIPPET = """
 {prelude}
 import time, sys
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 {statement}
-dt = time.perf_counter() - t0
-print(dt, 'torch' in sys.modules, 'cv2' in sys.modules, 'onnxruntime' in sys.modules)
+dt, dc = time.perf_counter() - t0, time.process_time() - c0
+print(dt, 'torch' in sys.modules, 'cv2' in sys.modules, 'onnxruntime' in sys.modules, dc)
 """
 
 STATEMENTS = {
@@ -48,10 +48,11 @@ print(base, after_import, loaded, rss(), 'torch' in sys.modules, 'cv2' in sys.mo
 """
 
 
-def timed_import(statement: str, prelude: str) -> tuple[float, bool, bool, bool]:
+def timed_import(statement: str, prelude: str) -> tuple[float, bool, bool, bool, float]:
+    """(wall seconds, torch loaded, cv2 loaded, onnxruntime loaded, CPU seconds)."""
     out = subprocess.run([sys.executable, "-c", SNIPPET.format(prelude=prelude, statement=statement)],
                          capture_output=True, text=True, check=True).stdout.split()
-    return float(out[0]), out[1] == "True", out[2] == "True", out[3] == "True"
+    return float(out[0]), out[1] == "True", out[2] == "True", out[3] == "True", float(out[4])
 
 
 def main() -> None:
@@ -64,25 +65,31 @@ def main() -> None:
     args = ap.parse_args()
     names = list(STATEMENTS)
     times: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     loads: dict[str, dict[str, bool]] = {k: {"torch": False, "cv2": False, "onnxruntime": False} for k in names}
     for _ in range(2):  # warm the page cache
         for k in names:
             timed_import(STATEMENTS[k], args.prelude)
     for r in range(args.rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:
-            dt, torch_, cv2_, ort_ = timed_import(STATEMENTS[k], args.prelude)
+            dt, torch_, cv2_, ort_, dc = timed_import(STATEMENTS[k], args.prelude)
             times[k].append(dt)
+            cpu[k].append(dc)
             loads[k] = {"torch": loads[k]["torch"] or torch_, "cv2": loads[k]["cv2"] or cv2_,
                         "onnxruntime": loads[k]["onnxruntime"] or ort_}
     mem = subprocess.run([sys.executable, "-c", MEMORY.format(prelude=args.prelude), args.bundle],
                          capture_output=True, text=True, check=True).stdout.split()
     med = {k: float(np.median(v)) for k, v in times.items()}
+    med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
     result = {
         "rounds": args.rounds,
         "import_s": med,
         "import_s_p10_p90": {k: [float(np.percentile(v, 10)), float(np.percentile(v, 90))] for k, v in times.items()},
         "import_ratio": med["ranet_edge.runtime"] / med["onnxruntime"],
         "exitchain_import_ratio": med["ExitChain"] / med["onnxruntime"],
+        "import_cpu_s": med_cpu,
+        "cpu_import_ratio": med_cpu["ranet_edge.runtime"] / med_cpu["onnxruntime"],
+        "cpu_exitchain_import_ratio": med_cpu["ExitChain"] / med_cpu["onnxruntime"],
         "modules_loaded": loads,
         "runtime_imports_torch": loads["ranet_edge.runtime"]["torch"] or loads["ExitChain"]["torch"],
         "rss_mb": {"interpreter": float(mem[0]), "after_import": float(mem[1]), "bundle_loaded": float(mem[2]),
@@ -91,7 +98,8 @@ def main() -> None:
     }
     print(f"import onnxruntime {med['onnxruntime'] * 1e3:.1f} ms, ranet_edge.runtime {med['ranet_edge.runtime'] * 1e3:.1f} ms "
           f"(x{result['import_ratio']:.3f}), from ranet_edge.runtime import ExitChain {med['ExitChain'] * 1e3:.1f} ms "
-          f"(x{result['exitchain_import_ratio']:.3f}); medians of {args.rounds} interleaved rounds")
+          f"(x{result['exitchain_import_ratio']:.3f}); medians of {args.rounds} interleaved rounds; CPU time "
+          f"x{result['cpu_import_ratio']:.3f} and x{result['cpu_exitchain_import_ratio']:.3f}")
     print(f"modules loaded: {loads}; RSS with bundle loaded and run {result['rss_mb']['after_first_run']:.0f} MB")
     write(args.out, result)
 
