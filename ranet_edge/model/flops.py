@@ -65,3 +65,27 @@ def count_exit_costs(model: nn.Module, example: torch.Tensor) -> list[ExitCost]:
             h.remove()
         model.train(was_training)
     return costs
+
+
+class MultiExitInterface:
+    """What the exporter and tools read from a multi-exit model (RANet, MSDNet): ``num_exits``,
+    ``input_shape`` and ``exit_costs()``. The model sets ``config`` (with ``image_size``) and
+    ``classifier`` (one head per exit)."""
+
+    _costs: list[ExitCost] | None = None
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.classifier)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input image."""
+        return (3, self.config.image_size, self.config.image_size)
+
+    def exit_costs(self) -> list[ExitCost]:
+        """Cumulative official FLOPs and parameters at each exit (cached), counted in forward
+        order as the official ``op_counter`` counts them."""
+        if self._costs is None:
+            self._costs = count_exit_costs(self, torch.zeros(1, *self.input_shape))
+        return list(self._costs)

@@ -5,8 +5,9 @@ Module names follow the official state_dict: ``blocks.{b}`` is a ``Sequential`` 
 first layer (block 0 only), multi-scale dense layers and transitions, each taking and
 returning the list of feature maps from the finest kept scale to the coarsest;
 ``classifier.{b}`` reads the coarsest map. It answers the same small interface as
-:class:`~ranet_edge.model.RANet`: ``forward`` returns the exit logits in order,
-``num_exits``, ``input_shape`` and ``exit_costs()``.
+:class:`~ranet_edge.model.RANet` (:class:`~ranet_edge.model.flops.MultiExitInterface`).
+Block k runs at every kept scale before classifier k, so the official count at exit k
+includes finer-scale work that exit k itself does not read.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from ..msdnet_config import MSDLayerSpec, MSDNetConfig
-from .flops import ExitCost, count_exit_costs
+from .flops import MultiExitInterface
 from .layers import ClassifierModule, ConvBasic, ConvBN, ConvNormal
 
 
@@ -96,7 +97,7 @@ class _Transition(nn.Module):
         return [m(x) for m, x in zip(self.m, xs, strict=True)]
 
 
-class MSDNet(nn.Module):
+class MSDNet(MultiExitInterface, nn.Module):
     """Multi-Scale Dense Network; ``forward`` returns one logits tensor per exit."""
 
     def __init__(self, config: MSDNetConfig):
@@ -116,16 +117,6 @@ class MSDNet(nn.Module):
             width = channels if config.is_imagenet else 128
             classifiers.append(ClassifierModule(channels, width, config.num_classes))
         self.classifier = nn.ModuleList(classifiers)
-        self._costs: list[ExitCost] | None = None
-
-    @property
-    def num_exits(self) -> int:
-        return len(self.classifier)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one input image."""
-        return (3, self.config.image_size, self.config.image_size)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         logits = []
@@ -133,14 +124,3 @@ class MSDNet(nn.Module):
             x = block(x)
             logits.append(classifier(x[-1]))
         return logits
-
-    def exit_costs(self) -> list[ExitCost]:
-        """Cumulative official FLOPs and parameters at each exit (cached).
-
-        Block k runs at every kept scale before classifier k, so the count at exit k
-        includes finer-scale work that exit k itself does not read (as the official
-        ``op_counter`` counts it).
-        """
-        if self._costs is None:
-            self._costs = count_exit_costs(self, torch.zeros(1, *self.input_shape))
-        return list(self._costs)

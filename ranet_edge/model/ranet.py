@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import BlockSpec, RANetConfig
-from .flops import ExitCost, count_exit_costs
+from .flops import MultiExitInterface
 from .layers import ClassifierModule, ConvBasic, ConvNormal, ConvUpNormal, resize_to
 
 
@@ -99,7 +99,7 @@ class _InitialLayer(nn.Module):
         return outs[::-1]
 
 
-class RANet(nn.Module):
+class RANet(MultiExitInterface, nn.Module):
     """Resolution Adaptive Network; ``forward`` returns one logits tensor per exit."""
 
     def __init__(self, config: RANetConfig):
@@ -124,16 +124,6 @@ class RANet(nn.Module):
         self.scale_flows = nn.ModuleList(flows)
         self.classifier = nn.ModuleList(classifiers)
         self.FirstLayer = _InitialLayer(config)
-        self._costs: list[ExitCost] | None = None
-
-    @property
-    def num_exits(self) -> int:
-        return len(self.classifier)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one input image."""
-        return (3, self.config.image_size, self.config.image_size)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         stems = self.FirstLayer(x)
@@ -151,9 +141,3 @@ class RANet(nn.Module):
                 current.append(feats)
             previous = current
         return logits
-
-    def exit_costs(self) -> list[ExitCost]:
-        """Cumulative official FLOPs and parameters at each exit (cached)."""
-        if self._costs is None:
-            self._costs = count_exit_costs(self, torch.zeros(1, *self.input_shape))
-        return list(self._costs)
