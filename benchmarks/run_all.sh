@@ -27,3 +27,6 @@ cd benchmarks
 ../$BIN/python threads_sweep.py --bundle "../$B" --out results/threads_sweep.json
 ../$BIN/python runtime_footprint.py --bundle "../$B" --out results/runtime_footprint.json
 ../$BIN/python edge_formats.py --bundle "../$B" ${DATA:+--data "$DATA" --holdout 5000} --out results/edge_formats.json
+../$BIN/python op_profile.py --bundle "../$B" --bundle ../build/bench/edge/int8 --batch 1 --out results/op_profile_b1.json
+../$BIN/python op_profile.py --bundle "../$B" --bundle ../build/bench/edge/int8 --batch 64 --runs 60 --out results/op_profile_b64.json
+../$BIN/python op_profile.py --bundle ../build/bench/c1 --batch 1 --out results/op_profile_c1_b1.json
