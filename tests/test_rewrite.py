@@ -87,11 +87,16 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 
 def test_export_has_no_shape_computation_left(tiny_bundle):
+    """The stages run no shape arithmetic; the monolithic baseline stays as exported (the
+    rewrite slows ONNX Runtime's whole graph at batch 64, see export/exporter.py)."""
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert manifest["rewrites"] == {"constant_resize": manifest["rewrites"]["constant_resize"], "applied_to": "stages"}
     assert manifest["rewrites"]["constant_resize"] > 0
-    for path in [g["path"] for g in manifest["graphs"]] + [manifest["monolithic"]["path"]]:
-        ops = {n.op_type for n in onnx.load(str(tiny_bundle / path)).graph.node}
-        assert not ops & {"Shape", "Gather", "Unsqueeze"}, (path, ops)
+    for g in manifest["graphs"]:
+        ops = {n.op_type for n in onnx.load(str(tiny_bundle / g["path"])).graph.node}
+        assert not ops & {"Shape", "Gather", "Unsqueeze"}, (g["path"], ops)
+    mono = {n.op_type for n in onnx.load(str(tiny_bundle / manifest["monolithic"]["path"])).graph.node}
+    assert "Shape" in mono
     resizes = [n for g in manifest["graphs"] for n in onnx.load(str(tiny_bundle / g["path"])).graph.node
                if n.op_type == "Resize"]
     assert resizes and all(len(n.input) == 3 for n in resizes)  # X, roi, constant scales
