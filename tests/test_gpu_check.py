@@ -58,3 +58,20 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert report["load_warmup"]["default"]["buckets"]["warm_sizes"][-1] == top
     assert "CUDA" in report["cudnn_search"]["skipped"]
     assert report["tensorrt"]["usable"] is False and report["tensorrt"]["reason"]
+
+
+def test_gpu_check_sections_selects_and_refuses(tmp_path):
+    """--sections runs only what it names (a second short GPU run after a cut one); a wrong
+    name is one usage line, exit 2."""
+    check = [sys.executable, str(REPO / "benchmarks" / "gpu" / "check.py"), "--provider", "cpu", "--quick",
+             "--no-prepare", "--bundles", str(tmp_path / "none")]
+    bad = subprocess.run([*check, "--sections", "adaptive,warp"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--sections takes a comma list of" in bad.stderr and "Traceback" not in bad.stderr
+    out = tmp_path / "report.json"
+    proc = subprocess.run([*check, "--sections", "logits_vs_cpu", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["logits_vs_cpu"]["default"]["ok"]
+    for name in ("stages", "adaptive", "routed_throughput", "shapes", "load_warmup", "cudnn_search", "tensorrt"):
+        assert report[name] == {"skipped": "not selected (--sections)"}, name

@@ -21,6 +21,9 @@ REPO = HERE.parents[1]
 SECTIONS = ("env", "providers", "bundles", "logits_vs_cpu", "fp16_accuracy", "stages", "chain_vs_monolithic",
             "device_vs_host", "adaptive", "routed_throughput", "shapes", "load_warmup", "cudnn_search",
             "tensorrt", "checks")
+RUNNABLE = ("logits_vs_cpu", "fp16_accuracy", "stages", "chain_vs_monolithic", "device_vs_host", "adaptive",
+            "routed_throughput", "load_warmup", "tensorrt")  # routed_throughput also fills "shapes",
+# load_warmup also "cudnn_search"
 
 
 def _import_ranet_edge() -> None:
@@ -35,7 +38,10 @@ def _import_ranet_edge() -> None:
         ranet_edge.__path__.append(str(REPO))
 
 
-def _section(report: dict, name: str, fn, ctx, need_s: float = 5.0):
+def _section(report: dict, name: str, fn, ctx, need_s: float = 5.0, chosen: set[str] | None = None):
+    if chosen is not None and name not in chosen:
+        report[name] = {"skipped": "not selected (--sections)"}
+        return None
     if ctx.left() < need_s:
         report[name] = {"skipped": f"time budget: {max(ctx.left(), 0):.0f} s left, needs ~{need_s:.0f} s"}
         return None
@@ -95,11 +101,16 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="JSON report (default build/gpu-check/gpu_check_PROVIDER.json)")
     ap.add_argument("--quick", action="store_true", help="few repetitions (the CI dry run)")
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting sections after this long")
+    ap.add_argument("--sections", default=None,
+                    help="comma list of the sections to run (default all): " + ", ".join(RUNNABLE))
     ap.add_argument("--batch", type=int, default=None, help="the batched figures' batch (64; quick: 8)")
     ap.add_argument("--max-batch", type=int, default=None, help="the largest batch (256; quick: 32)")
     ap.add_argument("--cudnn-search", choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"], default=None,
                     help="cuDNN search mode for every section but cudnn_search (default: onnxruntime's)")
     args = ap.parse_args()
+    chosen = set(RUNNABLE) if args.sections is None else {s.strip() for s in args.sections.split(",") if s.strip()}
+    if not chosen or chosen - set(RUNNABLE):
+        ap.error(f"--sections takes a comma list of {', '.join(RUNNABLE)}; got {args.sections!r}")
     started = time.perf_counter()
     _import_ranet_edge()
     import host
@@ -150,14 +161,14 @@ def main() -> int:
            ("stages", timing.stages, 5), ("chain_vs_monolithic", timing.chain_vs_monolithic, 5),
            ("device_vs_host", timing.device_vs_host, 5), ("adaptive", timing.adaptive, 5)]
     for name, fn, need in one:
-        _section(report, name, lambda fn=fn: fn(ctx), ctx, need)
+        _section(report, name, lambda fn=fn: fn(ctx), ctx, need, chosen)
     for first, second, fn, need in (("routed_throughput", "shapes", timing.routed, 15),
                                     ("load_warmup", "cudnn_search", timing.load_warmup, 20)):
-        if _section(report, first, lambda fn=fn: fn(ctx), ctx, need) is None:
+        if _section(report, first, lambda fn=fn: fn(ctx), ctx, need, chosen) is None:
             report[second] = report[first]  # the same error or skip
         else:
             report[first], report[second] = report[first]
-    _section(report, "tensorrt", lambda: timing.tensorrt(ctx, trt_reason), ctx, 0)
+    _section(report, "tensorrt", lambda: timing.tensorrt(ctx, trt_reason), ctx, 0, chosen)
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     report["env"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     report["checks"] = _checks(report, provider_full)
