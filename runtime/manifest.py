@@ -141,6 +141,8 @@ class Manifest:
     graph_format: str  # "onnx" or "ort"
     batch_size: int | None  # static batch of every graph; None: dynamic
     opset: int | None
+    model: dict | None  # free-form description of the source model (architecture, config, flags)
+    mobile_report: dict | None  # ort bundles: share of nodes each mobile provider takes, per graph
 
     @property
     def num_exits(self) -> int:
@@ -224,6 +226,8 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
         graph_format=top("graph_format", is_str, '"onnx" or "ort"', "onnx"),
         batch_size=top("batch_size", or_none(positive), "null or a whole number >= 1", None),
         opset=top("opset", or_none(positive), "null or an opset number", None),
+        model=top("model", or_none(is_dict), "null or an object", None),
+        mobile_report=top("mobile_report", or_none(is_dict), "null or an object", None),
     )
 
 

@@ -68,12 +68,12 @@ class OperatingPoint:
                temperatures: Sequence[float] | None = None, provider: str | None = None) -> OperatingPoint:
         """The point of calibration's ``thresholds`` (its 1e8 "nobody" read as inf, the last
         set to -inf), its expected cost weighted by how many images left at each exit."""
-        total = float(sum(exit_counts))
+        counts = np.asarray(exit_counts)
         return cls(
             thresholds=[float(t) if t < 1e7 else math.inf for t in thresholds[:-1]] + [-math.inf],
             method=method, val_accuracy=float(val_accuracy),
-            expected_flops=float(sum(c * f for c, f in zip(exit_counts, flops, strict=True)) / total),
-            expected_ms=float(sum(c * m for c, m in zip(exit_counts, exit_ms, strict=True)) / total),
+            expected_flops=float(counts @ np.asarray(flops, np.float64) / counts.sum()),
+            expected_ms=float(counts @ np.asarray(exit_ms, np.float64) / counts.sum()),
             temperatures=None if temperatures is None else [float(t) for t in temperatures], provider=provider)
 
     def to_dict(self) -> dict[str, Any]:
