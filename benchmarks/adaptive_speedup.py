@@ -41,7 +41,7 @@ def main() -> None:
     val, test = perm[: len(y) // 2], perm[len(y) // 2:]
     outs = collect(chain, x_u8[val], y[val])
     conf, correct = outs.conf_correct()
-    flops = np.asarray(chain.manifest.exit_field("flops"), float)
+    flops = np.asarray(chain.manifest.exit_costs("flops"), float)
     final_acc = float(correct[-1].mean())
     point = cal.for_accuracy(conf, correct, flops, final_acc)
     thr = [t if t <= 1 else np.inf for t in point.thresholds[:-1]]
@@ -51,7 +51,7 @@ def main() -> None:
     counts = np.bincount(res.exits, minlength=chain.num_exits)
     expected = float(counts @ flops / len(yt))
     model = load_checkpoint(args.ckpt).model.eval()
-    mono = ort.InferenceSession(str(chain.manifest.root / chain.manifest.data["monolithic"]["path"]),
+    mono = ort.InferenceSession(str(chain.manifest.root / chain.manifest.monolithic.path),
                                 session_options(args.threads), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         torch_final = np.concatenate([model(torch.from_numpy(xt[i:i + 256]))[-1].numpy()

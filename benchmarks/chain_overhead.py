@@ -40,7 +40,7 @@ def _bound_monolithic(sess: ort.InferenceSession, name: str, x: np.ndarray):
 
 def measure(bundle: str, threads: int, rounds: int, repeats: int) -> dict:
     chain = ExitChain.load(bundle, threads=threads)
-    mono = ort.InferenceSession(str(chain.manifest.root / chain.manifest.data["monolithic"]["path"]),
+    mono = ort.InferenceSession(str(chain.manifest.root / chain.manifest.monolithic.path),
                                 session_options(threads), providers=["CPUExecutionProvider"])
     x_u8, _ = held_out_images(None, 0)
     out: dict = {}

@@ -53,9 +53,9 @@ def _collect(sess: ort.InferenceSession) -> tuple[dict[str, float], dict[str, in
 
 def profile(bundle: str, batch: int, threads: int, runs: int, tmp: str) -> dict:
     man = load_manifest(bundle, verify=True)
-    x = np.random.default_rng(0).standard_normal((batch, *man.data["preprocessing"]["shape"][1:])).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((batch, *man.preprocessing.sample_shape)).astype(np.float32)
     chain = [_session(Path(bundle) / g.path, threads, f"{tmp}/c{i}") for i, g in enumerate(man.graphs)]
-    mono = _session(Path(bundle) / man.data["monolithic"]["path"], threads, f"{tmp}/m")
+    mono = _session(Path(bundle) / man.monolithic.path, threads, f"{tmp}/m")
     env = {man.input_name: x}
     feeds = []
     for s, g in zip(chain, man.graphs):

@@ -62,17 +62,17 @@ def main() -> None:
         val = collect(chain, images[val_idx], labels[val_idx])
         test = collect(chain, images[eval_idx], labels[eval_idx])
         outs[name] = val
-        flops = chain.manifest.exit_field("flops")
+        flops = chain.manifest.exit_costs("flops")
         report["models"][name] = {
             "bundle": args.ranet if name == "RANet" else args.msdnet,
-            "official_flags": (chain.manifest.data.get("model") or {}).get("official_flags"),
-            "flops": flops, "run_flops": chain.manifest.exit_field("run_flops"),
+            "official_flags": (chain.manifest.model or {}).get("official_flags"),
+            "flops": flops, "run_flops": chain.manifest.exit_costs("run_flops"),
             "anytime": anytime(test, flops, ms[name]), "budgeted": [],
         }
     for p in PAPER_P[:: args.every]:
         for name, chain in chains.items():
-            rows = budgeted(chain, outs[name], images[eval_idx], labels[eval_idx], chain.manifest.exit_field("flops"),
-                            ps=[p], run_costs=chain.manifest.exit_field("run_flops"))
+            rows = budgeted(chain, outs[name], images[eval_idx], labels[eval_idx], chain.manifest.exit_costs("flops"),
+                            ps=[p], run_costs=chain.manifest.exit_costs("run_flops"))
             report["models"][name]["budgeted"].extend(rows)
 
     table = []

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ranet_edge.runtime.manifest import load_manifest
+
 ROOT = Path(__file__).resolve().parents[1]
 R = ROOT / "benchmarks" / "results"
 
@@ -22,7 +24,7 @@ def load(name: str) -> dict:
 
 def default_model() -> str:
     ck = torch.load(ROOT / "ranet_edge/assets/default.pt", weights_only=True)
-    flops = [e["flops"] for e in json.loads((ROOT / "ranet_edge/assets/default-bundle/manifest.json").read_text())["exits"]]
+    flops = load_manifest(ROOT / "ranet_edge/assets/default-bundle", verify=False).exit_costs("flops")
     secs = sum(h["seconds"] for h in ck["history"])
     k = len(ck["val_acc"])
     return "\n".join([

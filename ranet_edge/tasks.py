@@ -117,25 +117,20 @@ def calibrate(bundle: str | os.PathLike, goal: Goal, data: DataOptions = DataOpt
         outs = collect(chain, images[fit_idx], labelled.labels[fit_idx], progress=update)
     temps = cal.fit_temperatures(outs.logits, outs.labels) if temperature else None
     conf, correct = outs.conf_correct(temps)
-    flops = np.asarray(chain.manifest.exit_field("flops"), np.float64)
+    flops = np.asarray(chain.manifest.exit_costs("flops"), np.float64)
     times = measure_stages(chain, chain.preprocess(images[:1]), warmup=3, iters=30)
     exit_ms = np.asarray(times.exit_ms(chain))
     session_provider = chain.session_providers[0][0]
     res, method, default_name = choose(conf, correct, flops, exit_ms, goal, session_provider)
-    counts = res.exit_counts
-    thresholds = [float(t) if t < 1e7 else float("inf") for t in res.thresholds[:-1]] + [float("-inf")]
-    point = OperatingPoint(
-        thresholds=thresholds, method=method, val_accuracy=res.accuracy,
-        expected_flops=float(counts @ flops / counts.sum()), expected_ms=float(counts @ exit_ms / counts.sum()),
-        temperatures=[float(t) for t in temps] if temps is not None else None, provider=session_provider,
-    )
+    point = OperatingPoint.fitted(res.thresholds, res.exit_counts, flops, exit_ms, method=method,
+                                  val_accuracy=res.accuracy, temperatures=temps, provider=session_provider)
     name = name or default_name
-    save_point(bundle, name, point, default=make_default)
+    path = save_point(bundle, name, point, default=make_default)
     ece = (None, None)
     if temperature:
         ece = tuple(float(np.mean([cal.expected_calibration_error(pk, outs.labels) for pk in outs.probs(t)]))
                     for t in (None, temps))
-    return Calibrated(name, point, res, int(len(fit_idx)), labelled.source, Path(bundle) / "thresholds.json", *ece)
+    return Calibrated(name, point, res, int(len(fit_idx)), labelled.source, path, *ece)
 
 
 @dataclass(frozen=True)
@@ -169,14 +164,14 @@ def evaluate(bundle: str | os.PathLike, data: DataOptions = DataOptions(), *, pr
     val_idx, eval_idx = split_val(len(images), data.val_size, data.seed, True)
     times = measure_stages(chain, chain.preprocess(images[:1]), warmup=3, iters=30)
     exit_ms = times.exit_ms(chain)
-    flops = chain.manifest.exit_field("flops")
+    flops = chain.manifest.exit_costs("flops")
     with progress("running every exit", len(images)) as update:
         val = collect(chain, images[val_idx], labels[val_idx], progress=update)
         test = collect(chain, images[eval_idx], labels[eval_idx], progress=update)
     any_rows = anytime(test, flops, exit_ms)
     with progress(f"budgeted runs ({len(PAPER_P)} operating points)", len(PAPER_P)) as update:
         bud_rows = budgeted(chain, val, images[eval_idx], labels[eval_idx], flops, batch_size,
-                            progress=update, run_costs=chain.manifest.exit_field("run_flops"))
+                            progress=update, run_costs=chain.manifest.exit_costs("run_flops"))
     return Evaluation(str(bundle), labelled.source, int(len(val_idx)), int(len(eval_idx)),
                       chain.session_providers[0][0], batch_size, any_rows, bud_rows)
 
@@ -241,7 +236,7 @@ def early_exit(bundle: str | os.PathLike, images: np.ndarray, labels: np.ndarray
     batch = chain.preprocess(images)
     res = chain.predict(batch, thresholds)
     final = chain.run_all(batch)[-1].argmax(1)
-    flops = np.asarray(chain.manifest.exit_field("flops"), float)
+    flops = np.asarray(chain.manifest.exit_costs("flops"), float)
     rows = []
     for k in range(chain.num_exits):
         m = res.exits == k

@@ -54,11 +54,11 @@ def trt_cache_dir(manifest) -> Path:
 
 def _input_shapes(manifest, entry) -> dict[str, list] | None:
     """Each input's shape with the batch axis as None, from the manifest (None if unknown)."""
-    tensors = next((g.get("tensors") for g in manifest.data["graphs"] if g["path"] == entry.path), None) or {}
-    image = manifest.data["preprocessing"]
+    image = manifest.preprocessing
     out = {}
     for name in entry.inputs:
-        shape = image["shape"] if name == image["input"] else (tensors.get(name) or {}).get("shape")
+        tensor = entry.tensor(name)
+        shape = list(image.shape) if name == image.input else (list(tensor.shape) if tensor else None)
         if not shape or shape[0] is not None or any(d is None for d in shape[1:]):
             return None  # unknown, or a static batch (nothing to profile)
         out[name] = shape

@@ -43,10 +43,10 @@ def machine_info(chain: ExitChain, threads: int | None) -> dict:
 
 
 def _monolithic(chain: ExitChain, threads: int | None) -> ort.InferenceSession | None:
-    mono = chain.manifest.data.get("monolithic")
-    if not mono:
+    mono = chain.manifest.monolithic
+    if mono is None:
         return None
-    path = chain.manifest.root / mono["path"]  # load_manifest checked its path and sha256
+    path = chain.manifest.root / mono.path  # load_manifest checked its path and sha256
     try:
         return ort.InferenceSession(str(path), session_options(threads),
                                     providers=provider_list(chain.provider))
@@ -118,15 +118,15 @@ def run_bench(chain: ExitChain, images: np.ndarray, opts: BenchOptions, threads:
             mono.run(None, {chain.input_name: xi})
         t2 = time.perf_counter()
         ad_t[i], mono1_t[i] = t1 - t0, t2 - t1
-    flops = np.asarray(chain.manifest.exit_field("run_flops"), np.float64)
+    flops = np.asarray(chain.manifest.exit_costs("run_flops"), np.float64)
     counts = np.bincount(exits, minlength=chain.num_exits)
     expected = float(counts @ flops / n_img)
-    full = float(chain.manifest.exit_field("flops")[-1])
-    per_exit_cut = float(counts @ np.asarray(chain.manifest.exit_field("flops"), np.float64) / n_img)
+    full = float(chain.manifest.exits[-1].flops)
+    per_exit_cut = float(counts @ np.asarray(chain.manifest.exit_costs("flops"), np.float64) / n_img)
     result["adaptive"] = {
         "images": n_img, "mean_ms": float(ad_t.mean() * 1e3), "p99_ms": float(np.percentile(ad_t, 99) * 1e3),
         "exit_counts": counts.tolist(), "expected_flops": expected,
-        "granularity": chain.manifest.data["granularity"], "expected_flops_per_exit_cut": per_exit_cut,
+        "granularity": chain.manifest.granularity, "expected_flops_per_exit_cut": per_exit_cut,
         "predicted_speedup": full / expected,
         "monolithic_mean_ms": float(mono1_t.mean() * 1e3) if mono is not None else None,
         "measured_speedup": float(mono1_t.mean() / ad_t.mean()) if mono is not None else None,

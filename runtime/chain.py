@@ -5,43 +5,28 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ranet_edge.errors import BundleError, CalibrationError, InputError
+from ranet_edge.errors import InputError
 
-from ._ort import ort  # onnxruntime, through the build check
 from .accel import check_options, gather_providers, graph_providers
 from .buckets import Buckets, LoadReport, make_buckets, warm_up
 from .decision import ONE, exp_and_total, reaches, softmax  # noqa: F401  (softmax: re-exported)
-from .graphs import GraphInfo, read_later, walk
+from .graphs import GraphInfo, open_graphs, walk
 from .manifest import Manifest, load_manifest
-from .operating_points import OperatingPoint, load_points
+from .operating_points import OperatingPoint, load_points, resolve
 from .plan import BoundPlan
-from .preprocess import PreprocessSpec, preprocess
+from .preprocess import check_batch, preprocess
 from .providers import DEVICE_PROVIDERS, provider_list, session_options
+from .routing import Prediction, Results, StageRows, decide_exit  # noqa: F401  (decide_exit: re-exported)
 
 #: Samples per graph run: predict and run_all cut larger arrays into chunks of this many,
 #: so memory (ONNX Runtime's arena, cached tensors, bound buffers) does not grow with the
 #: array. 128 keeps run_all on 4,096 CIFAR images under 300 MB with the default model at
 #: the throughput of 256 (benchmarks/predict_memory.py).
 DEFAULT_MAX_BATCH = 128
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Per-sample results, in input order."""
-
-    labels: np.ndarray  # int64 (N,)
-    exits: np.ndarray  # int64 (N,), 0-based exit index
-    confidences: np.ndarray  # float32 (N,), max softmax probability at the exit taken
-    probabilities: np.ndarray  # float32 (N, classes), softmax at the exit taken
-
-
-_Graph = GraphInfo  # the former private name
 
 
 class ExitChain:
@@ -58,12 +43,11 @@ class ExitChain:
         self.provider = provider
         self.operating_points = points
         self.default_operating_point = default_point
-        pre = manifest.data["preprocessing"]
-        self.preprocess_spec = PreprocessSpec.from_dict(pre)
-        self.input_name = pre["input"]
-        self.input_shape = tuple(pre["shape"][1:])
+        self.preprocess_spec = manifest.preprocessing.spec
+        self.input_name = manifest.input_name
+        self.input_shape = manifest.preprocessing.sample_shape
         self.num_exits = manifest.num_exits
-        self.class_names = manifest.data.get("class_names")
+        self.class_names = None if manifest.class_names is None else list(manifest.class_names)
         self._resolved: dict = {}
         self._local = threading.local()  # per-thread BoundPlans, by batch size
         self._plannable = all(g.static_batch is None for g in graphs)
@@ -100,16 +84,8 @@ class ExitChain:
         full = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         policy = make_buckets(buckets, full in DEVICE_PROVIDERS)
         so = session_options(threads, spinning)
-        graphs: list[GraphInfo] = []
-        for entry, later in zip(manifest.graphs, read_later([e.inputs for e in manifest.graphs])):
-            path = Path(manifest.root) / entry.path
-            try:
-                sess = ort.InferenceSession(str(path), so, providers=graph_providers(
-                    providers, manifest, entry, policy.warm_sizes() if policy else None))
-            except Exception as exc:
-                raise BundleError(f"ONNX Runtime cannot load graph {entry.path} ({str(exc)[:160]}); "
-                                  "re-export the bundle") from None
-            graphs.append(GraphInfo(sess, entry, later))
+        graphs = open_graphs(manifest, lambda entry: graph_providers(
+            providers, manifest, entry, policy.warm_sizes() if policy else None), so)
         points, default = load_points(manifest.root)
         chain = cls(manifest, graphs, provider, points, default)
         chain.max_batch = int(max_batch)
@@ -151,80 +127,25 @@ class ExitChain:
         return preprocess(images, self.preprocess_spec)
 
     def check_input(self, x: Any) -> np.ndarray:
-        if not isinstance(x, np.ndarray):
-            raise InputError(f"input must be a numpy array, got {type(x).__name__}; use chain.preprocess(images)")
-        if x.dtype != np.float32:
-            raise InputError(f"input dtype is {x.dtype}, expected float32; use chain.preprocess(images) "
-                             "or x.astype(np.float32)")
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape or x.shape[0] == 0:
-            raise InputError(f"input shape is {tuple(x.shape)}, expected (N, {', '.join(map(str, self.input_shape))}) "
-                             "with N >= 1; use chain.preprocess(images)")
-        for start in range(0, x.shape[0], self.max_batch):  # a bounded temporary, however large x is
-            if not np.isfinite(x[start:start + self.max_batch]).all():
-                raise InputError("input contains NaN or infinite values; check the preprocessing")
-        return x
+        """``x`` if it is a finite float32 (N, *input_shape) array with N >= 1, else InputError."""
+        return check_batch(x, self.input_shape, self.max_batch)
 
     def resolve_thresholds(self, thresholds: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """(thresholds, temperatures), each one value per exit; the last threshold is -inf.
 
         Values lie in [0, 1]; ``inf`` is also accepted and means "nobody leaves here" (what
-        calibration stores for an exit the paper's procedure gives no share).
+        calibration stores for an exit the paper's procedure gives no share). See
+        :func:`ranet_edge.runtime.operating_points.resolve`.
         """
-        k = self.num_exits
-        temps = np.ones(k, np.float32)
-        if thresholds is None:
-            if self.default_operating_point is None:
-                return np.r_[np.full(k - 1, np.inf), -np.inf], temps
-            thresholds = self.default_operating_point
-        if isinstance(thresholds, str):
-            try:
-                point = self.operating_points[thresholds]
-            except KeyError:
-                names = ", ".join(sorted(self.operating_points)) or "none (run `ranet-edge calibrate`)"
-                raise CalibrationError(f"unknown operating point {thresholds!r}; stored: {names}") from None
-            if point.temperatures:
-                temps = np.asarray(point.temperatures, np.float32)
-            thresholds = point.thresholds
-        if np.ndim(thresholds) == 0 and not isinstance(thresholds, bool):  # one value (numpy scalars too)
-            try:
-                thresholds = [float(thresholds)] * (k - 1)
-            except (TypeError, ValueError):
-                raise CalibrationError(f"threshold {thresholds!r} must be a number in [0, 1]") from None
-        try:
-            t = np.asarray(list(thresholds), np.float64)
-        except (TypeError, ValueError):
-            raise CalibrationError(f"thresholds {thresholds!r} must be numbers in [0, 1]") from None
-        if t.ndim != 1 or len(t) not in (k - 1, k):
-            raise CalibrationError(f"give {k - 1} or {k} thresholds (one per exit, the last always "
-                                   f"accepts), got {len(t) if t.ndim == 1 else t.shape}")
-        head = t[: k - 1]
-        if np.isnan(head).any() or (np.isfinite(head) & ((head < 0) | (head > 1))).any():
-            raise CalibrationError(f"thresholds must lie in [0, 1], got {[float(v) for v in head]}")
-        return np.r_[head, -np.inf], temps
+        return resolve(thresholds, self.num_exits, self.operating_points, self.default_operating_point)
 
     # ------------------------------------------------------------------ running
-    def _run(self, graph: GraphInfo, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        b = graph.static_batch
-        n = next(iter(feeds.values())).shape[0]
-        if b is None or n == b:
-            return graph.session.run(graph.output_names, feeds)
-        # Static-shape graphs (mobile exports) run in chunks of their batch size, padded.
-        parts: list[list[np.ndarray]] = []
-        for start in range(0, n, b):
-            chunk = {k: v[start:start + b] for k, v in feeds.items()}
-            m = next(iter(chunk.values())).shape[0]
-            if m < b:
-                chunk = {k: np.concatenate([v, np.zeros((b - m, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()}
-            parts.append([o[:m] for o in graph.session.run(graph.output_names, chunk)])
-        return [np.concatenate(col) for col in zip(*parts)]
-
     def _step(self, g: GraphInfo, env: dict) -> tuple[list[np.ndarray], dict]:
         """Run one graph on the tensors it names: (host logits in exit order, cached outputs)."""
         feeds = {name: env[name] for name in g.inputs}
         if self._router:
             return self._router.run(g, feeds)
-        outs = self._run(g, feeds)
-        return [outs[p] for p in g.logit_pos], {name: outs[i] for i, name in g.cache_pos}
+        return g.step(feeds)
 
     def _plan(self, x: np.ndarray) -> BoundPlan | None:
         """This thread's pre-bound plan for x's batch size (CPU path, dynamic-batch graphs)."""
@@ -303,7 +224,7 @@ class ExitChain:
 
     def _predict_batch(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Prediction:
         n = x.shape[0]
-        out = _Results(n)
+        out = Results(n)
         for decided in self._stages(x, thr, temps):
             out.fill(decided)
         return Prediction(out.labels, out.exits, out.conf, out.probs)
@@ -324,7 +245,7 @@ class ExitChain:
     def _stages(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Iterator[StageRows]:
         """The routing loop behind predict and predict_stages."""
         rows = np.arange(x.shape[0])  # original positions of the samples still running
-        num_classes = int(self.manifest.data["num_classes"])
+        num_classes = self.manifest.num_classes
         bk = self._buckets  # with buckets, graphs run padded batches: row m onwards is padding
         if bk is not None:
             x = x[bk.pad(rows)]
@@ -373,65 +294,3 @@ class ExitChain:
             env = {nm: v for nm, v in env.items() if nm in g.keep_after}
             env.update(cache)
         raise AssertionError("the last exit accepts every sample")  # pragma: no cover
-
-
-@dataclass(frozen=True)
-class StageRows:
-    """Samples decided together (by one exit, or by one graph of a predict_stages run)."""
-
-    rows: np.ndarray  # int64 (M,), positions in the input batch
-    labels: np.ndarray  # int64 (M,)
-    exits: np.ndarray  # int64 (M,), 0-based exit index
-    confidences: np.ndarray  # float32 (M,), max softmax probability at the exit taken
-    probabilities: np.ndarray  # float32 (M, classes), softmax at the exit taken
-
-    @classmethod
-    def concat(cls, parts: list[StageRows], num_classes: int) -> StageRows:
-        if len(parts) == 1:
-            return parts[0]
-        if not parts:
-            return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
-                       np.empty(0, np.float32), np.empty((0, num_classes), np.float32))
-        return cls(*(np.concatenate(col) for col in zip(*((p.rows, p.labels, p.exits, p.confidences,
-                                                             p.probabilities) for p in parts))))
-
-
-def decide_exit(z: np.ndarray, k: int, threshold: float, temperature: float, rows: np.ndarray,
-                alive: np.ndarray | None) -> tuple[np.ndarray | None, StageRows | None]:
-    """The rows of exit ``k``'s logits ``z`` whose confidence reaches ``threshold``.
-
-    ``rows`` maps the rows of ``z`` to input positions; ``alive`` masks the rows an earlier
-    exit of the same graph has not taken (None: all). Returns the rows still alive after
-    this exit (None when all are) and those decided here (None when none are).
-    """
-    e, total = exp_and_total(z, temperature)
-    ck = ONE / total  # max softmax probability, without normalising every row
-    take = reaches(ck, threshold)
-    if alive is not None:
-        take &= alive
-    if not take.any():
-        return alive, None
-    pk = e[take] / total[take, None]
-    decided = StageRows(rows[take], pk.argmax(axis=1), np.full(len(pk), k, np.int64), ck[take], pk)
-    return (~take if alive is None else alive & ~take), decided
-
-
-class _Results:
-    """Per-sample outputs of one predict call, filled as the graphs decide them."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.labels = np.empty(n, np.int64)
-        self.exits = np.empty(n, np.int64)
-        self.conf = np.empty(n, np.float32)
-        self.probs: np.ndarray | None = None
-
-    def fill(self, d: StageRows) -> None:
-        if not len(d.rows):
-            return
-        if self.probs is None:
-            self.probs = np.empty((self.n, d.probabilities.shape[1]), np.float32)
-        self.probs[d.rows] = d.probabilities
-        self.labels[d.rows] = d.labels
-        self.exits[d.rows] = d.exits
-        self.conf[d.rows] = d.confidences

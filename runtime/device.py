@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._ort import ort  # onnxruntime, through the build check
+from .graphs import GraphInfo
 
 # ONNX TensorProto element types of the cached tensors the router gathers.
 FLOAT, FLOAT16, INT64 = 1, 10, 7
@@ -69,19 +70,18 @@ class DeviceRouter:
     def upload(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)
 
-    def run(self, graph, feeds: dict[str, ort.OrtValue]) -> tuple[list[np.ndarray], dict[str, ort.OrtValue]]:
+    def run(self, graph: GraphInfo, feeds: dict[str, ort.OrtValue]) -> tuple[list[np.ndarray], dict[str, ort.OrtValue]]:
         """(host logits in exit order, device cache tensors by name)."""
         io = graph.session.io_binding()
         for name in graph.inputs:
             io.bind_ortvalue_input(name, feeds[name])
-        logit_names = [graph.output_names[p] for p in graph.logit_pos]
-        for name in logit_names:
+        for name in graph.logit_names:
             io.bind_output(name, "cpu")
-        for _, name in graph.cache_pos:
+        for name in graph.cache_names:
             io.bind_output(name, self.device, self.device_id)
         graph.session.run_with_iobinding(io)
         values = dict(zip(graph.output_names, io.get_outputs()))
-        return [values[n].numpy() for n in logit_names], {n: values[n] for _, n in graph.cache_pos}
+        return [values[n].numpy() for n in graph.logit_names], {n: values[n] for n in graph.cache_names}
 
     def gather(self, value: ort.OrtValue, keep: ort.OrtValue) -> ort.OrtValue:
         sess = self._gather[np.dtype(np.float32 if value.data_type() == "tensor(float)" else np.float16)]

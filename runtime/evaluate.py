@@ -40,7 +40,7 @@ def collect(chain: ExitChain, images: np.ndarray, labels: np.ndarray, batch_size
     """Run every exit on uint8 NHWC ``images``."""
     if len(images) == 0:
         raise CalibrationError("the dataset is empty; pass --data with labelled images")
-    n_classes = chain.manifest.data["num_classes"]
+    n_classes = chain.manifest.num_classes
     if labels.max() >= n_classes:
         raise CalibrationError(f"labels go up to {int(labels.max())} but the bundle has {n_classes} classes; "
                                "use a dataset with the bundle's classes")

@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 import onnxruntime as ort
+
+from ranet_edge.errors import BundleError
+
+from .manifest import GraphEntry, Manifest
 
 T = TypeVar("T")
 
@@ -23,12 +28,13 @@ class GraphInfo:
     Attributes: ``session`` (the ONNX Runtime session), ``inputs`` (tensor names it reads, in
     the manifest's order), ``exits`` (the exit indices it produces logits for),
     ``output_names`` (the session's outputs in order), ``logit_names`` (the logits, in exit
-    order) and their positions ``logit_pos``, ``cache_pos`` (position, name) of the outputs a
-    later graph reads, ``keep_after`` (every tensor a later graph reads) and
-    ``static_batch`` (the batch size of a static-shape graph, None when dynamic).
+    order) and their positions ``logit_pos``, ``cache_names`` (the outputs a later graph
+    reads) and their ``cache_pos`` (position, name), ``keep_after`` (every tensor a later
+    graph reads) and ``static_batch`` (the batch size of a static-shape graph, None when
+    dynamic).
     """
 
-    def __init__(self, session: ort.InferenceSession, entry: Any, keep_after: frozenset[str]):
+    def __init__(self, session: ort.InferenceSession, entry: GraphEntry, keep_after: frozenset[str]):
         self.session = session
         self.inputs: list[str] = list(entry.inputs)
         self.exits: list[int] = list(entry.exits)
@@ -36,6 +42,7 @@ class GraphInfo:
         self.logit_names: list[str] = list(entry.logits)
         self.logit_pos = [self.output_names.index(n) for n in self.logit_names]
         self.cache_pos = [(i, n) for i, n in enumerate(self.output_names) if n in keep_after]
+        self.cache_names = [n for _, n in self.cache_pos]
         self.keep_after = keep_after  # tensors any later graph reads
         shape = session.get_inputs()[0].shape
         self.static_batch = shape[0] if isinstance(shape[0], int) else None
@@ -43,6 +50,41 @@ class GraphInfo:
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         """Every output, by name (a plain session run)."""
         return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds)), strict=True))
+
+    def run_outputs(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output in ``output_names`` order, for any number of rows: a static-shape
+        graph (mobile exports) runs in chunks of its batch size, the last one padded."""
+        b = self.static_batch
+        n = next(iter(feeds.values())).shape[0]
+        if b is None or n == b:
+            return self.session.run(self.output_names, feeds)
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, n, b):
+            chunk = {k: v[start:start + b] for k, v in feeds.items()}
+            m = next(iter(chunk.values())).shape[0]
+            if m < b:
+                chunk = {k: np.concatenate([v, np.zeros((b - m, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()}
+            parts.append([o[:m] for o in self.session.run(self.output_names, chunk)])
+        return [np.concatenate(col) for col in zip(*parts)]
+
+    def step(self, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """One run on host arrays: (logits in exit order, the outputs a later graph reads)."""
+        outs = self.run_outputs(feeds)
+        return [outs[p] for p in self.logit_pos], {name: outs[i] for i, name in self.cache_pos}
+
+
+def open_graphs(manifest: Manifest, providers: Callable[[GraphEntry], list],
+                options: ort.SessionOptions) -> list[GraphInfo]:
+    """One session per graph of ``manifest``, in order; ``providers(entry)`` gives each session's providers argument."""
+    graphs = []
+    for entry, later in zip(manifest.graphs, read_later([e.inputs for e in manifest.graphs])):
+        try:
+            sess = ort.InferenceSession(str(manifest.root / entry.path), options, providers=providers(entry))
+        except Exception as exc:
+            raise BundleError(f"ONNX Runtime cannot load graph {entry.path} ({str(exc)[:160]}); "
+                              "re-export the bundle") from None
+        graphs.append(GraphInfo(sess, entry, later))
+    return graphs
 
 
 def read_later(inputs: Sequence[Sequence[str]]) -> list[frozenset[str]]:

@@ -1,8 +1,12 @@
 """The bundle manifest: the contract between the exporter and the runtime.
 
 A bundle is a directory with ``manifest.json``, one ONNX graph per stage and optionally a
-``monolithic.onnx`` baseline and ``thresholds.json`` (operating points). This module reads
-and validates it without torch; the exporter writes it with :func:`write_json_atomic`.
+``monolithic.onnx`` baseline and ``thresholds.json`` (operating points, see
+``operating_points.py``). :func:`load_manifest` reads and validates it once, without torch,
+into a frozen typed view (:class:`Manifest`: :class:`Preprocessing`, :class:`GraphEntry`,
+:class:`ExitEntry`, :class:`MonolithicEntry`) that the rest of the runtime reads; a missing or
+mistyped field is one :class:`~ranet_edge.errors.BundleError` naming it. The exporter and
+the converter write the manifest as a plain dict with :func:`write_json_atomic`.
 """
 from __future__ import annotations
 
@@ -14,9 +18,37 @@ from typing import Any
 
 from ranet_edge.errors import BundleError
 
+from ._fields import (
+    Fields,
+    count,
+    dims,
+    is_dict,
+    is_list,
+    is_str,
+    or_none,
+    positive,
+    short,
+    strings,
+    three_numbers,
+    three_positive,
+)
+from .files import replace_dir, sha256_file, write_json_atomic  # noqa: F401  (writers import them from here)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # preprocess imports numpy; reading a manifest does not need it
+    from .preprocess import PreprocessSpec
+
 FORMAT = "ranet-edge-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor handed between graphs, as the exporter recorded it."""
+
+    shape: tuple[int | None, ...]  # None: a dynamic axis (the batch, in a dynamic-batch bundle)
+    dtype: str  # numpy name, e.g. "float32"
 
 
 @dataclass(frozen=True)
@@ -29,34 +61,114 @@ class GraphEntry:
     logits: tuple[str, ...]  # one per exit it carries, in exit order
     cache_outputs: tuple[str, ...]
     exits: tuple[int, ...]
+    flops: int | None = None  # FLOPs of this graph alone, per sample
+    bytes: int | None = None  # file size
+    tensors: tuple[tuple[str, TensorInfo], ...] = ()  # its inputs and cached outputs, by name
+
+    def tensor(self, name: str) -> TensorInfo | None:
+        """What the manifest records of tensor ``name`` (None when it records nothing)."""
+        return dict(self.tensors).get(name)
+
+
+@dataclass(frozen=True)
+class ExitEntry:
+    """One exit: where it is computed and what reaching it costs (per sample)."""
+
+    index: int  # 0-based, in chain order
+    graph: str  # path of the graph carrying it
+    logits: str  # the output holding its logits
+    flops: int  # cumulative to this exit, counted as the papers count (the official figure)
+    stage_flops: int  # the official count of this exit's own stage
+    run_flops: int  # what a sample leaving here pays in this chain (whole graphs run so far)
+    params: int  # cumulative parameters to this exit
+    cache_bytes_per_sample: int  # feature maps its graph hands on
+
+
+@dataclass(frozen=True)
+class MonolithicEntry:
+    """The whole network as one graph (the baseline the chain is measured against)."""
+
+    path: str
+    sha256: str
+    inputs: tuple[str, ...]
+    logits: tuple[str, ...]  # every exit's logits, in exit order
+    bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How uint8 RGB images become the network input, and that input's name and shape."""
+
+    input: str  # the first graph's image input
+    shape: tuple[int | None, ...]  # NCHW; the batch axis is None in a dynamic-batch bundle
+    size: int  # side of the square network input
+    mean: tuple[float, float, float]  # per RGB channel, on the [0, 1] scale
+    std: tuple[float, float, float]
+    resize: int | None  # shorter side resized to this before the centre crop (None: fit to size)
+    layout: str = "NCHW"
+    color: str = "RGB"
+    dtype: str = "float32"
+    scale: str = "uint8 / 255"  # how pixels reach [0, 1] before mean and std apply
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's shape (the shape without its batch axis)."""
+        return tuple(int(d) for d in self.shape[1:])
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        """What :func:`ranet_edge.runtime.preprocess.preprocess` takes."""
+        from .preprocess import PreprocessSpec
+
+        return PreprocessSpec(self.size, self.mean, self.std, self.resize, self.layout, self.color, self.dtype)
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """A loaded bundle's manifest, validated: read the typed fields; ``data`` is the raw
+    JSON, for writers that copy and change it (the converter) and for free-form metadata."""
+
     root: Path
-    data: dict  # the raw manifest
+    data: dict  # the raw manifest (do not change it: the typed fields were read from it)
     graphs: tuple[GraphEntry, ...]
+    exits: tuple[ExitEntry, ...]
+    preprocessing: Preprocessing
+    num_classes: int
+    class_names: tuple[str, ...] | None
+    monolithic: MonolithicEntry | None  # None: exported without --monolithic
+    granularity: str  # "exit" (one graph per exit) or "subnetwork"
+    precision: str  # "fp32", "fp16" or "int8-qdq"
+    graph_format: str  # "onnx" or "ort"
+    batch_size: int | None  # static batch of every graph; None: dynamic
+    opset: int | None
+    model: dict | None  # free-form description of the source model (architecture, config, flags)
+    mobile_report: dict | None  # ort bundles: share of nodes each mobile provider takes, per graph
 
     @property
     def num_exits(self) -> int:
-        return len(self.data["exits"])
+        return len(self.exits)
 
     @property
     def input_name(self) -> str:
-        return self.data["preprocessing"]["input"]
+        return self.preprocessing.input
+
+    def exit_costs(self, name: str) -> list[int]:
+        """One cost per exit, in exit order: ``flops``, ``stage_flops``, ``run_flops``,
+        ``params`` or ``cache_bytes_per_sample``."""
+        if name not in _COSTS:
+            raise ValueError(f"unknown exit cost {name!r}; use one of {', '.join(_COSTS)}")
+        return [getattr(e, name) for e in self.exits]
 
     def exit_field(self, name: str) -> list:
-        return [e[name] for e in self.data["exits"]]
+        """Former name of :meth:`exit_costs` (any :class:`ExitEntry` field)."""
+        return [getattr(e, name) for e in self.exits]
+
+    def graph_of(self, exit_index: int) -> GraphEntry:
+        """The graph carrying exit ``exit_index``."""
+        return next(g for g in self.graphs if exit_index in g.exits)
 
 
-def sha256_file(path: Path) -> str:
-    import hashlib  # here, not at import time: see runtime/__init__.py
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_COSTS = ("flops", "stage_flops", "run_flops", "params", "cache_bytes_per_sample")
 
 
 def resolve_inside(root: Path, rel: Any) -> Path:
@@ -84,85 +196,97 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
     if data.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(f"{mpath} has schema_version {data.get('schema_version')!r}; this runtime reads "
                           f"version {SCHEMA_VERSION}: re-export with this ranet-edge version")
-    try:
-        exits = data["exits"]
-        graphs_raw = data["graphs"]
-        data["preprocessing"]["input"]
-        graphs = tuple(
-            GraphEntry(g["path"], g["sha256"], tuple(g["inputs"]), tuple(g["logits"]),
-                       tuple(g["cache_outputs"]), tuple(g["exits"]))
-            for g in graphs_raw
-        )
-    except (KeyError, TypeError) as exc:
-        raise BundleError(f"{mpath} is missing field {exc}; re-export the bundle") from None
-    if not exits or [k for g in graphs for k in g.exits] != list(range(len(exits))):
-        raise BundleError(f"{mpath}: graphs must carry exits 0..{len(exits) - 1} in order")
-    extra = [data["monolithic"]] if data.get("monolithic") else []
-    for entry in list(graphs) + extra:
-        path = resolve_inside(root, entry.path if isinstance(entry, GraphEntry) else entry.get("path"))
+    top = Fields(mpath, data, "")
+    exits_raw = top("exits", is_list, "a list of exit objects")
+    graphs = tuple(_graph(mpath, g, i) for i, g in enumerate(top("graphs", is_list, "a list of graph objects")))
+    pre = _preprocessing(Fields(mpath, top("preprocessing", is_dict, "an object"), "preprocessing"))
+    if not exits_raw or [k for g in graphs for k in g.exits] != list(range(len(exits_raw))):
+        raise BundleError(f"{mpath}: graphs must carry exits 0..{len(exits_raw) - 1} in order")
+    exits = _exits(mpath, exits_raw, graphs)
+    num_classes = top("num_classes", positive, "a whole number >= 1")
+    names = top("class_names", or_none(strings), "null or a list of names", None)
+    if names is not None and len(names) != num_classes:
+        raise BundleError(f"{mpath}: class_names has {len(names)} names for num_classes={num_classes}; "
+                          "re-export the bundle")
+    mono_raw = top("monolithic", or_none(is_dict), "null or an object", None)
+    mono = _monolithic(Fields(mpath, mono_raw, "monolithic")) if mono_raw else None
+    for entry in (*graphs, *([mono] if mono else [])):
+        path = resolve_inside(root, entry.path)
         if not path.is_file():
             raise BundleError(f"graph {path.name} listed in {mpath} is missing; re-export the bundle")
         if verify:
-            want = entry.sha256 if isinstance(entry, GraphEntry) else entry.get("sha256")
             got = sha256_file(path)
-            if got != want:
-                raise BundleError(f"graph {path.name} fails its sha256 check (manifest {str(want)[:12]}..., "
+            if got != entry.sha256:
+                raise BundleError(f"graph {path.name} fails its sha256 check (manifest {entry.sha256[:12]}..., "
                                   f"file {got[:12]}...): it was modified; re-export the bundle")
-    _check_exit_copies(mpath, exits, graphs)
-    return Manifest(root, data, graphs)
+    return Manifest(
+        root, data, graphs, exits, pre, num_classes, tuple(names) if names is not None else None, mono,
+        granularity=top("granularity", is_str, '"exit" or "subnetwork"'),
+        precision=top("precision", is_str, 'a precision like "fp32"', "fp32"),
+        graph_format=top("graph_format", is_str, '"onnx" or "ort"', "onnx"),
+        batch_size=top("batch_size", or_none(positive), "null or a whole number >= 1", None),
+        opset=top("opset", or_none(positive), "null or an opset number", None),
+        model=top("model", or_none(is_dict), "null or an object", None),
+        mobile_report=top("mobile_report", or_none(is_dict), "null or an object", None),
+    )
 
 
-def _check_exit_copies(mpath: Path, exits: list, graphs: tuple[GraphEntry, ...]) -> None:
+# --------------------------------------------------------------------------- entries
+def _graph(mpath: Path, raw: Any, i: int) -> GraphEntry:
+    f = Fields(mpath, raw, f"graphs[{i}]")
+    tensors = []
+    for name, t in f("tensors", is_dict, "an object of tensor descriptions", {}).items():
+        tf = Fields(mpath, t, f"graphs[{i}].tensors[{name!r}]")
+        tensors.append((name, TensorInfo(tuple(tf("shape", dims, "a list of sizes")),
+                                         tf("dtype", is_str, 'a dtype name like "float32"'))))
+    entry = GraphEntry(
+        f("path", is_str, "a path relative to the bundle"), f("sha256", is_str, "a sha256 hex digest"),
+        tuple(f("inputs", strings, "a list of tensor names")), tuple(f("logits", strings, "a list of tensor names")),
+        tuple(f("cache_outputs", strings, "a list of tensor names")),
+        tuple(f("exits", lambda v: isinstance(v, list) and all(count(k) for k in v), "a list of exit indices")),
+        f("flops", or_none(count), "a whole number >= 0", None), f("bytes", or_none(count), "a size in bytes", None),
+        tuple(tensors))
+    if len(entry.logits) != len(entry.exits):
+        raise BundleError(f"{mpath}: graphs[{i}] names {len(entry.logits)} logits for {len(entry.exits)} exits; "
+                          "re-export the bundle")
+    return entry
+
+
+def _exits(mpath: Path, exits: list, graphs: tuple[GraphEntry, ...]) -> tuple[ExitEntry, ...]:
     """``exits[k]`` repeats what ``graphs`` says of the graph carrying exit k (its path,
     sha256, inputs, cached outputs, logits name): a driver may read either, so every copy
-    present must agree with ``graphs``, the one the runtime uses."""
+    present must agree with ``graphs``, the one the runtime uses. The costs are its own."""
     carrier = {k: (i, g, j) for i, g in enumerate(graphs) for j, k in enumerate(g.exits)}
+    out = []
     for k, e in enumerate(exits):
-        if not isinstance(e, dict):
-            raise BundleError(f"{mpath}: exits[{k}] is not an object; re-export the bundle")
+        f = Fields(mpath, e, f"exits[{k}]")
         i, g, j = carrier[k]
         copies = {"index": k, "graph": g.path, "sha256": g.sha256, "inputs": list(g.inputs),
                   "cache_outputs": list(g.cache_outputs), "logits": g.logits[j]}
         for name, want in copies.items():
             if name in e and (list(e[name]) if isinstance(e[name], (list, tuple)) else e[name]) != want:
-                raise BundleError(f"{mpath}: exits[{k}].{name} is {_short(e[name])} but graphs[{i}] says "
-                                  f"{_short(want)}; the manifest contradicts itself: re-export the bundle")
+                raise BundleError(f"{mpath}: exits[{k}].{name} is {short(e[name])} but graphs[{i}] says "
+                                  f"{short(want)}; the manifest contradicts itself: re-export the bundle")
+        costs = [f(name, count, "a whole number >= 0") for name in _COSTS]
+        out.append(ExitEntry(k, g.path, g.logits[j], *costs))
+    return tuple(out)
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _preprocessing(f: Fields) -> Preprocessing:
+    return Preprocessing(
+        input=f("input", is_str, "the name of the image input"),
+        shape=tuple(f("shape", lambda v: dims(v) and None not in v[1:], "a list of sizes, the batch first "
+                      "(null: dynamic)")),
+        size=f("size", positive, "the side of the square input in pixels"),
+        mean=tuple(f("mean", three_numbers, "three numbers (RGB, on the [0, 1] scale)")),
+        std=tuple(f("std", three_positive, "three numbers > 0")),
+        resize=f("resize", or_none(positive), "null or a side in pixels", None),
+        layout=f("layout", is_str, '"NCHW"', "NCHW"), color=f("color", is_str, '"RGB"', "RGB"),
+        dtype=f("dtype", is_str, '"float32"', "float32"), scale=f("scale", is_str, '"uint8 / 255"', "uint8 / 255"))
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write strict JSON (no NaN or Infinity: ValueError; sorted keys, stable formatting) to a
-    temporary file and rename it."""
-    import tempfile  # writers only; the runtime's import stays light
-
-    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished bundle ``tmp`` to ``out``, replacing what was there."""
-    import shutil
-
-    if out.exists():
-        trash = out.with_name(f".{out.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    os.chmod(out, 0o755)
+def _monolithic(f: Fields) -> MonolithicEntry:
+    return MonolithicEntry(
+        f("path", is_str, "a path relative to the bundle"), f("sha256", is_str, "a sha256 hex digest"),
+        tuple(f("inputs", strings, "a list of tensor names")), tuple(f("logits", strings, "a list of tensor names")),
+        f("bytes", or_none(count), "a size in bytes", None))

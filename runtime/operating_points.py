@@ -1,29 +1,124 @@
-"""Named operating points (per-exit thresholds) stored beside the manifest."""
+"""Operating points: named per-exit thresholds (and optional temperatures), stored beside the
+manifest in ``thresholds.json``.
+
+This module owns them: the typed :class:`OperatingPoint`, reading and writing the file
+(strict JSON, written to a temporary path and renamed), choosing the thresholds a call asks
+for (:func:`resolve`: a stored name, one value, one value per exit, or the bundle's default)
+and building a point from a calibration outcome (:meth:`OperatingPoint.fitted`).
+:class:`~ranet_edge.runtime.chain.ExitChain` holds the points of its bundle and asks
+:func:`resolve` for the thresholds of each call.
+"""
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ranet_edge.errors import BundleError, CalibrationError
 
-from .manifest import write_json_atomic
+from ._fields import Fields, is_num, is_str, or_none
+from .files import write_json_atomic
 
 FILE = "thresholds.json"
 FORMAT = "ranet-edge-operating-points"
 NEVER = 1e8  # stored for "nobody leaves here" (the paper's value): no softmax confidence reaches it
 
 
+def check_thresholds(values: Sequence[float], what: str = "thresholds") -> None:
+    """Every threshold but the last lies in [0, 1] or is +-inf (inf: nobody leaves there)."""
+    head = [float(v) for v in values[:-1]]
+    if any(math.isnan(t) or (math.isfinite(t) and not 0.0 <= t <= 1.0) for t in head):
+        raise CalibrationError(f"{what} must lie in [0, 1], got {head}")
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
-    thresholds: list[float]  # one per exit; the last is always -inf (accept everything)
-    method: str  # how it was chosen, e.g. "paper p=0.5" or "budget 10 MFLOPs"
+    """Per-exit thresholds and what they did on the split they were fitted on."""
+
+    thresholds: tuple[float, ...]  # one per exit in [0, 1] (inf: nobody leaves); the last is -inf
+    method: str  # how it was chosen, e.g. "paper p=0.5" or "most accurate within 10 MFLOPs"
     val_accuracy: float  # on the validation split it was fitted on (fraction)
-    expected_flops: float  # per image, on that split
+    expected_flops: float  # per image, on that split (official cumulative counts)
     expected_ms: float | None  # per image, from measured cumulative stage latency
-    temperatures: list[float] | None = None  # per-exit softmax temperatures, if fitted
+    temperatures: tuple[float, ...] | None = None  # per-exit softmax temperatures, if fitted
     provider: str | None = None  # where expected_ms was measured
+
+    def __post_init__(self) -> None:
+        thresholds = tuple(float(t) for t in self.thresholds)
+        if len(thresholds) < 1 or thresholds[-1] != -math.inf:
+            raise CalibrationError(f"an operating point's last threshold must be -inf (the last exit accepts "
+                                   f"every sample), got {list(thresholds)}")
+        check_thresholds(thresholds)
+        object.__setattr__(self, "thresholds", thresholds)
+        if self.temperatures is not None:
+            temps = tuple(float(t) for t in self.temperatures)
+            if len(temps) != len(thresholds) or not all(t > 0 and math.isfinite(t) for t in temps):
+                raise CalibrationError(f"give one temperature > 0 per exit ({len(thresholds)}), got {list(temps)}")
+            object.__setattr__(self, "temperatures", temps)
+
+    @classmethod
+    def fitted(cls, thresholds: Sequence[float], exit_counts: Sequence[int], flops: Sequence[float],
+               exit_ms: Sequence[float], *, method: str, val_accuracy: float,
+               temperatures: Sequence[float] | None = None, provider: str | None = None) -> OperatingPoint:
+        """The point of calibration's ``thresholds`` (its 1e8 "nobody" read as inf, the last
+        set to -inf), its expected cost weighted by how many images left at each exit."""
+        counts = np.asarray(exit_counts)
+        return cls(
+            thresholds=[float(t) if t < 1e7 else math.inf for t in thresholds[:-1]] + [-math.inf],
+            method=method, val_accuracy=float(val_accuracy),
+            expected_flops=float(counts @ np.asarray(flops, np.float64) / counts.sum()),
+            expected_ms=float(counts @ np.asarray(exit_ms, np.float64) / counts.sum()),
+            temperatures=None if temperatures is None else [float(t) for t in temperatures], provider=provider)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (strict JSON: see :func:`thresholds_to_json`)."""
+        return {"thresholds": thresholds_to_json(self.thresholds), "method": self.method,
+                "val_accuracy": self.val_accuracy, "expected_flops": self.expected_flops,
+                "expected_ms": self.expected_ms,
+                "temperatures": None if self.temperatures is None else list(self.temperatures),
+                "provider": self.provider}
+
+    @classmethod
+    def from_dict(cls, d: Any, path: Path | str = FILE, name: str = "?") -> OperatingPoint:
+        """Read the stored form; unknown keys and bad values are one BundleError."""
+        fix = "delete it and calibrate again"
+        f = Fields(Path(path), d, f"points[{name!r}]", fix)
+        valid = [x.name for x in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise BundleError(f"{path}: points[{name!r}] has unknown fields {unknown} (valid: {', '.join(valid)}); {fix}")
+        try:
+            return cls(
+                thresholds=thresholds_from_json(f("thresholds", _stored_thresholds, "a list of numbers (null: -inf)")),
+                method=f("method", is_str, "a description"), val_accuracy=f("val_accuracy", is_num, "a fraction"),
+                expected_flops=f("expected_flops", is_num, "FLOPs per image"),
+                expected_ms=f("expected_ms", or_none(is_num), "null or ms per image", None),
+                temperatures=f("temperatures", or_none(lambda v: isinstance(v, list) and all(map(is_num, v))),
+                               "null or one number per exit", None),
+                provider=f("provider", or_none(is_str), "null or a provider name", None))
+        except CalibrationError as exc:
+            raise BundleError(f"{path}: points[{name!r}]: {exc}; {fix}") from None
+
+
+def _stored_thresholds(v: Any) -> bool:
+    return isinstance(v, list) and all(t is None or is_num(t) for t in v)
+
+
+def thresholds_to_json(thresholds: Sequence[float]) -> list[float | None]:
+    """Strict-JSON thresholds: ``inf`` ("nobody leaves here") -> 1e8, which a driver in any
+    language compares like any other number; ``-inf`` (the last exit accepts all) -> null."""
+    return [None if t == float("-inf") else (NEVER if t > 1.0 else float(t)) for t in thresholds]
+
+
+def thresholds_from_json(values: Sequence[float | None]) -> list[float]:
+    """Inverse of :func:`thresholds_to_json` (older files that hold Infinity read the same)."""
+    return [float("-inf") if t is None else (float("inf") if float(t) > 1.0 else float(t)) for t in values]
 
 
 def _read(bundle: Path) -> dict:
@@ -34,42 +129,78 @@ def _read(bundle: Path) -> dict:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}); delete it and calibrate again") from None
-    if data.get("format") != FORMAT or not isinstance(data.get("points"), dict):
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("points"), dict):
         raise BundleError(f"{path} is not a ranet-edge operating points file; delete it and calibrate again")
     return data
 
 
-def thresholds_to_json(thresholds: list[float]) -> list[float | None]:
-    """Strict-JSON thresholds: ``inf`` ("nobody leaves here") -> 1e8, which a driver in any
-    language compares like any other number; ``-inf`` (the last exit accepts all) -> null."""
-    return [None if t == float("-inf") else (NEVER if t > 1.0 else float(t)) for t in thresholds]
-
-
-def thresholds_from_json(values: list[float | None]) -> list[float]:
-    """Inverse of :func:`thresholds_to_json` (older files that hold Infinity read the same)."""
-    return [float("-inf") if t is None else (float("inf") if float(t) > 1.0 else float(t)) for t in values]
-
-
 def load_points(bundle: str | os.PathLike) -> tuple[dict[str, OperatingPoint], str | None]:
+    """The operating points stored in ``bundle`` by name, and the default's name (None: none)."""
+    path = Path(bundle) / FILE
     data = _read(Path(bundle))
-    points = {}
-    for name, d in data["points"].items():
-        d = dict(d)
-        d["thresholds"] = thresholds_from_json(d["thresholds"])
-        points[name] = OperatingPoint(**d)
-    return points, data.get("default")
+    points = {name: OperatingPoint.from_dict(d, path, name) for name, d in data["points"].items()}
+    default = Fields(path, data, "", "delete it and calibrate again")("default", or_none(is_str), "a point's name",
+                                                                      None)
+    if default is not None and default not in points:
+        raise BundleError(f"{path}: the default operating point {default!r} is not stored; "
+                          "delete it and calibrate again")
+    return points, default
 
 
 def save_point(bundle: str | os.PathLike, name: str, point: OperatingPoint, default: bool = False) -> Path:
-    """Add or replace ``name``; the first point saved becomes the default."""
+    """Add or replace ``name`` (written atomically); the first point saved becomes the default."""
     if not name or any(c in name for c in "/\\\n"):
         raise CalibrationError(f"operating point name {name!r} must be a plain word like 'fast'")
     bundle = Path(bundle)
     data = _read(bundle)
-    d = asdict(point)
-    d["thresholds"] = thresholds_to_json(point.thresholds)
-    data["points"][name] = d
+    data["points"][name] = point.to_dict()
     if default or not data.get("default"):
         data["default"] = name
     write_json_atomic(bundle / FILE, data)
     return bundle / FILE
+
+
+def select(points: Mapping[str, OperatingPoint], name: str) -> OperatingPoint:
+    """The stored point ``name``, or a CalibrationError that lists the stored ones."""
+    try:
+        return points[name]
+    except KeyError:
+        stored = ", ".join(sorted(points)) or "none (run `ranet-edge calibrate`)"
+        raise CalibrationError(f"unknown operating point {name!r}; stored: {stored}") from None
+
+
+def resolve(spec: Any, num_exits: int, points: Mapping[str, OperatingPoint],
+            default: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(thresholds float64, temperatures float32) for what a predict call passed, one value
+    per exit each; the last threshold is -inf.
+
+    ``spec``: None (the default point, or no early exit when there is none), a stored
+    point's name, one number for every exit but the last, or ``num_exits - 1`` or
+    ``num_exits`` numbers. Numbers lie in [0, 1]; ``inf`` means "nobody leaves here".
+    """
+    k = num_exits
+    temps = np.ones(k, np.float32)
+    if spec is None:
+        if default is None:
+            return np.r_[np.full(k - 1, np.inf), -np.inf], temps
+        spec = default
+    if isinstance(spec, str):
+        point = select(points, spec)
+        if point.temperatures:
+            temps = np.asarray(point.temperatures, np.float32)
+        spec = point.thresholds
+    if np.ndim(spec) == 0 and not isinstance(spec, bool):  # one value (numpy scalars too)
+        try:
+            spec = [float(spec)] * (k - 1)
+        except (TypeError, ValueError):
+            raise CalibrationError(f"threshold {spec!r} must be a number in [0, 1]") from None
+    try:
+        t = np.asarray(list(spec), np.float64)
+    except (TypeError, ValueError):
+        raise CalibrationError(f"thresholds {spec!r} must be numbers in [0, 1]") from None
+    if t.ndim != 1 or len(t) not in (k - 1, k):
+        raise CalibrationError(f"give {k - 1} or {k} thresholds (one per exit, the last always "
+                               f"accepts), got {len(t) if t.ndim == 1 else t.shape}")
+    head = t[: k - 1]
+    check_thresholds([*head.tolist(), -math.inf])
+    return np.r_[head, -np.inf], temps

@@ -95,6 +95,23 @@ def preprocess(images: Sequence[np.ndarray] | np.ndarray, spec: PreprocessSpec) 
     return normalize(np.stack([fit_image(im, spec) for im in images]), spec)
 
 
+def check_batch(x: Any, sample_shape: tuple[int, ...], block: int = 128) -> np.ndarray:
+    """``x`` if it is a finite float32 (N, *sample_shape) array with N >= 1 (checked ``block``
+    rows at a time, so the temporary stays bounded), else a one-line InputError."""
+    if not isinstance(x, np.ndarray):
+        raise InputError(f"input must be a numpy array, got {type(x).__name__}; use chain.preprocess(images)")
+    if x.dtype != np.float32:
+        raise InputError(f"input dtype is {x.dtype}, expected float32; use chain.preprocess(images) "
+                         "or x.astype(np.float32)")
+    if x.ndim != 4 or tuple(x.shape[1:]) != sample_shape or x.shape[0] == 0:
+        raise InputError(f"input shape is {tuple(x.shape)}, expected (N, {', '.join(map(str, sample_shape))}) "
+                         "with N >= 1; use chain.preprocess(images)")
+    for start in range(0, x.shape[0], block):
+        if not np.isfinite(x[start:start + block]).all():
+            raise InputError("input contains NaN or infinite values; check the preprocessing")
+    return x
+
+
 def read_image(path: str) -> np.ndarray:
     """Decode an image file to uint8 HxWx3 RGB; a corrupt or unreadable file names itself."""
     import os

@@ -37,10 +37,10 @@ def side_by_side(fns: dict[str, Callable], repeats: int, block: int = 10, settle
 
 def monolithic(ctx: Ctx, name: str) -> ort.InferenceSession | None:
     manifest = load_manifest(ctx.bundles[name], verify=True)
-    mono = manifest.data.get("monolithic")
-    if not mono:
+    mono = manifest.monolithic
+    if mono is None:
         return None
-    return ort.InferenceSession(str(manifest.root / mono["path"]), session_options(None),
+    return ort.InferenceSession(str(manifest.root / mono.path), session_options(None),
                                 providers=provider_list(ctx.provider, ctx.options()))
 
 
@@ -120,8 +120,8 @@ def adaptive(ctx: Ctx) -> dict:
         if name not in ctx.bundles:
             continue
         chain, mono = ctx.chain(name), monolithic(ctx, name)
-        flops = np.asarray(chain.manifest.exit_field("run_flops"), np.float64)
-        full = float(chain.manifest.exit_field("flops")[-1])
+        flops = np.asarray(chain.manifest.exit_costs("run_flops"), np.float64)
+        full = float(chain.manifest.exits[-1].flops)
         x_all = ctx.x()
         rows = {"operating_point": chain.default_operating_point}
         for batch in (1, ctx.batch, ctx.max_batch):
@@ -157,7 +157,7 @@ def adaptive(ctx: Ctx) -> dict:
 def padding_cost(chain: ExitChain, exits: np.ndarray) -> dict:
     """FLOPs the graphs run for one routed batch whose samples left at ``exits``, bucketed
     against unbucketed (a property of the routing, not of the machine)."""
-    run = np.asarray(chain.manifest.exit_field("run_flops"), np.float64)
+    run = np.asarray(chain.manifest.exit_costs("run_flops"), np.float64)
     last = [g.exits[-1] for g in chain.graphs]
     stage = np.diff(np.r_[0.0, run[last]])  # FLOPs per sample of each graph
     rows = [int((exits >= g.exits[0]).sum()) for g in chain.graphs]  # samples reaching each graph

@@ -22,30 +22,30 @@ def provider_option(func):
 def bundle_info(bundle: str) -> dict:
     from ranet_edge.runtime.manifest import load_manifest
 
-    m = load_manifest(bundle, verify=False).data
+    m = load_manifest(bundle, verify=False)
     rows = []
-    for e in m["exits"]:
-        g = next(g for g in m["graphs"] if g["path"] == e["graph"])
+    for e in m.exits:
+        g = m.graph_of(e.index)
         rows.append({
-            "exit": e["index"], "graph": e["graph"], "flops": e["flops"], "stage_flops": e["stage_flops"],
-            "run_flops": e["run_flops"], "params": e["params"], "graph_bytes": g["bytes"],
-            "cache_bytes_per_sample": e["cache_bytes_per_sample"], "inputs": e["inputs"],
-            "outputs": [e["logits"], *e["cache_outputs"]],
+            "exit": e.index, "graph": e.graph, "flops": e.flops, "stage_flops": e.stage_flops,
+            "run_flops": e.run_flops, "params": e.params, "graph_bytes": g.bytes,
+            "cache_bytes_per_sample": e.cache_bytes_per_sample, "inputs": list(g.inputs),
+            "outputs": [e.logits, *g.cache_outputs],
         })
-    return {"bundle": str(bundle), "granularity": m["granularity"], "precision": m.get("precision", "fp32"),
-            "graph_format": m.get("graph_format", "onnx"), "batch_size": m.get("batch_size"),
-            "opset": m.get("opset"), "model": m.get("model"), "exits": rows,
+    return {"bundle": str(bundle), "granularity": m.granularity, "precision": m.precision,
+            "graph_format": m.graph_format, "batch_size": m.batch_size,
+            "opset": m.opset, "model": m.model, "exits": rows,
             "total_cache_bytes_per_sample": sum(_cache_bytes_per_graph(m)),
-            "monolithic": bool(m.get("monolithic")), "mobile_report": m.get("mobile_report")}
+            "monolithic": m.monolithic is not None, "mobile_report": m.mobile_report}
 
 
-def _cache_bytes_per_graph(m: dict) -> list[int]:
+def _cache_bytes_per_graph(m) -> list[int]:
     """Cache bytes per sample handed on by each graph (exits sharing a graph count once)."""
     seen, out = set(), []
-    for e in m["exits"]:
-        if e["graph"] not in seen:
-            seen.add(e["graph"])
-            out.append(e["cache_bytes_per_sample"])
+    for e in m.exits:
+        if e.graph not in seen:
+            seen.add(e.graph)
+            out.append(e.cache_bytes_per_sample)
     return out
 
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from ranet_edge.errors import BundleError, CalibrationError
+from ranet_edge.errors import BundleError
 from ranet_edge.runtime import ExitChain, StageRows
-from ranet_edge.runtime.chain import decide_exit
+from ranet_edge.runtime.operating_points import select
 from ranet_edge.runtime.providers import provider_list, session_options
+from ranet_edge.runtime.routing import decide_exit
 
 from .settings import ServeSettings
 
@@ -36,27 +37,25 @@ class ServedModel:
         self.chain = ExitChain.load(self.bundle, provider=settings.provider, threads=settings.threads)
         self.default_point = settings.operating_point or self.chain.default_operating_point
         self.check_point(self.default_point)
-        m = self.chain.manifest.data
-        self.num_classes = int(m["num_classes"])
+        m = self.chain.manifest
+        self.num_classes = m.num_classes
         self.class_names = list(self.chain.class_names or [str(i) for i in range(self.num_classes)])
         self._mono: ort.InferenceSession | None = None
         if settings.graph == "monolithic":
-            mono = m.get("monolithic")
-            if not mono:
+            mono = m.monolithic
+            if mono is None:
                 raise BundleError(f"bundle {self.bundle} has no monolithic graph; re-export it with "
                                   "`ranet-edge export CKPT --monolithic` or serve graph=chain")
-            path = self.chain.manifest.root / mono["path"]  # load_manifest checked its path and sha256
+            path = m.root / mono.path  # load_manifest checked its path and sha256
             self._mono = ort.InferenceSession(str(path), session_options(settings.threads),
                                               providers=provider_list(settings.provider))
-            self._mono_logits = list(mono["logits"])
+            self._mono_logits = list(mono.logits)
 
     def check_point(self, name: str | None) -> str | None:
         """``name`` if the bundle stores it (None: the serving default), else CalibrationError."""
         if name is None:
             return self.default_point
-        if name not in self.chain.operating_points:
-            stored = ", ".join(sorted(self.chain.operating_points)) or "none (run `ranet-edge calibrate`)"
-            raise CalibrationError(f"unknown operating point {name!r}; stored: {stored}")
+        select(self.chain.operating_points, name)
         return name
 
     def stages(self, images: np.ndarray, point: str | None) -> Iterator[StageRows]:
@@ -78,13 +77,12 @@ class ServedModel:
 
     def summary(self) -> dict:
         """What GET /v1/model reports."""
-        m = self.chain.manifest.data
         s = self.settings
         return {
             "bundle": str(self.bundle), "graph": s.graph, "num_classes": self.num_classes,
             "class_names": self.class_names, "input": {"size": self.chain.preprocess_spec.size,
                                                        "resize": self.chain.preprocess_spec.resize},
-            "exits": [{"exit": e["index"], "mflops": round(e["flops"] / 1e6, 3)} for e in m["exits"]],
+            "exits": [{"exit": e.index, "mflops": round(e.flops / 1e6, 3)} for e in self.chain.manifest.exits],
             "operating_points": {name: {"val_accuracy": p.val_accuracy, "expected_mflops": round(p.expected_flops / 1e6, 3),
                                         "method": p.method} for name, p in sorted(self.chain.operating_points.items())},
             "default_operating_point": self.default_point, "provider": s.provider,

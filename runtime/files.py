@@ -1,0 +1,51 @@
+"""Bundle files: sha256 digests and atomic writes (a temporary path, then a rename)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib  # here, not at import time: see runtime/__init__.py
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write strict JSON (no NaN or Infinity: ValueError; sorted keys, stable formatting) to a
+    temporary file and rename it."""
+    import tempfile  # writers only; the runtime's import stays light
+
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished bundle ``tmp`` to ``out``, replacing what was there."""
+    import shutil
+
+    if out.exists():
+        trash = out.with_name(f".{out.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(out, trash)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    os.chmod(out, 0o755)
