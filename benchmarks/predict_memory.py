@@ -47,7 +47,7 @@ def child(case: str, bundle: str, images: str, max_batch: int | None) -> None:
 def machine() -> str:
     import platform
 
-    from ranet_edge.doctor import cpu_info
+    from ranet_edge.machine import cpu_info
 
     return f"{cpu_info()[0]}, {os.cpu_count()} vCPUs, {platform.system()}"
 

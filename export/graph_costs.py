@@ -1,10 +1,18 @@
-"""Shapes of every tensor (from one ONNX Runtime run) and FLOPs per node, official convention."""
+"""Shapes of every tensor (from one ONNX Runtime run), FLOPs per node (official convention),
+and export step 2, cost accounting: what each exit and stage of a cut graph costs."""
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
+
+from ranet_edge.errors import ExportError
+
+from .partition import Stage, partition
 
 
 def intermediate_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,3 +68,58 @@ def initializer_params(model: onnx.ModelProto) -> int:
     """Parameters a graph stores (every float initializer element)."""
     return int(sum(np.prod(i.dims) for i in model.graph.initializer
                    if numpy_helper.to_array(i).dtype.kind == "f"))
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Per-sample FLOPs and parameters of a cut model (manifest fields in brackets)."""
+
+    flops: list[int]  # per exit, cumulative: the model's own count if it gave one, else the cut's (flops)
+    exit_flops: list[int]  # per exit: the cut at that exit alone (stage_flops)
+    graph_flops: list[int]  # per stage: the nodes it runs (graphs[].flops)
+    run_flops: list[int]  # per stage, cumulative: what a sample leaving after it paid (run_flops)
+    params: list[int]  # per exit, cumulative (params)
+
+
+def count_costs(graph: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], stages: Sequence[Stage],
+                num_exits: int, reference_flops: Sequence[int] | None = None,
+                cumulative_params: Sequence[int] | None = None) -> Costs:
+    """Count FLOPs on the cut graphs (before they are simplified: nodes are matched to the
+    whole ``graph``'s by their outputs) and check them against ``reference_flops``
+    (cumulative, from the model's own counter). ``cumulative_params`` default to the
+    parameters the cut graphs store."""
+    name_to_flops = {tuple(n.output): f for n, f in zip(graph.graph.node, node_flops(graph, shapes), strict=False)}
+
+    def flops_of(stage: Stage) -> int:  # constant sub-graphs copied into several stages cost 0: sums are exact
+        return sum(name_to_flops[tuple(n.output)] for n in stage.model.graph.node)
+
+    graph_flops = [flops_of(st) for st in stages]
+    # Per-exit cumulative FLOPs from the cut graphs: exits inside one graph get the cost of
+    # what precedes them inside it, measured by cutting at every exit.
+    exit_stages = (stages if all(len(st.exits) == 1 for st in stages)
+                   else partition(graph, [[f"logits_{k}"] for k in range(num_exits)]))
+    exit_flops = [flops_of(st) for st in exit_stages]
+    cumulative = list(np.cumsum(exit_flops).astype(int).tolist())
+    check_flops(cumulative, reference_flops)
+    if cumulative_params is None:
+        cumulative_params = list(np.cumsum([initializer_params(st.model) for st in exit_stages]).astype(int).tolist())
+    return Costs(flops=[int(f) for f in (reference_flops if reference_flops is not None else cumulative)],
+                 exit_flops=[int(f) for f in exit_flops], graph_flops=[int(f) for f in graph_flops],
+                 run_flops=[int(f) for f in np.cumsum(graph_flops).tolist()],
+                 params=[int(p) for p in cumulative_params])
+
+
+def check_flops(cut: list[int], reference: Sequence[int] | None) -> None:
+    """The cut chain must do exactly the model's work in total, and never more by any exit.
+
+    A model whose forward runs work before an exit that the exit does not read (MSDNet runs
+    every scale of block k before classifier k) is counted at that exit by the official
+    counter, while the chain defers that work to the stage that reads it: there the cut
+    count is lower until the totals meet. RANet's counts agree exit by exit.
+    """
+    if reference is None:
+        return
+    reference = list(reference)
+    if cut[-1] != reference[-1] or any(c > r for c, r in zip(cut, reference, strict=True)):
+        raise ExportError(f"FLOPs counted on the cut graphs {cut} do not fit the model's own count "
+                          f"{reference}: a stage recomputes or drops work")

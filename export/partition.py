@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
+from ranet_edge.errors import ExportError
+
 
 @dataclass
 class Stage:
@@ -124,6 +126,23 @@ def partition(model: onnx.ModelProto, groups: list[list[str]],
                             [c for c in cache_out if c not in logits]))
         exit_index += len(logits)
     return stages
+
+
+def cut_at_exits(model: onnx.ModelProto, num_exits: int, granularity: str = "exit",
+                 exit_groups: list[int] | None = None) -> list[Stage]:
+    """Export step 3, partition: cut the whole graph (outputs ``logits_0..``) into one stage
+    per exit (``granularity="exit"``), or one per sub-network (``"subnetwork"``: exit k
+    belongs to sub-network ``exit_groups[k]``)."""
+    if granularity == "exit":
+        groups = [[f"logits_{k}"] for k in range(num_exits)]
+    elif granularity == "subnetwork":
+        if exit_groups is None:
+            raise ExportError("--granularity subnetwork needs a model that names its sub-networks (RANet)")
+        groups = [[f"logits_{k}" for k in range(num_exits) if exit_groups[k] == g]
+                  for g in sorted(set(exit_groups))]
+    else:
+        raise ExportError(f"granularity {granularity!r} is not known; use 'exit' or 'subnetwork'")
+    return partition(model, groups)
 
 
 def _info(value_info: dict, name: str) -> onnx.ValueInfoProto:

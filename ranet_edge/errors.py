@@ -6,11 +6,19 @@ This module imports nothing heavy: the torch-free runtime depends on it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class RanetEdgeError(Exception):
     """Base class of every error the toolkit raises on purpose."""
 
     exit_code = 2
+
+    @property
+    def summary(self) -> str:
+        """The one line the CLI prints after ``error:`` (``str()`` may add detail below it)."""
+        return str(self)
 
 
 class ConfigError(RanetEdgeError):
@@ -27,6 +35,27 @@ class DataError(RanetEdgeError):
 
 class ExportError(RanetEdgeError):
     """The ONNX export or its validation failed."""
+
+
+class ValidationError(ExportError):
+    """Exported graphs that do not compute what the PyTorch model computes.
+
+    ``table`` holds every check made, passing or not (one row per exit and batch size, each
+    with ``exit``, ``batch``, ``max_abs_diff``, ``max_rel_diff`` and ``passed``); ``summary``
+    is one line naming the worst exit and the fix; ``str()`` is that line and the table.
+    """
+
+    def __init__(self, summary: str, table: Sequence[Any] = (), table_text: str = ""):
+        super().__init__(summary)
+        self.table = list(table)
+        self.table_text = table_text
+
+    @property
+    def summary(self) -> str:
+        return str(self.args[0])
+
+    def __str__(self) -> str:
+        return f"{self.summary}\n{self.table_text}" if self.table_text else self.summary
 
 
 class BundleError(RanetEdgeError):

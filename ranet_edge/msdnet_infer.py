@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from .errors import CheckpointError, ConfigError, require
 from .msdnet_config import MSDNetConfig
+from .ranet_infer import floor_candidates, gcd_all
 
 _MODULE = re.compile(r"blocks\.(\d+)\.(\d+)\.")
 _CONV_BN = re.compile(r"blocks\.(\d+)\.(\d+)\.layers\.(\d+)\.(conv_normal|conv_down)\.net\.(\d+)\.weight$")
@@ -29,8 +30,6 @@ def is_msdnet_state(state: Mapping) -> bool:
 
 def infer_msdnet_config(state: Mapping) -> MSDNetConfig:
     """The MSDNetConfig whose model has exactly ``state``'s keys and shapes."""
-    from .checkpoint import _floor_candidates, _gcd_all
-
     def shape(key: str) -> tuple[int, ...]:
         if key not in state:
             raise CheckpointError(f"cannot infer the MSDNet architecture: key {key} is missing; "
@@ -93,10 +92,10 @@ def infer_msdnet_config(state: Mapping) -> MSDNetConfig:
             if inner < n_in:
                 bn_exact.setdefault(bn_scale, inner // out)
             bn_floor[bn_scale] = max(bn_floor.get(bn_scale, 1), -(-n_in // out))
-    gr_candidates = {tuple(c // _gcd_all(stem_out) for c in stem_out)}
+    gr_candidates = {tuple(c // gcd_all(stem_out) for c in stem_out)}
     if len(growth_at) == n_scales:
         growth = [growth_at[s] for s in range(n_scales)]
-        gr_candidates.add(tuple(g // _gcd_all(growth) for g in growth))
+        gr_candidates.add(tuple(g // gcd_all(growth) for g in growth))
 
     # Transitions: (channels in, out, scale) of the finest kept scale's 1x1 conv.
     trans_kept: dict[tuple[int, int], int] = {}
@@ -114,7 +113,7 @@ def infer_msdnet_config(state: Mapping) -> MSDNetConfig:
             continue
         # reduction shows through floor(r * n) == out in base channels (before * grFactor).
         pairs = [(n // gr[s], out // gr[s]) for n, out, s in transitions]
-        for red in (_floor_candidates(pairs, 0.5) if pairs else [0.5, 0.0]):
+        for red in (floor_candidates(pairs, 0.5) if pairs else [0.5, 0.0]):
             cfg = _candidate(data, n_exits, stem_out, steps, mode, step, gr, prune, red, num_classes,
                              growth_at, bottleneck, bn_exact, bn_floor)
             if cfg is None:

@@ -29,3 +29,18 @@ def test_generic_export_example(tmp_path, monkeypatch, capsys):
     from_stage0 = set(graphs[0]["cache_outputs"]) & set(graphs[2]["inputs"])
     assert from_stage0 and not from_stage0 & set(graphs[1]["inputs"])
     assert "stage2.onnx" in capsys.readouterr().out
+
+
+def test_validate_bundle_example(tmp_path, monkeypatch, capsys):
+    """The validation example, run after the generic export in the same namespace."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "example"}
+    exec(compile(readme_example("generic-export"), "README.md:generic-export", "exec"), namespace)
+    exec(compile(readme_example("validate-bundle"), "README.md:validate-bundle", "exec"), namespace)
+    import json
+
+    stored = json.loads((tmp_path / "own.bundle" / "manifest.json").read_text())["validation"]["table"]
+    assert [row.to_dict() for row in namespace["table"]] == stored  # the very table the export measured
+    assert f"{len(stored)} checks passed" in capsys.readouterr().out

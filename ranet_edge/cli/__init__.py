@@ -38,7 +38,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except RanetEdgeError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {exc.summary}", err=True)
             ctx.exit(exc.exit_code)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):

@@ -1,0 +1,134 @@
+"""Export step 6, write: the manifest of a validated export, and the bundle on disk.
+
+A bundle is written into a temporary directory beside its target and renamed into place
+(:func:`~ranet_edge.runtime.manifest.replace_dir`): a failed or interrupted export leaves
+nothing half-written. Graphs are serialized deterministically and the manifest holds no
+timestamps, so exporting one checkpoint twice gives byte-identical bundles.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from ranet_edge import __version__
+from ranet_edge.errors import ExportError
+from ranet_edge.runtime.manifest import FORMAT, MANIFEST, SCHEMA_VERSION, replace_dir, write_json_atomic
+
+from .graph_costs import Costs
+from .partition import Stage
+from .to_onnx import INPUT_NAME, Traced, logit_names
+from .validate import ExitCheck
+
+if TYPE_CHECKING:
+    from .exporter import ExportSpec
+
+MONOLITHIC = "monolithic.onnx"
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse to replace a non-empty ``out`` unless ``force``: checked before any work."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ExportError(f"output directory {out} exists and is not empty; pass --force to replace it")
+
+
+def graph_files(stages: Sequence[Stage], baseline: onnx.ModelProto | None) -> dict[str, bytes]:
+    """File name -> deterministic bytes of every graph of the bundle, stages first."""
+    files = {f"stage{st.index}.onnx": st.model.SerializeToString(deterministic=True) for st in stages}
+    if baseline is not None:
+        files[MONOLITHIC] = baseline.SerializeToString(deterministic=True)
+    return files
+
+
+def build_manifest(traced: Traced, stages: Sequence[Stage], files: Mapping[str, bytes], costs: Costs,
+                   spec: ExportSpec, input_shape: tuple[int, int, int], table: Sequence[ExitCheck],
+                   notes: list[str], metadata: dict | None = None) -> dict:
+    """The bundle's ``manifest.json`` (see the README's bundle contract); ``metadata``
+    (model, preprocessing, class names...) overrides the generic fields it names."""
+    values = traced.values
+    digest = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    graphs, exits = [], []
+    for st in stages:
+        fname = f"stage{st.index}.onnx"
+        cache_bytes = sum(int(np.prod(values[c].shape[1:])) * values[c].dtype.itemsize for c in st.cache_outputs)
+        graphs.append({
+            "path": fname, "sha256": digest[fname], "inputs": st.inputs, "logits": st.logits,
+            "cache_outputs": st.cache_outputs, "exits": st.exits, "flops": costs.graph_flops[st.index],
+            "bytes": len(files[fname]),
+            "tensors": {n: _tensor_desc(values[n], spec.batch_size) for n in st.inputs + st.cache_outputs},
+        })
+        for k in st.exits:
+            exits.append({
+                "index": k, "graph": fname, "sha256": digest[fname], "inputs": st.inputs,
+                "logits": f"logits_{k}", "cache_outputs": st.cache_outputs,
+                "flops": costs.flops[k], "stage_flops": costs.exit_flops[k],
+                "run_flops": costs.run_flops[st.index], "params": costs.params[k],
+                "cache_bytes_per_sample": cache_bytes,
+            })
+    mono = None
+    if MONOLITHIC in files:
+        mono = {"path": MONOLITHIC, "sha256": digest[MONOLITHIC], "inputs": [INPUT_NAME],
+                "logits": logit_names(traced.num_exits), "bytes": len(files[MONOLITHIC])}
+    generic_pre = {  # a model that states no preprocessing takes its input as given
+        "input": INPUT_NAME, "shape": [spec.batch_size, *input_shape], "dtype": "float32", "layout": "NCHW",
+        "color": "RGB", "size": input_shape[-1], "mean": [0.0, 0.0, 0.0], "std": [1 / 255] * 3,
+        "resize": None, "scale": "uint8 / 255",
+    }
+    return {
+        "format": FORMAT, "schema_version": SCHEMA_VERSION,
+        "preprocessing": generic_pre, "num_classes": int(values[f"logits_{traced.num_exits - 1}"].shape[1]),
+        **(metadata or {}),
+        "granularity": spec.granularity, "opset": spec.opset, "batch_size": spec.batch_size,
+        "rewrites": {"constant_resize": traced.resizes, "applied_to": "stages"},
+        "precision": "fp32", "graph_format": "onnx",
+        "graphs": graphs, "exits": exits, "monolithic": mono,
+        "validation": {"tolerance": spec.tolerance, "reference": "PyTorch eager, float32",
+                       "table": [row.to_dict() for row in table]},
+        "tools": _tool_versions(),
+        "notes": notes,
+    }
+
+
+def write_bundle(out: str | os.PathLike, files: Mapping[str, bytes], manifest: dict) -> Path:
+    """Write ``files`` and ``manifest.json`` into a temporary directory beside ``out`` and
+    rename it into place (replacing ``out``); nothing is left behind on failure."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # stage beside the target: rename never crosses devices
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        write_json_atomic(tmp / MANIFEST, manifest)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _tensor_desc(arr: np.ndarray, static_batch: int | None) -> dict:
+    shape: list[Any] = list(arr.shape)
+    if arr.dtype.kind == "f" and static_batch is None:
+        shape[0] = None
+    return {"shape": shape, "dtype": str(arr.dtype)}
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"ranet_edge": __version__, "torch": torch.__version__.split("+")[0],
+                "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    try:
+        import onnxsim
+
+        versions["onnxsim"] = getattr(onnxsim, "__version__", "unknown")
+    except ImportError:  # pragma: no cover
+        pass
+    return versions
