@@ -98,7 +98,7 @@ def export_model(
         (log or logger.info)(exc.table_text)
         raise
     (log or logger.info)(format_table(table, spec.tolerance))
-    baseline = baseline_graph(traced.as_exported, spec.simplify, notes) if spec.monolithic else None
+    baseline = baseline_graph(traced.baseline, spec.simplify, notes) if spec.monolithic else None
     files = graph_files(stages, baseline)
     manifest = build_manifest(traced, stages, files, costs, spec, input_shape, table, notes, metadata)
     write_bundle(out, files, manifest)

@@ -27,6 +27,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .partition import Stage, partition
+from .rewrite import sizes_to_scales
 
 TO_NHWC = "__to_nhwc"
 
@@ -119,6 +120,7 @@ def quantize_chain(paths: list[Path], logits: list[list[str]], input_name: str, 
     recipe = recipe or Int8Recipe()
     batch = static_batch or 16
     merged = merge_stages(paths, logits)
+    sizes_to_scales(merged)  # the uint8 Resize of ONNX Runtime takes scales, not sizes on axes
     src, dst = work / "merged.onnx", work / "merged-int8.onnx"
     onnx.save(merged, str(src))
     excluded = [n.name for n in merged.graph.node if n.op_type in recipe.float_ops]

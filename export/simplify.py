@@ -38,7 +38,7 @@ def simplify_stages(stages: Sequence[Stage], enabled: bool, notes: list[str]) ->
         onnx.checker.check_model(st.model)
 
 
-def baseline_graph(as_exported: onnx.ModelProto, enabled: bool, notes: list[str]) -> onnx.ModelProto:
-    """The monolithic baseline: the whole graph as torch exported it, simplified when ``enabled``."""
-    del as_exported.graph.value_info[:]
-    return simplify(as_exported, "the monolithic graph", notes) if enabled else as_exported
+def baseline_graph(baseline: onnx.ModelProto, enabled: bool, notes: list[str]) -> onnx.ModelProto:
+    """The monolithic baseline (the whole graph, see ``Traced.baseline``), simplified when ``enabled``."""
+    del baseline.graph.value_info[:]
+    return simplify(baseline, "the monolithic graph", notes) if enabled else baseline

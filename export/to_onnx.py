@@ -23,7 +23,7 @@ from ranet_edge.errors import ExportError
 from .fold import fold_batchnorm
 from .graph_costs import intermediate_values
 from .partition import constant_nodes
-from .rewrite import constant_resize
+from .rewrite import AXES_OPSET, _opset, constant_resize
 
 INPUT_NAME = "image"
 
@@ -33,10 +33,11 @@ class Traced:
     """The model as one ONNX graph: what the later steps cut, count and write."""
 
     graph: onnx.ModelProto  # rewritten, with value_info: the graph cut into stages
-    as_exported: onnx.ModelProto  # as torch.onnx.export wrote it: the monolithic baseline
+    baseline: onnx.ModelProto  # the monolithic baseline: ``graph`` where its rewrite pays, else as exported
     values: dict[str, np.ndarray]  # every live tensor of ``graph`` at the example batch
     num_exits: int
-    resizes: int  # Resize nodes given constant scales
+    resizes: int  # Resize nodes given constant sizes (or scales)
+    baseline_rewritten: bool = False  # the baseline got the same rewrite as the stages
 
 
 def logit_names(num_exits: int) -> list[str]:
@@ -73,17 +74,22 @@ def to_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], opset: in
     other = None  # shapes at a second batch size tell the fixed dimensions from the batch axis
     if static_batch is None:
         other = {k: v.shape for k, v in intermediate_values(full, {INPUT_NAME: np.zeros((2, *input_shape), np.float32)}).items()}
-    # The monolithic baseline stays as exported: on the x86 CPUs measured, ONNX Runtime turns a
-    # constant-scale Resize into its blocked-layout Upsample and then reorders the 4x larger
-    # output, which cost the whole graph 4-8% at batch 64 for nothing at batch 1, while the
-    # stages lose nothing and C-1's chain gains ~2% at batch 1 (benchmarks/README.md).
+    # The monolithic baseline gets the same rewrite: with opset 18's sizes-on-axes form it runs
+    # no shape arithmetic and stays in NCHW like the exported Resize, faster at batch 1 and as
+    # fast at batch 64. Only where the opset cannot be raised (constant scales, which ONNX
+    # Runtime turns into a blocked-layout Upsample, 4-8% slower for a whole graph at batch 64
+    # on x86) does it stay as exported.
     as_exported = onnx.ModelProto()
     as_exported.CopyFrom(full)
     resizes = constant_resize(full, {k: v.shape for k, v in values.items()}, other)
     live = {out for node in full.graph.node for out in node.output} | {INPUT_NAME}
     values = {k: v for k, v in values.items() if k in live}
     _value_infos(full, values, static_batch)
-    return Traced(full, as_exported, values, num_exits, resizes)
+    baseline = as_exported
+    if _opset(full) >= AXES_OPSET:
+        baseline = onnx.ModelProto()
+        baseline.CopyFrom(full)
+    return Traced(full, baseline, values, num_exits, resizes, baseline is not as_exported)
 
 
 def _export(model: torch.nn.Module, example: torch.Tensor, num_exits: int, opset: int,
