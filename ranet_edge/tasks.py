@@ -18,7 +18,7 @@ from .errors import InputError
 from .runtime import ExitChain, OperatingPoint, save_point
 from .runtime import calibration as cal
 from .runtime.evaluate import PAPER_P, anytime, budgeted, collect
-from .runtime.latency import measure_stages
+from .runtime.latency import measure_latency
 
 # progress(label, total) -> a context giving update(done): click.progressbar fits, or nothing
 Progress = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int], None]]]
@@ -118,15 +118,15 @@ def calibrate(bundle: str | os.PathLike, goal: Goal, data: DataOptions = DataOpt
     temps = cal.fit_temperatures(outs.logits, outs.labels) if temperature else None
     conf, correct = outs.conf_correct(temps)
     flops = np.asarray(chain.manifest.exit_field("flops"), np.float64)
-    times = measure_stages(chain, chain.preprocess(images[:1]), warmup=3, iters=30)
-    exit_ms = np.asarray(times.exit_ms(chain))
+    latency = measure_latency(chain, chain.preprocess(images[:1]))  # batch 1: what --budget-ms means
+    exit_ms = np.asarray(latency.exit_ms(per_image=True))
     session_provider = chain.session_providers[0][0]
     res, method, default_name = choose(conf, correct, flops, exit_ms, goal, session_provider)
     counts = res.exit_counts
     thresholds = [float(t) if t < 1e7 else float("inf") for t in res.thresholds[:-1]] + [float("-inf")]
     point = OperatingPoint(
         thresholds=thresholds, method=method, val_accuracy=res.accuracy,
-        expected_flops=float(counts @ flops / counts.sum()), expected_ms=float(counts @ exit_ms / counts.sum()),
+        expected_flops=float(counts @ flops / counts.sum()), expected_ms=latency.expected_ms(counts),
         temperatures=[float(t) for t in temps] if temps is not None else None, provider=session_provider,
     )
     name = name or default_name
@@ -148,37 +148,42 @@ class Evaluation:
     eval_images: int
     provider: str
     batch_size: int
-    anytime: list[dict]  # per exit: top1, top5, flops, ms
-    budgeted: list[dict]  # per p: thresholds, accuracy, expected_flops, measured_ms, exit_counts...
+    anytime: list[dict]  # per exit: top1, top5, flops, ms (to the exit, per image)
+    budgeted: list[dict]  # per p: thresholds, accuracy, expected_flops, measured_ms, expected_ms, exit_counts...
+    latency: dict | None = None  # the stage measurement behind every ms (Latency.to_dict())
 
     def to_dict(self) -> dict:
         return {"bundle": self.bundle, "data": self.source, "val_images": self.val_images,
                 "eval_images": self.eval_images, "provider": self.provider, "batch_size": self.batch_size,
-                "anytime": self.anytime, "budgeted": self.budgeted}
+                "anytime": self.anytime, "budgeted": self.budgeted, "latency": self.latency}
 
 
 def evaluate(bundle: str | os.PathLike, data: DataOptions = DataOptions(), *, provider: str = "cpu",
              threads: int | None = None, batch_size: int = 1, progress: Progress = no_progress) -> Evaluation:
     """Fit the paper's thresholds on one split, then evaluate on the other split: every exit
-    alone (anytime) and a real timed chain run at each of the paper's 39 values of p."""
+    alone (anytime) and a real timed chain run at each of the paper's 39 values of p.
+
+    Every ms comes from one stage measurement at ``batch_size`` on the first eval images
+    (:func:`~ranet_edge.runtime.latency.measure_latency`): the anytime ms to each exit and
+    each point's ``expected_ms``, set beside the point's real timed run (``measured_ms``)."""
     if batch_size < 1:
         raise InputError("--batch-size must be >= 1")
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
     labelled = data.load()
     images, labels = labelled.images, labelled.labels
     val_idx, eval_idx = split_val(len(images), data.val_size, data.seed, True)
-    times = measure_stages(chain, chain.preprocess(images[:1]), warmup=3, iters=30)
-    exit_ms = times.exit_ms(chain)
+    first = eval_idx[np.arange(batch_size) % len(eval_idx)]
+    latency = measure_latency(chain, chain.preprocess(images[first]))
     flops = chain.manifest.exit_field("flops")
     with progress("running every exit", len(images)) as update:
         val = collect(chain, images[val_idx], labels[val_idx], progress=update)
         test = collect(chain, images[eval_idx], labels[eval_idx], progress=update)
-    any_rows = anytime(test, flops, exit_ms)
+    any_rows = anytime(test, flops, latency.exit_ms(per_image=True))
     with progress(f"budgeted runs ({len(PAPER_P)} operating points)", len(PAPER_P)) as update:
         bud_rows = budgeted(chain, val, images[eval_idx], labels[eval_idx], flops, batch_size,
-                            progress=update, run_costs=chain.manifest.exit_field("run_flops"))
+                            progress=update, run_costs=chain.manifest.exit_field("run_flops"), latency=latency)
     return Evaluation(str(bundle), labelled.source, int(len(val_idx)), int(len(eval_idx)),
-                      chain.session_providers[0][0], batch_size, any_rows, bud_rows)
+                      chain.session_providers[0][0], batch_size, any_rows, bud_rows, latency.to_dict())
 
 
 
