@@ -18,7 +18,7 @@ from .errors import InputError
 from .runtime import ExitChain, OperatingPoint, save_point
 from .runtime import calibration as cal
 from .runtime.evaluate import PAPER_P, anytime, budgeted, collect
-from .runtime.latency import measure_latency
+from .runtime.latency import LatencyMeter, measure_latency
 
 # progress(label, total) -> a context giving update(done): click.progressbar fits, or nothing
 Progress = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int], None]]]
@@ -164,8 +164,9 @@ def evaluate(bundle: str | os.PathLike, data: DataOptions = DataOptions(), *, pr
     alone (anytime) and a real timed chain run at each of the paper's 39 values of p.
 
     Every ms comes from one stage measurement at ``batch_size`` on the first eval images
-    (:func:`~ranet_edge.runtime.latency.measure_latency`): the anytime ms to each exit and
-    each point's ``expected_ms``, set beside the point's real timed run (``measured_ms``)."""
+    (:class:`~ranet_edge.runtime.latency.LatencyMeter`, a round before each point's timed
+    pass): the anytime ms to each exit and each point's ``expected_ms``, set beside the
+    point's real timed run (``measured_ms``)."""
     if batch_size < 1:
         raise InputError("--batch-size must be >= 1")
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
@@ -173,15 +174,18 @@ def evaluate(bundle: str | os.PathLike, data: DataOptions = DataOptions(), *, pr
     images, labels = labelled.images, labelled.labels
     val_idx, eval_idx = split_val(len(images), data.val_size, data.seed, True)
     first = eval_idx[np.arange(batch_size) % len(eval_idx)]
-    latency = measure_latency(chain, chain.preprocess(images[first]))
+    # a round before each of the 39 timed passes: 20 calls of every case at batch 1, fewer at larger batches
+    meter = LatencyMeter(chain, chain.preprocess(images[first]), block=max(3, 20 // batch_size),
+                         settle=max(1, 5 // batch_size))
     flops = chain.manifest.exit_field("flops")
     with progress("running every exit", len(images)) as update:
         val = collect(chain, images[val_idx], labels[val_idx], progress=update)
         test = collect(chain, images[eval_idx], labels[eval_idx], progress=update)
-    any_rows = anytime(test, flops, latency.exit_ms(per_image=True))
     with progress(f"budgeted runs ({len(PAPER_P)} operating points)", len(PAPER_P)) as update:
         bud_rows = budgeted(chain, val, images[eval_idx], labels[eval_idx], flops, batch_size,
-                            progress=update, run_costs=chain.manifest.exit_field("run_flops"), latency=latency)
+                            progress=update, run_costs=chain.manifest.exit_field("run_flops"), latency=meter)
+    latency = meter.result()
+    any_rows = anytime(test, flops, latency.exit_ms(per_image=True))
     return Evaluation(str(bundle), labelled.source, int(len(val_idx)), int(len(eval_idx)),
                       chain.session_providers[0][0], batch_size, any_rows, bud_rows, latency.to_dict())
 

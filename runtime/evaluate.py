@@ -11,7 +11,7 @@ from ranet_edge.errors import CalibrationError
 from . import calibration as cal
 from . import decision
 from .chain import ExitChain
-from .latency import Latency, timed_passes
+from .latency import LatencyMeter, timed_passes
 
 PAPER_P = [i / 20 for i in range(1, 40)]
 
@@ -68,21 +68,24 @@ def anytime(outputs: ExitOutputs, flops: list[int], exit_ms: list[float]) -> lis
 def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_labels: np.ndarray,
              costs: list[int], batch_size: int = 1, ps: list[float] = PAPER_P,
              progress: Callable[[int], None] | None = None, run_costs: list[int] | None = None,
-             latency: Latency | None = None) -> list[dict]:
+             latency: LatencyMeter | None = None) -> list[dict]:
     """For each p: thresholds fit on ``val``, then a real timed chain run on the eval images
     (:func:`~.latency.timed_passes`: one ``predict`` call per batch, each timed).
 
     ``costs`` are the official cumulative counts per exit (comparable with the papers);
     ``run_costs``, if given, what a sample leaving there pays in the chain
-    (``expected_run_flops``). With ``latency`` (the one stage measurement), each row also
-    gets ``expected_ms`` (exit shares times the measured time to each exit) and
-    ``real_over_expected`` (``measured_ms / expected_ms``)."""
+    (``expected_run_flops``). With ``latency`` (the one stage measurement), a round of it
+    runs before each pass, and each row also gets ``expected_ms`` (exit shares times the
+    measured time to each exit, from every round) and ``real_over_expected``
+    (``measured_ms / expected_ms``)."""
     conf, _ = val.conf_correct()
     x_all = chain.preprocess(eval_images)
     rows = []
     for p in ps:
         t = cal.paper_thresholds(conf, p)
         thresholds = [float(v) if v <= 1.0 else np.inf for v in t[:-1]]  # 1e8: nobody exits
+        if latency is not None:
+            latency.round()
         run = timed_passes(chain, x_all, {"p": thresholds}, batch_size)["p"]
         counts = np.bincount(run.exits, minlength=chain.num_exits)
         row = {
@@ -94,12 +97,14 @@ def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_l
             "measured_ms": run.ms_per_image, "measured_wall_ms": run.wall_ms_per_image,
             "preempted": run.preempted, "exit_counts": counts.tolist(),
         }
-        if latency is not None:
-            row["expected_ms"] = latency.expected_ms(counts)
-            row["real_over_expected"] = row["measured_ms"] / row["expected_ms"]
         rows.append(row)
         if progress:
             progress(1)
+    if latency is not None:
+        lat = latency.result()
+        for row in rows:
+            row["expected_ms"] = lat.expected_ms(row["exit_counts"])
+            row["real_over_expected"] = row["measured_ms"] / row["expected_ms"]
     return rows
 
 

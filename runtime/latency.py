@@ -18,7 +18,7 @@ import numpy as np
 
 from .chain import ExitChain
 from .graphs import walk
-from .timing import CaseStats, interleaved, kept, pass_ms
+from .timing import CaseStats, Timings, interleaved, kept, pass_ms
 
 
 @dataclass(frozen=True)
@@ -72,32 +72,72 @@ def run_to(chain: ExitChain, x: np.ndarray, last: int) -> None:
         pass
 
 
-def measure_latency(chain: ExitChain, x: np.ndarray, *, repeats: int = 600, warmup: int = 5, block: int = 50,
-                    settle: int = 10, stages: bool = False,
-                    references: Mapping[str, Callable[[], object]] | None = None) -> Latency:
-    """Time, side by side in settled blocks (:func:`~.timing.interleaved`), the chain run up
-    to each graph on ``x``, ``chain.run_all(x)``, the given ``references`` and, with
-    ``stages``, each graph alone on its real inputs; medians over the calls no other process
-    preempted.
+class LatencyMeter:
+    """The stage measurement in instalments: each :meth:`round` times one more settled block
+    of every case (:func:`~.timing.interleaved`), and :meth:`result` takes the medians over
+    every block so far. ``eval`` runs a round before each operating point's timed pass, so
+    that the measurement spans the whole run, under the same load as the passes, instead of
+    the few seconds one call of :func:`measure_latency` takes.
+
+    Cases: the chain run up to each graph on ``x``, ``chain.run_all(x)`` (``"chain"``), the
+    given ``references`` and, with ``stages``, each graph alone on its real inputs.
 
     The time to an exit is measured as a run up to its graph, not as a sum of graphs timed
     alone: a graph run after the others finds its weights out of the caches, which a block
     of calls of one graph hides (the sum of isolated graphs came out 25-35% below a run of
-    the same graphs in sequence on the default bundle)."""
-    x = chain.check_input(x)
-    graphs = chain.graphs
-    cases: dict[str, Callable[[], object]] = {
-        f"to graph {g}": (lambda g=g: run_to(chain, x, g)) for g in range(len(graphs))}
-    if stages:
-        cases.update({f"graph {g}": (lambda s=graph.session, names=graph.output_names, f=feeds: s.run(names, f))
-                      for g, (graph, feeds) in enumerate(zip(graphs, cached_inputs(chain, x)))})
-    refs = {"chain": lambda: chain.run_all(x), **(references or {})}
-    cases.update(refs)
-    t = interleaved(cases, repeats, warmup=warmup, block=min(block, repeats), settle=settle)
-    exit_graph = [g for g, graph in enumerate(graphs) for _ in graph.exits]
-    return Latency(int(x.shape[0]), [t.stats(f"to graph {g}") for g in range(len(graphs))], exit_graph,
-                   {k: t.stats(k) for k in refs},
-                   [t.stats(f"graph {g}") for g in range(len(graphs))] if stages else None)
+    the same graphs in sequence on the default bundle).
+    """
+
+    def __init__(self, chain: ExitChain, x: np.ndarray, *, warmup: int = 5, block: int = 50, settle: int = 10,
+                 stages: bool = False, references: Mapping[str, Callable[[], object]] | None = None):
+        x = chain.check_input(x)
+        graphs = chain.graphs
+        self.batch_size = int(x.shape[0])
+        self.block, self.settle, self._warmup = block, settle, warmup
+        self._n_graphs, self._stages = len(graphs), stages
+        self._exit_graph = [g for g, graph in enumerate(graphs) for _ in graph.exits]
+        cases: dict[str, Callable[[], object]] = {
+            f"to graph {g}": (lambda g=g: run_to(chain, x, g)) for g in range(len(graphs))}
+        if stages:
+            cases.update({f"graph {g}": (lambda s=graph.session, names=graph.output_names, f=feeds: s.run(names, f))
+                          for g, (graph, feeds) in enumerate(zip(graphs, cached_inputs(chain, x)))})
+        self._refs = ["chain", *(references or {})]
+        cases.update({"chain": lambda: chain.run_all(x), **(references or {})})
+        self._cases = cases
+        self._parts: list[Timings] = []
+
+    @property
+    def calls(self) -> int:
+        """Timed calls of each case so far."""
+        return sum(len(t.times["chain"]) for t in self._parts)
+
+    def round(self, calls: int | None = None) -> None:
+        """Time one more block of ``calls`` (default: ``block``) calls of every case."""
+        calls = calls or self.block
+        warmup = self._warmup if not self._parts else 0
+        self._parts.append(interleaved(self._cases, calls, warmup=warmup, block=calls, settle=self.settle))
+
+    def result(self) -> Latency:
+        if not self._parts:
+            self.round()
+        t = Timings({k: np.concatenate([p.times[k] for p in self._parts]) for k in self._cases},
+                    {k: np.concatenate([p.preempted[k] for p in self._parts]) for k in self._cases})
+        return Latency(self.batch_size, [t.stats(f"to graph {g}") for g in range(self._n_graphs)], self._exit_graph,
+                       {k: t.stats(k) for k in self._refs},
+                       [t.stats(f"graph {g}") for g in range(self._n_graphs)] if self._stages else None)
+
+
+def measure_latency(chain: ExitChain, x: np.ndarray, *, repeats: int = 600, warmup: int = 5, block: int = 50,
+                    settle: int = 10, stages: bool = False,
+                    references: Mapping[str, Callable[[], object]] | None = None) -> Latency:
+    """Every case of :class:`LatencyMeter` timed ``repeats`` times side by side in settled
+    blocks of ``block`` calls; medians over the calls no other process preempted."""
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats} must be >= 1")
+    meter = LatencyMeter(chain, x, warmup=warmup, block=block, settle=settle, stages=stages, references=references)
+    while meter.calls < repeats:
+        meter.round(min(block, repeats - meter.calls))
+    return meter.result()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from ranet_edge.cli import get_cli
 from ranet_edge.data import load_labelled
 from ranet_edge.runtime import ExitChain
 from ranet_edge.runtime.bench import BenchOptions
-from ranet_edge.runtime.latency import Latency, measure_latency, timed_passes
+from ranet_edge.runtime.latency import Latency, LatencyMeter, measure_latency, timed_passes
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,11 @@ def chain(bundle):
 
 def test_measure_latency_structure(chain):
     x = chain.preprocess(load_labelled(SAMPLE_IMAGES).images[:2])
-    lat = measure_latency(chain, x, repeats=4, warmup=1, block=2, settle=1, stages=True,
+    lat = measure_latency(chain, x, repeats=5, warmup=1, block=2, settle=1, stages=True,
                           references={"again": lambda: chain.run_all(x)})
     n_graphs = len(chain.graphs)
     assert lat.batch_size == 2 and len(lat.to_graph) == len(lat.stages) == n_graphs
-    assert set(lat.references) == {"chain", "again"} and all(s.calls == 4 for s in lat.to_graph)
+    assert set(lat.references) == {"chain", "again"} and all(s.calls == 5 for s in lat.to_graph + lat.stages)
     exit_ms = lat.exit_ms()
     assert len(exit_ms) == chain.num_exits
     for k, g in enumerate(lat.exit_graph):
@@ -82,13 +82,21 @@ def _spy(monkeypatch, module):
 
 
 def test_eval_prints_expected_ms_beside_the_timed_run(bundle, tmp_path, monkeypatch):
-    seen = _spy(monkeypatch, tasks)
+    meters: list[LatencyMeter] = []
+
+    class Spy(LatencyMeter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            meters.append(self)
+
+    monkeypatch.setattr(tasks, "LatencyMeter", Spy)
     out = tmp_path / "eval.json"
     res = CliRunner().invoke(get_cli(), ["eval", str(bundle), "--data", str(SAMPLE_IMAGES), "--holdout", "40",
                                          "--json", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert len(seen) == 1  # the stages are measured once, not once per operating point
-    lat = seen[0]
+    assert len(meters) == 1  # one stage measurement, a round of it before each operating point's pass
+    assert meters[0].calls == 39 * meters[0].block
+    lat = meters[0].result()
     rep = json.loads(out.read_text())
     assert [r["ms"] for r in rep["anytime"]] == lat.exit_ms(per_image=True)
     assert rep["latency"]["exit_ms"] == lat.exit_ms()

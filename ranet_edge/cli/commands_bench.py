@@ -68,6 +68,9 @@ def echo_bench(b, batch_size: int) -> None:
     a = r["adaptive"]
     click.echo(f"adaptive  {a['images']} images from {source}: mean {a['mean_ms']:.3f} ms, p99 {a['p99_ms']:.3f} ms, "
                f"exits {a['exit_counts']}")
+    if a.get("expected_ms"):
+        click.echo(f"          expected from the ms to each exit: {a['expected_ms']:.3f} ms "
+                   f"(measured / expected x{a['mean_ms'] / a['expected_ms']:.2f})")
     if a["measured_speedup"] is not None:
         click.echo(f"          speed-up over monolithic: predicted by FLOPs x{a['predicted_speedup']:.2f}, "
                    f"measured x{a['measured_speedup']:.2f}")
