@@ -10,7 +10,6 @@ PyTorch model (eager, same thread count), both at batch 1 and at batch 64.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import onnxruntime as ort
@@ -18,9 +17,10 @@ import torch
 from _common import held_out_images, write
 
 from ranet_edge.checkpoint import load_checkpoint
-from ranet_edge.runtime import ExitChain
+from ranet_edge.runtime import ExitChain, timing
 from ranet_edge.runtime import calibration as cal
 from ranet_edge.runtime.evaluate import collect
+from ranet_edge.runtime.operating_points import thresholds_to_json
 from ranet_edge.runtime.providers import session_options
 
 
@@ -58,7 +58,7 @@ def main() -> None:
                                       for i in range(0, len(xt), 256)])
     result = {
         "threads": args.threads, "eval_images": int(len(yt)),
-        "thresholds": [float(t) for t in thr], "exit_counts": counts.tolist(),
+        "thresholds": thresholds_to_json([float(t) for t in thr]), "exit_counts": counts.tolist(),
         "accuracy": {"adaptive": float((res.labels == yt).mean()),
                      "final_exit": float((torch_final.argmax(1) == yt).mean()),
                      "val_final_exit": final_acc, "val_adaptive": point.accuracy},
@@ -74,22 +74,20 @@ def main() -> None:
     for batch in (1, 64):
         n = min(args.images, len(xt)) if batch == 1 else (len(xt) // 64) * 64
         batches = [xt[i:i + batch] for i in range(0, n, batch)]
-        times = {k: np.empty(len(batches)) for k in fns}
         block = 100  # interleave in blocks: side by side, without each call evicting the others' caches
         with torch.no_grad():
             for xb in batches[:5]:  # warm-up
                 for f in fns.values():
                     f(xb)
-            for start in range(0, len(batches), block):
-                for k, f in fns.items():
-                    for i in range(start, min(start + block, len(batches))):
-                        t0 = time.perf_counter()
-                        f(batches[i])
-                        times[k][i] = time.perf_counter() - t0
+            cursors = {k: iter(batches) for k in fns}
+            t = timing.interleaved({k: (lambda f=f, it=cursors[k]: f(next(it))) for k, f in fns.items()},
+                                   len(batches), warmup=0, block=block, settle=0)
+        times = t.times
         per_img = {k: 1e3 * float(v.sum()) / n for k, v in times.items()}
         result[f"batch{batch}"] = {
             "images": n, "ms_per_image": per_img,
             "p99_ms_per_call": {k: 1e3 * float(np.percentile(v, 99)) for k, v in times.items()},
+            "preempted": {k: float(v.mean()) for k, v in t.preempted.items()},
             "speedup_vs_monolithic": per_img["monolithic"] / per_img["adaptive"],
             "speedup_vs_torch_eager": per_img["torch_eager"] / per_img["adaptive"],
             "measured_over_predicted": (per_img["monolithic"] / per_img["adaptive"]) / result["predicted_speedup"],

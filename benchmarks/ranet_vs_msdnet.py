@@ -18,7 +18,7 @@ from _common import held_out_images, write
 
 from ranet_edge.runtime import ExitChain
 from ranet_edge.runtime.evaluate import PAPER_P, anytime, budgeted, collect
-from ranet_edge.runtime.latency import measure_stages
+from ranet_edge.runtime.latency import measure_latency
 
 NAMES = ("RANet", "MSDNet")
 
@@ -34,7 +34,7 @@ def exit_latencies(chains: dict[str, ExitChain], x: np.ndarray, rounds: int = 5)
     per: dict[str, list[list[float]]] = {k: [] for k in chains}
     for _ in range(rounds):
         for name, chain in chains.items():
-            per[name].append(measure_stages(chain, x, warmup=3, iters=40).exit_ms(chain))
+            per[name].append(measure_latency(chain, x, repeats=200).exit_ms())
     return {k: np.median(np.asarray(v), axis=0).tolist() for k, v in per.items()}
 
 

@@ -18,7 +18,7 @@ from .errors import InputError
 from .runtime import ExitChain, OperatingPoint, save_point
 from .runtime import calibration as cal
 from .runtime.evaluate import PAPER_P, anytime, budgeted, collect
-from .runtime.latency import measure_stages
+from .runtime.latency import LatencyMeter, measure_latency
 
 # progress(label, total) -> a context giving update(done): click.progressbar fits, or nothing
 Progress = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int], None]]]
@@ -118,8 +118,8 @@ def calibrate(bundle: str | os.PathLike, goal: Goal, data: DataOptions = DataOpt
     temps = cal.fit_temperatures(outs.logits, outs.labels) if temperature else None
     conf, correct = outs.conf_correct(temps)
     flops = np.asarray(chain.manifest.exit_costs("flops"), np.float64)
-    times = measure_stages(chain, chain.preprocess(images[:1]), warmup=3, iters=30)
-    exit_ms = np.asarray(times.exit_ms(chain))
+    latency = measure_latency(chain, chain.preprocess(images[:1]))  # batch 1: what --budget-ms means
+    exit_ms = np.asarray(latency.exit_ms(per_image=True))
     session_provider = chain.session_providers[0][0]
     res, method, default_name = choose(conf, correct, flops, exit_ms, goal, session_provider)
     point = OperatingPoint.fitted(res.thresholds, res.exit_counts, flops, exit_ms, method=method,
@@ -143,37 +143,46 @@ class Evaluation:
     eval_images: int
     provider: str
     batch_size: int
-    anytime: list[dict]  # per exit: top1, top5, flops, ms
-    budgeted: list[dict]  # per p: thresholds, accuracy, expected_flops, measured_ms, exit_counts...
+    anytime: list[dict]  # per exit: top1, top5, flops, ms (to the exit, per image)
+    budgeted: list[dict]  # per p: thresholds, accuracy, expected_flops, measured_ms, expected_ms, exit_counts...
+    latency: dict | None = None  # the stage measurement behind every ms (Latency.to_dict())
 
     def to_dict(self) -> dict:
         return {"bundle": self.bundle, "data": self.source, "val_images": self.val_images,
                 "eval_images": self.eval_images, "provider": self.provider, "batch_size": self.batch_size,
-                "anytime": self.anytime, "budgeted": self.budgeted}
+                "anytime": self.anytime, "budgeted": self.budgeted, "latency": self.latency}
 
 
 def evaluate(bundle: str | os.PathLike, data: DataOptions = DataOptions(), *, provider: str = "cpu",
              threads: int | None = None, batch_size: int = 1, progress: Progress = no_progress) -> Evaluation:
     """Fit the paper's thresholds on one split, then evaluate on the other split: every exit
-    alone (anytime) and a real timed chain run at each of the paper's 39 values of p."""
+    alone (anytime) and a real timed chain run at each of the paper's 39 values of p.
+
+    Every ms comes from one stage measurement at ``batch_size`` on the first eval images
+    (:class:`~ranet_edge.runtime.latency.LatencyMeter`, a round before each point's timed
+    pass): the anytime ms to each exit and each point's ``expected_ms``, set beside the
+    point's real timed run (``measured_ms``)."""
     if batch_size < 1:
         raise InputError("--batch-size must be >= 1")
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
     labelled = data.load()
     images, labels = labelled.images, labelled.labels
     val_idx, eval_idx = split_val(len(images), data.val_size, data.seed, True)
-    times = measure_stages(chain, chain.preprocess(images[:1]), warmup=3, iters=30)
-    exit_ms = times.exit_ms(chain)
+    first = eval_idx[np.arange(batch_size) % len(eval_idx)]
+    # a round before each of the 39 timed passes: 20 calls of every case at batch 1, fewer at larger batches
+    meter = LatencyMeter(chain, chain.preprocess(images[first]), block=max(3, 20 // batch_size),
+                         settle=max(1, 5 // batch_size))
     flops = chain.manifest.exit_costs("flops")
     with progress("running every exit", len(images)) as update:
         val = collect(chain, images[val_idx], labels[val_idx], progress=update)
         test = collect(chain, images[eval_idx], labels[eval_idx], progress=update)
-    any_rows = anytime(test, flops, exit_ms)
     with progress(f"budgeted runs ({len(PAPER_P)} operating points)", len(PAPER_P)) as update:
         bud_rows = budgeted(chain, val, images[eval_idx], labels[eval_idx], flops, batch_size,
-                            progress=update, run_costs=chain.manifest.exit_costs("run_flops"))
+                            progress=update, run_costs=chain.manifest.exit_costs("run_flops"), latency=meter)
+    latency = meter.result()
+    any_rows = anytime(test, flops, latency.exit_ms(per_image=True))
     return Evaluation(str(bundle), labelled.source, int(len(val_idx)), int(len(eval_idx)),
-                      chain.session_providers[0][0], batch_size, any_rows, bud_rows)
+                      chain.session_providers[0][0], batch_size, any_rows, bud_rows, latency.to_dict())
 
 
 

@@ -1,7 +1,6 @@
 """Anytime and budgeted-batch evaluation of a chain on labelled images (torch-free)."""
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ from ranet_edge.errors import CalibrationError
 from . import calibration as cal
 from . import decision
 from .chain import ExitChain
+from .latency import LatencyMeter, timed_passes
 
 PAPER_P = [i / 20 for i in range(1, 40)]
 
@@ -67,37 +67,44 @@ def anytime(outputs: ExitOutputs, flops: list[int], exit_ms: list[float]) -> lis
 
 def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_labels: np.ndarray,
              costs: list[int], batch_size: int = 1, ps: list[float] = PAPER_P,
-             progress: Callable[[int], None] | None = None, run_costs: list[int] | None = None) -> list[dict]:
-    """For each p: thresholds fit on ``val``, then a real timed chain run on the eval images.
+             progress: Callable[[int], None] | None = None, run_costs: list[int] | None = None,
+             latency: LatencyMeter | None = None) -> list[dict]:
+    """For each p: thresholds fit on ``val``, then a real timed chain run on the eval images
+    (:func:`~.latency.timed_passes`: one ``predict`` call per batch, each timed).
 
     ``costs`` are the official cumulative counts per exit (comparable with the papers);
     ``run_costs``, if given, what a sample leaving there pays in the chain
-    (``expected_run_flops``)."""
+    (``expected_run_flops``). With ``latency`` (the one stage measurement), a round of it
+    runs before each pass, and each row also gets ``expected_ms`` (exit shares times the
+    measured time to each exit, from every round) and ``real_over_expected``
+    (``measured_ms / expected_ms``)."""
     conf, _ = val.conf_correct()
     x_all = chain.preprocess(eval_images)
     rows = []
     for p in ps:
         t = cal.paper_thresholds(conf, p)
         thresholds = [float(v) if v <= 1.0 else np.inf for v in t[:-1]]  # 1e8: nobody exits
-        labels = np.empty(len(x_all), np.int64)
-        exits = np.empty(len(x_all), np.int64)
-        t0 = time.perf_counter()
-        for start in range(0, len(x_all), batch_size):
-            res = chain.predict(x_all[start:start + batch_size], thresholds)
-            labels[start:start + batch_size] = res.labels
-            exits[start:start + batch_size] = res.exits
-        elapsed = time.perf_counter() - t0
-        counts = np.bincount(exits, minlength=chain.num_exits)
-        rows.append({
+        if latency is not None:
+            latency.round()
+        run = timed_passes(chain, x_all, {"p": thresholds}, batch_size)["p"]
+        counts = np.bincount(run.exits, minlength=chain.num_exits)
+        row = {
             "p": p, "thresholds": [float(v) for v in t],
-            "accuracy": float((labels == eval_labels).mean()),
+            "accuracy": float((run.labels == eval_labels).mean()),
             "expected_flops": float(counts @ np.asarray(costs, np.float64) / len(x_all)),
             "expected_run_flops": float(counts @ np.asarray(run_costs if run_costs is not None else costs,
                                                             np.float64) / len(x_all)),
-            "measured_ms": 1e3 * elapsed / len(x_all), "exit_counts": counts.tolist(),
-        })
+            "measured_ms": run.ms_per_image, "measured_wall_ms": run.wall_ms_per_image,
+            "preempted": run.preempted, "exit_counts": counts.tolist(),
+        }
+        rows.append(row)
         if progress:
             progress(1)
+    if latency is not None:
+        lat = latency.result()
+        for row in rows:
+            row["expected_ms"] = lat.expected_ms(row["exit_counts"])
+            row["real_over_expected"] = row["measured_ms"] / row["expected_ms"]
     return rows
 
 

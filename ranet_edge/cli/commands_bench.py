@@ -56,7 +56,7 @@ def echo_bench(b, batch_size: int) -> None:
     env = r["env"]
     click.echo(f"machine   {env['cpu']}, {env['cores']} cores; onnxruntime {env['onnxruntime']}; "
                f"threads {env['threads']}; sessions on {sorted({p[0] for p in env['session_providers']})}")
-    click.echo(f"per stage at batch {batch_size} (ms)      p50      p90      p99   to exit (p50)")
+    click.echo(f"per graph at batch {batch_size} (ms), alone:  p50      p90      p99   run to it (p50)")
     for k, (p, e) in enumerate(zip(r["stage_percentiles"], _graph_exit_ms(b.exits_per_graph, r["exit_ms"]))):
         click.echo(f"  graph {k:<2}                    {p['p50']:>8.3f} {p['p90']:>8.3f} {p['p99']:>8.3f}   {e:>8.3f}")
     if r["monolithic_ms"] is None:
@@ -68,6 +68,9 @@ def echo_bench(b, batch_size: int) -> None:
     a = r["adaptive"]
     click.echo(f"adaptive  {a['images']} images from {source}: mean {a['mean_ms']:.3f} ms, p99 {a['p99_ms']:.3f} ms, "
                f"exits {a['exit_counts']}")
+    if a.get("expected_ms"):
+        click.echo(f"          expected from the ms to each exit: {a['expected_ms']:.3f} ms "
+                   f"(measured / expected x{a['mean_ms'] / a['expected_ms']:.2f})")
     if a["measured_speedup"] is not None:
         click.echo(f"          speed-up over monolithic: predicted by FLOPs x{a['predicted_speedup']:.2f}, "
                    f"measured x{a['measured_speedup']:.2f}")
