@@ -214,7 +214,8 @@ def diagnose(bundle: str | os.PathLike | None = None, provider: str | None = Non
     except ImportError as exc:
         ort, ort_error = None, (str(exc).strip().splitlines() or [""])[0]
     if len(builds) > 1:
-        problems.append(several_builds_message(builds))
+        problems.append(several_builds_message(builds, os.path.dirname(os.path.dirname(os.path.abspath(ort.__file__)))
+                                               if ort is not None else None))
     hint = gpu_hint()
     checks: list[ProviderCheck] = []
     available: list[str] = []
@@ -231,7 +232,7 @@ def diagnose(bundle: str | os.PathLike | None = None, provider: str | None = Non
                             "then pip install 'ranet-edge[gpu]'")
     report = DoctorReport(
         python=platform.python_version(), platform=f"{platform.system()} {platform.machine()}", cpu=cpu,
-        cpu_features=features, onnxruntime_builds=[asdict(b) for b in builds],
+        cpu_features=features, onnxruntime_builds=[{"name": b.name, "version": b.version, "extra": b.extra} for b in builds],
         onnxruntime=getattr(ort, "__version__", None) if ort else None,
         onnxruntime_path=str(Path(ort.__file__).parent) if ort and getattr(ort, "__file__", None) else None,
         providers=available, accelerators=checks, torch=_version("torch") if importlib.util.find_spec("torch") else None,

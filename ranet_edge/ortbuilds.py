@@ -10,7 +10,8 @@ Imports nothing heavy, so ``ranet-edge doctor`` can report even when onnxruntime
 """
 from __future__ import annotations
 
-import importlib.metadata
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -45,25 +46,51 @@ class Build:
     name: str  # distribution name, e.g. "onnxruntime-gpu"
     version: str
     extra: str | None  # the ranet-edge extra that installs it, if any
+    location: str = ""  # the sys.path entry it is installed in
+
+
+_DIST_NAMES = {name.replace("-", "_"): name for name in BUILDS}
 
 
 def installed_builds() -> list[Build]:
-    """Every onnxruntime distribution installed on ``sys.path``, by its metadata."""
-    found = []
-    for name, extra in BUILDS.items():
+    """Every onnxruntime distribution installed on ``sys.path``, from the names of the
+    ``*.dist-info`` / ``*.egg-info`` folders (``onnxruntime_gpu-1.31.1.dist-info``): a directory
+    listing per path entry, a few milliseconds, where ``importlib.metadata`` costs about as
+    much as importing onnxruntime itself. A distribution installed in two places counts once
+    per place, as both are on the path."""
+    found, seen = [], set()
+    for entry in sys.path:
+        where = os.path.abspath(entry or os.curdir)
         try:
-            found.append(Build(name, importlib.metadata.version(name), extra))
-        except importlib.metadata.PackageNotFoundError:
+            names = os.listdir(where)
+        except OSError:
             continue
-    return found
+        for folder in sorted(names):
+            stem, dot, kind = folder.rpartition(".")
+            if kind not in ("dist-info", "egg-info") or not dot:
+                continue
+            dist, _, version = stem.partition("-")
+            name = _DIST_NAMES.get(dist.lower().replace("-", "_").replace(".", "_"))
+            if name is not None and (name, where) not in seen:
+                seen.add((name, where))
+                found.append(Build(name, version.split("-")[0] or "unknown", BUILDS[name], where))
+    order = list(BUILDS)
+    return sorted(found, key=lambda b: order.index(b.name))  # stable: path order within a name
 
 
-def several_builds_message(builds: list[Build]) -> str:
-    names = " ".join(b.name for b in builds)
+def several_builds_message(builds: list[Build], imported_from: str | None = None) -> str:
+    """The warning for ``builds``; ``imported_from``: the sys.path entry whose onnxruntime/
+    folder Python imported, when known."""
+    names = " ".join(dict.fromkeys(b.name for b in builds))
     listed = ", ".join(f"{b.name} {b.version}" for b in builds)
-    return (f"several onnxruntime builds are installed ({listed}); they share one onnxruntime/ folder, so "
-            f"the one installed last runs and providers of the others are missing. Repair: pip uninstall -y "
-            f"{names}, then install one: {EXTRAS_HINT}")
+    running = [b for b in builds if imported_from and b.location == imported_from]
+    if len({b.location for b in builds}) == 1:
+        how = "they share one onnxruntime/ folder, so the one installed last runs and providers of the others are missing"
+    elif len(running) == 1:
+        how = f"the onnxruntime/ folder in {imported_from} ({running[0].name}) runs and the others' providers are missing"
+    else:
+        how = "the onnxruntime/ folder first on sys.path runs and the others' providers are missing"
+    return f"several onnxruntime builds are installed ({listed}); {how}. Repair: pip uninstall -y {names}, then install one: {EXTRAS_HINT}"
 
 
 def import_onnxruntime() -> ModuleType:
@@ -76,5 +103,6 @@ def import_onnxruntime() -> ModuleType:
         raise MissingExtraError(f"no onnxruntime build is installed ({reason}); install one: {EXTRAS_HINT}") from None
     builds = installed_builds()
     if len(builds) > 1:
-        warnings.warn(several_builds_message(builds), SeveralBuildsWarning, stacklevel=2)
+        where = os.path.dirname(os.path.dirname(os.path.abspath(onnxruntime.__file__ or "")))
+        warnings.warn(several_builds_message(builds, where), SeveralBuildsWarning, stacklevel=2)
     return onnxruntime
