@@ -253,3 +253,46 @@ def early_exit(bundle: str | os.PathLike, images: np.ndarray, labels: np.ndarray
                             float(flops[k])))
     return EarlyExit(rows, float((res.labels == labels).mean()), float(flops[res.exits].mean()),
                      float((final == labels).mean()), float(flops[-1]))
+
+
+def bundle_info(bundle: str | os.PathLike) -> dict:
+    """What ``ranet-edge info`` reports: per-exit costs, graph sizes, cache hand-over and tensor
+    names, read from the manifest alone (no session is opened)."""
+    from .runtime.manifest import load_manifest
+
+    m = load_manifest(bundle, verify=False)
+    rows = []
+    for e in m.exits:
+        g = m.graph_of(e.index)
+        rows.append({
+            "exit": e.index, "graph": e.graph, "flops": e.flops, "stage_flops": e.stage_flops,
+            "run_flops": e.run_flops, "params": e.params, "graph_bytes": g.bytes,
+            "cache_bytes_per_sample": e.cache_bytes_per_sample, "inputs": list(g.inputs),
+            "outputs": [e.logits, *g.cache_outputs],
+        })
+    return {"bundle": str(bundle), "granularity": m.granularity, "precision": m.precision,
+            "graph_format": m.graph_format, "batch_size": m.batch_size,
+            "opset": m.opset, "model": m.model, "exits": rows,
+            "total_cache_bytes_per_sample": sum(_cache_bytes_per_graph(m)),
+            "monolithic": m.monolithic is not None, "mobile_report": m.mobile_report}
+
+
+def _cache_bytes_per_graph(m) -> list[int]:
+    """Cache bytes per sample handed on by each graph (exits sharing a graph count once)."""
+    seen, out = set(), []
+    for e in m.exits:
+        if e.graph not in seen:
+            seen.add(e.graph)
+            out.append(e.cache_bytes_per_sample)
+    return out
+
+
+def unseen_by_calibration(data: DataOptions) -> LabelledImages:
+    """The images of ``data`` that :func:`calibrate` with the same ``data`` did not fit
+    thresholds on (its evaluation split)."""
+    if data.val_size is None:
+        raise InputError("calibrate fits on every image when val_size is not given, so none is unseen; "
+                         "set DataOptions.val_size")
+    labelled = data.load()
+    _, rest = split_val(len(labelled.labels), data.val_size, data.seed, True)
+    return LabelledImages(labelled.images[rest], labelled.labels[rest], labelled.source)

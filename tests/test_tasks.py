@@ -62,3 +62,31 @@ def test_evaluate_and_early_exit(bundle):
     r = early_exit(DEFAULT_BUNDLE, labelled.images, labelled.labels)
     assert sum(row.images for row in r.rows) == 40
     assert r.expected_flops <= r.final_flops
+
+
+def test_unseen_by_calibration_is_the_split_calibrate_did_not_fit_on():
+    from ranet_edge.tasks import unseen_by_calibration
+
+    data = DataOptions(SAMPLE_IMAGES, val_size=250)
+    everything = load_labelled(SAMPLE_IMAGES)
+    fit, rest = split_val(len(everything.labels), 250, 0, False)
+    unseen = unseen_by_calibration(data)
+    assert len(unseen.labels) == len(everything.labels) - 250
+    np.testing.assert_array_equal(unseen.images, everything.images[rest])
+    np.testing.assert_array_equal(unseen.labels, everything.labels[rest])
+    assert not set(rest) & set(fit)
+    with pytest.raises(InputError, match="val_size"):
+        unseen_by_calibration(DataOptions(SAMPLE_IMAGES))
+
+
+def test_bundle_info_reads_the_manifest():
+    import json
+
+    from ranet_edge.tasks import bundle_info
+
+    rep = bundle_info(DEFAULT_BUNDLE)
+    manifest = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
+    assert [r["flops"] for r in rep["exits"]] == [e["flops"] for e in manifest["exits"]]
+    assert rep["total_cache_bytes_per_sample"] == sum(
+        {e["graph"]: e["cache_bytes_per_sample"] for e in manifest["exits"]}.values())
+    json.dumps(rep, allow_nan=False)  # what `info --json` prints

@@ -17,16 +17,14 @@ def demo(out: str, threads: int | None) -> None:
     where the shipped validation images leave the network."""
     require("torch", "export")
     require("onnx", "export")
-    import numpy as np
-
     from ranet_edge.runtime.bench import BenchOptions
-    from ranet_edge.tasks import DataOptions, Goal, bench, calibrate, early_exit
+    from ranet_edge.tasks import DataOptions, Goal, bench, calibrate, early_exit, unseen_by_calibration
 
     from ..assets import SAMPLE_IMAGES
-    from ..data import split_val
     from ..demo import demo_checkpoint
     from ..export.exporter import ExportSpec
     from ..export.ranet import export_checkpoint
+    from ..runtime.manifest import write_json_atomic
     from .commands_bench import echo_bench
     from .commands_eval import _progress, echo_calibrated
 
@@ -42,21 +40,18 @@ def demo(out: str, threads: int | None) -> None:
     click.echo(f"wrote {bundle}: {len(result.manifest['graphs'])} graphs for {len(result.manifest['exits'])} exits; "
                f"next: ranet-edge info {bundle}")
     click.secho("\n== 2. calibrate: the paper's p = 0.5 on the shipped validation images", bold=True)
-    echo_calibrated(calibrate(bundle, Goal(p=0.5), DataOptions(SAMPLE_IMAGES, val_size=250), name="demo",
+    data = DataOptions(SAMPLE_IMAGES, val_size=250)
+    echo_calibrated(calibrate(bundle, Goal(p=0.5), data, name="demo",
                               make_default=True, threads=threads, progress=_progress))
     click.secho("\n== 3. bench", bold=True)
     b = bench(bundle, BenchOptions(batch_size=1, warmup=5, iters=50, adaptive_images=250), threads=threads,
               data_path=SAMPLE_IMAGES, progress=lambda s: click.echo(f"  measuring {s} ...", err=True))
     echo_bench(b, 1)
-    from ranet_edge.runtime.manifest import write_json_atomic
-
     write_json_atomic(work / "bench.json", b.result)
     click.echo(f"wrote {work / 'bench.json'}")
     click.secho("\n== 4. early exit at work on the 250 shipped images not used for calibration", bold=True)
-    with np.load(SAMPLE_IMAGES) as z:
-        _, rest = split_val(len(z["y"]), 250, 0, True)  # the images calibrate did not see
-        x, y = z["x"][rest], z["y"][rest]
-    r = early_exit(bundle, x, y, threads=threads)
+    unseen = unseen_by_calibration(data)
+    r = early_exit(bundle, unseen.images, unseen.labels, threads=threads)
     click.echo(f"{'exit':>4} {'images':>7} {'accuracy':>9} {'MFLOPs':>8}")
     for row in r.rows:
         acc = f"{100 * row.accuracy:.1f}%" if row.accuracy is not None else "-"

@@ -19,41 +19,13 @@ def provider_option(func):
                              "dml, qnn, rocm, or a full ONNX Runtime name")(func)
 
 
-def bundle_info(bundle: str) -> dict:
-    from ranet_edge.runtime.manifest import load_manifest
-
-    m = load_manifest(bundle, verify=False)
-    rows = []
-    for e in m.exits:
-        g = m.graph_of(e.index)
-        rows.append({
-            "exit": e.index, "graph": e.graph, "flops": e.flops, "stage_flops": e.stage_flops,
-            "run_flops": e.run_flops, "params": e.params, "graph_bytes": g.bytes,
-            "cache_bytes_per_sample": e.cache_bytes_per_sample, "inputs": list(g.inputs),
-            "outputs": [e.logits, *g.cache_outputs],
-        })
-    return {"bundle": str(bundle), "granularity": m.granularity, "precision": m.precision,
-            "graph_format": m.graph_format, "batch_size": m.batch_size,
-            "opset": m.opset, "model": m.model, "exits": rows,
-            "total_cache_bytes_per_sample": sum(_cache_bytes_per_graph(m)),
-            "monolithic": m.monolithic is not None, "mobile_report": m.mobile_report}
-
-
-def _cache_bytes_per_graph(m) -> list[int]:
-    """Cache bytes per sample handed on by each graph (exits sharing a graph count once)."""
-    seen, out = set(), []
-    for e in m.exits:
-        if e.graph not in seen:
-            seen.add(e.graph)
-            out.append(e.cache_bytes_per_sample)
-    return out
-
-
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @json_option
 def info(bundle: str, as_json: bool) -> None:
     """Per-exit cost, graph size, cache hand-over and tensor names of a bundle."""
+    from ranet_edge.tasks import bundle_info
+
     rep = bundle_info(bundle)
     if as_json:
         click.echo(json.dumps(rep, indent=2, allow_nan=False))
