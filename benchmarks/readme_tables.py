@@ -121,7 +121,7 @@ def performance() -> str:
         "it imports nothing until a name is used. `from ranet_edge.runtime import ExitChain`, which brings numpy "
         f"and onnxruntime, takes {1e3 * fp['import_s']['ExitChain']:.1f} ms (x{fp['exitchain_import_ratio']:.2f}); "
         "opencv loads only when an image file is decoded, torch never. The process holds "
-        f"{fp['rss_mb']['after_first_run']:.0f} MB with the default bundle loaded and run.",
+        f"{fp['rss_mb']['after_first_run']:.0f} MB with the default bundle loaded and run.{installed_footprint(fp)}",
         "",
         *memory(),
         "",
@@ -150,6 +150,20 @@ def performance() -> str:
         "align_corners `Resize`, CoreML at `Flatten`).",
     ]
     return "\n".join(lines)
+
+
+def installed_footprint(fp: dict) -> str:
+    """The same import figures for a regular (non-editable) install, when measured: pip's
+    editable finder adds its own import hook to every import of the package."""
+    if fp.get("install") != "editable" or not (R / "runtime_footprint_installed.json").exists():
+        return ""
+    ins = load("runtime_footprint_installed.json")
+    return (f" Those figures come from the development tree's editable install, whose import hook costs time of its "
+            f"own; installed as a wheel (`pip install '.[cpu]'` into a fresh venv, "
+            f"`results/runtime_footprint_installed.json`), `from ranet_edge.runtime import ExitChain` takes "
+            f"{1e3 * ins['import_s']['ExitChain']:.1f} ms against {1e3 * ins['import_s']['onnxruntime']:.1f} ms "
+            f"(x{ins['exitchain_import_ratio']:.2f}) and `import ranet_edge.runtime` "
+            f"{1e3 * ins['import_s']['ranet_edge.runtime']:.1f} ms (x{ins['import_ratio']:.2f}).")
 
 
 def edge_c1() -> list[str]:

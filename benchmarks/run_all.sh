@@ -26,6 +26,10 @@ cd benchmarks
     ${DATA:+--data "$DATA" --holdout 5000} --out results/adaptive_speedup.json
 ../$BIN/python threads_sweep.py --bundle "../$B" --out results/threads_sweep.json
 ../$BIN/python runtime_footprint.py --bundle "../$B" --out results/runtime_footprint.json
+# the same for a regular install (the development .venv is editable, and pip's editable finder costs import time)
+rm -rf ../build/bench/installed && python3 -m venv ../build/bench/installed
+../build/bench/installed/bin/python -m pip install --quiet -c ../constraints.txt "..[cpu]"
+../build/bench/installed/bin/python runtime_footprint.py --bundle "../$B" --out results/runtime_footprint_installed.json
 ../$BIN/python predict_memory.py --bundle "../$B" ${DATA:+--data "$DATA"} --out results/predict_memory.json
 ../$BIN/python predict_memory.py --bundle "../$B" ${DATA:+--data "$DATA"} --images 16384 --cases load,predict,run_all \
     --out results/predict_memory_16k.json

@@ -55,6 +55,15 @@ def timed_import(statement: str, prelude: str) -> tuple[float, bool, bool, bool,
     return float(out[0]), out[1] == "True", out[2] == "True", out[3] == "True", float(out[4])
 
 
+def _install_kind() -> str:
+    """"editable" when ranet_edge comes through pip's editable finder (an import hook that adds
+    ~14 ms to every import of the package, which an installed wheel does not pay), else "regular"."""
+    out = subprocess.run([sys.executable, "-c", "import sys, ranet_edge; "
+                          "print(any(m.startswith('__editable__') and 'ranet_edge' in m for m in sys.modules))"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return "editable" if out == "True" else "regular"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", required=True)
@@ -83,6 +92,7 @@ def main() -> None:
     med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
     result = {
         "rounds": args.rounds,
+        "install": _install_kind(),
         "import_s": med,
         "import_s_p10_p90": {k: [float(np.percentile(v, 10)), float(np.percentile(v, 90))] for k, v in times.items()},
         "import_ratio": med["ranet_edge.runtime"] / med["onnxruntime"],
@@ -99,7 +109,7 @@ def main() -> None:
     print(f"import onnxruntime {med['onnxruntime'] * 1e3:.1f} ms, ranet_edge.runtime {med['ranet_edge.runtime'] * 1e3:.1f} ms "
           f"(x{result['import_ratio']:.3f}), from ranet_edge.runtime import ExitChain {med['ExitChain'] * 1e3:.1f} ms "
           f"(x{result['exitchain_import_ratio']:.3f}); medians of {args.rounds} interleaved rounds; CPU time "
-          f"x{result['cpu_import_ratio']:.3f} and x{result['cpu_exitchain_import_ratio']:.3f}")
+          f"x{result['cpu_import_ratio']:.3f} and x{result['cpu_exitchain_import_ratio']:.3f}; {result['install']} install")
     print(f"modules loaded: {loads}; RSS with bundle loaded and run {result['rss_mb']['after_first_run']:.0f} MB")
     write(args.out, result)
 

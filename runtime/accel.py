@@ -9,7 +9,6 @@ bucket. Options the caller gave always win.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -48,6 +47,8 @@ def trt_cache_dir(manifest) -> Path:
     """Where TensorRT engines of this bundle are kept: ``$RANET_EDGE_CACHE`` (default
     ``~/.cache/ranet-edge``) ``/tensorrt/<first 16 hex of the manifest's sha256>``."""
     root = Path(os.environ.get("RANET_EDGE_CACHE") or Path.home() / ".cache" / "ranet-edge")
+    import hashlib  # here: only TensorRT needs it, and it costs ~4 ms at import (benchmarks/runtime_footprint.py)
+
     digest = hashlib.sha256((Path(manifest.root) / "manifest.json").read_bytes()).hexdigest()[:16]
     return root / "tensorrt" / digest
 
