@@ -189,7 +189,8 @@ def _fresh(name: str, taken: set[str]) -> str:
     return name
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def opset_of(model: onnx.ModelProto) -> int:
+    """The default-domain (ai.onnx) opset ``model`` is written in."""
     return next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), 0)
 
 
@@ -197,7 +198,7 @@ def _can_raise_opset(model: onnx.ModelProto, target: int) -> bool:
     """Whether the default-domain opset can be read as ``target`` without changing what any
     node means: every operator's definition at ``target`` is the one at the model's opset
     (Resize excepted: opset 18 only added attributes whose defaults keep opset 13's meaning)."""
-    current = _opset(model)
+    current = opset_of(model)
     if current >= target:
         return True
     if current < 13:

@@ -23,7 +23,7 @@ from ranet_edge.errors import ExportError
 from .fold import fold_batchnorm
 from .graph_costs import intermediate_values
 from .partition import constant_nodes
-from .rewrite import AXES_OPSET, _opset, constant_resize
+from .rewrite import AXES_OPSET, constant_resize, opset_of
 
 INPUT_NAME = "image"
 
@@ -86,7 +86,7 @@ def to_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], opset: in
     values = {k: v for k, v in values.items() if k in live}
     _value_infos(full, values, static_batch)
     baseline = as_exported
-    if _opset(full) >= AXES_OPSET:
+    if opset_of(full) >= AXES_OPSET:
         baseline = onnx.ModelProto()
         baseline.CopyFrom(full)
     return Traced(full, baseline, values, num_exits, resizes, baseline is not as_exported)

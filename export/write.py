@@ -26,6 +26,7 @@ from ranet_edge.runtime.manifest import FORMAT, MANIFEST, SCHEMA_VERSION, replac
 
 from .graph_costs import Costs
 from .partition import Stage
+from .rewrite import opset_of
 from .to_onnx import INPUT_NAME, Traced, logit_names
 from .validate import ExitCheck
 
@@ -87,7 +88,7 @@ def build_manifest(traced: Traced, stages: Sequence[Stage], files: Mapping[str, 
         "format": FORMAT, "schema_version": SCHEMA_VERSION,
         "preprocessing": generic_pre, "num_classes": int(values[f"logits_{traced.num_exits - 1}"].shape[1]),
         **(metadata or {}),
-        "granularity": spec.granularity, "opset": _graph_opset(traced.graph), "batch_size": spec.batch_size,
+        "granularity": spec.granularity, "opset": opset_of(traced.graph), "batch_size": spec.batch_size,
         "rewrites": {"constant_resize": traced.resizes,
                      "applied_to": "stages and monolithic" if traced.baseline_rewritten else "stages"},
         "precision": "fp32", "graph_format": "onnx",
@@ -133,9 +134,3 @@ def _tool_versions() -> dict[str, str]:
     except ImportError:  # pragma: no cover
         pass
     return versions
-
-
-def _graph_opset(model) -> int:
-    """The default-domain opset the graphs are written in: the one asked for, or 18 where the
-    Resize rewrite raised it (export/rewrite.py)."""
-    return next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
