@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .machine import cpu_info, gpu_hint, parse_cpuinfo
-from .ortbuilds import EXTRAS_HINT, installed_builds, several_builds_message
+from .ortbuilds import EXTRAS_HINT, imported_from, installed_builds, several_builds_message
 
 __all__ = ["captured_output", "check_provider", "cpu_info", "diagnose", "gpu_hint", "parse_cpuinfo", "place_bundle"]
 
@@ -214,8 +214,7 @@ def diagnose(bundle: str | os.PathLike | None = None, provider: str | None = Non
     except ImportError as exc:
         ort, ort_error = None, (str(exc).strip().splitlines() or [""])[0]
     if len(builds) > 1:
-        problems.append(several_builds_message(builds, os.path.dirname(os.path.dirname(os.path.abspath(ort.__file__)))
-                                               if ort is not None else None))
+        problems.append(several_builds_message(builds, imported_from(ort) if ort is not None else None))
     hint = gpu_hint()
     checks: list[ProviderCheck] = []
     available: list[str] = []

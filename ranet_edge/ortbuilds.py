@@ -93,6 +93,11 @@ def several_builds_message(builds: list[Build], imported_from: str | None = None
     return f"several onnxruntime builds are installed ({listed}); {how}. Repair: pip uninstall -y {names}, then install one: {EXTRAS_HINT}"
 
 
+def imported_from(onnxruntime: ModuleType) -> str:
+    """The sys.path entry whose ``onnxruntime/`` folder ``onnxruntime`` was imported from."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(onnxruntime.__file__ or "")))
+
+
 def import_onnxruntime() -> ModuleType:
     """``import onnxruntime``; a one-line MissingExtraError naming the extras when no build is
     installed, and a SeveralBuildsWarning when more than one is."""
@@ -103,6 +108,5 @@ def import_onnxruntime() -> ModuleType:
         raise MissingExtraError(f"no onnxruntime build is installed ({reason}); install one: {EXTRAS_HINT}") from None
     builds = installed_builds()
     if len(builds) > 1:
-        where = os.path.dirname(os.path.dirname(os.path.abspath(onnxruntime.__file__ or "")))
-        warnings.warn(several_builds_message(builds, where), SeveralBuildsWarning, stacklevel=2)
+        warnings.warn(several_builds_message(builds, imported_from(onnxruntime)), SeveralBuildsWarning, stacklevel=2)
     return onnxruntime
