@@ -38,8 +38,23 @@ class BlockSpec:
     exit: int | None  # exit index after this block (plain blocks only)
 
 
+class DatasetInput:
+    """What the ``data`` field of a model config (RANet or MSDNet) says about its input."""
+
+    data: str
+
+    @property
+    def image_size(self) -> int:
+        """Side of the (square) network input: 32 for CIFAR, 224 for ImageNet."""
+        return DATASETS[self.data][1]
+
+    @property
+    def is_imagenet(self) -> bool:
+        return self.data == "ImageNet"
+
+
 @dataclass(frozen=True)
-class RANetConfig:
+class RANetConfig(DatasetInput):
     """Every official RANet flag, with the official defaults."""
 
     data: str = "cifar10"  # cifar10 / cifar100 / ImageNet: stem, classifier type, classes
@@ -106,15 +121,6 @@ class RANetConfig:
     def num_scales(self) -> int:
         """S, the number of sub-networks."""
         return len(self.grFactor)
-
-    @property
-    def image_size(self) -> int:
-        """Side of the (square) network input: 32 for CIFAR, 224 for ImageNet."""
-        return DATASETS[self.data][1]
-
-    @property
-    def is_imagenet(self) -> bool:
-        return self.data == "ImageNet"
 
     @property
     def lowest_resolution(self) -> int:

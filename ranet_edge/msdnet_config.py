@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import DATASETS, _int_tuple
+from .config import DATASETS, DatasetInput, _int_tuple
 from .errors import ConfigError
 
 ARCH = "msdnet"
@@ -32,7 +32,7 @@ class MSDLayerSpec:
 
 
 @dataclass(frozen=True)
-class MSDNetConfig:
+class MSDNetConfig(DatasetInput):
     """Every official MSDNet flag (``args.py``), with the official defaults."""
 
     data: str = "cifar10"  # cifar10 / cifar100 / ImageNet: stem, classifier type, classes
@@ -95,14 +95,6 @@ class MSDNetConfig:
     @property
     def num_exits(self) -> int:
         return self.nBlocks
-
-    @property
-    def image_size(self) -> int:
-        return DATASETS[self.data][1]
-
-    @property
-    def is_imagenet(self) -> bool:
-        return self.data == "ImageNet"
 
     @property
     def coarsest_resolution(self) -> int:
