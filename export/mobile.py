@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .rewrite import inferred_shapes
+
 
 def fix_batch(m: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
@@ -49,9 +51,7 @@ def mobile_rewrite(m: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]
     interpolation matrices (NNAPI and CoreML run MatMul), and ``Flatten`` becomes ``Reshape``."""
     from onnx import helper, numpy_helper
 
-    inferred = onnx.shape_inference.infer_shapes(m)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    shapes = inferred_shapes(m)  # all static here (fix_batch): src/dst checks below need every dimension
     nodes, inits, counts = [], [], {"Resize": 0, "Flatten": 0}
     for node in m.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}

@@ -241,6 +241,13 @@ def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
     graph.value_info.extend(infos)
 
 
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Every tensor's shape by ONNX shape inference (None for a dimension it leaves open)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+
+
 def sizes_to_scales(model: onnx.ModelProto) -> int:
     """Rewrite, in place, every ``Resize`` that reads constant ``sizes`` on ``axes`` (the form
     :func:`constant_resize` writes at opset 18) into the constant-``scales`` form, where that
@@ -248,9 +255,7 @@ def sizes_to_scales(model: onnx.ModelProto) -> int:
     ONNX Runtime's layout transformer for a uint8 ``Resize`` (onnxruntime 1.32) drops the
     ``axes`` form's sizes and then refuses the graph."""
     graph = model.graph
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-              for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    shapes = inferred_shapes(model)
     consts = _constants(graph)
     taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
     count = 0
