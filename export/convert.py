@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +23,8 @@ import onnx
 
 from ranet_edge.errors import DataError, ExportError
 from ranet_edge.runtime.chain import ExitChain
-from ranet_edge.runtime.manifest import MANIFEST, load_manifest, replace_dir, sha256_file, write_json_atomic
+from ranet_edge.runtime.files import staged_dir
+from ranet_edge.runtime.manifest import MANIFEST, load_manifest, sha256_file, write_json_atomic
 
 from .mobile import mobile_report, mobile_rewrite, to_ort
 
@@ -94,9 +94,7 @@ def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: st
     log = log or logger.info
     src, outp = Path(bundle), Path(out)
     data = _check_request(src, outp, target, batch_size, images, force)
-    outp.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outp.name}.", dir=outp.parent))
-    try:
+    with staged_dir(outp) as tmp:
         work = tmp / ".work"
         work.mkdir()
         entries = list(data["graphs"]) + ([data["monolithic"]] if data.get("monolithic") else [])
@@ -118,10 +116,6 @@ def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: st
         if agreement is not None:
             data["conversion_check"] = agreement
             write_json_atomic(tmp / MANIFEST, data)
-        replace_dir(tmp, outp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return data
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +20,8 @@ import torch
 
 from ranet_edge import __version__
 from ranet_edge.errors import ExportError
-from ranet_edge.runtime.manifest import FORMAT, MANIFEST, SCHEMA_VERSION, replace_dir, write_json_atomic
+from ranet_edge.runtime.files import staged_dir
+from ranet_edge.runtime.manifest import FORMAT, MANIFEST, SCHEMA_VERSION, write_json_atomic
 
 from .graph_costs import Costs
 from .partition import Stage
@@ -104,16 +103,10 @@ def write_bundle(out: str | os.PathLike, files: Mapping[str, bytes], manifest: d
     """Write ``files`` and ``manifest.json`` into a temporary directory beside ``out`` and
     rename it into place (replacing ``out``); nothing is left behind on failure."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)  # stage beside the target: rename never crosses devices
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
         write_json_atomic(tmp / MANIFEST, manifest)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

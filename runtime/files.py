@@ -1,8 +1,10 @@
 """Bundle files: sha256 digests and atomic writes (a temporary path, then a rename)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +51,20 @@ def replace_dir(tmp: Path, out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
     os.chmod(out, 0o755)
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A temporary directory beside ``out`` (so the rename never crosses devices) that becomes
+    ``out`` when the block finishes (:func:`replace_dir`) and is removed if it raises."""
+    import shutil
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
