@@ -14,7 +14,7 @@ from ranet_edge.runtime import timing
 
 
 def test_slower_callable_has_the_larger_median_and_every_array_has_one_entry_per_call():
-    t = timing.interleaved({"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.003)},
+    t = timing.interleaved({"fast": lambda: time.sleep(0.0005), "slow": lambda: time.sleep(0.02)},
                            repeats=12, warmup=1, block=4, settle=1)
     assert set(t.times) == set(t.preempted) == {"fast", "slow"} and t.cpu is None
     for k in t.times:
