@@ -11,7 +11,7 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,11 +26,9 @@ from ranet_edge.runtime.manifest import FORMAT, MANIFEST, SCHEMA_VERSION, write_
 from .graph_costs import Costs
 from .partition import Stage
 from .rewrite import opset_of
+from .spec import ExportSpec
 from .to_onnx import INPUT_NAME, Traced, logit_names
 from .validate import ExitCheck
-
-if TYPE_CHECKING:
-    from .exporter import ExportSpec
 
 MONOLITHIC = "monolithic.onnx"
 
