@@ -50,7 +50,7 @@ def graph_files(stages: Sequence[Stage], baseline: onnx.ModelProto | None) -> di
 def build_manifest(traced: Traced, stages: Sequence[Stage], files: Mapping[str, bytes], costs: Costs,
                    spec: ExportSpec, input_shape: tuple[int, int, int], table: Sequence[ExitCheck],
                    notes: list[str], metadata: dict | None = None) -> dict:
-    """The bundle's ``manifest.json`` (see the README's bundle contract); ``metadata``
+    """The bundle's ``manifest.json`` (see docs/bundle-contract.md and ranet_edge/schemas/manifest.schema.json); ``metadata``
     (model, preprocessing, class names...) overrides the generic fields it names."""
     values = traced.values
     digest = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
