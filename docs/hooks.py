@@ -100,3 +100,11 @@ def on_page_markdown(markdown, page, config, files):
     if markdown.lstrip().startswith("<!-- readme:"):
         markdown = readme_for_site()
     return re.sub(r"<!-- schema-table:(manifest|thresholds) -->", lambda m: schema_table(m.group(1)), markdown)
+
+
+_ROLE = re.compile(r":(?:mod|class|func|meth|attr|data|exc|obj):\s*(?=<code>)")
+
+
+def on_page_content(html, page, config, files):
+    """Docstrings name objects the Sphinx way (:class:`X`); on the site they read as `X`."""
+    return _ROLE.sub("", html)
