@@ -3,6 +3,11 @@
 # `make demo`: set up .venv and run the main job on the bundled default model.
 # `make test-js`: install js/ from its lockfile and run the JavaScript tests (Node, Chromium);
 #              `make test` runs it too.
+# `make docs`: build the documentation site (docs/, mkdocs.yml) into build/site; `make test`
+#              builds it with --strict (a warning, a broken link or reference, fails).
+# `make test-wheel`: build the sdist and wheel, twine-check them, list the wheel's contents
+#              against what it must and must not hold, install it with [cpu] into a fresh venv
+#              and run `ranet-edge demo` and `ranet-edge predict` from outside the tree; `make test` runs it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,12 +16,13 @@ LEAN := .venv-lean
 LEAN_STAMP := $(LEAN)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install test test-lean lint demo clean js-install test-js js-run-tests
+.PHONY: install test test-lean lint demo clean js-install test-js js-run-tests docs docs-strict test-wheel
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all,test,cpu]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[docs]'
 	touch $(STAMP)
 
 # What an app embeds: the runtime with one onnxruntime build, nothing else.
@@ -39,8 +45,19 @@ test-lean: $(LEAN_STAMP)
 	$(LEAN)/bin/ranet-edge doctor --json > $(LEAN)/doctor.json
 	$(LEAN)/bin/pytest -q -p no:cacheprovider
 
-test: lint test-lean test-js
+test: lint test-lean test-js docs-strict test-wheel
 	$(BIN)/pytest -q
+
+SITE := build/site
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --site-dir $(SITE)
+
+docs-strict: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir $(SITE)
+
+test-wheel: $(STAMP)
+	$(BIN)/python tools/wheel_check.py --out build/wheel-check
 
 demo: $(STAMP)
 	$(BIN)/ranet-edge demo --out $(DEMO_DIR)

@@ -1,4 +1,6 @@
-"""Rewrite the README's generated parts from benchmarks/results/*.json and the shipped model.
+"""Rewrite the docs' generated parts from benchmarks/results/*.json and the shipped model: the
+``<!-- generated:NAME -->`` blocks of docs/performance.md, docs/guides/training.md and
+docs/guides/serving.md (each block is looked for in README.md and every page under docs/).
 
     python benchmarks/readme_tables.py      (after benchmarks/run_all.sh)
 
@@ -67,7 +69,7 @@ def performance() -> str:
         "measurement `eval` makes (runs of the graphs up to each exit, interleaved in settled blocks with the "
         "full chain, a block before each point's timed pass); measured: the timed pass of `predict` itself.",
         "",
-        "![accuracy against FLOPs and measured latency](benchmarks/results/eval.png)",
+        "![accuracy against FLOPs and measured latency](images/eval.png)",  # docs/hooks.py serves benchmarks/results/eval.png there
         "",
         "**Adaptive inference at iso-accuracy** (`benchmarks/adaptive_speedup.py`: the cheapest operating point "
         "whose calibration accuracy reaches the final exit's, measured on the other half: "
@@ -296,16 +298,24 @@ def memory() -> list[str]:
     ]
 
 
+def pages() -> list[Path]:
+    """Where generated blocks may live: the README and every page of the docs site."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
 def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    texts = {page: page.read_text() for page in pages()}
     for name, body in (("default-model", default_model()), ("performance", performance()), ("serving", serving())):
         pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"README.md has no <!-- generated:{name} --> block")
-        text = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), text)
-    readme.write_text(text)
-    print("README.md updated")
+        found = [page for page, text in texts.items() if pattern.search(text)]
+        if len(found) != 1:
+            raise SystemExit(f"<!-- generated:{name} --> must be in exactly one page of README.md and docs/, "
+                             f"found in {len(found)}: {[str(f.relative_to(ROOT)) for f in found]}")
+        texts[found[0]] = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), texts[found[0]])
+    for page, text in texts.items():
+        if text != page.read_text():
+            page.write_text(text)
+            print(f"{page.relative_to(ROOT)} updated")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # 1. best.pt without optimizer state -> ranet_edge/assets/default.pt
 # 2. export with --monolithic -> ranet_edge/assets/default-bundle, with operating points
 #    calibrated on the run's 5,000-image validation split
-# 3. benchmarks/run_all.sh and the README tables
+# 3. benchmarks/run_all.sh and the docs tables (benchmarks/readme_tables.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=$1

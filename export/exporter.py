@@ -26,6 +26,7 @@ from ranet_edge.errors import ValidationError
 from .graph_costs import count_costs
 from .partition import cut_at_exits
 from .simplify import baseline_graph, simplify_stages
+from .spec import DEFAULT_OPSET, ExportSpec
 from .to_onnx import INPUT_NAME, to_onnx
 from .validate import chain_run, format_table, validate_graphs
 from .write import build_manifest, check_out_dir, graph_files, write_bundle
@@ -34,24 +35,11 @@ __all__ = ["DEFAULT_OPSET", "INPUT_NAME", "ExportResult", "ExportSpec", "chain_r
 
 logger = logging.getLogger(__name__)  # the validation table, then any warnings (the CLI prints them)
 
-DEFAULT_OPSET = 17
-
-
-@dataclass
-class ExportSpec:
-    """What to export and how."""
-
-    opset: int = DEFAULT_OPSET
-    batch_size: int | None = None  # None: dynamic batch; N: static shapes
-    simplify: bool = True
-    monolithic: bool = False
-    granularity: str = "exit"  # "exit" or "subnetwork"
-    tolerance: float = 1e-4  # max |diff| / max |logit| allowed at every exit
-    validate_batches: tuple[int, ...] = (1, 3)
-
 
 @dataclass
 class ExportResult:
+    """What :func:`export_model` wrote: the bundle directory, its manifest, the validation table."""
+
     out_dir: Path
     manifest: dict
     table: list[dict]  # per exit: max abs/rel differences at each validated batch size

@@ -11,7 +11,7 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,11 +26,9 @@ from ranet_edge.runtime.manifest import FORMAT, MANIFEST, SCHEMA_VERSION, write_
 from .graph_costs import Costs
 from .partition import Stage
 from .rewrite import opset_of
+from .spec import ExportSpec
 from .to_onnx import INPUT_NAME, Traced, logit_names
 from .validate import ExitCheck
-
-if TYPE_CHECKING:
-    from .exporter import ExportSpec
 
 MONOLITHIC = "monolithic.onnx"
 
@@ -52,7 +50,7 @@ def graph_files(stages: Sequence[Stage], baseline: onnx.ModelProto | None) -> di
 def build_manifest(traced: Traced, stages: Sequence[Stage], files: Mapping[str, bytes], costs: Costs,
                    spec: ExportSpec, input_shape: tuple[int, int, int], table: Sequence[ExitCheck],
                    notes: list[str], metadata: dict | None = None) -> dict:
-    """The bundle's ``manifest.json`` (see the README's bundle contract); ``metadata``
+    """The bundle's ``manifest.json`` (see docs/bundle-contract.md and ranet_edge/schemas/manifest.schema.json); ``metadata``
     (model, preprocessing, class names...) overrides the generic fields it names."""
     values = traced.values
     digest = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .machine import cpu_info, gpu_hint, parse_cpuinfo
-from .ortbuilds import EXTRAS_HINT, imported_from, installed_builds, several_builds_message
+from .runtime.ortbuilds import EXTRAS_HINT, imported_from, installed_builds, several_builds_message
 
 __all__ = ["captured_output", "check_provider", "cpu_info", "diagnose", "gpu_hint", "parse_cpuinfo", "place_bundle"]
 

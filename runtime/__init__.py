@@ -16,18 +16,18 @@ from importlib.util import find_spec
 
 def _check_onnxruntime() -> None:
     """No import, only a look: one line naming the extras when no onnxruntime build can be
-    imported (the several-builds warning comes with the first real use, via ``_ort``)."""
+    imported (the several-builds warning comes with the first real use, via ``_ort``). Run at
+    the first use of a public name, not at package import, so that the build detection itself
+    (:mod:`.ortbuilds`, which ``ranet-edge doctor`` reads) imports where onnxruntime cannot."""
     try:
         found = find_spec("onnxruntime") is not None
     except (ImportError, ValueError):  # a module set to None in sys.modules, a broken parent
         found = False
     if not found:
-        from ranet_edge.ortbuilds import import_onnxruntime
+        from .ortbuilds import import_onnxruntime
 
         import_onnxruntime()  # raises the one-line MissingExtraError
 
-
-_check_onnxruntime()
 
 TYPE_CHECKING = False  # typing itself is not imported: it would cost more than this module
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def __getattr__(name: str) -> object:
         module, attr = _WHERE[name]
     except KeyError:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    _check_onnxruntime()
     value = getattr(import_module(module, __name__), attr)
     globals()[name] = value  # later lookups skip this function
     return value

@@ -1,7 +1,7 @@
 """onnxruntime, imported through the build check: one line naming the extras when no build is
-installed, a warning when several are (see :mod:`ranet_edge.ortbuilds`)."""
+installed, a warning when several are (see :mod:`ranet_edge.runtime.ortbuilds`)."""
 from __future__ import annotations
 
-from ranet_edge.ortbuilds import import_onnxruntime
+from .ortbuilds import import_onnxruntime
 
 ort = import_onnxruntime()

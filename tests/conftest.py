@@ -31,6 +31,13 @@ def pytest_runtest_setup(item):
 
 
 def pytest_configure(config):
+    # Every manifest.json and thresholds.json the product writes during the session is
+    # validated against the shipped JSON Schema as it is renamed into place (tests/bundle_schema.py),
+    # where jsonschema is installed (the test extra; the lean install skips this).
+    if importlib.util.find_spec("jsonschema") is not None:
+        import bundle_schema
+
+        bundle_schema.install()
     # The models under test are tiny: one intra-op thread is fastest, and it keeps the
     # suite from crawling (seconds per forward instead of milliseconds) when another
     # process, such as a training job, already keeps every core busy.
@@ -100,3 +107,13 @@ def run():
         return runner.invoke(cli, [str(a) for a in args])
 
     return invoke
+
+
+def pytest_terminal_summary(terminalreporter):
+    import sys
+
+    schema = sys.modules.get("bundle_schema")
+    if schema is not None and schema.COUNTS:
+        terminalreporter.write_line(
+            f"bundle schema: {schema.COUNTS['manifest']} manifest.json and {schema.COUNTS['thresholds']} "
+            "thresholds.json validated against ranet_edge/schemas (each one the suite wrote, as it landed)")

@@ -78,7 +78,6 @@ def test_bench_eval_calibrate_without_extras(tmp_path):
     (["export", "-o", "{tmp}/out"], "export"),
     (["train", "--data", "{tmp}"], "train"),
     (["eval", "--plot", "{tmp}/e.png"], "plot"),
-    (["demo", "--out", "{tmp}/demo"], "export"),
 ])
 def test_commands_needing_an_extra_say_which_in_one_line(tmp_path, args, extra):
     r = cli_without_extras(*[a.format(bundle=DEFAULT_BUNDLE, tmp=tmp_path) for a in args])
@@ -86,3 +85,16 @@ def test_commands_needing_an_extra_say_which_in_one_line(tmp_path, args, extra):
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
     assert f"pip install 'ranet-edge[{extra}]'" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_demo_without_extras_starts_from_the_shipped_bundle(tmp_path):
+    """``pip install 'ranet-edge[cpu]'`` then ``ranet-edge demo``: no export, the rest runs."""
+    r = cli_without_extras("demo", "--out", tmp_path / "demo")
+    assert r.returncode == 0, r.stderr
+    assert "export: skipped, torch and onnx are not installed (pip install 'ranet-edge[export]')" in r.stdout
+    assert "early exit at work" in r.stdout and (tmp_path / "demo" / "bench.json").exists()
+    points = json.loads((tmp_path / "demo" / "bundle" / "thresholds.json").read_text())
+    assert points["default"] == "demo" and "iso-accuracy" in points["points"]
+    shipped = json.loads((DEFAULT_BUNDLE / "thresholds.json").read_text())
+    assert "demo" not in shipped["points"]  # the shipped bundle itself is untouched

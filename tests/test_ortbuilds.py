@@ -36,15 +36,25 @@ def test_base_requirements_hold_no_build_and_each_extra_one():
 
 
 def test_no_build_installed_is_one_line_naming_the_extras():
-    r = _python(NO_ORT + "import ranet_edge.runtime")
-    assert r.returncode != 0
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("ranet_edge.errors.MissingExtraError: no onnxruntime build is installed")
-    assert all(f"[{e}]" in last for e in ("cpu", "gpu", "openvino", "directml"))
+    for use in ("from ranet_edge.runtime import ExitChain", "import ranet_edge.runtime.chain",
+                "import ranet_edge.runtime as rt; rt.load_manifest"):
+        r = _python(NO_ORT + use)
+        assert r.returncode != 0, use
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("ranet_edge.errors.MissingExtraError: no onnxruntime build is installed"), (use, last)
+        assert all(f"[{e}]" in last for e in ("cpu", "gpu", "openvino", "directml"))
     # an ImportError too, for code that guards an optional import
-    r = _python(NO_ORT + "try:\n    import ranet_edge.runtime\nexcept ImportError as exc:\n"
+    r = _python(NO_ORT + "try:\n    from ranet_edge.runtime import ExitChain\nexcept ImportError as exc:\n"
                          "    print(type(exc).__name__)")
     assert r.stdout.strip() == "MissingExtraError", r.stderr
+
+
+def test_build_detection_lives_in_the_runtime_and_imports_without_a_build():
+    """``ranet_edge.runtime.ortbuilds`` is what doctor reads where onnxruntime cannot be imported."""
+    r = _python(NO_ORT + "from ranet_edge.runtime.ortbuilds import installed_builds; "
+                         "print([b.name for b in installed_builds()])")
+    assert r.returncode == 0 and "onnxruntime" in r.stdout, r.stderr
+    assert not (ROOT / "ranet_edge" / "ortbuilds.py").exists()
 
 
 def test_cli_without_a_build_says_one_line(tmp_path):

@@ -4,7 +4,7 @@
  *
  *   node demo/server.js [--bundle DIR] [--port N]
  *
- * serves the page (/), the package sources (/src/), the README's examples (/examples/),
+ * serves the page (/), the package sources (/src/), the JavaScript guide's examples (/examples/),
  * onnxruntime-web's files from node_modules (/ort/) and the bundle (/bundle/). Pages are cross-origin isolated (COOP/COEP), so
  * onnxruntime-web may use WebAssembly threads if asked to.
  */

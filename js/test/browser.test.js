@@ -108,7 +108,7 @@ describe('demo page in headless Chromium', { skip: missing ? `Chromium tests ski
     assert.equal(await page.textContent('#camera'), 'use the webcam');
   });
 
-  test('the README browser example (examples/browser.html) classifies a picked file as Python does', async () => {
+  test('the JavaScript guide\'s browser example (examples/browser.html) classifies a picked file as Python does', async () => {
     const py = JSON.parse(VECTORS.cli.default.stdout).find((/** @type {any} */ r) => r.image.endsWith('exit3-bird.png'));
     const example = await browser.context.newPage();
     example.on('pageerror', (err) => pageErrors.push(err.message));

@@ -11,7 +11,7 @@ import * as ort from 'onnxruntime-web';
 import { BundleError, CalibrationError, ExitChain, InputError, ProviderError, RanetEdgeError } from '../src/index.js';
 import { gatherModel } from '../src/gather.js';
 import { startServer } from '../demo/server.js';
-import { BUNDLE, shippedImages } from './helpers.js';
+import { assertContract, BUNDLE, shippedImages } from './helpers.js';
 
 ort.env.wasm.numThreads = 1;
 const GRAPHS = [0, 1, 2, 3, 4, 5].map((i) => `stage${i}.onnx`);
@@ -84,7 +84,9 @@ describe('loading', () => {
     copyBundle('escape');
     await refuses(copyBundle('dotdot', (m) => { m.graphs[0].path = '../escape/stage0.onnx'; }), BundleError, /escapes the bundle directory/);
     // a path that goes out and back in is inside, as in Python
-    await ExitChain.load(copyBundle('inout', (m) => { m.graphs[0].path = '../inout/stage0.onnx'; }), { ort, warmup: false });
+    const inout = copyBundle('inout', (m) => { m.graphs[0].path = '../inout/stage0.onnx'; });
+    await ExitChain.load(inout, { ort, warmup: false });
+    assertContract(inout); // what loads follows the bundle contract (ranet_edge/schemas)
     await refuses(copyBundle('abs', (m) => { m.graphs[0].path = join(BUNDLE, 'stage0.onnx'); }), BundleError, /must be relative to the bundle/);
     await refuses(copyBundle('url', (m) => { m.graphs[0].path = 'https://example.com/stage0.onnx'; }), BundleError, /must be relative to the bundle/);
     await refuses(copyBundle('mono', (m) => { m.monolithic.path = '../x.onnx'; }), BundleError, /escapes the bundle directory|must be relative/);
@@ -118,6 +120,7 @@ describe('loading', () => {
     const none = copyBundle('no-points');
     rmSync(join(none, 'thresholds.json'));
     const c = await ExitChain.load(none, { ort });
+    assertContract(none);
     assert.equal(c.defaultOperatingPoint, null);
     const res = await c.predict(c.preprocess(images));
     assert.deepEqual(Array.from(res.exits), images.map(() => 5));
@@ -234,6 +237,7 @@ describe('routing', () => {
   test('a static-batch bundle runs in zero-padded chunks with the same answers', async () => {
     const dir = copyBundle('static4', (m) => { m.batch_size = 4; });
     const c = await ExitChain.load(dir, { ort });
+    assertContract(dir);
     assert.equal(c.staticBatch, 4);
     const x = chain.preprocess(images.slice(0, 10));
     const [a, b] = [await c.predict(x, { operatingPoint: 'p0.5' }), await chain.predict(x, { operatingPoint: 'p0.5' })];

@@ -1,4 +1,4 @@
-// The README's "Embedding in JavaScript" examples are these files, run here: the Node program
+// The JavaScript guide's examples (docs/guides/javascript.md) are these files, run here: the Node program
 // as a child process, the React Native module in Node with onnxruntime-web standing in for
 // onnxruntime-react-native (the same onnxruntime-common API); the browser page runs in the
 // Chromium test.
@@ -45,10 +45,10 @@ test('examples/react-native.js: a readFile/sha256 source and RGBA camera frames'
   }
 });
 
-test('the README shows these files verbatim', () => {
-  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+test('the JavaScript guide shows these files verbatim', () => {
+  const readme = readFileSync(join(ROOT, 'docs', 'guides', 'javascript.md'), 'utf8');
   for (const file of ['node.mjs', 'browser.html', 'react-native.js']) {
     const body = readFileSync(join(JS, 'examples', file), 'utf8');
-    assert.ok(readme.includes(body), `README.md must contain js/examples/${file} verbatim`);
+    assert.ok(readme.includes(body), `docs/guides/javascript.md must contain js/examples/${file} verbatim`);
   }
 });

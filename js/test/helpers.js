@@ -80,3 +80,33 @@ export function relativeError(a, b) {
 export function optionsOf(p) {
   return p.operating_point !== undefined ? { operatingPoint: p.operating_point } : { thresholds: p.thresholds };
 }
+
+// The bundle contract as JSON Schema, the very files the Python package ships
+// (ranet_edge/schemas), compiled once with ajv (draft 2020-12).
+import Ajv2020 from 'ajv/dist/2020.js';
+
+export const SCHEMAS = join(ROOT, 'ranet_edge', 'schemas');
+const ajv = new Ajv2020({ allErrors: true, strict: true, strictTuples: false }) // shape: a batch axis (null: dynamic), then sizes;
+const compiled = {
+  manifest: ajv.compile(JSON.parse(readFileSync(join(SCHEMAS, 'manifest.schema.json'), 'utf8'))),
+  thresholds: ajv.compile(JSON.parse(readFileSync(join(SCHEMAS, 'thresholds.schema.json'), 'utf8'))),
+};
+
+/**
+ * The schema's errors for one parsed manifest.json or thresholds.json ([] when it follows the contract).
+ * @param {'manifest' | 'thresholds'} kind @param {unknown} data
+ */
+export function contractErrors(kind, data) {
+  const validate = compiled[kind];
+  return validate(data) ? [] : (validate.errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message}`);
+}
+
+/** Throw unless the bundle directory's manifest.json (and thresholds.json, if any) follow the contract. @param {string} dir */
+export function assertContract(dir) {
+  for (const [kind, file] of /** @type {const} */ ([['manifest', 'manifest.json'], ['thresholds', 'thresholds.json']])) {
+    let text;
+    try { text = readFileSync(join(dir, file), 'utf8'); } catch { if (kind === 'thresholds') continue; throw new Error(`${dir} has no ${file}`); }
+    const errors = contractErrors(kind, JSON.parse(text));
+    if (errors.length) throw new Error(`${join(dir, file)} breaks ${kind}.schema.json: ${errors.slice(0, 5).join('; ')}`);
+  }
+}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
-DEFAULT_CHECKPOINT = HERE / "default.pt"  # trained cifar10-w8, see README "Bundled default model"
+DEFAULT_CHECKPOINT = HERE / "default.pt"  # trained cifar10-w8, see docs/guides/training.md "Bundled default model"
 SAMPLE_IMAGES = HERE / "cifar10-val-500.npz"  # x (N,32,32,3 uint8), y, classes
 DEFAULT_BUNDLE = HERE / "default-bundle"  # DEFAULT_CHECKPOINT exported with --monolithic (torch-free use)
 

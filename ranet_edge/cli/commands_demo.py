@@ -1,6 +1,8 @@
 """`ranet-edge demo`: export, calibrate and benchmark the bundled default model end to end."""
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from pathlib import Path
 
 import click
@@ -14,31 +16,41 @@ from . import cli
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="intra-op threads [default: 1]")
 def demo(out: str, threads: int | None) -> None:
     """Export the bundled default model, calibrate an operating point, benchmark it and show
-    where the shipped validation images leave the network."""
-    require("torch", "export")
-    require("onnx", "export")
+    where the shipped validation images leave the network. Without the export extra (torch,
+    onnx) it starts from the shipped bundle, the export of that model, and runs the rest."""
     from ranet_edge.runtime.bench import BenchOptions
     from ranet_edge.tasks import DataOptions, Goal, bench, calibrate, early_exit, unseen_by_calibration
 
-    from ..assets import SAMPLE_IMAGES
-    from ..demo import demo_checkpoint
-    from ..export.exporter import ExportSpec
-    from ..export.ranet import export_checkpoint
+    from ..assets import DEFAULT_BUNDLE, DEFAULT_CHECKPOINT, SAMPLE_IMAGES
+    from ..runtime.files import staged_dir
     from ..runtime.manifest import write_json_atomic
     from .commands_bench import echo_bench
     from .commands_eval import _progress, echo_calibrated
 
     work = Path(out)
     work.mkdir(parents=True, exist_ok=True)
-    ckpt, trained = demo_checkpoint(work)
-    if not trained:
-        click.secho("NOTE: this install has no trained default model; the demo uses the 'tiny' preset "
-                    "with UNTRAINED random weights, so its exits say nothing about accuracy.", fg="yellow")
     bundle = work / "bundle"
-    click.secho(f"\n== 1. export {ckpt.name} -> {bundle}", bold=True)
-    result = export_checkpoint(ckpt, bundle, ExportSpec(opset=17, monolithic=True), force=True)
-    click.echo(f"wrote {bundle}: {len(result.manifest['graphs'])} graphs for {len(result.manifest['exits'])} exits; "
-               f"next: ranet-edge info {bundle}")
+    if all(importlib.util.find_spec(m) for m in ("torch", "onnx")) or not DEFAULT_BUNDLE.exists():
+        require("torch", "export")
+        require("onnx", "export")
+        from ..demo import demo_checkpoint
+        from ..export.exporter import ExportSpec
+        from ..export.ranet import export_checkpoint
+
+        ckpt, trained = demo_checkpoint(work)
+        if not trained:
+            click.secho("NOTE: this install has no trained default model; the demo uses the 'tiny' preset "
+                        "with UNTRAINED random weights, so its exits say nothing about accuracy.", fg="yellow")
+        click.secho(f"\n== 1. export {ckpt.name} -> {bundle}", bold=True)
+        result = export_checkpoint(ckpt, bundle, ExportSpec(opset=17, monolithic=True), force=True)
+        click.echo(f"wrote {bundle}: {len(result.manifest['graphs'])} graphs for {len(result.manifest['exits'])} "
+                   f"exits; next: ranet-edge info {bundle}")
+    else:
+        click.secho(f"\n== 1. export: skipped, torch and onnx are not installed (pip install 'ranet-edge[export]'); "
+                    f"starting from the shipped bundle, the export of {DEFAULT_CHECKPOINT.name} -> {bundle}", bold=True)
+        with staged_dir(bundle) as tmp:
+            shutil.copytree(DEFAULT_BUNDLE, tmp, dirs_exist_ok=True)
+        click.echo(f"copied {bundle}; next: ranet-edge info {bundle}")
     click.secho("\n== 2. calibrate: the paper's p = 0.5 on the shipped validation images", bold=True)
     data = DataOptions(SAMPLE_IMAGES, val_size=250)
     echo_calibrated(calibrate(bundle, Goal(p=0.5), data, name="demo",

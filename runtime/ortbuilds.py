@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
-from .errors import MissingExtraError
+from ranet_edge.errors import MissingExtraError
 
 #: Distributions that install the ``onnxruntime`` package, with the extra that brings each.
 BUILDS: dict[str, str | None] = {

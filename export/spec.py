@@ -1,0 +1,22 @@
+"""What to export and how (:class:`ExportSpec`): read by the exporter's steps and by the
+bundle writer alike, so it lives apart from both."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_OPSET", "ExportSpec"]
+
+DEFAULT_OPSET = 17
+
+
+@dataclass
+class ExportSpec:
+    """What to export and how."""
+
+    opset: int = DEFAULT_OPSET
+    batch_size: int | None = None  # None: dynamic batch; N: static shapes
+    simplify: bool = True
+    monolithic: bool = False
+    granularity: str = "exit"  # "exit" or "subnetwork"
+    tolerance: float = 1e-4  # max |diff| / max |logit| allowed at every exit
+    validate_batches: tuple[int, ...] = (1, 3)
