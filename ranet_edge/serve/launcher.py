@@ -21,6 +21,7 @@ from .settings import ServeSettings
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # requests carry small images: a small store leaves RAM to the models
 STOP_BUDGET_S = 11.0  # close(): drain, Serve, Ray, then whatever is left of the private Ray is killed
 DRAIN_S = 5.0  # of which the replicas may spend this much answering what they hold
+DRAIN_LINGER_S = 0.5  # then the ingress stays up this long, answering 503, before Serve is shut down
 HAPROXY_PORTS = (("RAY_SERVE_HAPROXY_STATS_PORT", 8404), ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101))
 
 
@@ -164,6 +165,10 @@ class Server:
         while len(glob.glob(self._drain_file + ".*.idle")) < self._replicas:
             if time.monotonic() > deadline or (hurry and hurry.is_set()):
                 return False
+            time.sleep(0.02)
+        # a client that sent again just before the drain still gets its 503, not a closed socket
+        linger = time.monotonic() + DRAIN_LINGER_S
+        while time.monotonic() < linger and not (hurry and hurry.is_set()):
             time.sleep(0.02)
         return True
 
