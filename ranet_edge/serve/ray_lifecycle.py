@@ -91,7 +91,12 @@ def run_ray(settings: ServeSettings, address: str | None = None, host: str = "12
         else:
             echo(f"{signals.name}: shutting down (again to stop at once) ...", err=True)
         clean = _stop(server, local, signals.hurry)
-    echo("stopped" if clean else "stopped (Ray did not stop in time: its processes were killed)", err=True)
+    if clean:
+        echo("stopped", err=True)
+    else:
+        why = "at once" if signals.hurry.is_set() else "Ray did not stop in time"
+        echo(f"stopped ({why}: the processes of its private Ray were killed)" if local else f"stopped ({why})",
+             err=True)
     if not clean:
         sys.stdout.flush()
         sys.stderr.flush()
