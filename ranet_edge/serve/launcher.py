@@ -80,8 +80,8 @@ class Server:
             if haproxy:  # read by Serve's controller, which inherits this environment
                 for var, default in HAPROXY_PORTS:  # another --haproxy server would hold them
                     _check_port_free("0.0.0.0", int(os.environ.get(var, default)),
-                                     f"HAProxy's {var.split('_')[-2].lower()} port; is another --haproxy server "
-                                     f"running? Stop it, or give this one another port with {var}=PORT")
+                                     f"is another --haproxy server running? Stop it, or give this one another "
+                                     f"port with {var}=PORT", what=f"HAProxy's {var.split('_')[-2].lower()} port")
                 os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
                 # Ctrl-C should not wait Serve's default 30 s for the direct-ingress replicas to drain
                 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
@@ -109,7 +109,6 @@ class Server:
                              + ("check `ray status` on the head node" if address else "see /tmp/ray/session_latest/logs")) from None
         if self.local:
             self._ray_procs = procs.descendants(*_started_by_ray())
-            self._drain_dir = tempfile.mkdtemp(prefix="ranet-edge-drain-")
         try:
             serve.start(http_options={"host": host, "port": port})
             client = getattr(serve.context, "_get_global_client", None)  # no public API tells this
@@ -133,6 +132,8 @@ class Server:
 
         if summary is None:
             summary = ServedModel(settings).summary()
+        if self.local and self._drain_dir is None:
+            self._drain_dir = tempfile.mkdtemp(prefix="ranet-edge-drain-")
         self.deploy_app(build_deployment(settings, name, self._drain_file), name, route_prefix)
         self._replicas += settings.replicas
         return Deployed(name, self.base_url + route_prefix.rstrip("/"), summary)
@@ -292,13 +293,15 @@ def _check_reachable(address: str) -> None:
                          "`ray start --head` there, or check the address") from None
 
 
-def _check_port_free(host: str, port: int, fix: str = "pick another with --port or --host") -> None:
+def _check_port_free(host: str, port: int, fix: str = "pick another with --port or --host",
+                     what: str = "") -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise InputError(f"cannot listen on {host}:{port} ({exc.strerror}); {fix}") from None
+            where = f"{what} {host}:{port}" if what else f"{host}:{port}"
+            raise InputError(f"cannot listen on {where} ({exc.strerror}); {fix}") from None
 
 
 def _first_line(exc: BaseException) -> str:

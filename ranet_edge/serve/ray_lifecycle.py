@@ -70,38 +70,51 @@ def run_ray(settings: ServeSettings, address: str | None = None, host: str = "12
     step of the stop had to be abandoned (Ray did not answer within its bound), this ends the
     process itself with ``os._exit`` once everything is flushed and killed, so that Ray's
     exit handlers cannot hang it.
+
+    Meant for a process of its own (``ranet-edge serve``): with a local Ray, the last sweep
+    kills and reaps every process below this one, all of them Ray's there.
     """
     signals = _Signals()
     local = address is None
     if local:  # a Ray worker whose raylet is gone stays below us, for the last sweep
         procs.become_subreaper()
-    with signals.installed():
-        echo("starting Ray ..." if local else f"joining the Ray cluster at {address} ...", err=True)
-        server = None
-        try:
-            server, app = serve_bundle(settings, address, host, port, quiet=True, haproxy=haproxy)
-            signals.install()
-            signals.raising = False
-            if not signals.stop.is_set():  # a signal between the deploy and here
-                print_summary(app, server, settings, haproxy, echo)
-            while not signals.stop.is_set():
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            echo(f"{signals.name or 'interrupted'} while starting; stopping ...", err=True)
-        else:
-            echo(f"{signals.name}: shutting down (again to stop at once) ...", err=True)
-        clean = _stop(server, local, signals.hurry)
+    try:
+        with signals.installed():
+            clean = _serve_until_signal(signals, settings, address, host, port, haproxy, echo)
+    finally:
+        if local:  # run in a process that goes on (a test): leave it as it was
+            procs.become_subreaper(False)
     if clean:
         echo("stopped", err=True)
     else:
         why = "at once" if signals.hurry.is_set() else "Ray did not stop in time"
         echo(f"stopped ({why}: the processes of its private Ray were killed)" if local else f"stopped ({why})",
              err=True)
-    if not clean:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+def _serve_until_signal(signals: _Signals, settings: ServeSettings, address: str | None, host: str, port: int,
+                        haproxy: bool, echo: Echo) -> bool:
+    """Start, serve until ``signals`` says stop, stop; True when the stop was clean."""
+    local = address is None
+    echo("starting Ray ..." if local else f"joining the Ray cluster at {address} ...", err=True)
+    server = None
+    try:
+        server, app = serve_bundle(settings, address, host, port, quiet=True, haproxy=haproxy)
+        signals.install()
+        signals.raising = False
+        if not signals.stop.is_set():  # a signal between the deploy and here
+            print_summary(app, server, settings, haproxy, echo)
+        while not signals.stop.is_set():
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        echo(f"{signals.name or 'interrupted'} while starting; stopping ...", err=True)
+    else:
+        echo(f"{signals.name}: shutting down (again to stop at once) ...", err=True)
+    return _stop(server, local, signals.hurry)
 
 
 def _stop(server: Server | None, local: bool, hurry: Flag) -> bool:
