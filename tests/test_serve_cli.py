@@ -41,6 +41,7 @@ pytestmark = pytest.mark.slow
 
 START_S = 240.0  # Ray's start on a busy 2-core machine: ~30 s, at worst a few times that
 STOP_S = 15.0  # the bound a user relies on: `ranet-edge serve` is gone this long after the signal
+SLOW_REST_S = 1.0  # the half-sent request sends the rest of its body this long after the signal
 
 
 def ray_serve_cmd(*args: str) -> list[str]:
@@ -169,7 +170,8 @@ def _http_status(sock: socket.socket) -> int | str:
 
 class SlowUpload:
     """A request surely in flight when the signal lands: headers and half the body sent now,
-    the rest by ``finish``, which returns the status (or how the connection ended without one)."""
+    the rest by ``finish`` (the server is draining by then), which returns the status (or how
+    the connection ended without one)."""
 
     def __init__(self, port: int, body: bytes):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -234,6 +236,7 @@ def stop_with(srv: Running, how: str, images: int = 16) -> tuple[int | str, list
         os.killpg(srv.proc.pid, signal.SIGINT)
     else:
         srv.proc.send_signal(signal.SIGINT if how == "main-int" else signal.SIGTERM)
+    time.sleep(SLOW_REST_S)
     slow_status = slow.finish()
     try:
         srv.proc.wait(timeout=STOP_S)
