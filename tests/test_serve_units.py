@@ -190,3 +190,18 @@ def test_serve_refuses_bad_options(run, tmp_path):
         s.listen()
         port = s.getsockname()[1]
         assert_one_line_error(run("serve", "--port", port), f"cannot listen on 127.0.0.1:{port}", "--port")
+
+
+def test_serve_haproxy_refuses_a_stats_port_in_use_before_ray_starts(run, monkeypatch):
+    """Two --haproxy servers on one machine would share HAProxy's stats and metrics ports."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        monkeypatch.setenv("RAY_SERVE_HAPROXY_METRICS_PORT", str(taken))
+        result = run("serve", "--haproxy", "--port", port)
+        assert_one_line_error(result, f"HAProxy's metrics port 0.0.0.0:{taken}", "RAY_SERVE_HAPROXY_METRICS_PORT=PORT")
+        assert "import ray" not in result.output

@@ -1,8 +1,8 @@
-"""`ranet-edge serve`: the bundle over HTTP on Ray Serve, until Ctrl-C."""
+"""`ranet-edge serve`: the bundle over HTTP on Ray Serve, until Ctrl-C or SIGTERM
+(ranet_edge/serve/ray_lifecycle.py)."""
 from __future__ import annotations
 
-import signal
-import time
+import sys
 
 import click
 
@@ -33,7 +33,7 @@ def serve(bundle, host, port, replicas, max_batch, batch_wait_ms, operating_poin
           address, max_body_bytes, haproxy) -> None:
     """Serve BUNDLE (default: the shipped model) over HTTP with dynamic batching and per-sample exit."""
     from ranet_edge.serve import ServeSettings
-    from ranet_edge.serve.launcher import serve_bundle
+    from ranet_edge.serve.ray_lifecycle import run_ray
 
     if haproxy and address:
         raise click.UsageError("--haproxy applies to the Ray this command starts; for a cluster, start its nodes "
@@ -41,42 +41,4 @@ def serve(bundle, host, port, replicas, max_batch, batch_wait_ms, operating_poin
     settings = ServeSettings(bundle=bundle, graph=graph, operating_point=operating_point, provider=provider,
                              threads=threads or 1, replicas=replicas, max_batch=max_batch,
                              batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes)
-    click.echo("starting Ray ..." if address is None else f"joining the Ray cluster at {address} ...", err=True)
-    server, app = serve_bundle(settings, address, host, port, quiet=True, haproxy=haproxy)
-    # SIGTERM (a service manager stopping us) shuts down like Ctrl-C
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        _print_summary(app, server, settings, haproxy)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        click.echo("shutting down ...", err=True)
-    finally:
-        server.close()
-    click.echo("stopped", err=True)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def _print_summary(app, server, settings, haproxy: bool) -> None:
-    s = app.summary
-    points = [f"{name}{' (default)' if name == s['default_operating_point'] else ''}" for name in s["operating_points"]]
-    click.echo(f"ranet-edge serving at {app.url}")
-    click.echo(f"model      {s['bundle']}: {len(s['exits'])} exits, {s['num_classes']} classes, "
-               f"input {s['input']['size']}x{s['input']['size']}, graph {s['graph']}")
-    click.echo(f"runs on    {settings.replicas} replica(s), provider {settings.provider} "
-               f"({', '.join(s['session_providers'])}), {settings.threads} thread(s) each")
-    click.echo(f"ingress    {'HAProxy, direct to the replicas' if haproxy else 'Serve HTTP proxy'}")
-    click.echo(f"batching   up to {settings.max_batch} images, waiting {settings.batch_wait_ms:g} ms; "
-               f"bodies up to {settings.max_body_bytes} bytes")
-    click.echo(f"operating points: {', '.join(points) or 'none stored: every image runs to the last exit'}")
-    click.echo(f"  POST {app.url}/v1/classify   image/jpeg or image/png body, or a JSON list of base64 images; "
-               "?operating_point=NAME")
-    click.echo(f"  GET  {app.url}/v1/model")
-    click.echo(f"  GET  {app.url}/v1/health")
-    metrics = server.metrics_url
-    if metrics:
-        click.echo(f"  metrics (Prometheus) {metrics}")
-    click.echo("Press Ctrl-C to stop.")
+    sys.exit(run_ray(settings, address, host, port, haproxy, echo=click.echo))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
+import re
 import time
 
 from ray import serve
@@ -29,6 +31,8 @@ log = logging.getLogger("ray.serve")
 
 INLINE_DECODE_BYTES = 64 * 1024  # bodies smaller than this are decoded on the event loop
 ROUTES = "the API is POST /v1/classify, GET /v1/model and GET /v1/health"
+DRAIN_POLL_S = 0.05  # how often a replica looks for the drain file
+SHUTTING_DOWN = "the server is shutting down; send the request again once it is back (or to another server)"
 
 
 class _Metrics:
@@ -48,15 +52,42 @@ class _Metrics:
 class RanetServer:
     """An HTTP ingress deployment serving one bundle (see ``ServeSettings``)."""
 
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, drain_file: str | None = None):
         self.settings = ServeSettings.from_dict(settings)
         self.model = ServedModel(self.settings)
         self._classify.set_max_batch_size(self.settings.max_batch)
         self._classify.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1e3)
         self.replica = serve.get_replica_context().replica_tag
         self.metrics = _Metrics(self.settings.max_batch)
+        self.draining, self.in_flight = False, 0
+        self._watch = None
+        if drain_file:  # Serve runs this constructor on the replica's event loop
+            self._watch = asyncio.get_running_loop().create_task(self._watch_drain(drain_file))
+
+    async def _watch_drain(self, drain_file: str) -> None:
+        """Once ``drain_file`` exists (the server is stopping): answer new requests 503, let those
+        in flight finish, then say so with an ``.idle`` file beside it, named by this replica."""
+        while not os.path.exists(drain_file):
+            await asyncio.sleep(DRAIN_POLL_S)
+        self.draining = True
+        while self.in_flight:
+            await asyncio.sleep(0.01)
+        marker = f"{drain_file}.{re.sub(r'[^A-Za-z0-9_.-]', '_', self.replica)}.idle"
+        with open(marker + ".tmp", "w"):
+            pass
+        os.replace(marker + ".tmp", marker)
 
     async def __call__(self, request: Request) -> JSONResponse:
+        if self.draining:
+            return JSONResponse(error_body(SHUTTING_DOWN), status_code=503,
+                                headers={"Connection": "close", "Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> JSONResponse:
         start = time.perf_counter()
         path = request.scope["path"]
         root = request.scope.get("root_path") or ""
@@ -138,11 +169,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def build_deployment(settings: ServeSettings, name: str = "ranet-edge") -> serve.Application:
-    """The bound application for ``serve.run``, with ``settings.replicas`` replicas."""
+def build_deployment(settings: ServeSettings, name: str = "ranet-edge", drain_file: str | None = None
+                     ) -> serve.Application:
+    """The bound application for ``serve.run``, with ``settings.replicas`` replicas.
+
+    ``drain_file`` (a path on every node that runs a replica): once it exists, the replicas
+    answer new requests 503 and, their requests in flight answered, create
+    ``DRAIN_FILE.REPLICA.idle`` beside it (``Server.close`` waits for those)."""
     return serve.deployment(RanetServer, name=name).options(
         num_replicas=settings.replicas,
         # requests in flight per replica: a full batch running and the next one filling
         max_ongoing_requests=max(2 * settings.max_batch, 8),
         ray_actor_options={"num_cpus": settings.threads},
-    ).bind(settings.to_dict())
+    ).bind(settings.to_dict(), drain_file)

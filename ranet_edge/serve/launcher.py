@@ -1,17 +1,28 @@
 """Start (or join) Ray, start Serve's HTTP proxy, deploy bundles; shut down cleanly."""
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ranet_edge.errors import InputError, ServeError, require
 
+from . import procs
 from .settings import ServeSettings
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # requests carry small images: a small store leaves RAM to the models
+STOP_BUDGET_S = 11.0  # close(): drain, Serve, Ray, then whatever is left of the private Ray is killed
+DRAIN_S = 5.0  # of which the replicas may spend this much answering what they hold
+DRAIN_LINGER_S = 0.5  # then the ingress stays up this long, answering 503, before Serve is shut down
+HAPROXY_PORTS = (("RAY_SERVE_HAPROXY_STATS_PORT", 8404), ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101))
 
 
 @dataclass(frozen=True)
@@ -21,6 +32,20 @@ class Deployed:
     name: str
     url: str  # base URL; the API is under url + "/v1/..."
     summary: dict  # ServedModel.summary() as loaded here before deploying
+
+
+class Flag:
+    """A flag a signal handler may set: no lock (``threading.Event.set`` takes one, and a handler
+    that runs while its own thread holds that lock would never return)."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
 
 
 class Server:
@@ -43,6 +68,9 @@ class Server:
         self.local = address is None
         self.host, self.port = host, port
         self.apps: list[str] = []
+        self._ray_procs: set[procs.Proc] = set()  # what ray.init started here (local Ray)
+        self._drain_dir: str | None = None  # local Ray: where the drain file goes (see close)
+        self._replicas = 0  # of the applications deployed with ``deploy``, each watching the drain file
         if haproxy and not self.local:
             raise InputError("HAProxy mode is chosen when the cluster starts: run `RAY_SERVE_ENABLE_HA_PROXY=1 "
                              "ray start ...` on its nodes instead of passing it with an address")
@@ -50,6 +78,10 @@ class Server:
             _check_port_free(host, port)
             os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
             if haproxy:  # read by Serve's controller, which inherits this environment
+                for var, default in HAPROXY_PORTS:  # another --haproxy server would hold them
+                    _check_port_free("0.0.0.0", int(os.environ.get(var, default)),
+                                     f"is another --haproxy server running? Stop it, or give this one another "
+                                     f"port with {var}=PORT", what=f"HAProxy's {var.split('_')[-2].lower()} port")
                 os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
                 # Ctrl-C should not wait Serve's default 30 s for the direct-ingress replicas to drain
                 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
@@ -75,6 +107,8 @@ class Server:
             where = "a local Ray" if self.local else f"the Ray cluster at {address!r}"
             raise ServeError(f"cannot start or reach {where}: {_first_line(exc)}; "
                              + ("check `ray status` on the head node" if address else "see /tmp/ray/session_latest/logs")) from None
+        if self.local:
+            self._ray_procs = procs.descendants(*_started_by_ray())
         try:
             serve.start(http_options={"host": host, "port": port})
             client = getattr(serve.context, "_get_global_client", None)  # no public API tells this
@@ -98,7 +132,10 @@ class Server:
 
         if summary is None:
             summary = ServedModel(settings).summary()
-        self.deploy_app(build_deployment(settings, name), name, route_prefix)
+        if self.local and self._drain_dir is None:
+            self._drain_dir = tempfile.mkdtemp(prefix="ranet-edge-drain-")
+        self.deploy_app(build_deployment(settings, name, self._drain_file), name, route_prefix)
+        self._replicas += settings.replicas
         return Deployed(name, self.base_url + route_prefix.rstrip("/"), summary)
 
     def deploy_app(self, app, name: str, route_prefix: str) -> None:
@@ -115,6 +152,28 @@ class Server:
         self.apps.append(name)
 
     @property
+    def _drain_file(self) -> str | None:
+        return os.path.join(self._drain_dir, "drain") if self._drain_dir else None
+
+    def _drain(self, seconds: float, hurry: Flag | None) -> bool:
+        """Ask the replicas to drain (new requests 503, those in flight answered) and wait up to
+        ``seconds`` until each says it holds none. True when all said so."""
+        if not self._drain_dir or not self._replicas:
+            return True
+        with open(self._drain_file, "w"):
+            pass
+        deadline = time.monotonic() + seconds
+        while len(glob.glob(self._drain_file + ".*.idle")) < self._replicas:
+            if time.monotonic() > deadline or (hurry and hurry.is_set()):
+                return False
+            time.sleep(0.02)
+        # a client that sent again just before the drain still gets its 503, not a closed socket
+        linger = time.monotonic() + DRAIN_LINGER_S
+        while time.monotonic() < linger and not (hurry and hurry.is_set()):
+            time.sleep(0.02)
+        return True
+
+    @property
     def metrics_url(self) -> str | None:
         """This node's Prometheus endpoint (Ray's metrics agent), if Ray reports one."""
         import ray
@@ -124,21 +183,48 @@ class Server:
                 return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
         return None
 
-    def close(self) -> None:
-        """Local: stop Serve and Ray. Cluster: delete this server's applications and disconnect."""
+    def close(self, budget_s: float = STOP_BUDGET_S, hurry: Flag | None = None) -> bool:
+        """Local: stop Serve and Ray. Cluster: delete this server's applications and disconnect.
+
+        Within ``budget_s`` seconds, whatever Ray does. Local Ray: the replicas of the
+        applications deployed with ``deploy`` drain first while the ingress still stands (new
+        requests get 503, those in flight are answered; up to ``DRAIN_S``), then Serve and Ray
+        are shut down, each step given what is left of the budget; a step that overruns it is
+        left behind, and every process of the private Ray still running is killed. Cluster:
+        this server's applications are deleted (Serve lets their replicas answer what they
+        hold), then Ray disconnects.
+        ``hurry`` set (a second Ctrl-C) cuts the waiting short. True when nothing had to be
+        abandoned or killed.
+        """
         import ray
         from ray import serve
 
         if not ray.is_initialized():
-            return
-        try:
-            if self.local:
-                serve.shutdown()
-            else:
-                for name in self.apps:
-                    serve.delete(name)
-        finally:
-            ray.shutdown()
+            self._remove_drain_dir()
+            return True
+        deadline = time.monotonic() + budget_s
+        clean = True
+        if self.local:
+            tree = procs.descendants(*{pid for pid, _ in self._ray_procs}) | self._ray_procs
+            clean = self._drain(min(DRAIN_S, budget_s / 2), hurry)
+            clean &= bounded(serve.shutdown, deadline - time.monotonic() - 3.0, hurry)
+        else:  # the replicas on a cluster answer what they hold before they go (Serve's own drain)
+            names = list(self.apps)
+            clean = bounded(lambda: [serve.delete(n) for n in names], min(DRAIN_S, budget_s / 2), hurry)
+        self.apps.clear()
+        clean &= bounded(ray.shutdown, deadline - time.monotonic() - 1.0, hurry)
+        if self.local:
+            left = procs.alive(tree)
+            if left:
+                clean = False
+                procs.kill(left, grace_s=max(0.2, deadline - time.monotonic()))
+        self._remove_drain_dir()
+        return clean
+
+    def _remove_drain_dir(self) -> None:
+        if self._drain_dir:
+            shutil.rmtree(self._drain_dir, ignore_errors=True)
+            self._drain_dir = None
 
     def __enter__(self) -> Server:
         return self
@@ -166,6 +252,36 @@ def serve_bundle(settings: ServeSettings, address: str | None = None, host: str 
         raise
 
 
+def bounded(step: Callable[[], object], seconds: float, hurry: Flag | None) -> bool:
+    """Run ``step`` in a daemon thread for at most ``seconds`` (less once ``hurry`` is set);
+    True when it returned in time, False when it raised or is left running."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            step()
+        except BaseException as exc:  # a step that fails is a step done: the next one follows
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="ranet-edge-stop", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + max(seconds, 0.0)
+    while thread.is_alive() and time.monotonic() < deadline and not (hurry and hurry.is_set()):
+        thread.join(0.05)
+    return not thread.is_alive() and not failed
+
+
+def _started_by_ray() -> list[int]:
+    """Pids of the processes ray.init started on this machine (GCS, raylet, monitors)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # no public API lists them
+    found = []
+    for infos in (getattr(node, "all_processes", None) or {}).values():
+        found.extend(info.process.pid for info in infos if getattr(info, "process", None) is not None)
+    return found
+
+
 def _check_reachable(address: str) -> None:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
@@ -177,14 +293,15 @@ def _check_reachable(address: str) -> None:
                          "`ray start --head` there, or check the address") from None
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, fix: str = "pick another with --port or --host",
+                     what: str = "") -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise InputError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another with --port "
-                             "or --host") from None
+            where = f"{what} {host}:{port}" if what else f"{host}:{port}"
+            raise InputError(f"cannot listen on {where} ({exc.strerror}); {fix}") from None
 
 
 def _first_line(exc: BaseException) -> str:
