@@ -16,7 +16,8 @@ def provider_option(func):
                         help="intra-op threads per session [default: 1]")(func)
     return click.option("--provider", default="cpu", show_default=True,
                         help="execution provider: cpu, cuda, tensorrt, openvino, coreml, nnapi, xnnpack, "
-                             "dml, qnn, rocm, or a full ONNX Runtime name")(func)
+                             "dml, qnn, rocm, webgpu (qnn, openvino, webgpu also as plugin packages), "
+                             "or a full ONNX Runtime name")(func)
 
 
 @cli.command()
@@ -80,6 +81,9 @@ def predict(bundle: str, images: tuple[str, ...], provider: str, threads: int | 
     from ranet_edge.runtime import ExitChain, read_image
 
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
+    if chain.session_providers[0][0] != "CPUExecutionProvider":  # what the provider took, never a silent CPU run
+        for line in chain.placement_lines():
+            click.echo(line, err=True)
     arrays = []
     for path in images:
         if not Path(path).is_file():
