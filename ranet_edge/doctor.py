@@ -40,7 +40,8 @@ ACCELERATORS = {
     "DmlExecutionProvider": "onnxruntime-directml: pip install 'ranet-edge[directml]'",
     "OpenVINOExecutionProvider": "onnxruntime-openvino: pip install 'ranet-edge[openvino]'",
     "CoreMLExecutionProvider": "onnxruntime on macOS",
-    "QNNExecutionProvider": "onnxruntime-qnn",
+    "QNNExecutionProvider": "onnxruntime-qnn: pip install 'ranet-edge[qnn]' (a plugin beside the CPU build)",
+    "WebGpuExecutionProvider": "onnxruntime-ep-webgpu (a plugin beside the CPU build)",
 }
 
 
@@ -139,6 +140,7 @@ def check_provider(ort, provider: str) -> ProviderCheck:
     import numpy as np
 
     from .runtime.device import FLOAT, gather_model
+    from .runtime.providers import is_plugin
 
     so = ort.SessionOptions()
     so.log_severity_level = 2
@@ -146,7 +148,12 @@ def check_provider(ort, provider: str) -> ProviderCheck:
     with captured_output() as log, warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")  # onnxruntime's Python wrapper warns, its C++ side logs
         try:
-            sess = ort.InferenceSession(gather_model(FLOAT), so, providers=[provider, "CPUExecutionProvider"])
+            if is_plugin(provider):  # selected per device (runtime/plugins.py), not by name
+                from .runtime.plugins import select
+
+                select(so, provider)
+            sess = ort.InferenceSession(gather_model(FLOAT), so, providers=None if is_plugin(provider) else
+                                        [provider, "CPUExecutionProvider"])
             got = sess.get_providers()
             if got and got[0] == provider:
                 x = np.arange(6, dtype=np.float32).reshape(3, 2)
@@ -250,12 +257,12 @@ def diagnose(bundle: str | os.PathLike | None = None, provider: str | None = Non
     if ort is None:
         problems.append(f"onnxruntime cannot be imported ({ort_error}); install one build: {EXTRAS_HINT}")
     else:
-        available = list(ort.get_available_providers())
-        checks = [check_provider(ort, p) for p in available if p in ACCELERATORS]
         from .runtime.plugins import report as plugin_report
 
-        plugins = plugin_report()
+        plugins = plugin_report()  # registers them: they are then among the providers
         problems += [f"plugin {p['package']}: {p['error']}" for p in plugins if p["error"]]
+        available = list(ort.get_available_providers())
+        checks = [check_provider(ort, p) for p in available if p in ACCELERATORS]
         problems += [f"{c.provider} is in this build but no session can use it: {c.reason}" for c in checks
                      if not c.usable]
         if hint and hint.startswith("NVIDIA") and "CUDAExecutionProvider" not in available:
@@ -274,7 +281,11 @@ def diagnose(bundle: str | os.PathLike | None = None, provider: str | None = Non
             report.bundle = {"path": str(bundle), "provider": provider, "graphs": [],
                              "error": "onnxruntime cannot be imported"}
         else:
-            chosen = provider or next((c.provider for c in checks if c.usable), "CPUExecutionProvider")
+            from .runtime.providers import is_plugin
+
+            # a plugin (QNN) runs converted bundles only: used when asked for
+            chosen = provider or next((c.provider for c in checks if c.usable and not is_plugin(c.provider)),
+                                      "CPUExecutionProvider")
             report.bundle = place_bundle(ort, bundle, chosen)
             if report.bundle["error"]:
                 problems.append(f"bundle {bundle}: {report.bundle['error']}")

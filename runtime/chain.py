@@ -349,10 +349,11 @@ def _refusal(manifest: Manifest, path: str, full: str, options, providers) -> st
     from .placement import log_reasons
 
     said = log_reasons("".join(log)) or "it gave no reason in its log"
+    convert = f"convert the bundle: ranet-edge convert {manifest.root} -o OUT --to qnn --data IMAGES"
     if manifest.batch_size is None and full == "QNNExecutionProvider":
-        fix = "the graphs have a dynamic batch; convert the bundle: ranet-edge convert BUNDLE -o OUT --to qnn --data IMAGES"
+        fix = f"the graphs have a dynamic batch; {convert}"
     elif full == "QNNExecutionProvider" and manifest.precision == "fp32":
-        fix = "the HTP runs quantized graphs; convert the bundle: ranet-edge convert BUNDLE -o OUT --to qnn --data IMAGES"
+        fix = f"the HTP runs quantized graphs; {convert}"
     else:
         fix = "run `ranet-edge doctor BUNDLE --provider ...`, or use --provider cpu"
     return f"{full} said: {said}; {fix}"

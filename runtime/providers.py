@@ -54,7 +54,7 @@ def resolve_provider(provider: str) -> str:
         raise ProviderError(f"execution provider {provider!r} ({full}) is not in this onnxruntime build and its "
                             f"plugin package {PLUGINS[full].package} is not installed; {install_hint(full)}, "
                             "then run `ranet-edge doctor`")
-    available = BUILT_IN
+    available = ort.get_available_providers()
     if full not in available:
         known = full in PACKAGES or full in SHORT_NAMES.values()
         hint = f"; install {PACKAGES[full]} to get it, and run `ranet-edge doctor`" if full in PACKAGES else ""
@@ -124,8 +124,17 @@ def session_options(threads: int | None, spinning: bool = False) -> ort.SessionO
 
 
 def available() -> list[dict[str, str]]:
-    """Every provider of this build, then every installed plugin provider, with its short name."""
+    """Every provider ONNX Runtime offers, with its short name, after registering every
+    installed plugin package (those rows name it under ``plugin``, with their devices)."""
+    from .plugins import describe, devices, register
+
+    plugged = {}
+    for p in PLUGINS:
+        if p not in BUILT_IN and installed(p):
+            try:
+                register(p)
+                plugged[p] = {"plugin": PLUGINS[p].package, "devices": [describe(d) for d in devices(p)]}
+            except ProviderError as exc:
+                plugged[p] = {"plugin": PLUGINS[p].package, "devices": [], "error": str(exc)}
     short = {v: k for k, v in SHORT_NAMES.items()}
-    rows = [{"name": p, "short": short.get(p, p), "kind": "built-in"} for p in BUILT_IN]
-    return rows + [{"name": p, "short": short.get(p, p), "kind": f"plugin ({PLUGINS[p].package})"}
-                   for p in PLUGINS if p not in BUILT_IN and installed(p)]
+    return [{"name": p, "short": short.get(p, p), **plugged.get(p, {})} for p in ort.get_available_providers()]

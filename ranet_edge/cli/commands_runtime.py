@@ -114,4 +114,6 @@ def providers(as_json: bool) -> None:
         return
     click.echo(f"onnxruntime {ort.__version__}")
     for r in rows:
-        click.echo(f"  {r['short']:<10} {r['name']}")
+        plugin = (f"  (plugin {r['plugin']}: " + (", ".join(r["devices"]) or "no device on this machine") + ")"
+                  if "plugin" in r else "")
+        click.echo(f"  {r['short']:<10} {r['name']}{plugin}")
