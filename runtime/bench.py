@@ -39,6 +39,7 @@ def machine_info(chain: ExitChain, threads: int | None) -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "onnxruntime": ort.__version__,
             "provider": chain.provider, "session_providers": chain.session_providers,
+            "placement": chain.placement,
             "threads": threads or 1, "python": platform.python_version()}
 
 

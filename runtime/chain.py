@@ -336,9 +336,9 @@ class ExitChain:
 def _refusal(manifest: Manifest, path: str, full: str, options, providers) -> str:
     """Why ``full`` took no node of graph ``path``: the reasons it logs when the session is
     made again with a verbose log, and what to do about the usual cause."""
-    import onnxruntime as ort
-
     from ranet_edge.doctor import captured_output
+
+    from ._ort import ort
 
     entry = next(e for e in manifest.graphs if path in (e.path, e.compiled_path(full)))
     with captured_output() as log:
