@@ -119,3 +119,17 @@ def test_doctor_lists_the_plugins():
         if p["installed"] and not p["error"]:
             assert p["devices"] == [plug.describe(d) for d in plug.devices(p["provider"])]
     assert rep.providers == ort.get_available_providers()
+
+
+def test_info_names_the_compiled_graphs_and_the_htp_share():
+    from click.testing import CliRunner
+
+    from ranet_edge.cli import get_cli
+
+    r = CliRunner().invoke(get_cli(), ["info", str(QNN_BUNDLE)])
+    assert r.exit_code == 0, r.output
+    assert "int8-qdq onnx, batch 1" in r.output
+    assert "compiled for QNNExecutionProvider (EPContext models, loaded by that provider): 6 of 6 graphs" in r.output
+    assert "QNN HTP: stage4.onnx 387/387 nodes (100%), on the CPU: nothing" in r.output
+    rep = json.loads(CliRunner().invoke(get_cli(), ["info", str(DEFAULT_BUNDLE), "--json"]).stdout)
+    assert rep["compiled"] == {} and rep["qnn_placement"] is None

@@ -126,3 +126,19 @@ def test_convert_to_qnn_compiles_every_graph_whole(tmp_path):
     y = cpu.preprocess(list(x[304:307]))  # 3 rows: the static batch of 2 runs a padded chunk
     for a, b in zip(cpu.run_all(y), chain.run_all(y)):
         assert a.shape == b.shape == (3, 10) and np.abs(a - b).max() < MAX_LOGIT_DIFF
+
+
+@pytest.mark.needs("onnx", "onnxsim")
+def test_convert_reproduces_the_shipped_qnn_graphs(tmp_path):
+    """The shipped QNN bundle is `ranet-edge convert DEFAULT_BUNDLE --to qnn --data SAMPLE_IMAGES`:
+    its QDQ graphs come out byte for byte (the context binaries do not: QNN writes them anew)."""
+    from ranet_edge.export.convert import convert_bundle
+    from ranet_edge.runtime.manifest import load_manifest
+
+    out = tmp_path / "qnn"
+    convert_bundle(DEFAULT_BUNDLE, out, "qnn", images=np.load(SAMPLE_IMAGES)["x"], compile_qnn=False)
+    shipped = load_manifest(QNN_BUNDLE)
+    for g, s in zip(load_manifest(out).graphs, shipped.graphs, strict=True):
+        assert g.path == s.path and g.sha256 == s.sha256, g.path
+        assert g.compiled == ()
+    assert json.loads((out / "manifest.json").read_text())["qnn"]["note"] == "not compiled (--no-qnn-context)"

@@ -54,6 +54,13 @@ def info(bundle: str, as_json: bool) -> None:
         click.echo("mobile usability (share of nodes each EP takes):")
         for stage, r in rep["mobile_report"].items():
             click.echo(f"  {stage}: " + ", ".join(f"{ep} {v}" for ep, v in r.items()))
+    if rep.get("compiled"):
+        providers = sorted({p for forms in rep["compiled"].values() for p in forms})
+        click.echo(f"compiled for {', '.join(providers)} (EPContext models, loaded by that provider): "
+                   f"{len(rep['compiled'])} of {len({r['graph'] for r in rep['exits']})} graphs")
+    for graph, r in (rep.get("qnn_placement") or {}).items():
+        cpu = ", ".join(f"{n} {op}" for op, n in r["on_cpu"].items()) or "nothing"
+        click.echo(f"  QNN HTP: {graph} {r['on_qnn']}/{r['nodes']} nodes ({r['share']:.0%}), on the CPU: {cpu}")
     if not rep["monolithic"]:
         click.echo("no monolithic graph: re-export with --monolithic to benchmark the chain against it")
 
