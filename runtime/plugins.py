@@ -28,17 +28,20 @@ class Plugin:
     package: str  # the distribution to pip install
     extra: str | None  # the ranet-edge extra that installs it
     options: tuple[tuple[str, str], ...] = ()  # provider options used unless the caller gives them
+    prefer: tuple[str, ...] = ("NPU", "GPU", "CPU")  # device types, the first one offered is used
 
 
-#: Plugins ranet-edge knows. QNN: the HTP (Hexagon NPU) backend, which runs in simulation on
-#: x86_64 Linux, and the graph's input quantization and output dequantization on the HTP too
-#: (by default ONNX Runtime leaves them to the CPU provider), so that a converted graph runs
-#: whole there.
+#: Plugins ranet-edge knows. QNN: the HTP (Hexagon NPU) backend, on the NPU device (on x86_64
+#: Linux the HTP runs in simulation and is offered as a CPU device), with the graph's input
+#: quantization and output dequantization on the HTP too (by default ONNX Runtime leaves them
+#: to the CPU provider), so that a converted graph runs whole there. OpenVINO: its CPU device
+#: first (the one the tests compare with the CPU provider).
 PLUGINS: dict[str, Plugin] = {p.provider: p for p in (
     Plugin("QNNExecutionProvider", "onnxruntime_qnn", "onnxruntime-qnn", "qnn",
-           (("backend_type", "htp"), ("offload_graph_io_quantization", "0"))),
-    Plugin("OpenVINOExecutionProvider", "onnxruntime_ep_openvino", "onnxruntime-ep-openvino", None),
-    Plugin("WebGpuExecutionProvider", "onnxruntime_ep_webgpu", "onnxruntime-ep-webgpu", None),
+           (("backend_type", "htp"), ("offload_graph_io_quantization", "0")), ("NPU", "CPU")),
+    Plugin("OpenVINOExecutionProvider", "onnxruntime_ep_openvino", "onnxruntime-ep-openvino", "openvino-plugin",
+           prefer=("CPU", "GPU", "NPU")),
+    Plugin("WebGpuExecutionProvider", "onnxruntime_ep_webgpu", "onnxruntime-ep-webgpu", None, prefer=("GPU",)),
 )}
 
 #: What this onnxruntime build offers by itself, before any plugin is registered.
@@ -87,12 +90,15 @@ def devices(provider: str) -> list:
 
 
 def select(so: ort.SessionOptions, provider: str, options: dict[str, Any] | None = None) -> list[str]:
-    """Register ``provider``'s plugin and add it to ``so`` on every device it offers (the
-    CPU provider stays behind it for nodes it does not take); returns a description of
-    each device. A one-line ProviderError when it offers none."""
+    """Register ``provider``'s plugin and add it to ``so`` on one device it offers, the first
+    of its preferred device types (the CPU provider stays behind it for nodes it does not
+    take); returns the device in words. A one-line ProviderError when it offers none."""
     plugin = PLUGINS[provider]
     register(provider)
-    found = devices(provider)
+    offered = devices(provider)
+    kinds = [str(d.device.type).rsplit(".", 1)[-1] for d in offered]
+    rank = [plugin.prefer.index(k) if k in plugin.prefer else len(plugin.prefer) for k in kinds]
+    found = [offered[rank.index(min(rank))]] if offered else []
     if not found:
         raise ProviderError(f"{provider} ({plugin.package}) is installed but offers no device on this machine "
                             f"(devices seen: {', '.join(describe(d) for d in ort.get_ep_devices()) or 'none'}); "

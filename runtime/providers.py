@@ -73,6 +73,19 @@ def provider_list(provider: str, options: dict[str, Any] | None = None) -> list:
     return [first] if full == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
 
 
+def open_session(path: str, so: ort.SessionOptions, provider: str,
+                 options: dict[str, Any] | None = None) -> ort.InferenceSession:
+    """A session on one graph file with ``provider`` (short or full name): a plugin provider
+    is selected in ``so`` (runtime/plugins.py), a built-in one named in ``providers=``."""
+    full = resolve_provider(provider)
+    if is_plugin(full):
+        from .plugins import select
+
+        select(so, full, options)
+        return ort.InferenceSession(path, so)
+    return ort.InferenceSession(path, so, providers=provider_list(provider, options))
+
+
 def is_plugin(full: str) -> bool:
     """Whether provider ``full`` comes from a plugin package (selected per device through
     the session options) rather than built into this onnxruntime build (selected by name)."""
