@@ -1,9 +1,10 @@
-"""Edge formats of a bundle: ORT format with static shapes, int8 (static QDQ), fp16.
+"""Edge formats of a bundle: ORT format with static shapes, int8 (static QDQ), fp16, and
+qnn (int8 QDQ with static shapes for the Qualcomm HTP, compiled into EPContext models).
 
 Needs onnx and onnxruntime only (no torch). Each conversion writes a complete new bundle;
 the runtime loads it like any other. int8 quantizes the chain as one graph calibrated on
 real images and cuts it at the exits again, handing on uint8 tensors (export/quantize.py);
-the ORT target is in export/mobile.py.
+the ORT target is in export/mobile.py, the QNN target in export/qnn.py.
 
 :func:`convert_bundle` runs named steps: check the request, convert the graphs (one step
 per target), sign them (sha256 and sizes in the manifest), record where the bundle came
