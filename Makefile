@@ -14,9 +14,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LEAN := .venv-lean
 LEAN_STAMP := $(LEAN)/.installed
+OPENVINO := .venv-openvino
+OPENVINO_STAMP := $(OPENVINO)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install test test-lean lint demo clean js-install test-js js-run-tests docs docs-strict test-wheel
+.PHONY: install test test-lean test-openvino lint demo clean js-install test-js js-run-tests docs docs-strict test-wheel
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +27,12 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[docs]'
 	touch $(STAMP)
 
-# What an app embeds: the runtime with one onnxruntime build, nothing else.
+# What an app embeds: the runtime with one onnxruntime build, nothing else, plus the QNN plugin
+# (beside the CPU build) so that the HTP simulation runs on every test run (where its wheel exists).
 $(LEAN_STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(LEAN)
 	$(LEAN)/bin/python -m pip install --quiet --upgrade pip
-	$(LEAN)/bin/python -m pip install --quiet -c constraints.txt -e '.[cpu]' pytest
+	$(LEAN)/bin/python -m pip install --quiet -c constraints.txt -e '.[cpu,qnn]' pytest
 	touch $(LEAN_STAMP)
 
 install: $(STAMP)
@@ -45,7 +48,22 @@ test-lean: $(LEAN_STAMP)
 	$(LEAN)/bin/ranet-edge doctor --json > $(LEAN)/doctor.json
 	$(LEAN)/bin/pytest -q -p no:cacheprovider
 
-test: lint test-lean test-js docs-strict test-wheel
+# --provider openvino for real: Intel's onnxruntime-openvino build replaces the CPU build, so it
+# gets an environment of its own (.venv-openvino: `.[openvino]` and pytest) where its wheels exist.
+# (Its plugin, onnxruntime-ep-openvino, installs beside the CPU build but offers no device on a
+# non-Intel CPU: docs/guides/npu-and-plugin-providers.md.)
+$(OPENVINO_STAMP): setup.cfg pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(OPENVINO)
+	$(OPENVINO)/bin/python -m pip install --quiet --upgrade pip
+	$(OPENVINO)/bin/python -m pip install --quiet -c constraints.txt -e '.[openvino]' pytest
+	touch $(OPENVINO_STAMP)
+
+test-openvino:
+	@if [ "$$(uname -s)-$$(uname -m)" = Linux-x86_64 ]; then $(MAKE) --no-print-directory $(OPENVINO_STAMP) && \
+		$(OPENVINO)/bin/pytest -q -p no:cacheprovider -rs tests/test_openvino.py; \
+	else echo "test-openvino: skipped, onnxruntime-openvino has wheels for Linux x86_64 and Windows only"; fi
+
+test: lint test-lean test-js test-openvino docs-strict test-wheel
 	$(BIN)/pytest -q
 
 SITE := build/site
@@ -81,4 +99,4 @@ js-run-tests: $(JS_STAMP)
 	cd js && node --test test/*.test.js
 
 clean:
-	rm -rf $(VENV) $(LEAN) build *.egg-info js/node_modules
+	rm -rf $(VENV) $(LEAN) $(OPENVINO) build *.egg-info js/node_modules

@@ -1,9 +1,10 @@
-"""Edge formats of a bundle: ORT format with static shapes, int8 (static QDQ), fp16.
+"""Edge formats of a bundle: ORT format with static shapes, int8 (static QDQ), fp16, and
+qnn (int8 QDQ with static shapes for the Qualcomm HTP, compiled into EPContext models).
 
 Needs onnx and onnxruntime only (no torch). Each conversion writes a complete new bundle;
 the runtime loads it like any other. int8 quantizes the chain as one graph calibrated on
 real images and cuts it at the exits again, handing on uint8 tensors (export/quantize.py);
-the ORT target is in export/mobile.py.
+the ORT target is in export/mobile.py, the QNN target in export/qnn.py.
 
 :func:`convert_bundle` runs named steps: check the request, convert the graphs (one step
 per target), sign them (sha256 and sizes in the manifest), record where the bundle came
@@ -30,22 +31,24 @@ from .mobile import mobile_report, mobile_rewrite, to_ort
 
 __all__ = ["TARGETS", "convert_bundle", "mobile_report", "mobile_rewrite"]
 
-TARGETS = ("ort", "int8", "fp16")
+TARGETS = ("ort", "int8", "fp16", "qnn")
 
 
 logger = logging.getLogger(__name__)  # what was converted (the CLI prints it)
 
 
-def _int8(src: Path, tmp: Path, work: Path, data: dict, images: np.ndarray, recipe=None) -> None:
+def _int8(src: Path, tmp: Path, work: Path, data: dict, images: np.ndarray, recipe=None,
+          stages: Path | None = None) -> None:
     """Write the int8 stages (and the int8 whole graph as the monolithic baseline) into
-    ``tmp`` and update the graph and exit entries of ``data`` (see export/quantize.py)."""
+    ``tmp`` and update the graph and exit entries of ``data`` (see export/quantize.py).
+    ``stages``: where the float stage graphs are read from (default: the bundle ``src``)."""
     from .graph_costs import intermediate_values
     from .quantize import quantize_chain
 
     chain = ExitChain.load(src, warmup=False)
     x = chain.preprocess(images)
     graphs = data["graphs"]
-    q = quantize_chain([src / g["path"] for g in graphs], [list(g["logits"]) for g in graphs], chain.input_name,
+    q = quantize_chain([(stages or src) / g["path"] for g in graphs], [list(g["logits"]) for g in graphs], chain.input_name,
                        x, work, data.get("batch_size"), recipe)
     batch = data.get("batch_size") or 1
     values = intermediate_values(q.model, {chain.input_name: x[:batch]})
@@ -87,8 +90,13 @@ def _fp16(src: Path, tmp: Path, data: dict, entries: list[dict], log: Callable[[
 
 def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: str, batch_size: int = 1,
                    images: np.ndarray | None = None, calib_size: int = 256, force: bool = False,
-                   log: Callable[[str], None] | None = None, mobile_ops: bool = True, int8_recipe=None) -> dict:
-    """Write ``out``: ``bundle`` converted to ``target`` (ort, int8 or fp16); returns its manifest.
+                   log: Callable[[str], None] | None = None, mobile_ops: bool = True, int8_recipe=None,
+                   compile_qnn: bool = True) -> dict:
+    """Write ``out``: ``bundle`` converted to ``target`` (ort, int8, fp16 or qnn); returns its manifest.
+
+    qnn: int8 QDQ with a static batch of ``batch_size`` for the QNN HTP, and (``compile_qnn``,
+    where onnxruntime-qnn is installed) each graph compiled into an EPContext model beside it
+    (see export/qnn.py).
 
     Progress goes to the ``logging`` logger of this module (or to ``log``, if given)."""
     log = log or logger.info
@@ -103,6 +111,10 @@ def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: st
             log(f"  quantized {len(data['graphs'])} graphs as one and cut it at the exits again")
         elif target == "fp16":
             _fp16(src, tmp, data, entries, log)
+        elif target == "qnn":
+            from .qnn import to_qnn
+
+            to_qnn(src, tmp, work, data, images[:calib_size], batch_size, log, int8_recipe, compile_qnn)
         else:
             to_ort(src, tmp, work, data, entries, batch_size, mobile_ops, log)
         shutil.rmtree(work)
@@ -133,8 +145,8 @@ def _check_request(src: Path, outp: Path, target: str, batch_size: int, images: 
         raise ExportError("the output must be a new directory, not the source bundle")
     if outp.exists() and (not outp.is_dir() or any(outp.iterdir())) and not force:
         raise ExportError(f"output directory {outp} exists and is not empty; pass --force to replace it")
-    if target == "int8" and (images is None or len(images) == 0):
-        raise DataError("int8 needs calibration images: pass --data with real images (any format the readers know)")
+    if target in ("int8", "qnn") and (images is None or len(images) == 0):
+        raise DataError(f"{target} needs calibration images: pass --data with real images (any format the readers know)")
     if batch_size < 1:
         raise ExportError(f"--batch-size must be >= 1, got {batch_size}")
     return data
@@ -151,11 +163,11 @@ def _sign(tmp: Path, data: dict, entries: list[dict]) -> None:
 
 
 def _record_source(data: dict, src: Path, target: str, calib_size: int, images: np.ndarray | None) -> None:
-    data["precision"] = {"int8": "int8-qdq", "fp16": "fp16"}.get(target, "fp32")
+    data["precision"] = {"int8": "int8-qdq", "qnn": "int8-qdq", "fp16": "fp16"}.get(target, "fp32")
     data["graph_format"] = "ort" if target == "ort" else "onnx"
     data["converted_from"] = {"bundle": src.name, "manifest_sha256": sha256_file(src / MANIFEST),
                               "target": target, "calibration_images": int(min(calib_size, len(images)))
-                              if target == "int8" else None}
+                              if target in ("int8", "qnn") else None}
 
 
 def _agreement(src: Path, dst: Path, images: np.ndarray | None, n: int = 256) -> dict | None:

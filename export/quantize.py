@@ -40,12 +40,17 @@ class Int8Recipe:
     activations: str = "uint8"  # "uint8" (U8S8, what VNNI's vpdpbusd multiplies) or "int8" (S8S8)
     shared_concat_scales: bool = True  # one scale for every input and the output of each Concat
     float_ops: tuple[str, ...] = ("Gemm",)  # op types left in float (the classifiers' logits layers)
+    #: ONNX Runtime's CPU kernels: Resize on uint8 and NHWC hand-over tensors. A QNN graph keeps
+    #: every operator between a DequantizeLinear and a QuantizeLinear (QNN reads its
+    #: quantization from them) and hands over NCHW.
+    cpu_layout: bool = True
 
     def describe(self) -> str:
         act = "U8S8" if self.activations == "uint8" else "S8S8"
         return (f"whole-chain static QDQ, {act} {'per-channel' if self.per_channel else 'per-tensor'}"
                 f"{', shared Concat scales' if self.shared_concat_scales else ''}, "
-                f"{'/'.join(self.float_ops) or 'no'} layers in float; uint8 NHWC hand-over tensors")
+                f"{'/'.join(self.float_ops) or 'no'} layers in float; uint8 {'NHWC' if self.cpu_layout else 'NCHW'} "
+                "hand-over tensors")
 
 
 @dataclass
@@ -138,11 +143,11 @@ def quantize_chain(paths: list[Path], logits: list[list[str]], input_name: str, 
         root.setLevel(level)
     q = onnx.load(str(dst))
     dedicate_dequantize(q.graph)
-    resizes = uint8_resize(q.graph)
+    resizes = uint8_resize(q.graph) if recipe.cpu_layout else 0
     q = onnx.shape_inference.infer_shapes(q)
-    first = partition(q, logits, follow_producer=_follows)
-    nhwc_handover(q.graph, first)
-    q = onnx.shape_inference.infer_shapes(q)
+    if recipe.cpu_layout:
+        nhwc_handover(q.graph, partition(q, logits, follow_producer=_follows))
+        q = onnx.shape_inference.infer_shapes(q)
     onnx.checker.check_model(q)
     return QuantizedChain(q, partition(q, logits, follow_producer=_follows), resizes, recipe)
 

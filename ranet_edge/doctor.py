@@ -4,7 +4,9 @@ The first thing to run when a provider is not there: which onnxruntime distribut
 installed (several is the classic trap), which providers the build offers, whether a session
 can really be created on each accelerator (with the reason ONNX Runtime gives when not:
 a missing CUDA or cuDNN library, no driver, ...), the CPU's instruction sets, whether torch
-is installed, and, given a bundle, which provider runs each graph.
+is installed, the plugin providers (onnxruntime-qnn, onnxruntime-ep-openvino, ...) with the
+devices each offers, and, given a bundle, which provider runs each graph and what share of
+its nodes it took.
 
 Needs neither torch nor, to report that it is missing, onnxruntime: torch is looked up in
 the package metadata, never imported.
@@ -38,7 +40,8 @@ ACCELERATORS = {
     "DmlExecutionProvider": "onnxruntime-directml: pip install 'ranet-edge[directml]'",
     "OpenVINOExecutionProvider": "onnxruntime-openvino: pip install 'ranet-edge[openvino]'",
     "CoreMLExecutionProvider": "onnxruntime on macOS",
-    "QNNExecutionProvider": "onnxruntime-qnn",
+    "QNNExecutionProvider": "onnxruntime-qnn: pip install 'ranet-edge[qnn]' (a plugin beside the CPU build)",
+    "WebGpuExecutionProvider": "onnxruntime-ep-webgpu (a plugin beside the CPU build)",
 }
 
 
@@ -57,6 +60,7 @@ class GraphPlacement:
     providers: list[str]  # what its session got, in priority order
     all_nodes_on_first: bool  # False: some nodes fall back to the providers after the first
     detail: str | None = None
+    nodes: dict[str, int] = field(default_factory=dict)  # provider -> nodes it took (ONNX Runtime's record)
 
 
 @dataclass
@@ -70,6 +74,7 @@ class DoctorReport:
     onnxruntime_path: str | None
     providers: list[str]  # what this build offers
     accelerators: list[ProviderCheck]  # every accelerator provider of this build, really tried
+    plugins: list[dict[str, Any]]  # known plugin providers: package, installed, devices, error
     torch: str | None  # version installed (looked up, not imported)
     gpu_hint: str | None  # an accelerator visible on the machine, e.g. an NVIDIA driver
     bundle: dict[str, Any] | None = None  # path, provider, graphs: GraphPlacement rows, error
@@ -135,6 +140,7 @@ def check_provider(ort, provider: str) -> ProviderCheck:
     import numpy as np
 
     from .runtime.device import FLOAT, gather_model
+    from .runtime.providers import is_plugin
 
     so = ort.SessionOptions()
     so.log_severity_level = 2
@@ -142,7 +148,12 @@ def check_provider(ort, provider: str) -> ProviderCheck:
     with captured_output() as log, warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")  # onnxruntime's Python wrapper warns, its C++ side logs
         try:
-            sess = ort.InferenceSession(gather_model(FLOAT), so, providers=[provider, "CPUExecutionProvider"])
+            if is_plugin(provider):  # selected per device (runtime/plugins.py), not by name
+                from .runtime.plugins import select
+
+                select(so, provider)
+            sess = ort.InferenceSession(gather_model(FLOAT), so, providers=None if is_plugin(provider) else
+                                        [provider, "CPUExecutionProvider"])
             got = sess.get_providers()
             if got and got[0] == provider:
                 x = np.arange(6, dtype=np.float32).reshape(3, 2)
@@ -164,42 +175,66 @@ def check_provider(ort, provider: str) -> ProviderCheck:
 
 
 def place_bundle(ort, bundle: str | os.PathLike, provider: str) -> dict[str, Any]:
-    """Which providers a session on each graph of ``bundle`` gets with ``provider``, and
-    whether every node runs on it (a session that may not fall back to the CPU is tried)."""
+    """Which providers a session on each graph of ``bundle`` gets with ``provider``, how many
+    nodes each took (ONNX Runtime's record), and whether every node runs on it (for a
+    built-in provider, a session that may not fall back to the CPU is tried as well)."""
     from .errors import RanetEdgeError
-    from .runtime.manifest import load_manifest
-    from .runtime.providers import provider_list, resolve_provider
+    from .runtime.placement import node_placement
+    from .runtime.plugins import select
+    from .runtime.providers import is_plugin, provider_list, resolve_provider
 
     out: dict[str, Any] = {"path": str(bundle), "provider": provider, "graphs": [], "error": None}
     try:
-        manifest = load_manifest(bundle, verify=True)
+        manifest = load_manifest_checked(bundle)
         full = resolve_provider(provider)
-        providers = provider_list(provider)
+        plugin = is_plugin(full)
+        providers = None if plugin else provider_list(provider)
+
+        def options(strict: bool = False):
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+            if strict:
+                so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            if plugin:
+                select(so, full)
+            return so
+
+        options()  # a plugin that offers no device says so here
     except RanetEdgeError as exc:
         out["error"] = str(exc)
         return out
     for entry in manifest.graphs:
-        path = str(Path(manifest.root) / entry.path)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
+        rel = entry.compiled_path(full) or entry.path
+        path = str(Path(manifest.root) / rel)
         with captured_output():
             try:
-                got = ort.InferenceSession(path, so, providers=providers).get_providers()
+                sess = ort.InferenceSession(path, options(), providers=providers)
             except Exception as exc:
-                out["graphs"].append(asdict(GraphPlacement(entry.path, [], False, str(exc).splitlines()[0][:300])))
+                out["graphs"].append(asdict(GraphPlacement(rel, [], False, str(exc).splitlines()[0][:300])))
                 continue
+        got = sess.get_providers()
+        placed = {p: len(ops) for p, ops in (node_placement(sess) or {}).items()}
         all_on, detail = True, None
-        if full != "CPUExecutionProvider":
-            strict = ort.SessionOptions()
-            strict.log_severity_level = 3
-            strict.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        if placed:
+            all_on = set(placed) == {full}
+            if not all_on:
+                detail = ", ".join(f"{n} of {sum(placed.values())} nodes on {p}" for p, n in placed.items())
+        elif full != "CPUExecutionProvider" and not plugin:
             with captured_output():
                 try:
-                    ort.InferenceSession(path, strict, providers=providers)
+                    ort.InferenceSession(path, options(strict=True), providers=providers)
                 except Exception as exc:
                     all_on, detail = False, (str(exc).strip().splitlines() or [""])[0][:300]
-        out["graphs"].append(asdict(GraphPlacement(entry.path, got, all_on and got[:1] == [full], detail)))
+        out["graphs"].append(asdict(GraphPlacement(rel, got, all_on and got[:1] == [full], detail, placed)))
     return out
+
+
+def load_manifest_checked(bundle: str | os.PathLike):
+    """The bundle's manifest, every sha256 checked."""
+    from .runtime.manifest import load_manifest
+
+    return load_manifest(bundle, verify=True)
 
 
 # ----------------------------------------------------------------------- the report
@@ -217,10 +252,15 @@ def diagnose(bundle: str | os.PathLike | None = None, provider: str | None = Non
         problems.append(several_builds_message(builds, imported_from(ort) if ort is not None else None))
     hint = gpu_hint()
     checks: list[ProviderCheck] = []
+    plugins: list[dict[str, Any]] = []
     available: list[str] = []
     if ort is None:
         problems.append(f"onnxruntime cannot be imported ({ort_error}); install one build: {EXTRAS_HINT}")
     else:
+        from .runtime.plugins import report as plugin_report
+
+        plugins = plugin_report()  # registers them: they are then among the providers
+        problems += [f"plugin {p['package']}: {p['error']}" for p in plugins if p["error"]]
         available = list(ort.get_available_providers())
         checks = [check_provider(ort, p) for p in available if p in ACCELERATORS]
         problems += [f"{c.provider} is in this build but no session can use it: {c.reason}" for c in checks
@@ -234,14 +274,18 @@ def diagnose(bundle: str | os.PathLike | None = None, provider: str | None = Non
         cpu_features=features, onnxruntime_builds=[{"name": b.name, "version": b.version, "extra": b.extra} for b in builds],
         onnxruntime=getattr(ort, "__version__", None) if ort else None,
         onnxruntime_path=str(Path(ort.__file__).parent) if ort and getattr(ort, "__file__", None) else None,
-        providers=available, accelerators=checks, torch=_version("torch") if importlib.util.find_spec("torch") else None,
+        providers=available, accelerators=checks, plugins=plugins, torch=_version("torch") if importlib.util.find_spec("torch") else None,
         gpu_hint=hint, problems=problems)
     if bundle is not None:
         if ort is None:
             report.bundle = {"path": str(bundle), "provider": provider, "graphs": [],
                              "error": "onnxruntime cannot be imported"}
         else:
-            chosen = provider or next((c.provider for c in checks if c.usable), "CPUExecutionProvider")
+            from .runtime.providers import is_plugin
+
+            # a plugin (QNN) runs converted bundles only: used when asked for
+            chosen = provider or next((c.provider for c in checks if c.usable and not is_plugin(c.provider)),
+                                      "CPUExecutionProvider")
             report.bundle = place_bundle(ort, bundle, chosen)
             if report.bundle["error"]:
                 problems.append(f"bundle {bundle}: {report.bundle['error']}")

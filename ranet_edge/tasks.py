@@ -274,7 +274,9 @@ def bundle_info(bundle: str | os.PathLike) -> dict:
             "graph_format": m.graph_format, "batch_size": m.batch_size,
             "opset": m.opset, "model": m.model, "exits": rows,
             "total_cache_bytes_per_sample": sum(_cache_bytes_per_graph(m)),
-            "monolithic": m.monolithic is not None, "mobile_report": m.mobile_report}
+            "monolithic": m.monolithic is not None, "mobile_report": m.mobile_report,
+            "compiled": {g.path: {c.provider: c.path for c in g.compiled} for g in m.graphs if g.compiled},
+            "qnn_placement": (m.data.get("qnn") or {}).get("placement")}
 
 
 def _cache_bytes_per_graph(m) -> list[int]:

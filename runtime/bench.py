@@ -13,7 +13,7 @@ from ranet_edge.errors import BundleError
 from ._ort import ort  # onnxruntime, through the build check
 from .chain import ExitChain
 from .latency import measure_latency, timed_passes
-from .providers import provider_list, session_options
+from .providers import open_session, session_options
 from .timing import CaseStats, interleaved
 
 
@@ -39,6 +39,7 @@ def machine_info(chain: ExitChain, threads: int | None) -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "onnxruntime": ort.__version__,
             "provider": chain.provider, "session_providers": chain.session_providers,
+            "placement": chain.placement,
             "threads": threads or 1, "python": platform.python_version()}
 
 
@@ -48,8 +49,7 @@ def _monolithic(chain: ExitChain, threads: int | None) -> ort.InferenceSession |
         return None
     path = chain.manifest.root / mono.path  # load_manifest checked its path and sha256
     try:
-        return ort.InferenceSession(str(path), session_options(threads),
-                                    providers=provider_list(chain.provider))
+        return open_session(str(path), session_options(threads), chain.provider)
     except Exception as exc:
         raise BundleError(f"cannot load {mono['path']} ({str(exc)[:120]}); re-export with --monolithic") from None
 

@@ -17,9 +17,10 @@ from .decision import ONE, exp_and_total, reaches, softmax  # noqa: F401  (softm
 from .graphs import GraphInfo, open_graphs, walk
 from .manifest import Manifest, load_manifest
 from .operating_points import OperatingPoint, load_points, resolve
+from .placement import CPU, describe_row, placement_row, require_placement
 from .plan import BoundPlan
 from .preprocess import check_batch, preprocess
-from .providers import DEVICE_PROVIDERS, provider_list, session_options
+from .providers import DEVICE_PROVIDERS, is_plugin, provider_list, session_options
 from .routing import Prediction, Results, StageRows, decide_exit  # noqa: F401  (decide_exit: re-exported)
 
 #: Samples per graph run: predict and run_all cut larger arrays into chunks of this many,
@@ -54,6 +55,9 @@ class ExitChain:
         self._router = None  # DeviceRouter when cached tensors stay on an accelerator
         self._buckets: Buckets | None = None  # batch sizes the graphs run at (None: as they come)
         self.load_report: LoadReport | None = None
+        #: Per graph: nodes, count and share per provider, op types left on the CPU
+        #: (see runtime/placement.py); empty counts where onnxruntime records nothing.
+        self.placement: list[dict[str, Any]] = []
         self.max_batch = DEFAULT_MAX_BATCH  # samples per run; larger arrays go in chunks
 
     # ------------------------------------------------------------------ loading
@@ -74,6 +78,13 @@ class ExitChain:
         default on for GPU providers, off on the CPU; True, False, a largest batch or a list
         of sizes. ``warmup`` runs every graph at every bucket (cuDNN search and TensorRT
         engines happen at load time); ``chain.load_report`` says how long loading took.
+
+        Plugin providers (``qnn``, ``openvino``, ``webgpu`` from their packages, see
+        ``runtime/plugins.py``) are registered and selected per device. ``chain.placement``
+        says which share of each graph's nodes each provider took; a graph of which the
+        requested provider took no node is a ProviderError naming the reason, never a
+        silent CPU run. A graph the bundle holds compiled for the provider (QNN's EPContext
+        models) loads in that form.
         """
         t_load = time.perf_counter()
         if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
@@ -83,18 +94,37 @@ class ExitChain:
         check_options(providers)
         full = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         policy = make_buckets(buckets, full in DEVICE_PROVIDERS)
-        so = session_options(threads, spinning)
-        graphs = open_graphs(manifest, lambda entry: graph_providers(
-            providers, manifest, entry, policy.warm_sizes() if policy else None), so)
+        plugin = is_plugin(full)
+
+        def options(severity: int = 3):
+            so = session_options(threads, spinning)
+            so.log_severity_level = severity
+            if plugin:
+                from .plugins import select
+
+                select(so, full, provider_options)
+            return so
+
+        def session_providers(entry):
+            return None if plugin else graph_providers(providers, manifest, entry,
+                                                       policy.warm_sizes() if policy else None)
+
+        so = options()
+        graphs = open_graphs(manifest, session_providers, so, compiled_for=full)
+        placement = [placement_row(g.path, g.placement, full) for g in graphs]
+        require_placement([r for g, r in zip(graphs, placement) if g.placement is not None], provider, full,
+                          lambda path: _refusal(manifest, path, full, options, session_providers))
         points, default = load_points(manifest.root)
         chain = cls(manifest, graphs, provider, points, default)
+        chain.placement = placement
         chain.max_batch = int(max_batch)
         if device_io is None:
             device_io = full in DEVICE_PROVIDERS
         if device_io:
             from .device import DeviceRouter
 
-            chain._router = DeviceRouter(DEVICE_PROVIDERS.get(full, "cpu"), gather_providers(providers), so)
+            gather = [CPU] if plugin else gather_providers(providers)
+            chain._router = DeviceRouter(DEVICE_PROVIDERS.get(full, "cpu"), gather, session_options(threads, spinning))
         if policy is not None and graphs[0].static_batch is not None:
             if buckets:
                 raise InputError(f"this bundle's graphs have a static batch of {graphs[0].static_batch}; "
@@ -105,6 +135,13 @@ class ExitChain:
         sizes = (policy.warm_sizes() if policy else [graphs[0].static_batch or 1]) if warmup else []
         chain.load_report = LoadReport(load_s, warm_up(chain, sizes), tuple(sizes))
         return chain
+
+    def placement_lines(self) -> list[str]:
+        """One line per graph: the share of its nodes the chain's provider took, and what
+        stays on the CPU (``stage0.onnx: 75/75 nodes on QNNExecutionProvider (100%)``)."""
+        first = self._graphs[0].session.get_providers()[0]
+        return [describe_row(r, first) if r["nodes"] else f"{r['graph']}: placement not recorded"
+                for r in self.placement]
 
     @property
     def session_providers(self) -> list[list[str]]:
@@ -294,3 +331,29 @@ class ExitChain:
             env = {nm: v for nm, v in env.items() if nm in g.keep_after}
             env.update(cache)
         raise AssertionError("the last exit accepts every sample")  # pragma: no cover
+
+
+def _refusal(manifest: Manifest, path: str, full: str, options, providers) -> str:
+    """Why ``full`` took no node of graph ``path``: the reasons it logs when the session is
+    made again with a verbose log, and what to do about the usual cause."""
+    from ranet_edge.doctor import captured_output
+
+    from ._ort import ort
+
+    entry = next(e for e in manifest.graphs if path in (e.path, e.compiled_path(full)))
+    with captured_output() as log:
+        try:
+            ort.InferenceSession(str(manifest.root / path), options(0), providers=providers(entry))
+        except Exception as exc:  # the refusal itself may be the reason
+            print(f"REASON : {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}")
+    from .placement import log_reasons
+
+    said = log_reasons("".join(log)) or "it gave no reason in its log"
+    convert = f"convert the bundle: ranet-edge convert {manifest.root} -o OUT --to qnn --data IMAGES"
+    if manifest.batch_size is None and full == "QNNExecutionProvider":
+        fix = f"the graphs have a dynamic batch; {convert}"
+    elif full == "QNNExecutionProvider" and manifest.precision == "fp32":
+        fix = f"the HTP runs quantized graphs; {convert}"
+    else:
+        fix = "run `ranet-edge doctor BUNDLE --provider ...`, or use --provider cpu"
+    return f"{full} said: {said}; {fix}"

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from ranet_edge.errors import BundleError
 
 from .manifest import GraphEntry, Manifest
+from .placement import node_placement
 
 T = TypeVar("T")
 
@@ -30,12 +31,16 @@ class GraphInfo:
     ``output_names`` (the session's outputs in order), ``logit_names`` (the logits, in exit
     order) and their positions ``logit_pos``, ``cache_names`` (the outputs a later graph
     reads) and their ``cache_pos`` (position, name), ``keep_after`` (every tensor a later
-    graph reads) and ``static_batch`` (the batch size of a static-shape graph, None when
-    dynamic).
+    graph reads), ``static_batch`` (the batch size of a static-shape graph, None when
+    dynamic), ``path`` (the file the session was made from: the graph, or a provider's
+    compiled form of it) and ``placement`` (:func:`node_placement`).
     """
 
-    def __init__(self, session: ort.InferenceSession, entry: GraphEntry, keep_after: frozenset[str]):
+    def __init__(self, session: ort.InferenceSession, entry: GraphEntry, keep_after: frozenset[str],
+                 path: str | None = None):
         self.session = session
+        self.path = path or entry.path
+        self.placement = node_placement(session)
         self.inputs: list[str] = list(entry.inputs)
         self.exits: list[int] = list(entry.exits)
         self.output_names = [o.name for o in session.get_outputs()]
@@ -73,17 +78,21 @@ class GraphInfo:
         return [outs[p] for p in self.logit_pos], {name: outs[i] for i, name in self.cache_pos}
 
 
-def open_graphs(manifest: Manifest, providers: Callable[[GraphEntry], list],
-                options: ort.SessionOptions) -> list[GraphInfo]:
-    """One session per graph of ``manifest``, in order; ``providers(entry)`` gives each session's providers argument."""
+def open_graphs(manifest: Manifest, providers: Callable[[GraphEntry], list | None],
+                options: ort.SessionOptions, compiled_for: str | None = None) -> list[GraphInfo]:
+    """One session per graph of ``manifest``, in order; ``providers(entry)`` gives each
+    session's providers argument (None: the providers ``options`` selected). With
+    ``compiled_for`` (a provider name), a graph the bundle holds compiled for that provider
+    (an EPContext model, see :attr:`GraphEntry.compiled`) loads in that form."""
     graphs = []
     for entry, later in zip(manifest.graphs, read_later([e.inputs for e in manifest.graphs])):
+        path = entry.compiled_path(compiled_for) or entry.path
         try:
-            sess = ort.InferenceSession(str(manifest.root / entry.path), options, providers=providers(entry))
+            sess = ort.InferenceSession(str(manifest.root / path), options, providers=providers(entry))
         except Exception as exc:
-            raise BundleError(f"ONNX Runtime cannot load graph {entry.path} ({str(exc)[:160]}); "
+            raise BundleError(f"ONNX Runtime cannot load graph {path} ({str(exc)[:160]}); "
                               "re-export the bundle") from None
-        graphs.append(GraphInfo(sess, entry, later))
+        graphs.append(GraphInfo(sess, entry, later, path))
     return graphs
 
 

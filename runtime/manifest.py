@@ -52,6 +52,17 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class CompiledGraph:
+    """A graph compiled ahead of time for one provider (an EPContext model: QNN's context
+    binary, embedded), loaded instead of the graph when that provider runs the chain."""
+
+    provider: str  # e.g. "QNNExecutionProvider"
+    path: str  # relative to the bundle
+    sha256: str
+    bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class GraphEntry:
     """One ONNX graph of the chain and the exits it carries."""
 
@@ -64,10 +75,15 @@ class GraphEntry:
     flops: int | None = None  # FLOPs of this graph alone, per sample
     bytes: int | None = None  # file size
     tensors: tuple[tuple[str, TensorInfo], ...] = ()  # its inputs and cached outputs, by name
+    compiled: tuple[CompiledGraph, ...] = ()  # ahead-of-time compiled forms, one per provider
 
     def tensor(self, name: str) -> TensorInfo | None:
         """What the manifest records of tensor ``name`` (None when it records nothing)."""
         return dict(self.tensors).get(name)
+
+    def compiled_path(self, provider: str | None) -> str | None:
+        """The path of this graph compiled for ``provider``, None when the bundle has none."""
+        return next((c.path for c in self.compiled if c.provider == provider), None)
 
 
 @dataclass(frozen=True)
@@ -210,7 +226,7 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
                           "re-export the bundle")
     mono_raw = top("monolithic", or_none(is_dict), "null or an object", None)
     mono = _monolithic(Fields(mpath, mono_raw, "monolithic")) if mono_raw else None
-    for entry in (*graphs, *([mono] if mono else [])):
+    for entry in (*graphs, *([mono] if mono else []), *(c for g in graphs for c in g.compiled)):
         path = resolve_inside(root, entry.path)
         if not path.is_file():
             raise BundleError(f"graph {path.name} listed in {mpath} is missing; re-export the bundle")
@@ -245,11 +261,21 @@ def _graph(mpath: Path, raw: Any, i: int) -> GraphEntry:
         tuple(f("cache_outputs", strings, "a list of tensor names")),
         tuple(f("exits", lambda v: isinstance(v, list) and all(count(k) for k in v), "a list of exit indices")),
         f("flops", or_none(count), "a whole number >= 0", None), f("bytes", or_none(count), "a size in bytes", None),
-        tuple(tensors))
+        tuple(tensors), _compiled(mpath, f("compiled", is_dict, "an object: provider -> compiled graph", {}), i))
     if len(entry.logits) != len(entry.exits):
         raise BundleError(f"{mpath}: graphs[{i}] names {len(entry.logits)} logits for {len(entry.exits)} exits; "
                           "re-export the bundle")
     return entry
+
+
+def _compiled(mpath: Path, raw: dict, i: int) -> tuple[CompiledGraph, ...]:
+    out = []
+    for provider, c in raw.items():
+        cf = Fields(mpath, c, f"graphs[{i}].compiled[{provider!r}]")
+        out.append(CompiledGraph(provider, cf("path", is_str, "a path relative to the bundle"),
+                                 cf("sha256", is_str, "a sha256 hex digest"),
+                                 cf("bytes", or_none(count), "a size in bytes", None)))
+    return tuple(out)
 
 
 def _exits(mpath: Path, exits: list, graphs: tuple[GraphEntry, ...]) -> tuple[ExitEntry, ...]:

@@ -33,6 +33,11 @@ BUILDS: dict[str, str | None] = {
     "ort-nightly-gpu": None,
 }
 
+#: Distributions that became plugin execution providers from a major version on: from then
+#: they install a package of their own beside the CPU build (onnxruntime-qnn 2.x:
+#: ``onnxruntime_qnn/``), not an ``onnxruntime/`` folder, so they are no second build.
+PLUGIN_SINCE: dict[str, int] = {"onnxruntime-qnn": 2}
+
 EXTRAS_HINT = ("pip install 'ranet-edge[cpu]' (or [gpu] for CUDA and TensorRT, [openvino] for "
                "Intel OpenVINO, [directml] for DirectML on Windows)")
 
@@ -71,9 +76,12 @@ def installed_builds() -> list[Build]:
                 continue
             dist, _, version = stem.partition("-")
             name = _DIST_NAMES.get(dist.lower().replace("-", "_").replace(".", "_"))
+            version = version.split("-")[0] or "unknown"
+            if name in PLUGIN_SINCE and version.split(".")[0].isdigit() and int(version.split(".")[0]) >= PLUGIN_SINCE[name]:
+                continue
             if name is not None and (name, where) not in seen:
                 seen.add((name, where))
-                found.append(Build(name, version.split("-")[0] or "unknown", BUILDS[name], where))
+                found.append(Build(name, version, BUILDS[name], where))
     order = list(BUILDS)
     return sorted(found, key=lambda b: order.index(b.name))  # stable: path order within a name
 

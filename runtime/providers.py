@@ -7,6 +7,7 @@ from typing import Any
 from ranet_edge.errors import InputError, ProviderError
 
 from ._ort import ort  # onnxruntime, through the build check
+from .plugins import BUILT_IN, PLUGINS, install_hint, installed
 
 SHORT_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -19,6 +20,7 @@ SHORT_NAMES = {
     "dml": "DmlExecutionProvider",
     "qnn": "QNNExecutionProvider",
     "rocm": "ROCMExecutionProvider",
+    "webgpu": "WebGpuExecutionProvider",
 }
 
 #: Which package brings each provider.
@@ -30,8 +32,9 @@ PACKAGES = {
     "NnapiExecutionProvider": "onnxruntime-android",
     "XnnpackExecutionProvider": "onnxruntime-android / onnxruntime-mobile builds with XNNPACK",
     "DmlExecutionProvider": "onnxruntime-directml (pip install 'ranet-edge[directml]')",
-    "QNNExecutionProvider": "onnxruntime-qnn",
+    "QNNExecutionProvider": "onnxruntime-qnn (pip install 'ranet-edge[qnn]'; a plugin beside the CPU build)",
     "ROCMExecutionProvider": "onnxruntime-rocm",
+    "WebGpuExecutionProvider": "onnxruntime-ep-webgpu (a plugin beside the CPU build)",
 }
 
 #: Providers whose tensors live on an accelerator (feature maps stay there between stages).
@@ -40,8 +43,17 @@ DEVICE_PROVIDERS = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider"
 
 
 def resolve_provider(provider: str) -> str:
-    """Short or full name -> full name available in this build, else a one-line ProviderError."""
+    """Short or full name -> full name available in this build or as an installed plugin
+    (see :mod:`.plugins`), else a one-line ProviderError."""
     full = SHORT_NAMES.get(provider.lower(), provider)
+    if full in BUILT_IN:
+        return full
+    if full in PLUGINS:
+        if installed(full):
+            return full
+        raise ProviderError(f"execution provider {provider!r} ({full}) is not in this onnxruntime build and its "
+                            f"plugin package {PLUGINS[full].package} is not installed; {install_hint(full)}, "
+                            "then run `ranet-edge doctor`")
     available = ort.get_available_providers()
     if full not in available:
         known = full in PACKAGES or full in SHORT_NAMES.values()
@@ -59,6 +71,25 @@ def provider_list(provider: str, options: dict[str, Any] | None = None) -> list:
     full = resolve_provider(provider)
     first = (full, dict(options)) if options else full
     return [first] if full == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
+
+
+def open_session(path: str, so: ort.SessionOptions, provider: str,
+                 options: dict[str, Any] | None = None) -> ort.InferenceSession:
+    """A session on one graph file with ``provider`` (short or full name): a plugin provider
+    is selected in ``so`` (runtime/plugins.py), a built-in one named in ``providers=``."""
+    full = resolve_provider(provider)
+    if is_plugin(full):
+        from .plugins import select
+
+        select(so, full, options)
+        return ort.InferenceSession(path, so)
+    return ort.InferenceSession(path, so, providers=provider_list(provider, options))
+
+
+def is_plugin(full: str) -> bool:
+    """Whether provider ``full`` comes from a plugin package (selected per device through
+    the session options) rather than built into this onnxruntime build (selected by name)."""
+    return full not in BUILT_IN and full in PLUGINS
 
 
 _ARENA_LOCK = threading.Lock()
@@ -88,7 +119,8 @@ def shared_cpu_arena() -> bool:
 def session_options(threads: int | None, spinning: bool = False) -> ort.SessionOptions:
     """Options measured on small CNNs (see benchmarks/README): one intra-op thread unless told
     otherwise, no busy-wait spinning, sequential execution, every graph optimisation, and
-    the process-wide CPU arena (benchmarks/predict_memory.py)."""
+    the process-wide CPU arena (benchmarks/predict_memory.py). Sessions record which provider
+    took each node (:func:`ranet_edge.runtime.graphs.node_placement` reads it)."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads={threads!r}: give a whole number >= 1 (or None for one thread)")
     so = ort.SessionOptions()
@@ -98,12 +130,24 @@ def session_options(threads: int | None, spinning: bool = False) -> ort.SessionO
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3
+    so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if shared_cpu_arena():
         so.add_session_config_entry("session.use_env_allocators", "1")
     return so
 
 
 def available() -> list[dict[str, str]]:
-    """Every provider of this build with its short name."""
+    """Every provider ONNX Runtime offers, with its short name, after registering every
+    installed plugin package (those rows name it under ``plugin``, with their devices)."""
+    from .plugins import describe, devices, register
+
+    plugged = {}
+    for p in PLUGINS:
+        if p not in BUILT_IN and installed(p):
+            try:
+                register(p)
+                plugged[p] = {"plugin": PLUGINS[p].package, "devices": [describe(d) for d in devices(p)]}
+            except ProviderError as exc:
+                plugged[p] = {"plugin": PLUGINS[p].package, "devices": [], "error": str(exc)}
     short = {v: k for k, v in SHORT_NAMES.items()}
-    return [{"name": p, "short": short.get(p, p)} for p in ort.get_available_providers()]
+    return [{"name": p, "short": short.get(p, p), **plugged.get(p, {})} for p in ort.get_available_providers()]

@@ -26,11 +26,14 @@ def test_base_requirements_hold_no_build_and_each_extra_one():
               for k, v in cfg["options.extras_require"].items()}
     assert extras["cpu"] == ["onnxruntime"] and extras["gpu"] == ["onnxruntime-gpu"]
     assert extras["openvino"] == ["onnxruntime-openvino"] and extras["directml"] == ["onnxruntime-directml"]
+    # plugin execution providers install beside the CPU build: any extra may bring them
+    plugins = {"onnxruntime-qnn", "onnxruntime-ep-openvino", "onnxruntime-ep-webgpu"}
+    assert extras["qnn"] == ["onnxruntime-qnn"] and extras["openvino-plugin"] == ["onnxruntime-ep-openvino"]
     for name, reqs in extras.items():
         if name not in ("cpu", "gpu", "openvino", "directml"):
-            assert not [r for r in reqs if r.startswith("onnxruntime")], name
+            assert not [r for r in reqs if r.startswith("onnxruntime") and r not in plugins], name
     pins = (ROOT / "constraints.txt").read_text().split()
-    for build in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"):
+    for build in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml", *plugins):
         assert any(p.startswith(f"{build}==") for p in pins), build
     assert "'.[all,test,cpu]'" in (ROOT / "Makefile").read_text()
 
@@ -86,3 +89,15 @@ def test_two_builds_installed_warn_with_the_repair(tmp_path):
     assert "pip uninstall -y onnxruntime onnxruntime-gpu" in line[0] and "'ranet-edge[cpu]'" in line[0]
     r = _python(code)  # and nothing without the second one
     assert "SeveralBuildsWarning" not in r.stdout
+
+
+def test_plugin_qnn_is_no_second_build(tmp_path, monkeypatch):
+    """onnxruntime-qnn 2.x is a plugin (its own onnxruntime_qnn/ package beside the CPU
+    build); 1.x was a build of its own that replaced onnxruntime/."""
+    from ranet_edge.runtime.ortbuilds import installed_builds
+
+    (tmp_path / "onnxruntime_qnn-2.7.0.dist-info").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "onnxruntime-qnn" not in [b.name for b in installed_builds()]
+    (tmp_path / "onnxruntime_qnn-1.22.0.dist-info").mkdir()
+    assert [(b.name, b.version) for b in installed_builds() if b.name == "onnxruntime-qnn"] == [("onnxruntime-qnn", "1.22.0")]

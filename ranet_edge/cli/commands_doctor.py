@@ -37,12 +37,22 @@ def doctor(bundle: str | None, provider: str | None, as_json: bool) -> None:
         click.echo(f"{name:<12} {value}")
     for c in rep.accelerators:
         click.echo(f"{'':<12} {c.provider}: " + ("a session runs on it" if c.usable else f"UNUSABLE: {c.reason}"))
+    for p in rep.plugins:
+        if not p["installed"]:
+            state = "not installed"
+        elif p["error"]:
+            state = f"UNUSABLE: {p['error']}"
+        else:
+            state = "devices: " + (", ".join(p["devices"]) or "none on this machine")
+        click.echo(f"{'plugin':<12} {p['provider']} ({p['package']}): {state}")
     if rep.bundle is not None:
         b = rep.bundle
         click.echo(f"{'bundle':<12} {b['path']} with {b['provider']}" + (f": {b['error']}" if b["error"] else ""))
         for g in b["graphs"]:
             where = ", ".join(g["providers"]) or "no session"
             note = "" if g["all_nodes_on_first"] else f" (not every node on {b['provider']}{': ' + g['detail'] if g['detail'] else ''})"
+            if g.get("nodes") and g["all_nodes_on_first"]:
+                note = f" ({sum(g['nodes'].values())}/{sum(g['nodes'].values())} nodes)"
             click.echo(f"{'':<12} {g['graph']:<16} {where}{note}")
     if rep.problems:
         click.echo("problems:")

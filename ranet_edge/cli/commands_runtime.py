@@ -16,7 +16,8 @@ def provider_option(func):
                         help="intra-op threads per session [default: 1]")(func)
     return click.option("--provider", default="cpu", show_default=True,
                         help="execution provider: cpu, cuda, tensorrt, openvino, coreml, nnapi, xnnpack, "
-                             "dml, qnn, rocm, or a full ONNX Runtime name")(func)
+                             "dml, qnn, rocm, webgpu (qnn, openvino, webgpu also as plugin packages), "
+                             "or a full ONNX Runtime name")(func)
 
 
 @cli.command()
@@ -53,6 +54,13 @@ def info(bundle: str, as_json: bool) -> None:
         click.echo("mobile usability (share of nodes each EP takes):")
         for stage, r in rep["mobile_report"].items():
             click.echo(f"  {stage}: " + ", ".join(f"{ep} {v}" for ep, v in r.items()))
+    if rep.get("compiled"):
+        providers = sorted({p for forms in rep["compiled"].values() for p in forms})
+        click.echo(f"compiled for {', '.join(providers)} (EPContext models, loaded by that provider): "
+                   f"{len(rep['compiled'])} of {len({r['graph'] for r in rep['exits']})} graphs")
+    for graph, r in (rep.get("qnn_placement") or {}).items():
+        cpu = ", ".join(f"{n} {op}" for op, n in r["on_cpu"].items()) or "nothing"
+        click.echo(f"  QNN HTP: {graph} {r['on_qnn']}/{r['nodes']} nodes ({r['share']:.0%}), on the CPU: {cpu}")
     if not rep["monolithic"]:
         click.echo("no monolithic graph: re-export with --monolithic to benchmark the chain against it")
 
@@ -80,6 +88,9 @@ def predict(bundle: str, images: tuple[str, ...], provider: str, threads: int | 
     from ranet_edge.runtime import ExitChain, read_image
 
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
+    if chain.session_providers[0][0] != "CPUExecutionProvider":  # what the provider took, never a silent CPU run
+        for line in chain.placement_lines():
+            click.echo(line, err=True)
     arrays = []
     for path in images:
         if not Path(path).is_file():
@@ -110,4 +121,6 @@ def providers(as_json: bool) -> None:
         return
     click.echo(f"onnxruntime {ort.__version__}")
     for r in rows:
-        click.echo(f"  {r['short']:<10} {r['name']}")
+        plugin = (f"  (plugin {r['plugin']}: " + (", ".join(r["devices"]) or "no device on this machine") + ")"
+                  if "plugin" in r else "")
+        click.echo(f"  {r['short']:<10} {r['name']}{plugin}")

@@ -15,7 +15,7 @@ import onnxruntime as ort
 from ranet_edge.errors import BundleError
 from ranet_edge.runtime import ExitChain, StageRows
 from ranet_edge.runtime.operating_points import select
-from ranet_edge.runtime.providers import provider_list, session_options
+from ranet_edge.runtime.providers import open_session, session_options
 from ranet_edge.runtime.routing import decide_exit
 
 from .settings import ServeSettings
@@ -47,8 +47,7 @@ class ServedModel:
                 raise BundleError(f"bundle {self.bundle} has no monolithic graph; re-export it with "
                                   "`ranet-edge export CKPT --monolithic` or serve graph=chain")
             path = m.root / mono.path  # load_manifest checked its path and sha256
-            self._mono = ort.InferenceSession(str(path), session_options(settings.threads),
-                                              providers=provider_list(settings.provider))
+            self._mono = open_session(str(path), session_options(settings.threads), settings.provider)
             self._mono_logits = list(mono.logits)
 
     def check_point(self, name: str | None) -> str | None:
