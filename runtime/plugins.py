@@ -1,7 +1,7 @@
 """Plugin execution providers: packages that bring a provider library for the ordinary
 onnxruntime build (``onnxruntime-qnn``, ``onnxruntime-ep-openvino``, ``onnxruntime-ep-webgpu``).
 
-Unlike the builds of :mod:`ranet_edge.ortbuilds`, a plugin installs a package of its own
+Unlike the builds of :mod:`ranet_edge.runtime.ortbuilds`, a plugin installs a package of its own
 beside the CPU build. Its library is registered with ONNX Runtime's environment once per
 process (:func:`register`); sessions then select one of the devices it offers with
 ``SessionOptions.add_provider_for_devices`` (:func:`select`), not by name in ``providers=``.
