@@ -51,6 +51,8 @@ ALLOWED = [  # every file of the wheel matches one of these
     "ranet_edge/assets/default.pt", "ranet_edge/assets/cifar10-val-500.npz",
     "ranet_edge/assets/default-bundle/manifest.json", "ranet_edge/assets/default-bundle/thresholds.json",
     "ranet_edge/assets/default-bundle/*.onnx", "ranet_edge/schemas/*.schema.json",
+    # the default model converted for the Qualcomm HTP (`convert --to qnn`, EPContext binaries)
+    "ranet_edge/assets/qnn-bundle/manifest.json", "ranet_edge/assets/qnn-bundle/*.onnx",
     "ranet_edge-*.dist-info/*",
 ]
 SDIST_FORBIDDEN = [".venv", ".venv-lean", "node_modules", "build", "__pycache__", ".pytest_cache", ".ruff_cache",
@@ -93,7 +95,7 @@ def check_wheel_contents(wheel: Path) -> dict:
     groups: dict[str, list[int]] = {}
     for n in names:
         key = ("dist-info" if ".dist-info/" in n else "python modules" if n.endswith(".py") else
-               "default bundle" if "default-bundle/" in n else "schemas" if "/schemas/" in n else n)
+               "default bundle" if "default-bundle/" in n else "qnn bundle" if "qnn-bundle/" in n else "schemas" if "/schemas/" in n else n)
         groups.setdefault(key, []).append(sizes[n])
     return {"files": len(names), "unpacked_bytes": sum(sizes.values()),
             "groups": {k: {"files": len(v), "bytes": sum(v)} for k, v in sorted(groups.items())}}
