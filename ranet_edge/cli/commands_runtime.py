@@ -24,7 +24,7 @@ def provider_option(func):
 @json_option
 def info(bundle: str, as_json: bool) -> None:
     """Per-exit cost, graph size, cache hand-over and tensor names of a bundle."""
-    from ranet_edge.tasks import bundle_info
+    from ranet_edge.tasks import bundle_info, dead_work_note
 
     rep = bundle_info(bundle)
     if as_json:
@@ -44,6 +44,9 @@ def info(bundle: str, as_json: bool) -> None:
                    f"{len(r['outputs'])} out")
     extra = [r["run_flops"] - r["flops"] for r in rep["exits"]]
     click.echo(f"total cache hand-over per sample: {rep['total_cache_bytes_per_sample'] / 1024:.1f} KB")
+    note = dead_work_note([r["flops"] for r in rep["exits"]], [r["dead_flops"] for r in rep["exits"]])
+    if note:
+        click.echo(note)
     if any(extra):
         mean = sum(extra) / len(extra) / 1e6
         click.echo("'MFLOPs' is the official cumulative count, as the papers report it; 'paid' is what a sample "
