@@ -44,14 +44,14 @@ def info(bundle: str, as_json: bool) -> None:
                    f"{len(r['outputs'])} out")
     extra = [r["run_flops"] - r["flops"] for r in rep["exits"]]
     click.echo(f"total cache hand-over per sample: {rep['total_cache_bytes_per_sample'] / 1024:.1f} KB")
-    note = dead_work_note([r["flops"] for r in rep["exits"]], [r["dead_flops"] for r in rep["exits"]])
-    if note:
-        click.echo(note)
     if any(extra):
         mean = sum(extra) / len(extra) / 1e6
         click.echo("'MFLOPs' is the official cumulative count, as the papers report it; 'paid' is what a sample "
                    f"leaving there pays in this chain: {abs(mean):.2f} MFLOPs {'more' if mean > 0 else 'less'} "
                    "on average per exit")
+    note = dead_work_note([r["flops"] for r in rep["exits"]], [r["dead_flops"] for r in rep["exits"]])
+    if note:
+        click.echo(note)
     if rep.get("mobile_report"):
         click.echo("mobile usability (share of nodes each EP takes):")
         for stage, r in rep["mobile_report"].items():
