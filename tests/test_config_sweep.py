@@ -234,12 +234,28 @@ def check_bundle(model: torch.nn.Module, bundle: Path, seed: int = 1) -> dict:
     return manifest
 
 
+def untraced_flags(config: ArchConfig) -> set[str]:
+    """Flags the state_dict shows no trace of, because every value builds the same model."""
+    if config.arch != "msdnet":
+        return set()
+    out = set() if config.bottleneck else {"bnFactor"}
+    if not any(spec.kind == "transition" for spec in config.plan()):
+        out.add("reduction")
+    if config.nBlocks <= 2:  # one block; or two, where lin_grow step s is even step s + 1
+        out |= {"step", "stepmode"}
+    return out
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_official_configuration_inspects_and_exports_without_flags(case, tmp_path):
     ckpt = tmp_path / "model_best.pth.tar"
     model = make_checkpoint(case, ckpt)
     loaded = load_checkpoint(ckpt, None)  # what `inspect` and `export` do without flags
     assert (loaded.layout, loaded.config_source) == ("official", "inferred")
+    want, got = case.config.to_dict(), loaded.config.to_dict()
+    assert {k for k in want if want[k] != got[k]} <= untraced_flags(case.config)
+    if case.arch == "msdnet":
+        assert loaded.config.steps == case.config.steps
     assert loaded.model.exit_costs() == model.exit_costs()
     result = export_loaded(loaded, tmp_path / "bundle", ExportSpec(validate_batches=(2,)), str(ckpt),
                            log=lambda _msg: None)

@@ -73,7 +73,8 @@ def count_exit_costs(model: nn.Module, example: torch.Tensor) -> list[ExitCost]:
     try:
         model.eval()
         with torch.enable_grad():
-            outputs = model(example.detach().clone().requires_grad_(True))
+            # a non-leaf input, which a first layer working in place may overwrite
+            outputs = model(example.detach().clone().requires_grad_(True) * 1)
     finally:
         for h in handles:
             h.remove()
