@@ -55,6 +55,7 @@ def export_model(
     exit_groups: list[int] | None = None,
     cumulative_params: list[int] | None = None,
     reference_flops: list[int] | None = None,
+    reference_dead_flops: list[int] | None = None,
     metadata: dict | None = None,
     force: bool = False,
     log: Callable[[str], None] | None = None,
@@ -64,7 +65,10 @@ def export_model(
     ``exit_groups`` gives each exit's sub-network for ``granularity="subnetwork"``;
     ``reference_flops`` (cumulative, from the model's own counter, e.g. the official one) is
     checked against the FLOPs counted on the cut graphs and recorded as each exit's ``flops``;
-    ``run_flops`` is what a sample leaving there pays in the chain. ``metadata`` goes into
+    ``reference_dead_flops`` (cumulative) is the part of it no exit's logits depend on, which
+    the graphs drop (``dead_flops``; see :func:`.graph_costs.check_flops`: dead work is
+    exported, a stage that recomputes or drops work is refused); ``run_flops`` is what a
+    sample leaving there pays in the chain. ``metadata`` goes into
     the manifest as given. The validation table and any warnings go to this module's
     ``logging`` logger (``ranet_edge.export.exporter``), or to ``log`` if one is given.
     Raises :class:`~ranet_edge.errors.ValidationError` (with the table) when an exit differs
@@ -77,7 +81,7 @@ def export_model(
     traced = to_onnx(model, input_shape, spec.opset, spec.batch_size, notes)
     stages = cut_at_exits(traced.graph, traced.num_exits, spec.granularity, exit_groups)
     costs = count_costs(traced.graph, {k: v.shape for k, v in traced.values.items()}, stages, traced.num_exits,
-                        reference_flops, cumulative_params)
+                        reference_flops, cumulative_params, reference_dead_flops)
     simplify_stages(stages, spec.simplify, notes)
     batches = (spec.batch_size,) if spec.batch_size else spec.validate_batches
     try:

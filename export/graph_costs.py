@@ -79,15 +79,18 @@ class Costs:
     graph_flops: list[int]  # per stage: the nodes it runs (graphs[].flops)
     run_flops: list[int]  # per stage, cumulative: what a sample leaving after it paid (run_flops)
     params: list[int]  # per exit, cumulative (params)
+    dead_flops: list[int]  # per exit, cumulative: the part of ``flops`` no exit's logits depend on (dead_flops)
 
 
 def count_costs(graph: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], stages: Sequence[Stage],
                 num_exits: int, reference_flops: Sequence[int] | None = None,
-                cumulative_params: Sequence[int] | None = None) -> Costs:
+                cumulative_params: Sequence[int] | None = None,
+                reference_dead_flops: Sequence[int] | None = None) -> Costs:
     """Count FLOPs on the cut graphs (before they are simplified: nodes are matched to the
     whole ``graph``'s by their outputs) and check them against ``reference_flops``
-    (cumulative, from the model's own counter). ``cumulative_params`` default to the
-    parameters the cut graphs store."""
+    (cumulative, from the model's own counter), of which ``reference_dead_flops`` (cumulative;
+    default none) is dead work: work no exit's logits depend on, which the graphs do not
+    contain. ``cumulative_params`` default to the parameters the cut graphs store."""
     name_to_flops = {tuple(n.output): f for n, f in zip(graph.graph.node, node_flops(graph, shapes), strict=False)}
 
     def flops_of(stage: Stage) -> int:  # constant sub-graphs copied into several stages cost 0: sums are exact
@@ -100,26 +103,43 @@ def count_costs(graph: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], stag
                    else partition(graph, [[f"logits_{k}"] for k in range(num_exits)]))
     exit_flops = [flops_of(st) for st in exit_stages]
     cumulative = list(np.cumsum(exit_flops).astype(int).tolist())
-    check_flops(cumulative, reference_flops)
+    dead = [0] * num_exits
+    if reference_flops is not None:
+        dead = [int(d) for d in (reference_dead_flops if reference_dead_flops is not None else dead)]
+    check_flops(cumulative, reference_flops, dead)
     if cumulative_params is None:
         cumulative_params = list(np.cumsum([initializer_params(st.model) for st in exit_stages]).astype(int).tolist())
     return Costs(flops=[int(f) for f in (reference_flops if reference_flops is not None else cumulative)],
                  exit_flops=[int(f) for f in exit_flops], graph_flops=[int(f) for f in graph_flops],
                  run_flops=[int(f) for f in np.cumsum(graph_flops).tolist()],
-                 params=[int(p) for p in cumulative_params])
+                 params=[int(p) for p in cumulative_params], dead_flops=dead)
 
 
-def check_flops(cut: list[int], reference: Sequence[int] | None) -> None:
-    """The cut chain must do exactly the model's work in total, and never more by any exit.
+def check_flops(cut: Sequence[int], reference: Sequence[int] | None, dead: Sequence[int] | None = None) -> None:
+    """The cut chain must do exactly the model's live work in total, and never more by any exit.
 
-    A model whose forward runs work before an exit that the exit does not read (MSDNet runs
-    every scale of block k before classifier k) is counted at that exit by the official
-    counter, while the chain defers that work to the stage that reads it: there the cut
-    count is lower until the totals meet. RANet's counts agree exit by exit.
+    ``reference`` is the model's own cumulative count per exit and ``dead`` (cumulative, per
+    exit) the part of it that no exit's logits depend on: MSDNet's last blocks compute finer
+    scales that no classifier reads. The graphs hold no dead work (the ONNX export drops it
+    and the cut never reaches it), so the chain's total must equal ``reference - dead`` at the
+    last exit. Before that it may be lower: a model whose forward runs live work before an
+    exit that the exit does not read (MSDNet runs every scale of block k before classifier k)
+    is counted at that exit by the official counter, while the chain defers that work to the
+    stage that reads it. More than ``reference - dead`` at any exit, or a total that differs,
+    means a stage recomputes what an earlier stage computed, or drops work: refused.
+    RANet's counts agree exit by exit.
     """
     if reference is None:
         return
-    reference = list(reference)
-    if cut[-1] != reference[-1] or any(c > r for c, r in zip(cut, reference, strict=True)):
-        raise ExportError(f"FLOPs counted on the cut graphs {cut} do not fit the model's own count "
-                          f"{reference}: a stage recomputes or drops work")
+    reference = [int(r) for r in reference]
+    dead = [int(d) for d in dead] if dead is not None else [0] * len(reference)
+    if len(dead) != len(reference) or len(cut) != len(reference):
+        raise ExportError(f"FLOPs of {len(cut)} exits on the cut graphs, {len(reference)} in the model's own count "
+                          f"and {len(dead)} dead-work counts: give one count per exit")
+    live = [r - d for r, d in zip(reference, dead, strict=True)]
+    if cut[-1] != live[-1] or any(c > v for c, v in zip(cut, live, strict=True)):
+        more = any(c > v for c, v in zip(cut, live, strict=True))
+        what = "recomputes work an earlier stage computed" if more else "drops work"
+        raise ExportError(f"FLOPs counted on the cut graphs {list(cut)} do not fit the model's own count {reference} "
+                          f"less its dead work {dead} (work no exit reads) = {live}: a stage {what}; nothing was written "
+                          "(report it with the model's official flags)")

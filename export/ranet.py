@@ -34,7 +34,8 @@ def export_loaded(loaded: LoadedCheckpoint, out_dir: str | os.PathLike, spec: Ex
     return export_model(
         model, out_dir, (3, config.image_size, config.image_size), spec,
         exit_groups=exit_groups, cumulative_params=[c.params for c in costs],
-        reference_flops=[c.flops for c in costs], metadata=metadata, force=force, log=log,
+        reference_flops=[c.flops for c in costs], reference_dead_flops=[c.dead_flops for c in costs],
+        metadata=metadata, force=force, log=log,
     )
 
 

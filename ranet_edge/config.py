@@ -38,6 +38,23 @@ class BlockSpec:
     exit: int | None  # exit index after this block (plain blocks only)
 
 
+#: Sides of the coarsest feature map that the official classifiers (two stride-2 3x3 convs,
+#: then a 2x2 average pool, then a linear layer over the channels) reduce to 1x1 pixel.
+CLASSIFIER_SIDES = range(5, 13)
+
+
+def classifier_side_problem(side: int, first: int, what: str, fix: str) -> str | None:
+    """Why classifiers reading ``side``-pixel maps cannot run (None when they can); ``first``
+    is the side of the finest map, ``what`` names the flag that sets the scale count and
+    ``fix`` says what to use, with ``{n}`` for the scale counts that fit."""
+    if side in CLASSIFIER_SIDES:
+        return None
+    fits = [n for n in range(1, 8) if first // 2 ** (n - 1) in CLASSIFIER_SIDES]
+    return (f"{what} leaves {side}px maps for the classifiers, whose two stride-2 convs and 2x2 average pool "
+            f"need {CLASSIFIER_SIDES.start} to {CLASSIFIER_SIDES.stop - 1} px: the official forward fails on it; "
+            + fix.format(n=" or ".join(map(str, fits))))
+
+
 class DatasetInput:
     """What the ``data`` field of a model config (RANet or MSDNet) says about its input."""
 
@@ -121,6 +138,15 @@ class RANetConfig(DatasetInput):
     def num_scales(self) -> int:
         """S, the number of sub-networks."""
         return len(self.grFactor)
+
+    def unrunnable(self) -> str | None:
+        """Why the official forward cannot run this architecture (None: it can). The
+        official constructor builds it all the same, so inference from a state_dict still
+        recognises it; :func:`~ranet_edge.model.build_model` refuses it."""
+        stem = self.image_size // 4 if self.is_imagenet else self.image_size
+        return classifier_side_problem(self.lowest_resolution, stem,
+                                       f"scale_list={'-'.join(map(str, self.scale_list))} on {self.data}",
+                                       "use a scale_list whose largest rank is {n}")
 
     @property
     def lowest_resolution(self) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import DATASETS, DatasetInput, _int_tuple
+from .config import DATASETS, DatasetInput, _int_tuple, classifier_side_problem
 from .errors import ConfigError
 
 ARCH = "msdnet"
@@ -95,6 +95,22 @@ class MSDNetConfig(DatasetInput):
     @property
     def num_exits(self) -> int:
         return self.nBlocks
+
+    def unrunnable(self) -> str | None:
+        """Why the official forward cannot run this architecture (None: it can). The
+        official constructor builds it all the same, so inference from a state_dict still
+        recognises it; :func:`~ranet_edge.model.build_model` refuses it."""
+        n_all = sum(self.steps)
+        if self.prune == "min" and n_all + 1 < self.num_scales:
+            # The first dense layer then reads the first maps of the num_scales the first layer
+            # makes (the finest ones) with layers built for the coarsest.
+            return (f"prune min with {n_all} dense layer(s) in all reads {n_all + 1} of the {self.num_scales} "
+                    "scales at the first layer: the official forward fails on it; use at least "
+                    f"{self.num_scales - 1} dense layers (--base, --step) or --prune max")
+        first = self.image_size // 4 if self.is_imagenet else self.image_size
+        return classifier_side_problem(self.coarsest_resolution, first,
+                                       f"grFactor={'-'.join(map(str, self.grFactor))} on {self.data}",
+                                       "use {n} scales (grFactor and bnFactor of that length)")
 
     @property
     def coarsest_resolution(self) -> int:

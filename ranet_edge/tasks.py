@@ -257,7 +257,8 @@ def early_exit(bundle: str | os.PathLike, images: np.ndarray, labels: np.ndarray
 
 def bundle_info(bundle: str | os.PathLike) -> dict:
     """What ``ranet-edge info`` reports: per-exit costs, graph sizes, cache hand-over and tensor
-    names, read from the manifest alone (no session is opened)."""
+    names, read from the manifest alone (no session is opened). ``dead_flops`` is the part of
+    the official count that no exit's logits depend on (0 for bundles that do not record it)."""
     from .runtime.manifest import load_manifest
 
     m = load_manifest(bundle, verify=False)
@@ -266,7 +267,7 @@ def bundle_info(bundle: str | os.PathLike) -> dict:
         g = m.graph_of(e.index)
         rows.append({
             "exit": e.index, "graph": e.graph, "flops": e.flops, "stage_flops": e.stage_flops,
-            "run_flops": e.run_flops, "params": e.params, "graph_bytes": g.bytes,
+            "run_flops": e.run_flops, "dead_flops": e.dead_flops, "params": e.params, "graph_bytes": g.bytes,
             "cache_bytes_per_sample": e.cache_bytes_per_sample, "inputs": list(g.inputs),
             "outputs": [e.logits, *g.cache_outputs],
         })
@@ -277,6 +278,18 @@ def bundle_info(bundle: str | os.PathLike) -> dict:
             "monolithic": m.monolithic is not None, "mobile_report": m.mobile_report,
             "compiled": {g.path: {c.provider: c.path for c in g.compiled} for g in m.graphs if g.compiled},
             "qnn_placement": (m.data.get("qnn") or {}).get("placement")}
+
+
+def dead_work_note(flops: list[int], dead: list[int]) -> str | None:
+    """The one line ``info`` and ``inspect`` print when the official count (cumulative
+    ``flops`` per exit) includes dead work (``dead``, cumulative): None when it does not."""
+    if not dead or not flops or not dead[-1]:
+        return None
+    total, d = flops[-1], dead[-1]
+    return (f"dead work: {d / 1e6:.2f} of the {total / 1e6:.2f} official MFLOPs ({100 * d / total:.1f}%) are layers "
+            "no exit's logits depend on (finer scales the last MSDNet blocks compute and no classifier reads); "
+            f"the official count includes them, the exported graphs skip them: the chain pays at most "
+            f"{(total - d) / 1e6:.2f} MFLOPs")
 
 
 def _cache_bytes_per_graph(m) -> list[int]:

@@ -98,6 +98,10 @@ class ExitEntry:
     run_flops: int  # what a sample leaving here pays in this chain (whole graphs run so far)
     params: int  # cumulative parameters to this exit
     cache_bytes_per_sample: int  # feature maps its graph hands on
+    # Of ``flops``: work no exit's logits depend on (MSDNet's last blocks compute finer scales
+    # that no classifier reads), cumulative. The official counter counts it; the graphs do
+    # not hold it, so no chain pays it. 0 in bundles written before the field existed.
+    dead_flops: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,9 +174,9 @@ class Manifest:
 
     def exit_costs(self, name: str) -> list[int]:
         """One cost per exit, in exit order: ``flops``, ``stage_flops``, ``run_flops``,
-        ``params`` or ``cache_bytes_per_sample``."""
-        if name not in _COSTS:
-            raise ValueError(f"unknown exit cost {name!r}; use one of {', '.join(_COSTS)}")
+        ``params``, ``cache_bytes_per_sample`` or ``dead_flops``."""
+        if name not in (*_COSTS, *_OPTIONAL_COSTS):
+            raise ValueError(f"unknown exit cost {name!r}; use one of {', '.join((*_COSTS, *_OPTIONAL_COSTS))}")
         return [getattr(e, name) for e in self.exits]
 
     def exit_field(self, name: str) -> list:
@@ -185,6 +189,8 @@ class Manifest:
 
 
 _COSTS = ("flops", "stage_flops", "run_flops", "params", "cache_bytes_per_sample")
+# Optional costs, added within schema version 1: absent in older bundles, read as 0.
+_OPTIONAL_COSTS = ("dead_flops",)
 
 
 def resolve_inside(root: Path, rel: Any) -> Path:
@@ -294,7 +300,12 @@ def _exits(mpath: Path, exits: list, graphs: tuple[GraphEntry, ...]) -> tuple[Ex
                 raise BundleError(f"{mpath}: exits[{k}].{name} is {short(e[name])} but graphs[{i}] says "
                                   f"{short(want)}; the manifest contradicts itself: re-export the bundle")
         costs = [f(name, count, "a whole number >= 0") for name in _COSTS]
-        out.append(ExitEntry(k, g.path, g.logits[j], *costs))
+        optional = [f(name, count, "a whole number >= 0", 0) for name in _OPTIONAL_COSTS]
+        entry = ExitEntry(k, g.path, g.logits[j], *costs, *optional)
+        if entry.dead_flops > entry.flops:
+            raise BundleError(f"{mpath}: exits[{k}].dead_flops is {entry.dead_flops}, more than its flops "
+                              f"{entry.flops}; the manifest contradicts itself: re-export the bundle")
+        out.append(entry)
     return tuple(out)
 
 

@@ -38,6 +38,7 @@ def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
         "exits": len(costs),
         "flops": [c.flops for c in costs],
         "params": [c.params for c in costs],
+        "dead_flops": [c.dead_flops for c in costs],
     }
     if as_json:
         click.echo(json.dumps(report, indent=2, allow_nan=False))
@@ -52,6 +53,11 @@ def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
     click.echo(f"{'exit':>4} {'MFLOPs':>10} {'params (M)':>11}")
     for k, c in enumerate(costs):
         click.echo(f"{k:>4} {c.flops / 1e6:>10.2f} {c.params / 1e6:>11.3f}")
+    from ..tasks import dead_work_note
+
+    note = dead_work_note(report["flops"], report["dead_flops"])
+    if note:
+        click.echo(note)
 
 
 @cli.command()

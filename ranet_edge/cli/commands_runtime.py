@@ -25,7 +25,7 @@ def provider_option(func):
 @json_option
 def info(bundle: str, as_json: bool) -> None:
     """Per-exit cost, graph size, cache hand-over and tensor names of a bundle."""
-    from ranet_edge.tasks import bundle_info
+    from ranet_edge.tasks import bundle_info, dead_work_note
 
     rep = bundle_info(bundle)
     if as_json:
@@ -50,6 +50,9 @@ def info(bundle: str, as_json: bool) -> None:
         click.echo("'MFLOPs' is the official cumulative count, as the papers report it; 'paid' is what a sample "
                    f"leaving there pays in this chain: {abs(mean):.2f} MFLOPs {'more' if mean > 0 else 'less'} "
                    "on average per exit")
+    note = dead_work_note([r["flops"] for r in rep["exits"]], [r["dead_flops"] for r in rep["exits"]])
+    if note:
+        click.echo(note)
     if rep.get("mobile_report"):
         click.echo("mobile usability (share of nodes each EP takes):")
         for stage, r in rep["mobile_report"].items():

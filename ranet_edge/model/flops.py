@@ -4,6 +4,12 @@ Conv2d ``Cin*Cout*kh*kw*Hout*Wout/groups``; ReLU the input elements; Avg/MaxPool
 ``N*C*Hout*Wout*k*k``; Linear ``weight + bias elements``; BN, interpolation and
 concatenation count zero. Parameters are counted per executed layer (BN counts its affine
 weight and bias). Each exit's count is taken at its Linear layer, cumulatively.
+
+The official counter counts every layer the forward runs, including *dead work*: layers
+whose output no exit's logits depend on (MSDNet's last blocks compute finer scales that no
+classifier reads). :func:`count_exit_costs` tells those apart by following the autograd
+graph back from every exit's logits, so that an exporter, whose graphs drop dead work, can
+account for it exactly instead of mistaking it for a stage that drops or repeats work.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from torch import nn
 class ExitCost:
     flops: int  # cumulative multiply-accumulates, official convention
     params: int  # cumulative parameters, official convention
+    dead_flops: int = 0  # of ``flops``: work no exit's logits depend on (cumulative)
 
 
 def _own_params(module: nn.Module) -> int:
@@ -42,29 +49,65 @@ _COUNTED = (nn.Conv2d, nn.ReLU, nn.AvgPool2d, nn.MaxPool2d, nn.Linear, nn.BatchN
 
 
 def count_exit_costs(model: nn.Module, example: torch.Tensor) -> list[ExitCost]:
-    """Run ``model`` once on ``example`` (batch 1) and return the cost at each Linear."""
+    """Run ``model`` once on ``example`` (batch 1) and return the cost at each Linear.
+
+    The forward runs with autograd on (no gradient is computed): a counted layer is dead
+    when its output is not in the autograd graph of any tensor the forward returns.
+    """
     totals = {"flops": 0, "params": 0}
-    costs: list[ExitCost] = []
+    calls: list[tuple[int, object]] = []  # (FLOPs, autograd node of the output) per counted call
+    exits: list[tuple[int, int, int]] = []  # (FLOPs, params, calls so far) at each Linear
 
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         x = inputs[0]
         # ReLU(inplace) has overwritten its input by now; only its shape is read.
-        totals["flops"] += _layer_flops(module, x, output)
+        flops = _layer_flops(module, x, output)
+        totals["flops"] += flops
         totals["params"] += _own_params(module)
+        calls.append((flops, output.grad_fn if isinstance(output, torch.Tensor) else None))
         if isinstance(module, nn.Linear):
-            costs.append(ExitCost(int(totals["flops"]), int(totals["params"])))
+            exits.append((int(totals["flops"]), int(totals["params"]), len(calls)))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _COUNTED)]
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
-            model(example)
+        with torch.enable_grad():
+            # a non-leaf input, which a first layer working in place may overwrite
+            outputs = model(example.detach().clone().requires_grad_(True) * 1)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+    live = _autograd_ancestors(_tensors(outputs))
+    costs, dead = [], 0
+    done = 0
+    for flops, params, upto in exits:
+        dead += sum(f for f, node in calls[done:upto] if f and node is not None and node not in live)
+        done = upto
+        costs.append(ExitCost(flops, params, int(dead)))
     return costs
+
+
+def _tensors(outputs: object) -> list[torch.Tensor]:
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, (list, tuple)):
+        return [t for o in outputs for t in _tensors(o)]
+    return []
+
+
+def _autograd_ancestors(outputs: list[torch.Tensor]) -> set:
+    """Every autograd node that some tensor of ``outputs`` was computed through."""
+    seen: set = set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
+    return seen
 
 
 class MultiExitInterface:
