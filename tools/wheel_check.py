@@ -52,7 +52,8 @@ ALLOWED = [  # every file of the wheel matches one of these
     "ranet_edge/assets/default-bundle/manifest.json", "ranet_edge/assets/default-bundle/thresholds.json",
     "ranet_edge/assets/default-bundle/*.onnx", "ranet_edge/schemas/*.schema.json",
     # the default model converted for the Qualcomm HTP (`convert --to qnn`, EPContext binaries)
-    "ranet_edge/assets/qnn-bundle/manifest.json", "ranet_edge/assets/qnn-bundle/*.onnx",
+    "ranet_edge/assets/qnn-bundle/manifest.json", "ranet_edge/assets/qnn-bundle/thresholds.json",
+    "ranet_edge/assets/qnn-bundle/*.onnx",
     "ranet_edge-*.dist-info/*",
 ]
 SDIST_FORBIDDEN = [".venv", ".venv-lean", "node_modules", "build", "__pycache__", ".pytest_cache", ".ruff_cache",
