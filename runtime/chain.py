@@ -53,6 +53,7 @@ class ExitChain:
         self._plannable = all(g.static_batch is None for g in graphs)
         self._router = None  # DeviceRouter when cached tensors stay on an accelerator
         self._buckets: Buckets | None = None  # batch sizes the graphs run at (None: as they come)
+        self._fixed = None  # DevicePlan: fixed-address buffers per bucket (load(capture=True))
         self.load_report: LoadReport | None = None
         self.max_batch = DEFAULT_MAX_BATCH  # samples per run; larger arrays go in chunks
 
@@ -61,7 +62,7 @@ class ExitChain:
     def load(cls, bundle: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
              warmup: bool = True, provider_options: dict[str, Any] | None = None,
              spinning: bool = False, device_io: bool | None = None, buckets: Any = None,
-             max_batch: int = DEFAULT_MAX_BATCH) -> ExitChain:
+             max_batch: int = DEFAULT_MAX_BATCH, capture: bool = False) -> ExitChain:
         """Validate the manifest, check every sha256, then create one session per graph.
 
         ``device_io`` (default: on for GPU providers) keeps cached feature maps in device
@@ -74,6 +75,12 @@ class ExitChain:
         default on for GPU providers, off on the CPU; True, False, a largest batch or a list
         of sizes. ``warmup`` runs every graph at every bucket (cuDNN search and TensorRT
         engines happen at load time); ``chain.load_report`` says how long loading took.
+
+        ``capture`` runs every graph through fixed-address plans (``runtime/device_plan.py``):
+        buffers allocated once per bucket, the exit decided on the device, survivors gathered
+        into the next bucket's buffers; on the CUDA provider each (graph, bucket) is captured
+        as a CUDA graph at warm-up, and ``load_report.capture`` says what was captured and what
+        kept a graph off CUDA graphs. On the CPU the same plans run uncaptured.
         """
         t_load = time.perf_counter()
         if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
@@ -82,16 +89,27 @@ class ExitChain:
         providers = provider_list(provider, provider_options)
         check_options(providers)
         full = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-        policy = make_buckets(buckets, full in DEVICE_PROVIDERS)
+        policy = make_buckets(True if capture and buckets is None else buckets, full in DEVICE_PROVIDERS)
+        if capture and policy is None:
+            raise InputError("capture=True needs batch buckets (fixed shapes): drop buckets=False")
         so = session_options(threads, spinning)
-        graphs = open_graphs(manifest, lambda entry: graph_providers(
-            providers, manifest, entry, policy.warm_sizes() if policy else None), so)
+        plain = lambda entry: graph_providers(providers, manifest, entry, policy.warm_sizes() if policy else None)  # noqa: E731
+        on_cuda = capture and full in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        stream = None
+        if on_cuda:
+            from . import device_plan
+
+            stream = device_plan.cuda_stream()
+            graphs = device_plan.open_capture_graphs(
+                manifest, lambda e: device_plan.capture_providers(plain(e), stream[0]), plain, so)
+        else:
+            graphs = open_graphs(manifest, plain, so)
         points, default = load_points(manifest.root)
         chain = cls(manifest, graphs, provider, points, default)
         chain.max_batch = int(max_batch)
         if device_io is None:
-            device_io = full in DEVICE_PROVIDERS
-        if device_io:
+            device_io = full in DEVICE_PROVIDERS and not capture
+        if device_io and not capture:
             from .device import DeviceRouter
 
             chain._router = DeviceRouter(DEVICE_PROVIDERS.get(full, "cpu"), gather_providers(providers), so)
@@ -101,6 +119,18 @@ class ExitChain:
                                  "buckets apply to dynamic-batch bundles: drop buckets=")
             policy = None
         chain._buckets = policy
+        if capture:
+            if graphs[0].static_batch is not None:
+                raise InputError("capture=True needs a dynamic-batch bundle (this one has a static batch); "
+                                 "export without --batch-size")
+            from . import device_plan
+
+            chain._fixed, report = device_plan.build(manifest, graphs, policy.warm_sizes(), full, providers, so,
+                                                     capture=on_cuda, stream=stream)
+            load_s = time.perf_counter() - t_load
+            warm_s = chain._fixed.warm_up() if warmup else 0.0
+            chain.load_report = LoadReport(load_s, warm_s, tuple(policy.warm_sizes()) if warmup else (), report)
+            return chain
         load_s = time.perf_counter() - t_load
         sizes = (policy.warm_sizes() if policy else [graphs[0].static_batch or 1]) if warmup else []
         chain.load_report = LoadReport(load_s, warm_up(chain, sizes), tuple(sizes))
@@ -168,6 +198,8 @@ class ExitChain:
         """Every exit's logits for every sample (anytime prediction), stage by stage, in chunks
         of at most ``max_batch`` samples."""
         x = self.check_input(x)
+        if self._fixed is not None:
+            return self._fixed.run_all(x)
         if x.shape[0] <= self.max_batch:
             return self._run_all(x)
         parts = [self._run_all(x[c]) for c in self._chunks(x.shape[0])]
@@ -211,6 +243,8 @@ class ExitChain:
         of at most ``max_batch`` samples)."""
         x = self.check_input(x)
         thr, temps = self._thresholds_cached(thresholds)
+        if self._fixed is not None:
+            return self._fixed.predict(x, thr, temps)
         n = x.shape[0]
         bk = self._buckets  # with buckets, graphs run padded batches: row m onwards is padding
         if n == 1 and self._router is None and (bk is None or bk.size(1) == 1):
@@ -244,6 +278,12 @@ class ExitChain:
 
     def _stages(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Iterator[StageRows]:
         """The routing loop behind predict and predict_stages."""
+        if self._fixed is not None:  # in chunks of the largest bucket
+            top = self._fixed.plan.largest
+            for start in range(0, x.shape[0], top):
+                for part in self._fixed.stages(x[start:start + top], thr, temps):
+                    yield StageRows(part.rows + start, part.labels, part.exits, part.confidences, part.probabilities)
+            return
         rows = np.arange(x.shape[0])  # original positions of the samples still running
         num_classes = self.manifest.num_classes
         bk = self._buckets  # with buckets, graphs run padded batches: row m onwards is padding
