@@ -17,7 +17,7 @@ from ranet_edge.export.convert import convert_bundle
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("env", "providers", "bundles", "logits_vs_cpu", "fp16_accuracy", "stages", "chain_vs_monolithic",
             "device_vs_host", "adaptive", "routed_throughput", "shapes", "load_warmup", "cudnn_search",
-            "tensorrt", "checks")
+            "tensorrt", "capture", "imagenet", "checks")
 
 
 @pytest.mark.slow
@@ -37,7 +37,7 @@ def test_gpu_check_cpu_dry_run(tmp_path):
         assert "error" not in report[name], (name, report[name])
     assert report["passed"] and all(c["ok"] for c in report["checks"])
     assert set(report["bundles"]["found"]) == {"default", "default-fp16"}
-    assert set(report["bundles"]["missing"]) == {"c1", "c1-fp16"}
+    assert set(report["bundles"]["missing"]) == {"c1", "c1-fp16", "imagenet-ranet", "imagenet-msdnet"}
     assert "prepare_bundles.py" in report["bundles"]["missing"]["c1"]
     assert report["env"]["provider_requested"] == "CPUExecutionProvider"
     batch, top = report["settings"]["batch"], report["settings"]["max_batch"]
@@ -58,6 +58,15 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert report["load_warmup"]["default"]["buckets"]["warm_sizes"][-1] == top
     assert "CUDA" in report["cudnn_search"]["skipped"]
     assert report["tensorrt"]["usable"] is False and report["tensorrt"]["reason"]
+    cap = report["capture"]["default"]  # fixed-address plans, uncaptured on the CPU
+    graphs = cap["capture_report"]["graphs"]
+    assert len(graphs) == 6 + 1 + 5 and not any(g["captured"] for g in graphs)
+    for b in (1, batch):
+        assert cap[f"batch{b}"]["chain_captured_ms"] > 0 and cap[f"batch{b}"]["mono_captured_ms"] > 0
+    for b in (1, batch, top):
+        assert cap["adaptive"][f"batch{b}"]["predicted_speedup"] > 1
+    assert cap["routed"]["steady"][f"batch{batch}_agreement"]["exits_equal"] == 1.0
+    assert report["imagenet"]["imagenet-ranet"]["skipped"].startswith("bundle missing")
 
 
 def test_gpu_check_sections_selects_and_refuses(tmp_path):
@@ -73,5 +82,6 @@ def test_gpu_check_sections_selects_and_refuses(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["logits_vs_cpu"]["default"]["ok"]
-    for name in ("stages", "adaptive", "routed_throughput", "shapes", "load_warmup", "cudnn_search", "tensorrt"):
+    for name in ("stages", "adaptive", "routed_throughput", "shapes", "load_warmup", "cudnn_search", "tensorrt",
+                 "capture", "imagenet"):
         assert report[name] == {"skipped": "not selected (--sections)"}, name
