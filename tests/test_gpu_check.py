@@ -85,3 +85,70 @@ def test_gpu_check_sections_selects_and_refuses(tmp_path):
     for name in ("stages", "adaptive", "routed_throughput", "shapes", "load_warmup", "cudnn_search", "tensorrt",
                  "capture", "imagenet"):
         assert report[name] == {"skipped": "not selected (--sections)"}, name
+
+
+def _gpu_module(name):
+    import importlib
+
+    sys.path.insert(0, str(REPO / "benchmarks" / "gpu"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_wheel_parts_split_and_join(tmp_path):
+    parts = _gpu_module("wheel_parts")
+    wheel = tmp_path / "onnxruntime_gpu-0-cp312-cp312-x.whl"
+    wheel.write_bytes(bytes(range(256)) * 5000)
+    made = parts.split(wheel, tmp_path / "w", mib=0.5)
+    assert len(made) == 3 and not (tmp_path / "w" / wheel.name).exists()
+    assert parts.join(tmp_path / "w").read_bytes() == wheel.read_bytes()
+    (tmp_path / "w" / wheel.name).unlink()
+    made[1].write_bytes(made[1].read_bytes()[:-1] + b"x")  # a damaged part is refused
+    with pytest.raises(SystemExit, match="damaged"):
+        parts.join(tmp_path / "w")
+    made[2].unlink()
+    with pytest.raises(SystemExit, match="1 of 3 parts missing"):
+        parts.join(tmp_path / "w")
+
+
+def test_seeded_skeleton_round_trip(tmp_path):
+    """A bundle stripped to a seeded skeleton is small, comes back byte for byte from numpy,
+    verifies, runs, and takes fixed-share thresholds."""
+    import shutil
+
+    import numpy as np
+
+    from ranet_edge.runtime import ExitChain
+
+    seeded = _gpu_module("seeded")
+    bundle = tmp_path / "b"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    before = sum(p.stat().st_size for p in bundle.glob("*.onnx"))
+    record = seeded.strip(bundle)
+    seeded.drop_weights(bundle)
+    after = sum(p.stat().st_size for p in bundle.glob("*.onnx"))
+    assert after < before / 5 and seeded.is_seeded(bundle)
+    assert all(r["tensors"] for r in record["graphs"].values())
+    seeded.materialise(bundle, log=lambda m: None)
+    chain = ExitChain.load(bundle, warmup=False)  # the manifest's sha256 are the skeletons'
+    out = seeded.set_thresholds(bundle, log=lambda m: None)
+    assert sum(out["exit_counts"]) == seeded.N_IMAGES and max(out["exit_counts"]) < seeded.N_IMAGES
+    chain = ExitChain.load(bundle, warmup=False)
+    assert chain.default_operating_point == "fixed-share"
+    res = chain.predict(seeded.images(seeded.N_IMAGES, chain.input_shape))
+    assert np.bincount(res.exits, minlength=chain.num_exits).tolist() == out["exit_counts"]
+    weights = next(bundle.glob("*.weights"))
+    weights.unlink()  # a missing file is written again, and checked
+    seeded.materialise(bundle, log=lambda m: None)
+    assert weights.is_file()
+    import json
+
+    rec = json.loads((bundle / seeded.SEED_FILE).read_text())
+    rec["graphs"][next(iter(rec["graphs"]))]["sha256"] = "0" * 64  # another numpy's numbers: refused
+    (bundle / seeded.SEED_FILE).write_text(json.dumps(rec))
+    for p in bundle.glob("*.weights"):
+        p.unlink()
+    with pytest.raises(ValueError, match="not the recorded"):
+        seeded.materialise(bundle, log=lambda m: None)
