@@ -88,9 +88,12 @@ def build() -> onnx.ModelProto:
         n("CumSum", ["g", "axis0"], ["cg"]),
         n("CumSum", ["x", "axis0"], ["cx"]),
         n("CumSum", ["d", "axis0"], ["cd"]),
-        n("ReduceSum", ["g", "axis1_0"], ["G"], keepdims=1),
-        n("ReduceSum", ["x", "axis1_0"], ["X"], keepdims=1),
-        n("ReduceSum", ["nr", "axis1_0"], ["NR"], keepdims=1),
+        # counts: the last element of each running sum (no integer ReduceSum, which not every
+        # provider has for int64)
+        n("CumSum", ["nr", "axis0"], ["cn"]),
+        n("Gather", ["cg", "last"], ["G"], axis=0),
+        n("Gather", ["cx", "last"], ["X"], axis=0),
+        n("Gather", ["cn", "last"], ["NR"], axis=0),
         n("Sub", ["cg", "one_i"], ["pg"]),
         n("Add", ["G", "cx"], ["gcx"]),
         n("Sub", ["gcx", "one_i"], ["px"]),
@@ -110,7 +113,7 @@ def build() -> onnx.ModelProto:
         n("Concat", ["G", "X", "NR", "order"], ["summary"], axis=0),
         n("Gather", ["p", "order"], ["probs"], axis=0),
     ]
-    inits.append(numpy_helper.from_array(np.array([0], np.int64), "axis1_0"))
+    inits.append(numpy_helper.from_array(np.array([-1], np.int64), "last"))
     graph = helper.make_graph(
         nodes, "ranet_edge_decide",
         [helper.make_tensor_value_info("logits", f32, ["n", "c"]),
