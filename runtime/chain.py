@@ -33,7 +33,7 @@ class ExitChain:
     """A loaded bundle: one ONNX Runtime session per graph, chained by tensor names.
 
     Thread-safe: calls keep their state on the stack and ONNX Runtime sessions may be run
-    from several threads at once.
+    from several threads at once (with ``capture=True`` calls take turns: the buffers are fixed).
     """
 
     def __init__(self, manifest: Manifest, graphs: list[GraphInfo], provider: str,
@@ -278,11 +278,13 @@ class ExitChain:
 
     def _stages(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Iterator[StageRows]:
         """The routing loop behind predict and predict_stages."""
-        if self._fixed is not None:  # in chunks of the largest bucket
-            top = self._fixed.plan.largest
-            for start in range(0, x.shape[0], top):
-                for part in self._fixed.stages(x[start:start + top], thr, temps):
-                    yield StageRows(part.rows + start, part.labels, part.exits, part.confidences, part.probabilities)
+        if self._fixed is not None:  # in chunks of the largest bucket; one call at a time on the
+            top = self._fixed.plan.largest  # plan's buffers, so the stages are collected first
+            with self._fixed.lock:
+                parts = [StageRows(part.rows + start, part.labels, part.exits, part.confidences, part.probabilities)
+                         for start in range(0, x.shape[0], top)
+                         for part in self._fixed.stages(x[start:start + top], thr, temps)]
+            yield from parts
             return
         rows = np.arange(x.shape[0])  # original positions of the samples still running
         num_classes = self.manifest.num_classes

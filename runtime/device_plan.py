@@ -21,6 +21,7 @@ import ctypes.util
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 
@@ -142,6 +143,7 @@ class DevicePlan:
                     self._run[("gather", s, b, c)] = (gather[s], io, self._options(plan.gather_id(b, c), sync=False))
         self.decide_sessions, self.gather_sessions = decide, gather
         self.host_redecisions = 0  # batches re-decided on the host (rows near a threshold)
+        self.lock = threading.Lock()  # one call at a time: the buffers are the plan's, not the call's
 
     def _options(self, graph_id: int, sync: bool) -> ort.RunOptions:
         ro = ort.RunOptions()
@@ -198,7 +200,8 @@ class DevicePlan:
     # ------------------------------------------------------------------ running
     def run_all(self, x: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits for every row (decisions with threshold inf: nobody leaves)."""
-        parts = [self._run_all(x[i:i + self.plan.largest]) for i in range(0, len(x), self.plan.largest)]
+        with self.lock:
+            parts = [self._run_all(x[i:i + self.plan.largest]) for i in range(0, len(x), self.plan.largest)]
         return [np.concatenate(col) for col in zip(*parts)] if len(parts) > 1 else parts[0]
 
     def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
@@ -219,13 +222,16 @@ class DevicePlan:
     def predict(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Prediction:
         n = len(x)
         res = Results(n)
-        for start in range(0, n, self.plan.largest):
-            for part in self.stages(x[start:start + self.plan.largest], thr, temps):
-                res.fill(StageRows(part.rows + start, part.labels, part.exits, part.confidences, part.probabilities))
+        with self.lock:
+            for start in range(0, n, self.plan.largest):
+                for part in self.stages(x[start:start + self.plan.largest], thr, temps):
+                    res.fill(StageRows(part.rows + start, part.labels, part.exits, part.confidences,
+                                       part.probabilities))
         return Prediction(res.labels, res.exits, res.conf, res.probs)
 
     def stages(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray):
-        """predict() one graph at a time (at most the largest bucket of rows): StageRows per graph."""
+        """predict() one graph at a time (at most the largest bucket of rows): StageRows per
+        graph. The caller holds :attr:`lock` while it iterates."""
         plan, m = self.plan, len(x)
         b = plan.bucket_for(m)
         self._load(x, b)

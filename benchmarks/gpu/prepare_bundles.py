@@ -95,7 +95,7 @@ def make_seeded(out: Path, name: str, preset: str, log: Callable[[str], None] = 
     seeded.strip(stage)
     took["strip_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    seeded.set_thresholds(stage, log)
+    seeded.set_thresholds(stage, lambda m: log(m.replace(stage.name, name)))
     took["thresholds_s"] = time.perf_counter() - t0
     seeded.drop_weights(stage)
     shutil.rmtree(out / name, ignore_errors=True)

@@ -11,8 +11,9 @@ same on every machine (numpy's PCG64 generator and float32 normals are platform-
 the recorded sha256 is checked), wherever the check runs.
 
 Thresholds: :func:`set_thresholds` runs the chain on the CPU on :func:`images` (seeded normal
-noise, 64 images) and sets the paper's thresholds with ``p = 1`` (each exit takes the same
-share, 1/K of the images), saved as the default operating point ``fixed-share``. On a GPU the
+noise, 64 images) and sets thresholds so that each exit takes the same share (``n // K`` of
+the images, the paper's procedure with ``p = 1``, each threshold halfway between two
+samples), saved as the default operating point ``fixed-share``. On a GPU the
 same images leave at about the same exits (TF32 convolutions move confidences near a
 threshold); the check reports the exit counts it measured.
 """
@@ -69,11 +70,47 @@ def export_random(preset: str, out: Path, log: Callable[[str], None] = print) ->
     t0 = time.perf_counter()
     torch.manual_seed(0)
     config = get_preset(preset)
-    model = build_model(config).eval()
+    model = build_model(config)
+    recalibrate_bn(model, config.image_size)
     log(f"exporting {preset} (random weights) to {out}")
     export_loaded(LoadedCheckpoint(model, config, "ranet-edge", "preset", {}), out, ExportSpec(monolithic=True),
                   source=f"{preset}-random", force=True, log=lambda m: None)
     return time.perf_counter() - t0
+
+
+def recalibrate_bn(model, size: int, batches: int = 2, batch: int = 8) -> None:
+    """BatchNorm statistics from seeded noise (train-mode passes, cumulative averages), then
+    eval mode: a randomly initialised network with identity statistics maps every image to
+    about the same logits (confidences equal to 1e-5 across images, which no threshold can
+    split and TF32 would shuffle); with its statistics set, its outputs depend on the image."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the passes
+    g = torch.Generator().manual_seed(IMAGES_SEED + 1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(batch, 3, size, size, generator=g))
+    model.eval()
+
+
+def fixed_share(conf: np.ndarray) -> np.ndarray:
+    """Thresholds so that each exit but the last takes ``n // K`` of the samples left, each set
+    halfway between the last sample taken and the next one (no sample sits at a threshold)."""
+    k_exits, n = conf.shape
+    count = n // k_exits
+    thr = np.full(k_exits, np.inf)
+    taken = np.zeros(n, bool)
+    for k in range(k_exits - 1):
+        left = np.sort(conf[k][~taken])[::-1]
+        if 0 < count < len(left):
+            thr[k] = float((np.float64(left[count - 1]) + np.float64(left[count])) / 2)
+        taken |= conf[k] >= np.float32(thr[k])
+    thr[-1] = -np.inf
+    return thr
 
 
 def strip(bundle: Path) -> dict:
@@ -188,7 +225,7 @@ def set_thresholds(bundle: Path, log: Callable[[str], None] = print) -> dict:
     """Thresholds so that each exit takes the same share of :func:`images` (the paper's
     procedure with p = 1), on the CPU, saved as the default operating point ``fixed-share``."""
     from ranet_edge.runtime import ExitChain
-    from ranet_edge.runtime.calibration import exit_index, paper_thresholds
+    from ranet_edge.runtime.calibration import exit_index
     from ranet_edge.runtime.decision import confidence
     from ranet_edge.runtime.operating_points import OperatingPoint, save_point
 
@@ -196,12 +233,11 @@ def set_thresholds(bundle: Path, log: Callable[[str], None] = print) -> dict:
     x = images(N_IMAGES, chain.input_shape)
     logits = [np.concatenate(col) for col in zip(*(chain.run_all(x[i:i + 16]) for i in range(0, len(x), 16)))]
     conf = np.stack([confidence(z) for z in logits])
-    thr = paper_thresholds(conf, 1.0)
-    thr[-1] = -np.inf  # the last exit takes everybody left
+    thr = fixed_share(conf)
     exits = exit_index(conf, thr)
     counts = np.bincount(exits, minlength=chain.num_exits)
     flops = np.asarray([e.flops for e in chain.manifest.exits], np.float64)
-    point = OperatingPoint(tuple(float(t) for t in thr), "fixed share: p=1 on seeded noise (random weights)",
+    point = OperatingPoint(tuple(float(t) for t in thr), "fixed share per exit on seeded noise (random weights)",
                            0.0, float(counts @ flops / counts.sum()), None)  # accuracy: none (random weights)
     save_point(bundle, "fixed-share", point, default=True)
     log(f"{bundle.name}: thresholds for a fixed share per exit, exit counts on {N_IMAGES} images {counts.tolist()}")
