@@ -202,3 +202,34 @@ def test_blockers_from_a_real_profile():
 def test_scan_ops_refuses_garbage():
     with pytest.raises(ValueError, match="not a readable ONNX model"):
         scan_ops(b"\x0f\xff\xff")
+
+
+def test_load_report_names_a_nonzero_graph(tmp_path):
+    """A bundle whose last graph holds a NonZero node: load(capture=True) reports it for that
+    graph in load_report.capture (and nothing for the others)."""
+    import hashlib
+    import json
+    import shutil
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    bundle = tmp_path / "b"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    path = bundle / "stage5.onnx"
+    model = onnx.load(str(path))
+    first = model.graph.input[0].name
+    model.graph.node.append(helper.make_node("NonZero", [first], ["nz"]))  # a side branch (no output)
+    path.write_bytes(model.SerializeToString())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    for entry in [*manifest["graphs"], *manifest["exits"]]:
+        if entry.get("path", entry.get("graph")) == "stage5.onnx":
+            entry["sha256"] = digest
+            if "bytes" in entry:
+                entry["bytes"] = path.stat().st_size
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    chain = ExitChain.load(bundle, capture=True, buckets=[1, 4], warmup=False)
+    rep = chain.load_report.capture
+    assert any(b.startswith("stage5.onnx: NonZero node x1") for b in rep.blockers), rep.blockers
+    assert not any(b.startswith("stage4.onnx") for b in rep.blockers)
