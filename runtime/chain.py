@@ -94,7 +94,7 @@ class ExitChain:
             raise InputError("capture=True needs batch buckets (fixed shapes): drop buckets=False")
         so = session_options(threads, spinning)
         plain = lambda entry: graph_providers(providers, manifest, entry, policy.warm_sizes() if policy else None)  # noqa: E731
-        on_cuda = capture and full in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        on_cuda = capture and full == "CUDAExecutionProvider"  # TensorRT: the same plans on device buffers, uncaptured
         stream = None
         if on_cuda:
             from . import device_plan
