@@ -108,6 +108,8 @@ def make_seeded(out: Path, name: str, preset: str, log: Callable[[str], None] = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "build" / "gpu-bundles"))
+    ap.add_argument("--keep-weights", action="store_true",
+                    help="keep the seeded bundles' regenerated .weights files (default: removed, so they carry small)")
     ap.add_argument("--only", default=None, help=f"comma list of bundles to make: {', '.join(NAMES[1:])}")
     args = ap.parse_args()
     only = None if args.only is None else {s.strip() for s in args.only.split(",") if s.strip()}
@@ -115,9 +117,12 @@ def main() -> None:
         ap.error(f"--only takes a comma list of {', '.join(NAMES[1:])}; got {args.only!r}")
     found, missing = prepare(Path(args.out), only=only)
     for name, path in found.items():
-        print(f"{name:<14} {path}")
+        if name in seeded.SEEDED and not args.keep_weights:  # what travels: the skeleton alone
+            seeded.drop_weights(path)
+        size = sum(p.stat().st_size for p in path.iterdir()) / 1e6
+        print(f"{name:<16} {path} ({size:.1f} MB)")
     for name, why in missing.items():
-        print(f"{name:<14} missing: {why}")
+        print(f"{name:<16} missing: {why}")
     sys.exit(1 if missing else 0)
 
 

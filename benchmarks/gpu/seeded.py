@@ -13,7 +13,8 @@ the recorded sha256 is checked), wherever the check runs.
 Thresholds: :func:`set_thresholds` runs the chain on the CPU on :func:`images` (seeded normal
 noise, 64 images) and sets thresholds so that each exit takes the same share (``n // K`` of
 the images, the paper's procedure with ``p = 1``, each threshold halfway between two
-samples), saved as the default operating point ``fixed-share``. On a GPU the
+samples) at per-exit temperatures that spread the confidences (:func:`spread_temperature`),
+saved as the default operating point ``fixed-share``. On a GPU the
 same images leave at about the same exits (TF32 convolutions move confidences near a
 threshold); the check reports the exit counts it measured.
 """
@@ -95,6 +96,17 @@ def recalibrate_bn(model, size: int, batches: int = 2, batch: int = 8) -> None:
         for _ in range(batches):
             model(torch.randn(batch, 3, size, size, generator=g))
     model.eval()
+
+
+def spread_temperature(logits: np.ndarray) -> float:
+    """The softmax temperature (on a log grid) whose median confidence is closest to 0.5: a
+    random network's later exits give confidences of 0.99999 and more, where float32 leaves
+    no room between images for a threshold; at this temperature they spread out."""
+    from ranet_edge.runtime.decision import confidence
+
+    grid = np.geomspace(0.05, 2000, 80)
+    med = np.array([np.median(confidence(logits, float(t))) for t in grid])
+    return float(np.float32(grid[int(np.argmin(np.abs(med - 0.5)))]))
 
 
 def fixed_share(conf: np.ndarray) -> np.ndarray:
@@ -232,13 +244,15 @@ def set_thresholds(bundle: Path, log: Callable[[str], None] = print) -> dict:
     chain = ExitChain.load(bundle, warmup=False)
     x = images(N_IMAGES, chain.input_shape)
     logits = [np.concatenate(col) for col in zip(*(chain.run_all(x[i:i + 16]) for i in range(0, len(x), 16)))]
-    conf = np.stack([confidence(z) for z in logits])
+    temps = [spread_temperature(z) for z in logits]
+    conf = np.stack([confidence(z, t) for z, t in zip(logits, temps)])
     thr = fixed_share(conf)
     exits = exit_index(conf, thr)
     counts = np.bincount(exits, minlength=chain.num_exits)
     flops = np.asarray([e.flops for e in chain.manifest.exits], np.float64)
     point = OperatingPoint(tuple(float(t) for t in thr), "fixed share per exit on seeded noise (random weights)",
-                           0.0, float(counts @ flops / counts.sum()), None)  # accuracy: none (random weights)
+                           0.0, float(counts @ flops / counts.sum()), None,  # accuracy: none (random weights)
+                           temperatures=tuple(temps))
     save_point(bundle, "fixed-share", point, default=True)
     log(f"{bundle.name}: thresholds for a fixed share per exit, exit counts on {N_IMAGES} images {counts.tolist()}")
-    return {"exit_counts": counts.tolist(), "thresholds": thr.tolist()}
+    return {"exit_counts": counts.tolist(), "thresholds": thr.tolist(), "temperatures": temps}
