@@ -114,6 +114,7 @@ class LoadReport:
     load_s: float  # manifest and sha256 checks, one session per graph
     warmup_s: float  # every warm-up run (cuDNN search / engine builds happen here)
     warm_sizes: tuple[int, ...] = ()  # batch sizes every graph was run at during warm-up
+    capture: Any = None  # CaptureReport of a fixed-address plan (load(capture=True)), else None
 
     @property
     def total_s(self) -> float:

@@ -34,7 +34,7 @@ class ExitChain:
     """A loaded bundle: one ONNX Runtime session per graph, chained by tensor names.
 
     Thread-safe: calls keep their state on the stack and ONNX Runtime sessions may be run
-    from several threads at once.
+    from several threads at once (with ``capture=True`` calls take turns: the buffers are fixed).
     """
 
     def __init__(self, manifest: Manifest, graphs: list[GraphInfo], provider: str,
@@ -54,6 +54,7 @@ class ExitChain:
         self._plannable = all(g.static_batch is None for g in graphs)
         self._router = None  # DeviceRouter when cached tensors stay on an accelerator
         self._buckets: Buckets | None = None  # batch sizes the graphs run at (None: as they come)
+        self._fixed = None  # DevicePlan: fixed-address buffers per bucket (load(capture=True))
         self.load_report: LoadReport | None = None
         #: Per graph: nodes, count and share per provider, op types left on the CPU
         #: (see runtime/placement.py); empty counts where onnxruntime records nothing.
@@ -65,7 +66,7 @@ class ExitChain:
     def load(cls, bundle: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
              warmup: bool = True, provider_options: dict[str, Any] | None = None,
              spinning: bool = False, device_io: bool | None = None, buckets: Any = None,
-             max_batch: int = DEFAULT_MAX_BATCH) -> ExitChain:
+             max_batch: int = DEFAULT_MAX_BATCH, capture: bool = False) -> ExitChain:
         """Validate the manifest, check every sha256, then create one session per graph.
 
         ``device_io`` (default: on for GPU providers) keeps cached feature maps in device
@@ -85,6 +86,12 @@ class ExitChain:
         requested provider took no node is a ProviderError naming the reason, never a
         silent CPU run. A graph the bundle holds compiled for the provider (QNN's EPContext
         models) loads in that form.
+
+        ``capture`` runs every graph through fixed-address plans (``runtime/device_plan.py``):
+        buffers allocated once per bucket, the exit decided on the device, survivors gathered
+        into the next bucket's buffers; on the CUDA provider each (graph, bucket) is captured
+        as a CUDA graph at warm-up, and ``load_report.capture`` says what was captured and what
+        kept a graph off CUDA graphs. On the CPU the same plans run uncaptured.
         """
         t_load = time.perf_counter()
         if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
@@ -93,7 +100,9 @@ class ExitChain:
         providers = provider_list(provider, provider_options)
         check_options(providers)
         full = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-        policy = make_buckets(buckets, full in DEVICE_PROVIDERS)
+        policy = make_buckets(True if capture and buckets is None else buckets, full in DEVICE_PROVIDERS)
+        if capture and policy is None:
+            raise InputError("capture=True needs batch buckets (fixed shapes): drop buckets=False")
         plugin = is_plugin(full)
 
         def options(severity: int = 3):
@@ -110,7 +119,16 @@ class ExitChain:
                                                        policy.warm_sizes() if policy else None)
 
         so = options()
-        graphs = open_graphs(manifest, session_providers, so, compiled_for=full)
+        on_cuda = capture and full == "CUDAExecutionProvider"  # TensorRT: the same plans on device buffers, uncaptured
+        stream = None
+        if on_cuda:
+            from . import device_plan
+
+            stream = device_plan.cuda_stream()
+            graphs = device_plan.open_capture_graphs(
+                manifest, lambda e: device_plan.capture_providers(session_providers(e), stream[0]), session_providers, so)
+        else:
+            graphs = open_graphs(manifest, session_providers, so, compiled_for=full)
         placement = [placement_row(g.path, g.placement, full) for g in graphs]
         require_placement([r for g, r in zip(graphs, placement) if g.placement is not None], provider, full,
                           lambda path: _refusal(manifest, path, full, options, session_providers))
@@ -119,8 +137,8 @@ class ExitChain:
         chain.placement = placement
         chain.max_batch = int(max_batch)
         if device_io is None:
-            device_io = full in DEVICE_PROVIDERS
-        if device_io:
+            device_io = full in DEVICE_PROVIDERS and not capture
+        if device_io and not capture:
             from .device import DeviceRouter
 
             gather = [CPU] if plugin else gather_providers(providers)
@@ -131,6 +149,18 @@ class ExitChain:
                                  "buckets apply to dynamic-batch bundles: drop buckets=")
             policy = None
         chain._buckets = policy
+        if capture:
+            if graphs[0].static_batch is not None:
+                raise InputError("capture=True needs a dynamic-batch bundle (this one has a static batch); "
+                                 "export without --batch-size")
+            from . import device_plan
+
+            chain._fixed, report = device_plan.build(manifest, graphs, policy.warm_sizes(), full, providers, so,
+                                                     capture=on_cuda, stream=stream)
+            load_s = time.perf_counter() - t_load
+            warm_s = chain._fixed.warm_up() if warmup else 0.0
+            chain.load_report = LoadReport(load_s, warm_s, tuple(policy.warm_sizes()) if warmup else (), report)
+            return chain
         load_s = time.perf_counter() - t_load
         sizes = (policy.warm_sizes() if policy else [graphs[0].static_batch or 1]) if warmup else []
         chain.load_report = LoadReport(load_s, warm_up(chain, sizes), tuple(sizes))
@@ -205,6 +235,8 @@ class ExitChain:
         """Every exit's logits for every sample (anytime prediction), stage by stage, in chunks
         of at most ``max_batch`` samples."""
         x = self.check_input(x)
+        if self._fixed is not None:
+            return self._fixed.run_all(x)
         if x.shape[0] <= self.max_batch:
             return self._run_all(x)
         parts = [self._run_all(x[c]) for c in self._chunks(x.shape[0])]
@@ -248,6 +280,8 @@ class ExitChain:
         of at most ``max_batch`` samples)."""
         x = self.check_input(x)
         thr, temps = self._thresholds_cached(thresholds)
+        if self._fixed is not None:
+            return self._fixed.predict(x, thr, temps)
         n = x.shape[0]
         bk = self._buckets  # with buckets, graphs run padded batches: row m onwards is padding
         if n == 1 and self._router is None and (bk is None or bk.size(1) == 1):
@@ -281,6 +315,14 @@ class ExitChain:
 
     def _stages(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Iterator[StageRows]:
         """The routing loop behind predict and predict_stages."""
+        if self._fixed is not None:  # in chunks of the largest bucket; one call at a time on the
+            top = self._fixed.plan.largest  # plan's buffers, so the stages are collected first
+            with self._fixed.lock:
+                parts = [StageRows(part.rows + start, part.labels, part.exits, part.confidences, part.probabilities)
+                         for start in range(0, x.shape[0], top)
+                         for part in self._fixed.stages(x[start:start + top], thr, temps)]
+            yield from parts
+            return
         rows = np.arange(x.shape[0])  # original positions of the samples still running
         num_classes = self.manifest.num_classes
         bk = self._buckets  # with buckets, graphs run padded batches: row m onwards is padding

@@ -13,7 +13,8 @@ from ._ort import ort  # onnxruntime, through the build check
 from .graphs import GraphInfo
 
 # ONNX TensorProto element types of the cached tensors the router gathers.
-FLOAT, FLOAT16, INT64 = 1, 10, 7
+FLOAT, FLOAT16, INT64, BOOL = 1, 10, 7, 9
+ELEM_TYPES = {"float32": FLOAT, "float16": FLOAT16, "int64": INT64, "bool": BOOL}
 IR_VERSION, OPSET = 8, 13  # readable by every onnxruntime the project supports (>= 1.17)
 
 
@@ -53,6 +54,38 @@ def gather_model(elem_type: int) -> bytes:
     node = _bytes(1, "x") + _bytes(1, "idx") + _bytes(2, "y") + _bytes(4, "Gather") + _bytes(5, axis)
     graph = (_bytes(1, node) + _bytes(2, "gather_rows") + _bytes(11, _value_info("x", elem_type, None))
              + _bytes(11, _value_info("idx", INT64, "n")) + _bytes(12, _value_info("y", elem_type, None)))
+    opset = _bytes(1, "") + _int(2, OPSET)
+    return _int(1, IR_VERSION) + _bytes(7, graph) + _bytes(8, opset)
+
+
+def _scalar_int64(name: str, value: int) -> bytes:
+    """TensorProto of an int64 scalar: data_type 2, name 8, raw_data 9 (little-endian)."""
+    return _int(2, INT64) + _bytes(8, name) + _bytes(9, int(value).to_bytes(8, "little", signed=True))
+
+
+def gather_plan_model(elem_types: list[int], head: int = 3) -> bytes:
+    """The serialised ONNX model a fixed-address plan hands rows on with, for ``len(elem_types)``
+    tensors: ``idx = Gather(summary, offsets)``, ``y_i = Gather(x_i, idx)`` and
+    ``alive = offsets < summary[0] + head``.
+
+    ``summary`` is the decision graph's output (``[go_on, left, near, order...]``), ``offsets``
+    a fixed buffer holding ``head .. head + b' - 1`` for the next bucket ``b'``: the first b'
+    rows of the order (the rows that go on, then padding rows that hold ordinary numbers) land
+    in the next bucket's fixed buffers, and ``alive`` marks the real ones. No shape depends on
+    the data. Field numbers as in :func:`gather_model`, plus GraphProto.initializer 5.
+    """
+    nodes = [_bytes(1, "summary") + _bytes(1, "offsets") + _bytes(2, "idx") + _bytes(4, "Gather"),
+             _bytes(1, "summary") + _bytes(1, "zero") + _bytes(2, "go") + _bytes(4, "Gather"),
+             _bytes(1, "go") + _bytes(1, "head") + _bytes(2, "go_head") + _bytes(4, "Add"),
+             _bytes(1, "offsets") + _bytes(1, "go_head") + _bytes(2, "alive") + _bytes(4, "Less")]
+    nodes += [_bytes(1, f"x{i}") + _bytes(1, "idx") + _bytes(2, f"y{i}") + _bytes(4, "Gather")
+              for i in range(len(elem_types))]
+    graph = b"".join(_bytes(1, nd) for nd in nodes) + _bytes(2, "gather_plan")
+    graph += _bytes(5, _scalar_int64("zero", 0)) + _bytes(5, _scalar_int64("head", head))
+    inputs = [_value_info(f"x{i}", t, None) for i, t in enumerate(elem_types)]
+    inputs += [_value_info("summary", INT64, "s"), _value_info("offsets", INT64, "b")]
+    outputs = [_value_info(f"y{i}", t, None) for i, t in enumerate(elem_types)] + [_value_info("alive", BOOL, "b")]
+    graph += b"".join(_bytes(11, v) for v in inputs) + b"".join(_bytes(12, v) for v in outputs)
     opset = _bytes(1, "") + _int(2, OPSET)
     return _int(1, IR_VERSION) + _bytes(7, graph) + _bytes(8, opset)
 

@@ -101,3 +101,33 @@ def test_cached_tensors_stay_ortvalues(bundle, monkeypatch):
     assert len(set(res.exits.tolist())) > 1
     assert seen and all(t is ort.OrtValue for t in seen)
     assert gathered["n"] > 0  # rows were gathered by the Gather session, not by numpy
+
+
+def test_gather_plan_graph_bytes_and_rows():
+    """The fixed-address plans' gather graph: bytes as onnx.helper builds them, and rows moved."""
+    from ranet_edge.runtime.device import BOOL, INT64, gather_plan_model
+
+    types = [FLOAT, FLOAT16]
+    sess = ort.InferenceSession(gather_plan_model(types), providers=["CPUExecutionProvider"])
+    x0 = np.arange(20, dtype=np.float32).reshape(5, 4)
+    summary = np.array([2, 1, 0, 3, 1, 0, 2, 4], np.int64)  # go on: rows 3, 1; then 0 left; then dead
+    y0, y1, alive = sess.run(None, {"x0": x0, "x1": x0.astype(np.float16), "summary": summary,
+                                    "offsets": np.arange(3, 6, dtype=np.int64)})
+    np.testing.assert_array_equal(y0, x0[[3, 1, 0]])
+    np.testing.assert_array_equal(y1, x0[[3, 1, 0]].astype(np.float16))
+    np.testing.assert_array_equal(alive, [True, True, False])
+    pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    n = helper.make_node
+    nodes = [n("Gather", ["summary", "offsets"], ["idx"]), n("Gather", ["summary", "zero"], ["go"]),
+             n("Add", ["go", "head"], ["go_head"]), n("Less", ["offsets", "go_head"], ["alive"])]
+    nodes += [n("Gather", [f"x{i}", "idx"], [f"y{i}"]) for i in range(len(types))]
+    ins = [helper.make_tensor_value_info(f"x{i}", t, None) for i, t in enumerate(types)]
+    ins += [helper.make_tensor_value_info("summary", INT64, ["s"]), helper.make_tensor_value_info("offsets", INT64, ["b"])]
+    outs = [helper.make_tensor_value_info(f"y{i}", t, None) for i, t in enumerate(types)]
+    outs.append(helper.make_tensor_value_info("alive", BOOL, ["b"]))
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(3, np.int64), "head")]
+    graph = helper.make_graph(nodes, "gather_plan", ins, outs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    assert gather_plan_model(types) == model.SerializeToString()

@@ -20,9 +20,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SECTIONS = ("env", "providers", "bundles", "logits_vs_cpu", "fp16_accuracy", "stages", "chain_vs_monolithic",
             "device_vs_host", "adaptive", "routed_throughput", "shapes", "load_warmup", "cudnn_search",
-            "tensorrt", "checks")
+            "tensorrt", "capture", "imagenet", "checks")
 RUNNABLE = ("logits_vs_cpu", "fp16_accuracy", "stages", "chain_vs_monolithic", "device_vs_host", "adaptive",
-            "routed_throughput", "load_warmup", "tensorrt")  # routed_throughput also fills "shapes",
+            "routed_throughput", "load_warmup", "tensorrt", "capture", "imagenet")  # routed_throughput also fills "shapes",
 # load_warmup also "cudnn_search"
 
 
@@ -83,6 +83,20 @@ def _checks(report: dict, provider_full: str) -> list[dict]:
     if "bounded" in shapes:
         add("shapes bounded", shapes["bounded"], f"bucketed max {max(shapes['bucketed']['distinct_per_graph'])} per graph "
             f"(bound {shapes['bound_per_graph']}), unbucketed max {max(shapes['unbucketed']['distinct_per_graph'])}")
+    cap = report.get("capture", {})
+    for name in ("default", "c1"):
+        row = cap.get(name) if isinstance(cap, dict) else None
+        if not isinstance(row, dict) or "capture_report" not in row:
+            continue
+        graphs = row["capture_report"]["graphs"]
+        add(f"capture report {name}", len(graphs) > 0 and all("captured" in g for g in graphs),
+            f"{sum(g['captured'] for g in graphs)}/{len(graphs)} sessions captured"
+            + (f"; blockers: {'; '.join(row['capture_report']['blockers'][:3])}" if row["capture_report"]["blockers"] else ""))
+        for key, agree in row.get("routed", {}).get("steady", {}).items():
+            if key.endswith("_agreement"):
+                ok = agree["exits_equal"] >= (1.0 if provider_full == "CPUExecutionProvider" else 0.99)
+                add(f"captured predict = plain {name} {key[:-10]}", ok and agree["labels_equal"] >= 0.99,
+                    f"exits equal {agree['exits_equal']:.3f}, labels equal {agree['labels_equal']:.3f}")
     trt = report.get("tensorrt", {})
     if trt.get("usable"):
         add("TensorRT engine cache reused", trt["engine_cache_reused"],
@@ -113,6 +127,7 @@ def main() -> int:
         ap.error(f"--sections takes a comma list of {', '.join(RUNNABLE)}; got {args.sections!r}")
     started = time.perf_counter()
     _import_ranet_edge()
+    import capture_sections
     import host
     import numpy as np
     import prepare_bundles
@@ -159,7 +174,8 @@ def main() -> int:
                           "cudnn_search": args.cudnn_search or "onnxruntime default"}
     one = [("logits_vs_cpu", sections.logits_vs_cpu, 5), ("fp16_accuracy", sections.fp16_accuracy, 5),
            ("stages", timing.stages, 5), ("chain_vs_monolithic", timing.chain_vs_monolithic, 5),
-           ("device_vs_host", timing.device_vs_host, 5), ("adaptive", timing.adaptive, 5)]
+           ("device_vs_host", timing.device_vs_host, 5), ("adaptive", timing.adaptive, 5),
+           ("capture", capture_sections.capture, 20), ("imagenet", capture_sections.imagenet, 30)]
     for name, fn, need in one:
         _section(report, name, lambda fn=fn: fn(ctx), ctx, need, chosen)
     for first, second, fn, need in (("routed_throughput", "shapes", timing.routed, 15),

@@ -9,7 +9,8 @@
 #   --wheels DIR      air-gapped hosts: when this Python's onnxruntime has no CUDA provider,
 #                     install the onnxruntime_gpu wheel for this Python from DIR with
 #                     `pip install --no-deps --target build/gpu-check/site` (nothing is
-#                     downloaded; onnxruntime-gpu 1.31.1 for Python 3.12 targets CUDA 13)
+#                     downloaded; onnxruntime-gpu 1.31.1 for Python 3.12 targets CUDA 13); DIR may
+#                     hold the wheel as parts (wheel_parts.py split): they are joined first
 #   --python PY       the interpreter (default: python3 on PATH; for --provider cpu the
 #                     repository's .venv when there is one). It needs numpy; torch and onnx
 #                     are not needed when the bundles were prepared beforehand.
@@ -42,7 +43,7 @@ while [ $# -gt 0 ]; do
     --python=*) PY=${1#*=}; shift ;;
     --cuda-libs) EXTRA_LIBS=${2:-}; shift 2 ;;
     --cuda-libs=*) EXTRA_LIBS=${1#*=}; shift ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) ARGS+=("$1"); shift ;;
   esac
 done
@@ -72,6 +73,9 @@ if [ "$PROVIDER" = cuda ]; then
       exit 2
     fi
     TAG=$("$PY" -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
+    if ls "$WHEELS"/onnxruntime_gpu-*-"$TAG"-*.whl.sha256 >/dev/null 2>&1; then  # parts carried call by call
+      "$PY" "$REPO/benchmarks/gpu/wheel_parts.py" join "$WHEELS" >/dev/null || exit 2
+    fi
     WHL=$(ls "$WHEELS"/onnxruntime_gpu-*-"$TAG"-*.whl 2>/dev/null | sort -V | tail -n 1 || true)
     if [ -z "$WHL" ]; then
       echo "error: no onnxruntime_gpu wheel for $TAG in $WHEELS ($(ls "$WHEELS" 2>/dev/null | tr '\n' ' '))" >&2

@@ -83,6 +83,39 @@ def render(r: dict) -> str:
     section("cuDNN search", "cudnn_search", lambda s: [
         f"{m:<11} warm-up {v['warmup_s']:.2f} s, predict batch {_f(v['batch_ms'])} ms, max batch {_f(v['bmax_ms'])} ms"
         for m, v in s["modes"].items()] + [f"chosen: {s['chosen']}"])
+    def cap(s):
+        out = [s.get("captured_means", "")]
+        for n, v in s.items():
+            if not isinstance(v, dict):
+                continue
+            if "skipped" in v:
+                out.append(f"{n:<13} {v['skipped']}")
+                continue
+            rep = v["capture_report"]
+            out.append(f"{n:<13} {sum(g['captured'] for g in rep['graphs'])}/{len(rep['graphs'])} sessions captured, "
+                       f"load+warm-up {rep['load_and_warmup_s']:.1f} s, buffers {rep['buffers_bytes'] / 1e6:.0f} MB"
+                       + (f", host re-decisions {v['host_redecisions']}" if v.get("host_redecisions") else ""))
+            for b in (k for k in v if k.startswith("batch")):
+                row = v[b]
+                if "mono_plain_ms" in row:
+                    out.append(f"{'':<13} b{b[5:]}: mono {_f(row['mono_plain_ms'])} -> {_f(row['mono_captured_ms'])} ms, "
+                               f"chain {_f(row['chain_plain_ms'])} -> {_f(row['chain_captured_ms'])} ms, "
+                               f"chain/mono captured x{row['chain_over_mono_captured']:.2f}")
+                else:
+                    out.append(f"{'':<13} b{b[5:]}: mono {_f(row['mono_captured_ms'])} ms, chain "
+                               f"{_f(row['chain_captured_ms'])} ms captured, x{row['chain_over_mono_captured']:.2f}")
+            ad = v.get("adaptive", {})
+            if any(k.startswith("batch") for k in ad):
+                    out.append(f"{'':<13} adaptive " + "; ".join(
+                    f"b{k[5:]} x{ad[k]['measured_speedup']:.2f} of x{ad[k]['predicted_speedup']:.2f} "
+                    f"({ad[k]['measured_over_predicted']:.2f})" for k in ad if k.startswith("batch")))
+            if "routed" in v:
+                rt = v["routed"]
+                out.append(f"{'':<13} routed random batches: captured {rt['random_batches_images_per_s']['captured']:,.0f}"
+                           f" vs plain {rt['random_batches_images_per_s']['plain']:,.0f} img/s")
+        return out
+    section("captured", "capture", cap)
+    section("ImageNet captured", "imagenet", cap)
     trt = r.get("tensorrt") or {}
     if trt.get("usable"):
         lines.append(f"{'TensorRT engines':<20} first load {trt['first_load']['total_s']:.1f} s, second "
