@@ -487,5 +487,8 @@ def _kind(value: Any) -> str:
 
 def _show(value: Any, limit: int = 60) -> str:
     """A value quoted for a one-line message, cut to ``limit`` characters."""
-    text = " ".join(repr(value).split())
+    try:
+        text = " ".join(repr(value).split())
+    except RecursionError:  # a deeply nested JSON value
+        text = _kind(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
