@@ -78,6 +78,7 @@ class TensorIn:
     shape: tuple[int, ...]
     raw: bytes | None = None  # binary contents (REST binary extension, gRPC raw_input_contents)
     data: Any = None  # otherwise: the JSON ``data`` (nested lists) or gRPC typed contents
+    parameters: Mapping[str, Any] | None = None  # the tensor's own parameters
 
 
 class Answer(Protocol):
@@ -172,13 +173,13 @@ def parse_rest_infer(body: bytes, header_length: int | None, model: ServedModel,
             raise RequestError(400, f"{where} needs a string `datatype` (BYTES for {IMAGE!r}, FP32 for {INPUT!r})")
         shape = _shape(item.get("shape"), where)
         params = _object(item.get("parameters"), f"{where}'s parameters")
-        _no_shared_memory(params, where)
+        _no_shared_memory(params, where)  # before binary_data_size: shared memory sets one too
         size = params.get("binary_data_size")
         if size is None:
             if "data" not in item:
                 raise RequestError(400, f"{where} has no `data`; give it `data` or `parameters.binary_data_size` "
                                         "and the bytes after the JSON header")
-            tensors.append(TensorIn(name, datatype, shape, data=item["data"]))
+            tensors.append(TensorIn(name, datatype, shape, data=item["data"], parameters=params))
             continue
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise RequestError(400, f"{where}: binary_data_size must be a byte count, got {_show(size)}")
@@ -190,7 +191,7 @@ def parse_rest_infer(body: bytes, header_length: int | None, model: ServedModel,
         if offset + size > len(binary):
             raise RequestError(400, f"the inputs declare more binary data than follows the JSON header "
                                     f"({len(binary)} bytes); check each binary_data_size")
-        tensors.append(TensorIn(name, datatype, shape, raw=binary[offset:offset + size]))
+        tensors.append(TensorIn(name, datatype, shape, raw=binary[offset:offset + size], parameters=params))
         offset += size
     if offset != len(binary):
         raise RequestError(400, f"{len(binary) - offset} bytes follow the declared binary data; "
@@ -234,9 +235,12 @@ def build_request(request_id: str | None, inputs: Sequence[TensorIn], parameters
     if not requested:
         requested = [RequestedOutput(name, binary_default) for name in DEFAULT_OUTPUTS]
     names = [t.name for t in inputs]
-    for name in names:
-        if name not in (IMAGE, INPUT):
-            raise RequestError(400, f"unknown input {_show(name)}; {_accepted(model)}")
+    for t in inputs:
+        if t.name not in (IMAGE, INPUT):
+            raise RequestError(400, f"unknown input {_show(t.name)}; {_accepted(model)}")
+        _no_shared_memory(t.parameters or {}, f"input {t.name!r}")
+        if any(d < 0 for d in t.shape):
+            raise RequestError(400, f"input {t.name!r} has shape {list(t.shape)}; dimensions are whole numbers >= 0")
     if len(inputs) != 1:
         what = "both" if set(names) == {IMAGE, INPUT} else f"{len(inputs)} inputs"
         raise RequestError(400, f"the request gives {what}; {_accepted(model)}, exactly one")
