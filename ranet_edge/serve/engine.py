@@ -6,7 +6,7 @@ and answers the requests it completes while the next graph runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +74,20 @@ class ServedModel:
                 parts.append(part)
         yield StageRows.concat(parts, self.num_classes)
 
+    def graph_stages(self) -> list[GraphStage]:
+        """The graphs a request runs through, in order: one per chain graph, or the monolithic
+        graph alone (which produces every exit's logits)."""
+        if self._mono is None:
+            return [GraphStage(g.path, tuple(g.inputs), tuple(g.exits), g.keep_after, g.step)
+                    for g in self.chain.graphs]
+        mono, names = self._mono, self._mono_logits
+
+        def run(feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+            return mono.run(names, feeds), {}
+
+        path = self.chain.manifest.monolithic.path
+        return [GraphStage(path, (self.chain.input_name,), tuple(range(self.chain.num_exits)), frozenset(), run)]
+
     def summary(self) -> dict:
         """What GET /v1/model reports."""
         s = self.settings
@@ -88,6 +102,18 @@ class ServedModel:
             "session_providers": sorted({p[0] for p in self.chain.session_providers}), "threads": s.threads,
             "max_batch": s.max_batch, "batch_wait_ms": s.batch_wait_ms, "max_body_bytes": s.max_body_bytes,
         }
+
+
+@dataclass(frozen=True)
+class GraphStage:
+    """One graph as the stage engine runs it (``stage_engine.py``)."""
+
+    name: str  # the graph's file, for logs and metrics
+    inputs: tuple[str, ...]  # tensors it reads: the image or earlier graphs' outputs
+    exits: tuple[int, ...]  # the exits it produces logits for, in order
+    keep_after: frozenset[str]  # tensors a later graph reads (the cached maps that travel on)
+    run: Callable[[dict[str, np.ndarray]], tuple[list[np.ndarray], dict[str, np.ndarray]]]
+    # feeds -> (logits in exit order, the outputs a later graph reads); blocking
 
 
 @dataclass
