@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from ranet_edge.errors import RanetEdgeError
 
@@ -90,16 +91,16 @@ class Routes:
 
     async def _dispatch(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
                         read_body: ReadBody, start: float) -> tuple[str, Reply]:
-        parts = path.split("/")[1:]
-        route, want = _route(parts, self.model_name)
+        route, want, model = _route(path.split("/")[1:])
         if route is None:
-            if len(parts) >= 3 and parts[:2] == ["v2", "models"] and parts[2] != self.model_name:
-                return "other", Reply.json(error_body(f"no model {parts[2]!r} here; this server serves "
-                                                      f"{self.model_name!r}"), 404)
             return "other", Reply.json(error_body(f"no route {path}; {ROUTES}"), 404)
         if method != want:
             return route, Reply.json(error_body(f"{method} {path} is not allowed (use {want}); {ROUTES}"), 405)
         try:
+            if model is not None:
+                from . import oip
+
+                oip.check_model(*model, self.model_name)
             return route, await getattr(self, "_" + route.replace("/", "_"))(query, headers, read_body, start)
         except RequestError as exc:
             return route, Reply.error(exc)
@@ -153,11 +154,9 @@ class Routes:
     async def _v2_infer(self, query, headers, read_body, start) -> Reply:
         from . import oip
 
+        length = oip.parse_header_length(headers.get("inference-header-content-length"))
         data = await self._read(read_body, start)
-        length = headers.get("inference-header-content-length")
-        if length is not None and not length.isdigit():
-            raise RequestError(400, f"Inference-Header-Content-Length {length!r} is not a whole number of bytes")
-        args = (data, None if length is None else int(length), self.model, self.settings.max_batch)
+        args = (data, length, self.model, self.settings.max_batch)
         req = oip.parse_rest_infer(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(
             oip.parse_rest_infer, *args)
         self.model.check_point(req.point)
@@ -195,18 +194,23 @@ def too_big(limit: int) -> RequestError:
                              "send smaller images or fewer per request")
 
 
-def _route(parts: list[str], name: str) -> tuple[str | None, str]:
-    """(handler name, method) of a path split at '/', (None, '') when none matches."""
-    fixed = {("v1", "classify"): ("v1/classify", "POST"), ("v1", "model"): ("v1/model", "GET"),
-             ("v1", "health"): ("v1/health", "GET"), ("v2",): ("v2", "GET"), ("v2", "health", "live"): ("v2/live", "GET"),
-             ("v2", "health", "ready"): ("v2/ready", "GET"), ("metrics",): ("metrics", "GET")}
-    hit = fixed.get(tuple(parts))
+_FIXED = {("v1", "classify"): ("v1/classify", "POST"), ("v1", "model"): ("v1/model", "GET"),
+          ("v1", "health"): ("v1/health", "GET"), ("v2",): ("v2", "GET"), ("v2", "health", "live"): ("v2/live", "GET"),
+          ("v2", "health", "ready"): ("v2/ready", "GET"), ("metrics",): ("metrics", "GET")}
+_MODEL = {(): ("v2/model", "GET"), ("ready",): ("v2/model/ready", "GET"), ("infer",): ("v2/infer", "POST")}
+
+
+def _route(parts: list[str]) -> tuple[str | None, str, tuple[str, str | None] | None]:
+    """(handler name, method, (model name, version) of a /v2/models path) of a path split at
+    '/'; (None, '', None) when none matches."""
+    hit = _FIXED.get(tuple(parts))
     if hit is not None:
-        return hit
-    if len(parts) >= 3 and parts[:2] == ["v2", "models"] and parts[2] == name:
-        rest = parts[3:]
-        if len(rest) >= 2 and rest[0] == "versions" and rest[1] == "1":  # the one version this server has
-            rest = rest[2:]
-        return {(): ("v2/model", "GET"), ("ready",): ("v2/model/ready", "GET"),
-                ("infer",): ("v2/infer", "POST")}.get(tuple(rest), (None, ""))
-    return None, ""
+        return (*hit, None)
+    if len(parts) >= 3 and parts[:2] == ["v2", "models"] and parts[2]:
+        name, rest, version = unquote(parts[2]), parts[3:], None
+        if len(rest) >= 2 and rest[0] == "versions":
+            version, rest = unquote(rest[1]), rest[2:]
+        hit = _MODEL.get(tuple(rest))
+        if hit is not None:
+            return (*hit, (name, version))
+    return None, "", None
