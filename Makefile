@@ -1,5 +1,5 @@
 # `make test`: set up .venv and run lint + the test suite, then the runtime tests in a lean
-#              second environment (.venv-lean: only `.[cpu]` and pytest, no torch/onnx/matplotlib).
+#              second environment (.venv-lean: only `.[cpu,qnn,serve]` and pytest, no torch/onnx/matplotlib/ray).
 # `make demo`: set up .venv and run the main job on the bundled default model.
 # `make test-js`: install js/ from its lockfile and run the JavaScript tests (Node, Chromium);
 #              `make test` runs it too.
@@ -28,11 +28,12 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # What an app embeds: the runtime with one onnxruntime build, nothing else, plus the QNN plugin
-# (beside the CPU build) so that the HTP simulation runs on every test run (where its wheel exists).
+# (beside the CPU build) so that the HTP simulation runs on every test run (where its wheel exists),
+# and the one-process server (the serve extra: uvicorn, prometheus-client, grpcio; no torch, no Ray).
 $(LEAN_STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(LEAN)
 	$(LEAN)/bin/python -m pip install --quiet --upgrade pip
-	$(LEAN)/bin/python -m pip install --quiet -c constraints.txt -e '.[cpu,qnn]' pytest
+	$(LEAN)/bin/python -m pip install --quiet -c constraints.txt -e '.[cpu,qnn,serve]' pytest
 	touch $(LEAN_STAMP)
 
 install: $(STAMP)

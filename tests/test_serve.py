@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 if importlib.util.find_spec("ray") is None:  # find_spec: importing ray here would change how it starts
-    pytest.skip("ray is not installed; install the serve extra: pip install 'ranet-edge[serve]'",
+    pytest.skip("ray is not installed; install the ray extra: pip install 'ranet-edge[ray]'",
                 allow_module_level=True)
 
-import aiohttp  # noqa: E402  (comes with ray[serve])
+import aiohttp  # noqa: E402  (comes with ray[serve], the ray extra)
 from test_serve_units import png_header_bomb  # noqa: E402
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES  # noqa: E402

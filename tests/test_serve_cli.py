@@ -34,7 +34,7 @@ from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import ExitChain
 
 if importlib.util.find_spec("ray") is None:
-    pytest.skip("ray is not installed; install the serve extra: pip install 'ranet-edge[serve]'",
+    pytest.skip("ray is not installed; install the ray extra: pip install 'ranet-edge[ray]'",
                 allow_module_level=True)
 
 pytestmark = [pytest.mark.slow,
@@ -47,7 +47,7 @@ SLOW_REST_S = 1.0  # the half-sent request sends the rest of its body this long 
 
 def ray_serve_cmd(*args: str) -> list[str]:
     """The command line of `ranet-edge serve` on Ray: the one place that builds it."""
-    return [str(Path(sys.executable).with_name("ranet-edge")), "serve", *args]
+    return [str(Path(sys.executable).with_name("ranet-edge")), "serve", "--ray", *args]
 
 
 def free_ports(n: int) -> list[int]:

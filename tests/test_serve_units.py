@@ -19,7 +19,7 @@ from ranet_edge.errors import CalibrationError, ConfigError
 from ranet_edge.runtime import ExitChain
 from ranet_edge.serve import ServeSettings
 from ranet_edge.serve.api import RequestError, parse_images
-from ranet_edge.serve.engine import BatchRun, Job, ServedModel, images_in
+from ranet_edge.serve.engine import ServedModel
 
 
 @pytest.fixture(scope="module")
@@ -112,58 +112,13 @@ def test_huge_declared_image_is_refused_before_decoding():
     assert out.stdout.decode().startswith("413 the image has more than 50,000,000 pixels"), out
 
 
-# --------------------------------------------------------------------------- batches
-def test_batch_run_answers_early_and_equals_predict(model, chain, sample):
-    """Jobs of 1-3 images under two operating points share one batch: every image gets what
-    ExitChain.predict gives it alone, and a job is complete after the graph that decides its
-    last image, so jobs decided at exit 0 are done after the first step."""
-    sizes = [1, 2, 1, 3, 1, 1, 2, 1] * 4
-    points = ["iso-accuracy", "p0.5"]
-    jobs, start = [], 0
-    for i, k in enumerate(sizes):
-        jobs.append(Job(sample[start:start + k], points[i % 3 == 0]))
-        start += k
-    assert images_in(jobs) == sum(sizes)
-    run = BatchRun(model, jobs)
-    completed_at: dict[int, int] = {}
-    step = 0
-    while not run.done:
-        for j in run.step():
-            assert j not in completed_at  # each job completes once
-            completed_at[j] = step
-        step += 1
-    assert sorted(completed_at) == list(range(len(jobs)))
-    for j, job in enumerate(jobs):
-        want = chain.predict(chain.preprocess(job.images), job.point)
-        got = run.results[j]
-        assert [p["label"] for p in got] == want.labels.tolist()
-        assert [p["exit"] for p in got] == want.exits.tolist()
-        np.testing.assert_allclose([p["confidence"] for p in got], want.confidences, atol=1e-6)
-        assert [p["class"] for p in got] == [chain.class_names[k] for k in want.labels]
-        assert completed_at[j] == max(want.exits)  # per-exit bundle: step k runs graph k
-        assert all(p["server_ms"] >= 0 for p in got)
-    assert 0 in completed_at.values() and max(completed_at.values()) == 5  # early and late answers
-
-
-def test_monolithic_model_gives_the_chain_answers(model, sample):
-    mono = ServedModel(ServeSettings(graph="monolithic"))
-    jobs = [Job(sample[i:i + 1], "p0.5" if i % 2 else None) for i in range(40)]
-    a, b = BatchRun(model, jobs), BatchRun(mono, jobs)
-    while not a.done:
-        a.step()
-    assert sorted(b.step()) == list(range(40)) and b.done  # one step: the whole model at once
-    for ra, rb in zip(a.results, b.results):
-        assert [(p["label"], p["exit"]) for p in ra] == [(p["label"], p["exit"]) for p in rb]
-        np.testing.assert_allclose([p["confidence"] for p in ra], [p["confidence"] for p in rb], atol=1e-5)
-
-
 def test_unknown_operating_point(model):
     assert model.check_point(None) == "iso-accuracy" == model.default_point
     with pytest.raises(CalibrationError, match="unknown operating point 'fastest'; stored: iso-accuracy, "):
         model.check_point("fastest")
 
 
-# --------------------------------------------------------------------------- the command, before Ray starts
+# --------------------------------------------------------------------------- the command, before it serves
 def assert_one_line_error(result, *fragments: str) -> None:
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -175,16 +130,21 @@ def assert_one_line_error(result, *fragments: str) -> None:
 def test_serve_refuses_bad_options(run, tmp_path):
     assert_one_line_error(run("serve", tmp_path / "nothing"), "manifest")
     assert_one_line_error(run("serve", "--operating-point", "fastest"), "unknown operating point 'fastest'")
-    assert_one_line_error(run("serve", "--replicas", "0"), "replicas must be a whole number >= 1")
+    assert_one_line_error(run("serve", "--ray", "--replicas", "0"), "replicas must be a whole number >= 1")
+    assert_one_line_error(run("serve", "--max-queue", "0"), "max_queue must be a whole number >= 1")
+    assert_one_line_error(run("serve", "--timeout-s", "0"), "timeout_s must be a number of seconds > 0")
     assert_one_line_error(run("serve", "--provider", "cuda"), "not available")
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    assert_one_line_error(run("serve", "--address", f"127.0.0.1:{closed}"),
+    assert_one_line_error(run("serve", "--ray", "--address", f"127.0.0.1:{closed}"),
                           f"cannot reach the Ray cluster at 127.0.0.1:{closed}", "ray start --head")
-    assert_one_line_error(run("serve", "--address", "head-node"), "must be 'auto' or HOST:PORT")
-    result = run("serve", "--haproxy", "--address", "auto")
+    assert_one_line_error(run("serve", "--ray", "--address", "head-node"), "must be 'auto' or HOST:PORT")
+    result = run("serve", "--ray", "--haproxy", "--address", "auto")
     assert result.exit_code == 2 and "RAY_SERVE_ENABLE_HA_PROXY=1 ray start" in result.output
+    for ray_only in (["--haproxy"], ["--replicas", "2"], ["--address", "auto"]):  # the one-process server has none
+        assert_one_line_error(run("serve", *ray_only), f"{ray_only[0]} apply to Ray Serve: add --ray")
+    assert_one_line_error(run("serve", "--ray", "--grpc-port", "0"), "--grpc-port is served by the one-process server")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -202,6 +162,6 @@ def test_serve_haproxy_refuses_a_stats_port_in_use_before_ray_starts(run, monkey
             free.bind(("127.0.0.1", 0))
             port = free.getsockname()[1]
         monkeypatch.setenv("RAY_SERVE_HAPROXY_METRICS_PORT", str(taken))
-        result = run("serve", "--haproxy", "--port", port)
+        result = run("serve", "--ray", "--haproxy", "--port", port)
         assert_one_line_error(result, f"HAProxy's metrics port 0.0.0.0:{taken}", "RAY_SERVE_HAPROXY_METRICS_PORT=PORT")
         assert "import ray" not in result.output

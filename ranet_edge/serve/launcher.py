@@ -91,7 +91,7 @@ class Server:
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         if address and address != "auto":
             _check_reachable(address)  # ray.init would retry an unreachable address for minutes
-        ray = require("ray", "serve")
+        ray = require("ray", "ray")
         from ray import serve
 
         if quiet:  # Serve's INFO lines on this process's console (importing ray.serve set them up)
@@ -123,7 +123,7 @@ class Server:
         return f"http://{self.host}:{self.port}"
 
     def deploy(self, settings: ServeSettings, name: str = "ranet-edge", route_prefix: str = "/",
-               summary: dict | None = None) -> Deployed:
+               summary: dict | None = None, model_name: str = "ranet-edge") -> Deployed:
         """Load the bundle here first (a bad bundle, provider or operating point fails fast,
         with its one-line error; ``summary`` says it was already loaded), then deploy it and
         wait until every replica is up."""
@@ -134,7 +134,7 @@ class Server:
             summary = ServedModel(settings).summary()
         if self.local and self._drain_dir is None:
             self._drain_dir = tempfile.mkdtemp(prefix="ranet-edge-drain-")
-        self.deploy_app(build_deployment(settings, name, self._drain_file), name, route_prefix)
+        self.deploy_app(build_deployment(settings, name, self._drain_file, model_name), name, route_prefix)
         self._replicas += settings.replicas
         return Deployed(name, self.base_url + route_prefix.rstrip("/"), summary)
 
@@ -234,7 +234,8 @@ class Server:
 
 
 def serve_bundle(settings: ServeSettings, address: str | None = None, host: str = "127.0.0.1",
-                 port: int = 8000, quiet: bool = False, haproxy: bool = False) -> tuple[Server, Deployed]:
+                 port: int = 8000, quiet: bool = False, haproxy: bool = False,
+                 model_name: str = "ranet-edge") -> tuple[Server, Deployed]:
     """What ``ranet-edge serve`` does: start or join Ray, deploy one bundle, return both handles.
 
     A local Ray gets at least as many CPUs as the replicas reserve (``replicas * threads``),
@@ -246,7 +247,7 @@ def serve_bundle(settings: ServeSettings, address: str | None = None, host: str 
     num_cpus = max(os.cpu_count() or 1, settings.replicas * settings.threads) if address is None else None
     server = Server(address, host, port, num_cpus=num_cpus, quiet=quiet, haproxy=haproxy)
     try:
-        return server, server.deploy(settings, summary=summary)
+        return server, server.deploy(settings, summary=summary, model_name=model_name)
     except BaseException:
         server.close()
         raise

@@ -62,7 +62,7 @@ class _Signals:
 
 
 def run_ray(settings: ServeSettings, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-            haproxy: bool = False, echo: Echo = _echo) -> int:
+            haproxy: bool = False, echo: Echo = _echo, model_name: str = "ranet-edge") -> int:
     """Serve ``settings`` on Ray until SIGINT or SIGTERM; the process's exit code.
 
     0 once stopped by a signal (also one that came while Ray was starting). Errors while
@@ -80,7 +80,7 @@ def run_ray(settings: ServeSettings, address: str | None = None, host: str = "12
         procs.become_subreaper()
     try:
         with signals.installed():
-            clean = _serve_until_signal(signals, settings, address, host, port, haproxy, echo)
+            clean = _serve_until_signal(signals, settings, address, host, port, haproxy, echo, model_name)
     finally:
         if local:  # run in a process that goes on (a test): leave it as it was
             procs.become_subreaper(False)
@@ -97,17 +97,17 @@ def run_ray(settings: ServeSettings, address: str | None = None, host: str = "12
 
 
 def _serve_until_signal(signals: _Signals, settings: ServeSettings, address: str | None, host: str, port: int,
-                        haproxy: bool, echo: Echo) -> bool:
+                        haproxy: bool, echo: Echo, model_name: str = "ranet-edge") -> bool:
     """Start, serve until ``signals`` says stop, stop; True when the stop was clean."""
     local = address is None
     echo("starting Ray ..." if local else f"joining the Ray cluster at {address} ...", err=True)
     server = None
     try:
-        server, app = serve_bundle(settings, address, host, port, quiet=True, haproxy=haproxy)
+        server, app = serve_bundle(settings, address, host, port, quiet=True, haproxy=haproxy, model_name=model_name)
         signals.install()
         signals.raising = False
         if not signals.stop.is_set():  # a signal between the deploy and here
-            print_summary(app, server, settings, haproxy, echo)
+            print_summary(app, server, settings, haproxy, echo, model_name)
         while not signals.stop.is_set():
             time.sleep(0.2)
     except KeyboardInterrupt:
@@ -140,7 +140,8 @@ def _stop(server: Server | None, local: bool, hurry: Flag) -> bool:
     return clean
 
 
-def print_summary(app: Deployed, server: Server, settings: ServeSettings, haproxy: bool, echo: Echo = _echo) -> None:
+def print_summary(app: Deployed, server: Server, settings: ServeSettings, haproxy: bool, echo: Echo = _echo,
+                  model_name: str = "ranet-edge") -> None:
     """What ``ranet-edge serve`` prints once it answers: URL, model, replicas, ingress, routes."""
     s = app.summary
     points = [f"{name}{' (default)' if name == s['default_operating_point'] else ''}" for name in s["operating_points"]]
@@ -150,14 +151,18 @@ def print_summary(app: Deployed, server: Server, settings: ServeSettings, haprox
     echo(f"runs on    {settings.replicas} replica(s), provider {settings.provider} "
          f"({', '.join(s['session_providers'])}), {settings.threads} thread(s) each")
     echo(f"ingress    {'HAProxy, direct to the replicas' if haproxy else 'Serve HTTP proxy'}")
-    echo(f"batching   up to {settings.max_batch} images, waiting {settings.batch_wait_ms:g} ms; "
+    echo(f"batching   {'survivors batched across requests graph by graph' if settings.stage_batching else 'batch by batch'}"
+         f" in each replica, up to {settings.max_batch} images, waiting {settings.batch_wait_ms:g} ms; "
          f"bodies up to {settings.max_body_bytes} bytes")
     echo(f"operating points: {', '.join(points) or 'none stored: every image runs to the last exit'}")
     echo(f"  POST {app.url}/v1/classify   image/jpeg or image/png body, or a JSON list of base64 images; "
          "?operating_point=NAME")
     echo(f"  GET  {app.url}/v1/model")
     echo(f"  GET  {app.url}/v1/health")
+    echo(f"  POST {app.url}/v2/models/{model_name}/infer   Open Inference Protocol (KServe v2), JSON or binary tensors")
+    echo(f"  GET  {app.url}/v2, /v2/health/live, /v2/health/ready, /v2/models/{model_name}[/ready]")
+    echo(f"  metrics (Prometheus) {app.url}/metrics (the replica that answers)")
     metrics = server.metrics_url
     if metrics:
-        echo(f"  metrics (Prometheus) {metrics}")
+        echo(f"  Ray's metrics (Prometheus) {metrics}")
     echo("Press Ctrl-C to stop.")

@@ -9,7 +9,9 @@ from typing import Any
 from ranet_edge.errors import ConfigError
 
 GRAPHS = ("chain", "monolithic")
-_NUMBERS = {"threads": int, "replicas": int, "max_batch": int, "max_body_bytes": int, "batch_wait_ms": float}
+_NUMBERS = {"threads": int, "replicas": int, "max_batch": int, "max_body_bytes": int, "batch_wait_ms": float,
+            "max_queue": int, "timeout_s": float}
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 @dataclass(frozen=True)
@@ -22,20 +24,27 @@ class ServeSettings:
     provider: str = "cpu"  # ONNX Runtime execution provider (short or full name)
     threads: int = 1  # intra-op threads per session; also the CPUs Ray reserves per replica
     replicas: int = 1  # copies of the model, each in its own process (on any node of the cluster)
-    max_batch: int = 64  # most images one batch runs (a request with more is refused)
-    batch_wait_ms: float = 5.0  # how long a batch waits for more requests after its first one
+    max_batch: int = 64  # most images one graph run takes (a request with more is refused)
+    batch_wait_ms: float = 5.0  # longest that rows going on to graph k+1 wait for more rows to join them
     max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413
+    stage_batching: bool = True  # False: each batch runs through all its graphs before the next starts
+    max_queue: int = 1024  # images accepted and not yet decided; a request beyond it gets 503
+    timeout_s: float = 30.0  # a request not answered this long after it arrived gets 504
 
     def __post_init__(self) -> None:
         if self.graph not in GRAPHS:
             raise ConfigError(f"graph {self.graph!r} is not one of {', '.join(GRAPHS)}")
-        for field in ("threads", "replicas", "max_batch", "max_body_bytes"):
+        for field in ("threads", "replicas", "max_batch", "max_body_bytes", "max_queue"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{field} must be a whole number >= 1, got {value!r}")
         if not isinstance(self.batch_wait_ms, (int, float)) or not 0 <= self.batch_wait_ms <= 10_000:
             raise ConfigError(f"batch_wait_ms must be a number of milliseconds in [0, 10000], "
                               f"got {self.batch_wait_ms!r}")
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not self.timeout_s > 0:
+            raise ConfigError(f"timeout_s must be a number of seconds > 0, got {self.timeout_s!r}")
+        if not isinstance(self.stage_batching, bool):
+            raise ConfigError(f"stage_batching must be true or false, got {self.stage_batching!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ServeSettings:
@@ -51,6 +60,10 @@ class ServeSettings:
                     value = _NUMBERS[name](value)
                 except ValueError:
                     raise ConfigError(f"serve setting {key}={value!r} must be a number") from None
+            elif isinstance(value, str) and name == "stage_batching":
+                if value.lower() not in _BOOLS:
+                    raise ConfigError(f"serve setting {key}={value!r} must be true or false")
+                value = _BOOLS[value.lower()]
             kwargs[name] = value
         return cls(**kwargs)
 

@@ -1,0 +1,216 @@
+"""The HTTP routes, written once for every ingress: the one-process server (``local.py``) and
+the Ray Serve replica (``deployment.py``) both hand each request to :meth:`Routes.handle`.
+
+``/v1/...`` is this project's own API (unchanged); ``/v2/...`` is the Open Inference Protocol
+(KServe v2) through ``oip.py``; ``/metrics`` is Prometheus text. Every error is a one-line
+``{"error": ...}`` with a 4xx (5xx only for the server's own failures, 503 when it is
+overloaded or draining, with ``Retry-After``).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from ranet_edge.errors import RanetEdgeError
+
+from .api import RequestError, error_body, parse_images
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import Metrics
+from .stage_engine import RETRY_AFTER_S, SHUTTING_DOWN, Overloaded, StageEngine
+
+log = logging.getLogger("ranet_edge.serve")
+access = logging.getLogger("ranet_edge.serve.access")
+
+INLINE_DECODE_BYTES = 64 * 1024  # bodies smaller than this are decoded on the event loop
+ROUTES = ("the API is POST /v1/classify, GET /v1/model, GET /v1/health, GET /v2, GET /v2/health/live, "
+          "GET /v2/health/ready, GET /v2/models/NAME, GET /v2/models/NAME/ready, POST /v2/models/NAME/infer "
+          "and GET /metrics")
+JSON = "application/json"
+ReadBody = Callable[[int], Awaitable[bytes]]  # read_body(limit): the body, RequestError 413 past limit
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # content-type included
+
+    @classmethod
+    def json(cls, obj: dict, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+        body = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        return cls(status, body, {"content-type": JSON, **(headers or {})})
+
+    @classmethod
+    def error(cls, exc: RequestError) -> Reply:
+        headers = {"retry-after": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else {}
+        return cls.json(error_body(exc.message), exc.status, headers)
+
+
+class Routes:
+    """Dispatch one request: ``handle(method, path, query, headers, read_body)`` -> Reply.
+
+    ``headers`` are lower-case names. ``draining`` set: every new request gets 503 (and
+    ``connection: close``); ``in_flight`` counts requests being handled, for the drain.
+    """
+
+    def __init__(self, engine: StageEngine, metrics: Metrics, model_name: str = "ranet-edge",
+                 replica: str = "local"):
+        self.engine = engine
+        self.model = engine.model
+        self.settings = engine.model.settings
+        self.metrics = metrics
+        self.model_name = model_name
+        self.replica = replica
+        self.draining = False
+        self.in_flight = 0
+        self._summary = self.model.summary()
+
+    async def handle(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+                     read_body: ReadBody) -> Reply:
+        start = time.perf_counter()
+        route = "other"
+        if self.draining:
+            reply = Reply.json(error_body(SHUTTING_DOWN), 503, {"retry-after": str(RETRY_AFTER_S),
+                                                                 "connection": "close"})
+        else:
+            self.in_flight += 1
+            try:
+                route, reply = await self._dispatch(method, path.rstrip("/") or "/", query, headers, read_body, start)
+            finally:
+                self.in_flight -= 1
+        self.metrics.answered(route, reply.status, time.perf_counter() - start)
+        if access.isEnabledFor(logging.INFO):
+            access.info('%s %s %d %d %.2fms', method, path, reply.status, len(reply.body),
+                        (time.perf_counter() - start) * 1e3)
+        return reply
+
+    async def _dispatch(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+                        read_body: ReadBody, start: float) -> tuple[str, Reply]:
+        route, want, model = _route(path.split("/")[1:])
+        if route is None:
+            return "other", Reply.json(error_body(f"no route {path}; {ROUTES}"), 404)
+        if method != want:
+            return route, Reply.json(error_body(f"{method} {path} is not allowed (use {want}); {ROUTES}"), 405)
+        try:
+            if model is not None:
+                from . import oip
+
+                oip.check_model(*model, self.model_name)
+            return route, await getattr(self, "_" + route.replace("/", "_"))(query, headers, read_body, start)
+        except RequestError as exc:
+            return route, Reply.error(exc)
+        except RanetEdgeError as exc:  # e.g. an unknown operating point
+            return route, Reply.json(error_body(str(exc)), 400)
+        except Exception as exc:  # the server's own failure: still one answer, one line
+            log.exception("%s %s failed", method, path)
+            return route, Reply.json(error_body(f"internal error: {type(exc).__name__}: {exc}"), 500)
+
+    # ------------------------------------------------------------------ /v1
+    async def _v1_health(self, *_) -> Reply:
+        return Reply.json({"status": "ok", "replica": self.replica})
+
+    async def _v1_model(self, *_) -> Reply:
+        return Reply.json({**self._summary, "replica": self.replica})
+
+    async def _v1_classify(self, query, headers, read_body, start) -> Reply:
+        point = self.model.check_point(query.get("operating_point"))
+        data = await self._read(read_body, start)
+        args = (headers.get("content-type"), data, self.model.chain.preprocess_spec, self.settings.max_batch)
+        # a photo takes milliseconds to decode: off the event loop; a thumbnail costs less than the hop
+        images = parse_images(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(parse_images, *args)
+        answer = await self._classify(self.model.chain.preprocess(images), point, start)
+        names = self.model.class_names
+        ms = round(answer.server_ms, 3)
+        preds = [{"label": label, "class": names[label], "exit": e, "confidence": round(c, 6), "server_ms": ms}
+                 for label, e, c in zip(answer.labels.tolist(), answer.exits.tolist(), answer.confidences.tolist())]
+        return Reply.json({"predictions": preds, "operating_point": point, "graph": self.settings.graph,
+                           "replica": self.replica})
+
+    # ------------------------------------------------------------------ /v2 (Open Inference Protocol)
+    async def _v2(self, *_) -> Reply:
+        from . import oip
+
+        return Reply.json(oip.server_metadata())
+
+    async def _v2_live(self, *_) -> Reply:
+        return Reply.json({"live": True})
+
+    async def _v2_ready(self, *_) -> Reply:
+        return Reply.json({"ready": True})
+
+    async def _v2_model(self, *_) -> Reply:
+        from . import oip
+
+        return Reply.json(oip.model_metadata(self.model, self.model_name))
+
+    async def _v2_model_ready(self, *_) -> Reply:
+        return Reply.json({"name": self.model_name, "ready": True})
+
+    async def _v2_infer(self, query, headers, read_body, start) -> Reply:
+        from . import oip
+
+        length = oip.parse_header_length(headers.get("inference-header-content-length"))
+        data = await self._read(read_body, start)
+        args = (data, length, self.model, self.settings.max_batch)
+        req = oip.parse_rest_infer(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(
+            oip.parse_rest_infer, *args)
+        self.model.check_point(req.point)
+        answer = await self._classify(req.x, req.point, start)
+        body, extra = oip.rest_infer_response(req, answer, self.model_name)
+        return Reply(200, body, {k.lower(): v for k, v in extra.items()})
+
+    # ------------------------------------------------------------------ /metrics
+    async def _metrics(self, *_) -> Reply:
+        return Reply(200, self.metrics.text(), {"content-type": METRICS_TYPE})
+
+    # ------------------------------------------------------------------ shared
+    async def _read(self, read_body: ReadBody, start: float) -> bytes:
+        """The body within the size limit (413) and the time limit (408: it did not arrive)."""
+        left = self.settings.timeout_s - (time.perf_counter() - start)
+        try:
+            return await asyncio.wait_for(read_body(self.settings.max_body_bytes), max(left, 0.001))
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"the request body did not arrive within {self.settings.timeout_s:g} s "
+                                    "(timeout_s); send it faster or raise --timeout-s") from None
+
+    async def _classify(self, x, point, start):
+        left = self.settings.timeout_s - (time.perf_counter() - start)
+        try:
+            answer = await asyncio.wait_for(self.engine.classify(x, point), max(left, 0.001))
+        except asyncio.TimeoutError:
+            raise RequestError(504, f"the request was not answered within {self.settings.timeout_s:g} s "
+                                    "(timeout_s); the server is too busy: send fewer images or retry") from None
+        self.metrics.exits_of(answer.exits)
+        return answer
+
+
+def too_big(limit: int) -> RequestError:
+    return RequestError(413, f"the body exceeds this server's limit of {limit} bytes (max_body_bytes); "
+                             "send smaller images or fewer per request")
+
+
+_FIXED = {("v1", "classify"): ("v1/classify", "POST"), ("v1", "model"): ("v1/model", "GET"),
+          ("v1", "health"): ("v1/health", "GET"), ("v2",): ("v2", "GET"), ("v2", "health", "live"): ("v2/live", "GET"),
+          ("v2", "health", "ready"): ("v2/ready", "GET"), ("metrics",): ("metrics", "GET")}
+_MODEL = {(): ("v2/model", "GET"), ("ready",): ("v2/model/ready", "GET"), ("infer",): ("v2/infer", "POST")}
+
+
+def _route(parts: list[str]) -> tuple[str | None, str, tuple[str, str | None] | None]:
+    """(handler name, method, (model name, version) of a /v2/models path) of a path split at
+    '/'; (None, '', None) when none matches."""
+    hit = _FIXED.get(tuple(parts))
+    if hit is not None:
+        return (*hit, None)
+    if len(parts) >= 3 and parts[:2] == ["v2", "models"] and parts[2]:
+        name, rest, version = unquote(parts[2]), parts[3:], None
+        if len(rest) >= 2 and rest[0] == "versions":
+            version, rest = unquote(rest[1]), rest[2:]
+        hit = _MODEL.get(tuple(rest))
+        if hit is not None:
+            return (*hit, (name, version))
+    return None, "", None

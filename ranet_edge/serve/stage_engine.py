@@ -1,0 +1,408 @@
+"""The batching engine every ingress shares: survivors batched across requests, graph by graph.
+
+Each graph of the chain has its own queue of rows (one row = one image of one request, with
+its operating point's thresholds and the feature maps it has cached so far). One model
+thread runs the graphs: it takes up to ``max_batch`` rows from a queue, runs the graph on
+them, answers every request whose last image that graph decided (early answers), and puts
+the rows that go on into the next graph's queue, where they meet the survivors of other
+requests and other batches. Which queue runs next:
+
+* a queue with a full batch, or whose oldest row has waited ``batch_wait_ms``, runs first
+  (the deepest of them): rows never wait longer than that for company;
+* otherwise the shallowest queue with rows runs: the rows deeper down wait while earlier
+  graphs still run rows that may join them, and the thread never idles while rows wait.
+
+So a lone request runs straight through (no wait), and under load the later graphs run
+full batches instead of the half-empty ones a batch's own survivors would make. Requests
+with different operating points share graph runs: thresholds are per row.
+
+``stage_batching=False`` is the baseline: each batch runs through all its graphs before the
+next batch starts (its requests still answered graph by graph). The monolithic graph is one
+stage. The asyncio side only queues rows and awaits futures; the model thread resolves them
+through ``loop.call_soon_threadsafe``, one call per graph run.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranet_edge.errors import RanetEdgeError
+from ranet_edge.runtime.decision import ONE
+
+from .api import RequestError
+from .engine import GraphStage, ServedModel
+
+log = logging.getLogger("ranet_edge.serve")
+
+SHUTTING_DOWN = "the server is shutting down; send the request again once it is back (or to another server)"
+RETRY_AFTER_S = 1  # what an overloaded or draining server asks a client to wait
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's results, in its input order."""
+
+    labels: np.ndarray  # int64 (n,)
+    exits: np.ndarray  # int64 (n,), 0-based exit index
+    confidences: np.ndarray  # float32 (n,), max softmax probability at the exit taken
+    logits: np.ndarray  # float32 (n, classes): the logits of the exit each image left at
+    server_ms: float  # arrival -> last image decided
+
+
+class Overloaded(RequestError):
+    """The server takes no more work now (queue full, or draining): 503, with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after_s: int = RETRY_AFTER_S):
+        super().__init__(503, message)
+        self.retry_after_s = retry_after_s
+
+
+class _Request:
+    """One classify call as the model thread fills it."""
+
+    __slots__ = ("n", "left", "labels", "exits", "conf", "logits", "future", "loop", "start", "dropped")
+
+    def __init__(self, n: int, num_classes: int, future: asyncio.Future, loop: asyncio.AbstractEventLoop):
+        self.n = self.left = n
+        self.labels = np.empty(n, np.int64)
+        self.exits = np.empty(n, np.int64)
+        self.conf = np.empty(n, np.float32)
+        self.logits = np.empty((n, num_classes), np.float32)
+        self.future, self.loop = future, loop
+        self.start = time.perf_counter()
+        self.dropped = False  # the caller gave up (timeout, disconnect): its rows are discarded
+
+
+class _Rows:
+    """Rows waiting for one graph: whose they are, their thresholds, their cached tensors."""
+
+    __slots__ = ("reqs", "owner", "slot", "thr", "temps", "env", "since")
+
+    def __init__(self, reqs: list[_Request], owner: np.ndarray, slot: np.ndarray, thr: np.ndarray,
+                 temps: np.ndarray, env: dict[str, np.ndarray], since: float):
+        self.reqs = reqs  # the requests the rows belong to
+        self.owner = owner  # int (m,): index into reqs of each row
+        self.slot = slot  # int (m,): position of each row in its request
+        self.thr = thr  # float32 (m, exits): each row's thresholds (its operating point)
+        self.temps = temps  # float32 (m, exits): each row's temperatures
+        self.env = env  # tensor name -> (m, ...) array: what this graph and later ones read
+        self.since = since  # when the oldest of these rows joined this queue (perf_counter)
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def cut(self, t: int) -> tuple[_Rows, _Rows]:
+        """The first ``t`` rows and the rest."""
+        def part(s: slice) -> _Rows:
+            return _Rows(self.reqs, self.owner[s], self.slot[s], self.thr[s], self.temps[s],
+                         {k: v[s] for k, v in self.env.items()}, self.since)
+        return part(slice(None, t)), part(slice(t, None))
+
+    def select(self, keep: np.ndarray, env: dict[str, np.ndarray], since: float) -> _Rows:
+        """The rows ``keep`` (a mask or indices) with tensors ``env`` (already of all rows)."""
+        return _Rows(self.reqs, self.owner[keep], self.slot[keep], self.thr[keep], self.temps[keep],
+                     {k: v[keep] for k, v in env.items()}, since)
+
+    @staticmethod
+    def merge(parts: list[_Rows]) -> _Rows:
+        if len(parts) == 1:
+            return parts[0]
+        reqs: list[_Request] = []
+        owners = []
+        for p in parts:
+            owners.append(p.owner + len(reqs))
+            reqs.extend(p.reqs)
+        return _Rows(reqs, np.concatenate(owners), np.concatenate([p.slot for p in parts]),
+                     np.concatenate([p.thr for p in parts]), np.concatenate([p.temps for p in parts]),
+                     {k: np.concatenate([p.env[k] for p in parts]) for k in parts[0].env},
+                     min(p.since for p in parts))
+
+
+class StageEngine:
+    """Classifies preprocessed images for any number of concurrent callers (see the module doc).
+
+    ``max_batch``, ``batch_wait_ms`` and ``max_queue`` default to the model's settings.
+    ``on_batch(graph_index, rows)`` is called (from the model thread) after each graph run,
+    for metrics.
+    """
+
+    def __init__(self, model: ServedModel, *, stage_batching: bool | None = None, max_batch: int | None = None,
+                 batch_wait_ms: float | None = None, max_queue: int | None = None,
+                 on_batch: Callable[[int, int], None] | None = None):
+        s = model.settings
+        self.model = model
+        self.stage_batching = s.stage_batching if stage_batching is None else stage_batching
+        self.max_batch = max_batch or s.max_batch
+        self.wait_s = (s.batch_wait_ms if batch_wait_ms is None else batch_wait_ms) / 1e3
+        self.max_queue = max_queue or s.max_queue
+        self.on_batch = on_batch
+        self.stages: list[GraphStage] = model.graph_stages()
+        self._input = model.chain.input_name
+        self._shape = tuple(model.chain.input_shape)
+        self._points: dict[str | None, tuple[np.ndarray, np.ndarray]] = {}
+        self._queues: list[collections.deque[_Rows]] = [collections.deque() for _ in self.stages]
+        self._queued = [0] * len(self.stages)  # rows in each queue
+        self._pending = 0  # images accepted and not yet decided (or discarded)
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.closing = False
+        self._live: set[_Request] = set()  # requests not answered yet (close fails what it leaves)
+
+    # ------------------------------------------------------------------ asyncio side
+    async def start(self) -> None:
+        """Start the model thread (again: nothing)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="ranet-edge-model", daemon=True)
+            self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Images accepted and not yet decided."""
+        return self._pending
+
+    @property
+    def queued(self) -> list[int]:
+        """Rows waiting in each graph's queue (not running)."""
+        return list(self._queued)
+
+    def thresholds(self, point: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (thresholds, temperatures) per exit of a stored point (None: the default);
+        RequestError 400 for a name the bundle does not store."""
+        hit = self._points.get(point)
+        if hit is None:
+            try:
+                name = self.model.check_point(point)
+                thr, temps = self.model.chain.resolve_thresholds(name)
+            except RanetEdgeError as exc:
+                raise RequestError(400, str(exc)) from None
+            hit = self._points[point] = (np.asarray(thr, np.float32), np.asarray(temps, np.float32))
+        return hit
+
+    async def classify(self, x: np.ndarray, point: str | None) -> Answer:
+        """Labels, exits, confidences and logits of the float32 (n, C, H, W) images ``x``
+        (preprocessed) under the stored operating point ``point`` (None: the server's default).
+
+        RequestError 400 for a bad point or array; Overloaded (503) when the queue is full or
+        the server is draining. Cancelling the call discards its rows still queued.
+        """
+        thr, temps = self.thresholds(point)
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 1 + len(self._shape) \
+                or tuple(x.shape[1:]) != self._shape or x.shape[0] < 1:
+            what = f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
+            raise RequestError(400, f"the input is {what}; this model takes float32 [N, "
+                                    f"{', '.join(map(str, self._shape))}] with N >= 1")
+        if not np.isfinite(x).all():
+            raise RequestError(400, "the input holds NaN or infinite values; send finite numbers")
+        if self.closing:
+            raise Overloaded(SHUTTING_DOWN)
+        n = x.shape[0]
+        if self._pending + n > self.max_queue:
+            raise Overloaded(f"the server is at capacity ({self._pending} images queued, max_queue "
+                             f"{self.max_queue}); retry after {RETRY_AFTER_S} s")
+        if self._thread is None:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        req = _Request(n, self.model.num_classes, loop.create_future(), loop)
+        rows = _Rows([req], np.zeros(n, np.intp), np.arange(n), np.broadcast_to(thr, (n, len(thr))),
+                     np.broadcast_to(temps, (n, len(temps))), {self._input: x}, req.start)
+        with self._cond:
+            self._pending += n
+            self._live.add(req)
+            self._queues[0].append(rows)
+            self._queued[0] += n
+            self._cond.notify()
+        try:
+            return await req.future
+        except asyncio.CancelledError:
+            with self._cond:
+                req.dropped = True  # its rows still queued are discarded
+                self._live.discard(req)
+            raise
+
+    async def close(self, budget_s: float) -> bool:
+        """Refuse new work (503) and answer what is in flight, for at most ``budget_s`` seconds;
+        then stop the model thread. What is still unanswered then gets Overloaded. True when
+        everything was answered in time."""
+        self.closing = True
+        deadline = time.monotonic() + budget_s
+        while self._live and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        clean = not self._live
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+            left = list(self._live)
+            self._live.clear()
+        for req in left:
+            if not req.future.done():
+                req.future.set_exception(Overloaded(SHUTTING_DOWN))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, max(0.1, deadline - time.monotonic()))
+        return clean
+
+    # ------------------------------------------------------------------ model thread
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and not any(self._queued):
+                    self._cond.wait()
+                if self._stop:
+                    return
+                k = self._pick(time.perf_counter())
+                rows = self._take(k)
+            if rows is None:
+                continue
+            try:
+                if self.stage_batching:
+                    self._run(k, rows)
+                else:  # the whole batch, graph after graph, before the next batch
+                    while rows is not None:
+                        rows = self._run(k, rows, hand_on=False)
+                        k += 1
+            except Exception as exc:  # the model failed: every request of the batch gets an answer
+                log.exception("graph %s failed", self.stages[k].name)
+                self._fail(rows, exc)
+
+    def _pick(self, now: float) -> int:
+        """The queue to run next (see the module doc); some queue holds rows."""
+        if not self.stage_batching:
+            return 0
+        ready = [k for k, q in enumerate(self._queues)
+                 if q and (self._queued[k] >= self.max_batch or now - q[0].since >= self.wait_s)]
+        if ready:
+            return ready[-1]
+        return next(k for k, q in enumerate(self._queued) if q)
+
+    def _take(self, k: int) -> _Rows | None:
+        """Up to ``max_batch`` rows of queue ``k`` (under the lock), dropped requests' rows left out."""
+        q, parts, have = self._queues[k], [], 0
+        while q and have < self.max_batch:
+            part = q.popleft()
+            if have + len(part) > self.max_batch:
+                part, rest = part.cut(self.max_batch - have)
+                q.appendleft(rest)
+            parts.append(part)
+            have += len(part)
+        self._queued[k] -= have
+        rows = _Rows.merge(parts)
+        if any(r.dropped for r in rows.reqs):
+            keep = ~np.array([r.dropped for r in rows.reqs])[rows.owner]
+            self._pending -= int(len(keep) - keep.sum())
+            rows = rows.select(keep, rows.env, rows.since) if keep.any() else None
+        return rows
+
+    def _run(self, k: int, rows: _Rows, hand_on: bool = True) -> _Rows | None:
+        """Run graph ``k`` on ``rows``, answer the requests it completes; the rows that go on
+        are queued for graph k+1 (``hand_on``) or returned."""
+        stage = self.stages[k]
+        logits, cache = stage.run({name: rows.env[name] for name in stage.inputs})
+        if self.on_batch is not None:
+            self.on_batch(k, len(rows))
+        last = k == len(self.stages) - 1
+        alive = np.ones(len(rows), bool)
+        done: list[_Request] = []
+        decided = 0
+        for j, (e, z) in enumerate(zip(stage.exits, logits)):
+            take = _decide(z, rows.thr[:, e], rows.temps[:, e], alive, force=last and j == len(logits) - 1)
+            if take is None:
+                continue
+            alive &= ~take
+            idx = np.flatnonzero(take)
+            decided += len(idx)
+            zt = np.asarray(z, np.float32)[idx]
+            labels, conf = _label_and_confidence(zt, rows.temps[idx, e])
+            for i, r in enumerate(idx.tolist()):
+                req = rows.reqs[rows.owner[r]]
+                s = rows.slot[r]
+                req.labels[s], req.exits[s], req.conf[s], req.logits[s] = labels[i], e, conf[i], zt[i]
+                req.left -= 1
+                if req.left == 0:
+                    done.append(req)
+        self._answer(done, decided)
+        if not alive.any():
+            return None
+        env = {nm: v for nm, v in rows.env.items() if nm in stage.keep_after}
+        env.update(cache)
+        nxt = rows.select(alive, env, time.perf_counter())
+        if not hand_on:
+            return nxt
+        with self._cond:
+            self._queues[k + 1].append(nxt)
+            self._queued[k + 1] += len(nxt)
+        return None
+
+    def _answer(self, done: list[_Request], decided: int) -> None:
+        with self._cond:
+            self._pending -= decided
+            for req in done:
+                self._live.discard(req)
+        now = time.perf_counter()
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Answer]]] = {}
+        for req in done:
+            answer = Answer(req.labels, req.exits, req.conf, req.logits, (now - req.start) * 1e3)
+            by_loop.setdefault(req.loop, []).append((req.future, answer))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                pass
+
+    def _fail(self, rows: _Rows, exc: Exception) -> None:
+        """Fail every request with a row in ``rows`` (a graph run on them raised)."""
+        error = RuntimeError(f"the model failed: {type(exc).__name__}: {exc}")
+        with self._cond:
+            self._pending -= len(rows)
+            failed = [r for r in dict.fromkeys(rows.reqs) if r in self._live]
+            for req in failed:
+                req.dropped = True  # its rows still queued are discarded
+                self._live.discard(req)
+        for req in failed:
+            try:
+                req.loop.call_soon_threadsafe(_fail_future, req.future, error)
+            except RuntimeError:
+                pass
+
+
+def _resolve(items: list[tuple[asyncio.Future, Answer]]) -> None:
+    for future, answer in items:
+        if not future.done():
+            future.set_result(answer)
+
+
+def _fail_future(future: asyncio.Future, error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _confidence(z: np.ndarray, temps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(e, total) of ``decision.exp_and_total`` with one temperature per row."""
+    z = np.asarray(z, np.float32)
+    if (temps != ONE).any():
+        z = z / temps[:, None]
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e, e.sum(axis=-1)
+
+
+def _decide(z: np.ndarray, thr: np.ndarray, temps: np.ndarray, alive: np.ndarray, force: bool) -> np.ndarray | None:
+    """Mask of the rows still ``alive`` whose confidence at this exit reaches their threshold
+    (``force``: all of them, the last exit); None when none do."""
+    if force:
+        take = alive.copy()
+    else:
+        _, total = _confidence(z, temps)
+        take = ((ONE / total) >= thr) & alive
+    return take if take.any() else None
+
+
+def _label_and_confidence(z: np.ndarray, temps: np.ndarray) -> tuple[list[int], list[float]]:
+    e, total = _confidence(z, temps)
+    p = e / total[:, None]
+    return p.argmax(axis=1).tolist(), (ONE / total).tolist()
