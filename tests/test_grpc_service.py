@@ -15,13 +15,14 @@ import pytest
 
 tritongrpc = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient and grpcio (the test extra)")
 import grpc
-from serve_reference_engine import ReferenceEngine, expected, png, sample_images
+from oip_support import expected, png, sample_images
 from tritonclient.utils import InferenceServerException
 
 from ranet_edge.errors import ServeError
 from ranet_edge.serve import ServeSettings, oip
 from ranet_edge.serve.engine import ServedModel
 from ranet_edge.serve.grpc_service import build_grpc_server, messages
+from ranet_edge.serve.stage_engine import StageEngine
 
 MAX_IMAGES = 16
 NAME = "ranet-edge"
@@ -57,7 +58,7 @@ def port(model):
     state = {}
 
     async def start():
-        engine = ReferenceEngine(model)
+        engine = StageEngine(model)
         await engine.start()
         server, bound = build_grpc_server(engine, NAME, "127.0.0.1", 0)
         await server.start()
@@ -276,11 +277,135 @@ def test_garbage_bytes_and_oversized_messages(channel):
 
 def test_port_in_use_is_a_serve_error(model, port):
     async def bind_again():
-        engine = ReferenceEngine(model)
+        engine = StageEngine(model)
         with pytest.raises(ServeError, match="cannot listen for gRPC on 127.0.0.1:.*--grpc-port"):
             build_grpc_server(engine, NAME, "127.0.0.1", port)
 
     asyncio.run(bind_again())
+
+
+# --------------------------------------------------------------------------- production basics
+async def served(engine, **kw):
+    """A started server on a free port, and an aio channel to it."""
+    server, bound = build_grpc_server(engine, NAME, "127.0.0.1", 0, **kw)
+    await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{bound}")
+
+
+def aio_call(channel, method: str):
+    return channel.unary_unary(f"/inference.GRPCInferenceService/{method}",
+                               request_serializer=lambda m: m.SerializeToString(),
+                               response_deserializer=messages[f"{method}Response"].FromString)
+
+
+def one_image_request(images, i: int, request_id: str = ""):
+    req = messages["ModelInferRequest"](model_name=NAME, id=request_id)
+    req.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(png(images[i]))
+    return req
+
+
+def test_concurrent_requests_share_the_engine_and_each_gets_its_answer(model, images):
+    """32 requests at once over one channel, in flight together in the engine: every answer
+    is that request's own (its id, its image's prediction)."""
+    want = expected(model, model.chain.preprocess(images))
+
+    async def main():
+        engine = StageEngine(model)
+        await engine.start()
+        server, channel = await served(engine)
+        try:
+            infer = aio_call(channel, "ModelInfer")
+            calls = [infer(one_image_request(images, i % len(images), str(i)), timeout=WAIT_S) for i in range(32)]
+            return await asyncio.gather(*calls)
+        finally:
+            await channel.close()
+            await server.stop(grace=None)
+            await engine.close(5)
+
+    for i, out in enumerate(asyncio.run(main())):
+        k = i % len(images)
+        assert out.id == str(i)
+        assert np.frombuffer(out.raw_output_contents[0], "<i8").tolist() == [want.labels[k]]
+        assert np.frombuffer(out.raw_output_contents[1], "<i8").tolist() == [want.exits[k]]
+
+
+def test_draining_server_is_not_ready_and_refuses_with_retry_after(model, images):
+    async def main():
+        engine = StageEngine(model)
+        await engine.start()
+        server, channel = await served(engine)
+        try:
+            ready = aio_call(channel, "ServerReady")
+            before = (await ready(messages["ServerReadyRequest"](), timeout=WAIT_S)).ready
+            await engine.close(1.0)  # what a SIGTERM does first
+            after = (await ready(messages["ServerReadyRequest"](), timeout=WAIT_S)).ready
+            model_ready = (await aio_call(channel, "ModelReady")(messages["ModelReadyRequest"](name=NAME),
+                                                                 timeout=WAIT_S)).ready
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await aio_call(channel, "ModelInfer")(one_image_request(images, 0), timeout=WAIT_S)
+            return before, after, model_ready, e.value
+        finally:
+            await channel.close()
+            await server.stop(grace=None)
+
+    before, after, model_ready, err = asyncio.run(main())
+    assert before and not after and not model_ready
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.details()
+    assert dict(err.trailing_metadata())["retry-after"] == "1"
+
+
+class StalledEngine:
+    """A real StageEngine's model, but classify waits for ever: what a server too busy to
+    answer looks like from the ingress (the time limit is the service's, not the engine's)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.closing = False
+
+    async def classify(self, x, point):
+        await asyncio.Event().wait()
+
+
+def test_time_limit_is_deadline_exceeded(images):
+    model = ServedModel(ServeSettings(max_batch=MAX_IMAGES, timeout_s=0.05))
+
+    async def main():
+        server, channel = await served(StalledEngine(model))
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await aio_call(channel, "ModelInfer")(one_image_request(images, 0), timeout=WAIT_S)
+            return e.value
+        finally:
+            await channel.close()
+            await server.stop(grace=None)
+
+    err = asyncio.run(main())
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "within 0.05 s (timeout_s)" in err.details()
+
+
+def test_metrics_count_grpc_calls(model, images):
+    pytest.importorskip("prometheus_client", reason="needs prometheus-client (the serve extra)")
+    from ranet_edge.serve.metrics import Metrics
+
+    async def main():
+        engine = StageEngine(model)
+        await engine.start()
+        metrics = Metrics(engine, engine.max_batch)
+        server, channel = await served(engine, metrics=metrics)
+        try:
+            await aio_call(channel, "ModelInfer")(one_image_request(images, 0), timeout=WAIT_S)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await aio_call(channel, "ModelMetadata")(messages["ModelMetadataRequest"](name="nope"), timeout=WAIT_S)
+            return metrics.text().decode()
+        finally:
+            await channel.close()
+            await server.stop(grace=None)
+            await engine.close(5)
+
+    text = asyncio.run(main())
+    assert 'ranet_requests_total{route="grpc/ModelInfer",status="OK"} 1.0' in text
+    assert 'ranet_requests_total{route="grpc/ModelMetadata",status="NOT_FOUND"} 1.0' in text
+    assert sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("ranet_exit_images_total")) == 1
 
 
 # --------------------------------------------------------------------------- fuzzing

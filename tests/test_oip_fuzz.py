@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("hypothesis", reason="needs hypothesis (the test extra)")
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_reference_engine import png, sample_images
+from oip_support import png, sample_images
 
 from ranet_edge.serve import ServeSettings, oip
 from ranet_edge.serve.api import RequestError

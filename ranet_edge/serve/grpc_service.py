@@ -14,6 +14,7 @@ there) loads both, and no protoc gencode ties the package to one protobuf major 
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from . import _oip_descriptor, oip
 from .api import RequestError
 
 SERVICE = "inference.GRPCInferenceService"
-access_log = logging.getLogger("ranet_edge.serve.access")
+access_log = logging.getLogger("ranet_edge.serve.access")  # the HTTP routes' access log too
+INLINE_DECODE_BYTES = 64 * 1024  # requests smaller than this are decoded on the event loop (as over HTTP)
 
 #: HTTP status of a refusal -> the gRPC status it is sent as (any other 4xx: INVALID_ARGUMENT)
 GRPC_CODES = {
@@ -99,16 +101,21 @@ def infer_response(req: oip.InferRequest, answer: oip.Answer, model_name: str) -
 
 
 class InferenceService:
-    """The RPCs, in front of one engine (StageEngine's interface: ``model`` and ``classify``)."""
+    """The RPCs, in front of one engine (StageEngine: ``model``, ``classify``, ``closing``).
+
+    ``metrics`` (``metrics.Metrics``, optional) counts every ModelInfer and ModelMetadata call
+    as route ``grpc/<method>`` with its gRPC status name, and the exits of each answer.
+    """
 
     def __init__(self, engine: Any, model_name: str, ready: Callable[[], bool] | None = None,
-                 observe: Callable[[str, str, float], None] | None = None):
+                 metrics: Any = None):
         self.engine = engine
         self.model = engine.model
         self.name = model_name
         self.max_images = self.model.settings.max_batch
-        self._ready = ready or (lambda: True)
-        self._observe = observe
+        self.timeout_s = float(getattr(self.model.settings, "timeout_s", 30.0))
+        self._ready = ready or (lambda: not getattr(engine, "closing", False))
+        self.metrics = metrics
 
     async def server_live(self, request: Any, context: Any) -> Any:
         return messages["ServerLiveResponse"](live=True)
@@ -124,19 +131,23 @@ class InferenceService:
         return messages["ServerMetadataResponse"](**oip.server_metadata())
 
     async def model_metadata(self, request: Any, context: Any) -> Any:
+        start = time.perf_counter()
         try:
             oip.check_model(request.name, request.version, self.name)
         except RequestError as exc:
-            await self._refuse(context, "ModelMetadata", exc, time.perf_counter())
-        meta = oip.model_metadata(self.model, self.name)
-        return messages["ModelMetadataResponse"](**meta)
+            await self._refuse(context, "ModelMetadata", exc, start)
+        self._log("ModelMetadata", grpc.StatusCode.OK, start)
+        return messages["ModelMetadataResponse"](**oip.model_metadata(self.model, self.name))
 
     async def model_infer(self, request: Any, context: Any) -> Any:
         start = time.perf_counter()
         try:
             oip.check_model(request.model_name, request.model_version, self.name)
-            req = infer_request(request, self.model, self.max_images)
-            answer = await self.engine.classify(req.x, req.point)
+            if request.ByteSize() < INLINE_DECODE_BYTES:
+                req = infer_request(request, self.model, self.max_images)
+            else:  # decoding a batch of photos takes milliseconds: off the event loop
+                req = await asyncio.to_thread(infer_request, request, self.model, self.max_images)
+            answer = await self._classify(req, start)
         except RequestError as exc:
             await self._refuse(context, "ModelInfer", exc, start)
         except Exception as exc:  # a bug, not the client's doing: logged in full, answered in one line
@@ -145,21 +156,33 @@ class InferenceService:
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log")
         resp = infer_response(req, answer, self.name)
         self._log("ModelInfer", grpc.StatusCode.OK, start)
+        if self.metrics is not None:
+            self.metrics.exits_of(answer.exits)
         return resp
+
+    async def _classify(self, req: oip.InferRequest, start: float) -> Any:
+        """The engine's answer within the server's time limit (``timeout_s``: 504 past it)."""
+        left = self.timeout_s - (time.perf_counter() - start)
+        try:
+            return await asyncio.wait_for(self.engine.classify(req.x, req.point), max(left, 0.001))
+        except asyncio.TimeoutError:
+            raise RequestError(504, f"the request was not answered within {self.timeout_s:g} s (timeout_s); "
+                                    "the server is too busy: send fewer images or retry") from None
 
     async def _refuse(self, context: Any, method: str, exc: RequestError, start: float) -> NoReturn:
         code = grpc_code(exc.status)
         self._log(method, code, start)
-        retry = getattr(exc, "retry_after", None)
+        retry = getattr(exc, "retry_after_s", None)  # Overloaded (503): the HTTP Retry-After, as metadata
         trailers = (("retry-after", str(retry)),) if retry is not None else ()
         await context.abort(code, " ".join(exc.message.split()), trailing_metadata=trailers)
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     def _log(self, method: str, code: grpc.StatusCode, start: float) -> None:
         seconds = time.perf_counter() - start
-        access_log.info("grpc %s %s %.2fms", method, code.name, seconds * 1e3)
-        if self._observe is not None:
-            self._observe(method, code.name, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("grpc %s %s %.2fms", method, code.name, seconds * 1e3)
+        if self.metrics is not None:
+            self.metrics.answered(f"grpc/{method}", code.name, seconds)
 
     def handler(self) -> grpc.GenericRpcHandler:
         rpcs = {"ServerLive": self.server_live, "ServerReady": self.server_ready, "ModelReady": self.model_ready,
@@ -187,17 +210,16 @@ def _parsed(cls: type, fn: Callable) -> Callable:
 
 
 def build_grpc_server(engine: Any, model_name: str, host: str, port: int, *,
-                      ready: Callable[[], bool] | None = None,
-                      observe: Callable[[str, str, float], None] | None = None) -> tuple[grpc.aio.Server, int]:
+                      ready: Callable[[], bool] | None = None, metrics: Any = None) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the inference service bound to ``host:port`` (0: a free port),
     not started; returns it and the port bound. Call it inside the running event loop.
 
     Messages larger than the model's ``max_body_bytes`` are refused by gRPC itself
-    (RESOURCE_EXHAUSTED); ``ready`` (default: always) answers ServerReady and ModelReady, so
-    a draining server can say it is not; ``observe(method, status, seconds)`` sees every
-    ModelInfer and ModelMetadata call (metrics).
+    (RESOURCE_EXHAUSTED). ServerReady and ModelReady say ``ready()`` (default: the engine is
+    not closing), so a draining server says it is not ready. ``metrics``: see
+    :class:`InferenceService`.
     """
-    service = InferenceService(engine, model_name, ready, observe)
+    service = InferenceService(engine, model_name, ready, metrics)
     limit = int(engine.model.settings.max_body_bytes)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", -1),
