@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from serve_harness import Running, assert_stopped_cleanly, post, stop_with
+from serve_harness import Running, assert_stopped_cleanly, post, running_server, stop_with
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import ExitChain
@@ -42,7 +42,7 @@ def ray_serve_cmd(*args: str) -> list[str]:
 
 @contextlib.contextmanager
 def running_ray_server(tmp_path: Path, *args: str) -> Iterator[Running]:
-    with running_ray_server(tmp_path, ray_serve_cmd, *args, start_s=START_S) as srv:
+    with running_server(tmp_path, ray_serve_cmd, *args, start_s=START_S) as srv:
         yield srv
 
 
