@@ -204,6 +204,9 @@ class StageEngine:
         if self.closing:
             raise Overloaded(SHUTTING_DOWN)
         n = x.shape[0]
+        if n > self.max_queue:
+            raise RequestError(413, f"{n} images in one request, more than this server ever queues "
+                                    f"(max_queue {self.max_queue}); split the request")
         if self._pending + n > self.max_queue:
             raise Overloaded(f"the server is at capacity ({self._pending} images queued, max_queue "
                              f"{self.max_queue}); retry after {RETRY_AFTER_S} s")
