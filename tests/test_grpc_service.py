@@ -5,6 +5,8 @@ the one-line message; fuzzed requests never get anything else, and good ones kee
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -406,6 +408,32 @@ def test_metrics_count_grpc_calls(model, images):
     assert 'ranet_requests_total{route="grpc/ModelInfer",status="OK"} 1.0' in text
     assert 'ranet_requests_total{route="grpc/ModelMetadata",status="NOT_FOUND"} 1.0' in text
     assert sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("ranet_exit_images_total")) == 1
+
+
+def test_ranet_edge_serve_with_grpc_port(tmp_path, model, images):
+    """The command a user runs: `ranet-edge serve --grpc-port G` in its own process, called
+    by tritonclient.grpc; the answers equal ExitChain.predict, then it stops on SIGTERM."""
+    pytest.importorskip("uvicorn", reason="needs uvicorn (the serve extra)")
+    from serve_harness import STOP_S, assert_stopped_cleanly, free_ports, running_server
+
+    (grpc_port,) = free_ports(1)
+    cmd = [str(Path(sys.executable).with_name("ranet-edge")), "serve", "--model-name", "cifar"]
+    with running_server(tmp_path, lambda *a: cmd + list(a), "--grpc-port", str(grpc_port), start_s=120) as srv:
+        assert f"gRPC 127.0.0.1:{grpc_port}" in srv.stdout()
+        c = tritongrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            assert c.is_server_ready(client_timeout=WAIT_S) and c.is_model_ready("cifar", client_timeout=WAIT_S)
+            result = c.infer("cifar", [image_input(images)], outputs=outputs("label", "exit", "confidence", "logits"),
+                             client_timeout=WAIT_S)
+            assert_answers(result, expected(model, model.chain.preprocess(images)),
+                           ("label", "exit", "confidence", "logits"))
+        finally:
+            c.close()
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(timeout=STOP_S)
+        assert_stopped_cleanly(srv)
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", grpc_port), timeout=5):
+            pass  # nothing listens on the gRPC port any more
 
 
 # --------------------------------------------------------------------------- fuzzing
