@@ -1,6 +1,6 @@
 """The Open Inference Protocol v2 codec (ranet_edge/serve/oip.py) against the real client's
-encoding: requests built by tritonclient.http, answers read back by tritonclient.http, and
-the values equal to ExitChain.predict image by image. Bad requests: one-line 4xx errors,
+encoding: requests built by tritonclient.http, answered by the StageEngine, read back by
+tritonclient.http, and the values equal to ExitChain.predict image by image. Bad requests: one-line 4xx errors,
 also under protocol fuzzing."""
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 tritonhttp = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (the test extra)")
-from serve_reference_engine import ReferenceEngine, expected, png, sample_images
+from oip_support import expected, png, sample_images
 
 from ranet_edge.serve import ServeSettings, oip
 from ranet_edge.serve.api import RequestError
 from ranet_edge.serve.engine import ServedModel
+from ranet_edge.serve.stage_engine import StageEngine
 
 MAX_IMAGES = 16
 
@@ -34,12 +35,12 @@ def images() -> np.ndarray:
 
 def infer(model: ServedModel, req: oip.InferRequest):
     async def run():
-        engine = ReferenceEngine(model)
+        engine = StageEngine(model)
         await engine.start()
         try:
             return await engine.classify(req.x, req.point)
         finally:
-            await engine.close(1.0)
+            await engine.close(5.0)
 
     return asyncio.run(run())
 

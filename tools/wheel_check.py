@@ -45,6 +45,7 @@ MUST = [  # in the wheel, by path
     "ranet_edge/schemas/thresholds.schema.json", "ranet_edge/assets/default.pt",
     "ranet_edge/assets/cifar10-val-500.npz", "ranet_edge/assets/default-bundle/manifest.json",
     "ranet_edge/assets/default-bundle/thresholds.json", "ranet_edge/assets/default-bundle/monolithic.onnx",
+    "ranet_edge/serve/_oip_descriptor.py", "ranet_edge/serve/grpc_predict_v2.proto",
 ]
 ALLOWED = [  # every file of the wheel matches one of these
     "ranet_edge/*.py", "ranet_edge/*/*.py",
@@ -55,6 +56,7 @@ ALLOWED = [  # every file of the wheel matches one of these
     "ranet_edge/assets/qnn-bundle/manifest.json", "ranet_edge/assets/qnn-bundle/thresholds.json",
     "ranet_edge/assets/qnn-bundle/*.onnx",
     "ranet_edge/runtime/decide.onnx",  # the generic exit-decision graph (runtime/decision_graph.py)
+    "ranet_edge/serve/grpc_predict_v2.proto",  # the Open Inference Protocol's gRPC service, for client stubs
     "ranet_edge-*.dist-info/*",
 ]
 SDIST_FORBIDDEN = [".venv", ".venv-lean", "node_modules", "build", "__pycache__", ".pytest_cache", ".ruff_cache",

@@ -1,0 +1,40 @@
+"""What the protocol tests share: the answers ExitChain itself gives, and PNG test images."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ranet_edge.assets import SAMPLE_IMAGES
+from ranet_edge.serve.engine import ServedModel
+
+
+@dataclass(frozen=True)
+class Expected:
+    labels: np.ndarray  # int64 (n,)
+    exits: np.ndarray  # int64 (n,)
+    confidences: np.ndarray  # float32 (n,)
+    logits: np.ndarray  # float32 (n, classes): the logits of the exit each image left at
+
+
+def expected(model: ServedModel, x: np.ndarray, point: str | None = None) -> Expected:
+    """What the chain itself says for ``x`` (``ExitChain.predict`` for the decisions, the
+    exit's logits from ``ExitChain.run_all``): the answer every protocol path must give."""
+    chain = model.chain
+    pred = chain.predict(x, point or model.default_point)
+    every = chain.run_all(x)
+    logits = np.stack([every[int(e)][i] for i, e in enumerate(pred.exits)]).astype(np.float32)
+    return Expected(pred.labels.astype(np.int64), pred.exits.astype(np.int64),
+                    pred.confidences.astype(np.float32), logits)
+
+
+def sample_images(n: int) -> np.ndarray:
+    """The first ``n`` CIFAR-10 validation images shipped with the package, uint8 NHWC RGB."""
+    with np.load(SAMPLE_IMAGES) as z:
+        return z["x"][:n]
+
+
+def png(rgb: np.ndarray) -> bytes:
+    """One RGB image as PNG bytes (lossless: decoding gives ``rgb`` back exactly)."""
+    return cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes()
