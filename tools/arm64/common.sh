@@ -46,7 +46,7 @@ arm64_chroot() {
 arm64_umount_stale() {
   local root target
   root=$(realpath -m "$1")
-  awk '{print $2}' /proc/mounts | grep -E "^$root(\.tmp)?/" | sort -r | while read -r target; do
+  { awk '{print $2}' /proc/mounts | grep -E "^$root(\.tmp)?/" || true; } | sort -r | while read -r target; do
     umount "$target" 2>/dev/null || umount -l "$target"
   done
 }
