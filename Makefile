@@ -8,6 +8,8 @@
 # `make test-wheel`: build the sdist and wheel, twine-check them, list the wheel's contents
 #              against what it must and must not hold, install it with [cpu] into a fresh venv
 #              and run `ranet-edge demo` and `ranet-edge predict` from outside the tree; `make test` runs it.
+# `make test-arm64`: the wheel and the runtime's core tests on arm64 under qemu-user, and the
+#              shipped bundle's agreement with x86_64 (docs/guides/arm64.md); `make test` runs it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,7 +20,7 @@ OPENVINO := .venv-openvino
 OPENVINO_STAMP := $(OPENVINO)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install test test-lean test-openvino lint demo clean js-install test-js js-run-tests docs docs-strict test-wheel
+.PHONY: install test test-lean test-openvino lint demo clean js-install test-js js-run-tests docs docs-strict test-wheel test-arm64
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -64,7 +66,7 @@ test-openvino:
 		$(OPENVINO)/bin/pytest -q -p no:cacheprovider -rs tests/test_openvino.py; \
 	else echo "test-openvino: skipped, onnxruntime-openvino has wheels for Linux x86_64 and Windows only"; fi
 
-test: lint test-lean test-js test-openvino docs-strict test-wheel
+test: lint test-lean test-js test-openvino docs-strict test-wheel test-arm64
 	$(BIN)/pytest -q
 
 SITE := build/site
@@ -77,6 +79,13 @@ docs-strict: $(STAMP)
 
 test-wheel: $(STAMP)
 	$(BIN)/python tools/wheel_check.py --out build/wheel-check
+
+# The runtime on arm64 under qemu-user: the wheel in an arm64 Debian root (built once, cached
+# under build/arm64-root), the tests of tools/arm64/tests.txt there, and the shipped bundle's
+# agreement with this host on its 500 sample images (build/arm64/agreement.json). Linux x86_64,
+# root and apt only; elsewhere it says why and skips, unless ARM64_REQUIRED=1 (.ci/run) fails it.
+test-arm64: $(STAMP)
+	HOST_PYTHON=$(BIN)/python bash tools/arm64/test.sh
 
 demo: $(STAMP)
 	$(BIN)/ranet-edge demo --out $(DEMO_DIR)
@@ -100,4 +109,5 @@ js-run-tests: $(JS_STAMP)
 	cd js && node --test test/*.test.js
 
 clean:
-	rm -rf $(VENV) $(LEAN) $(OPENVINO) build *.egg-info js/node_modules
+	@if [ -d build/arm64-root ]; then bash -c '. tools/arm64/common.sh && arm64_umount_stale build/arm64-root'; fi
+	rm -rf --one-file-system $(VENV) $(LEAN) $(OPENVINO) build *.egg-info js/node_modules
