@@ -12,7 +12,8 @@ images in turn, so the exits mix as in the data), then 32 connections posting a 
 16 images; at each level the servers are measured in turns, ``--rounds`` blocks of
 ``--seconds`` each (medians kept), so the shared machine's drift hits them alike. Reported:
 req/s, images/s, p50 and p99 (wrk's), non-2xx answers. The model's own cost for comparison:
-``ExitChain.predict`` on the same 64 images one at a time, mean ms per image (adaptive).
+``ExitChain.predict`` on the same 64 images one at a time, mean ms per image (adaptive), and
+each graph's ms per row at batch 1, 4, 16 and 64 (what batching survivors can save).
 """
 from __future__ import annotations
 
@@ -75,6 +76,30 @@ def wrk(url: str, connections: int, seconds: float, script: Path, bodies: Path, 
     return json.loads(lines[-1])
 
 
+def graph_ms_per_row(chain: ExitChain, x: np.ndarray) -> dict[str, dict[str, float]]:
+    """Each graph's ms per row at batch 1, 4, 16 and 64 (its real inputs: the cached maps of
+    the 64 images): what batching the survivors can save per row."""
+    env, out = {chain.input_name: x}, {}
+    for k, g in enumerate(chain.graphs):
+        feeds = {n: env[n] for n in g.inputs}
+        row = {}
+        for b in (1, 4, 16, 64):
+            part = {n: np.ascontiguousarray(v[:b]) for n, v in feeds.items()}
+            for _ in range(3):
+                g.step(part)
+            ts = []
+            for _ in range(15):
+                t = time.perf_counter()
+                g.step(part)
+                ts.append(time.perf_counter() - t)
+            row[str(b)] = round(float(np.median(ts)) / b * 1e3, 4)
+        out[str(k)] = row
+        _, cache = g.step(feeds)
+        env = {n: v for n, v in env.items() if n in g.keep_after}
+        env.update(cache)
+    return out
+
+
 def start(args: list[str], log: Path) -> tuple[subprocess.Popen, str, float]:
     """A server process, its URL and the seconds from spawn to its first 200 on /v1/health."""
     cmd = [str(Path(sys.executable).with_name("ranet-edge")), "serve", "--port", "0", "--no-access-log", *args]
@@ -118,6 +143,7 @@ def main() -> None:
         for i in range(IMAGES):
             chain.predict(x[i:i + 1])
     model_ms = (time.perf_counter() - t) / (10 * IMAGES) * 1e3
+    per_row = graph_ms_per_row(chain, x)
     del chain
     work = Path(tempfile.mkdtemp(prefix="serve-targets-"))
     script = work / "post.lua"
@@ -188,6 +214,7 @@ def main() -> None:
             sb["one_image"]["32"]["images_s"] / nosb["one_image"]["32"]["images_s"], 3),
         "stage_batching_speedup_images_s_c32_16_images": round(
             sb["sixteen_images_c32"]["images_s"] / nosb["sixteen_images_c32"]["images_s"], 3),
+        "graph_ms_per_row_at_batch_1_4_16_64": per_row,
     }
     print(json.dumps(summary, indent=1))
     load = os.getloadavg()
