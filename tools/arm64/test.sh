@@ -36,6 +36,7 @@ arm64_umount_stale "$ARM64_ROOT"
 bash tools/arm64/build_root.sh
 step "root ready"
 
+mkdir -p "$ARM64_BUILD"
 rm -rf "$ARM64_BUILD/dist"
 "$HOST_PYTHON" -m build --wheel --outdir "$ARM64_BUILD/dist" . >"$ARM64_BUILD/wheel-build.log" 2>&1 \
   || { tail -5 "$ARM64_BUILD/wheel-build.log" >&2; echo "test-arm64: the wheel did not build ($ARM64_BUILD/wheel-build.log)" >&2; exit 1; }
