@@ -40,3 +40,20 @@ def write(path: str, obj: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
     print(f"wrote {path}")
+
+
+def ensure_wrk() -> str:
+    """The path of Debian's `wrk` (the C load generator the serving benchmarks drive): installed
+    with apt-get when it is missing and we may, otherwise exit naming the fix."""
+    import os
+    import shutil
+    import subprocess
+
+    found = shutil.which("wrk")
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr, flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, stdout=subprocess.DEVNULL)
+        found = shutil.which("wrk")
+    if found is None:
+        sys.exit("error: wrk is not installed and could not be installed here; install it: sudo apt-get install -y wrk")
+    return found

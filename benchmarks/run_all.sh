@@ -35,7 +35,8 @@ rm -rf ../build/bench/installed && python3 -m venv ../build/bench/installed
     --out results/predict_memory_16k.json
 ../$BIN/python edge_formats.py --bundle "../$B" ${DATA:+--data "$DATA" --holdout 5000} --out results/edge_formats.json
 ../$BIN/python edge_formats.py --bundle ../build/bench/c1 ${DATA:+--data "$DATA" --holdout 5000} --work ../build/bench/edge-c1 --out results/edge_formats_c1.json
-../$BIN/python serve_load.py --out results/serve_load.json   # starts and stops its own local Ray
+../$BIN/python serve_load.py --out results/serve_load.json   # wrk; starts and stops its own servers and local Ray
+../$BIN/python serve_ray_internals.py --out results/serve_ray_internals.json
 ../$BIN/python op_profile.py --bundle "../$B" --bundle ../build/bench/edge/int8 --batch 1 --out results/op_profile_b1.json
 ../$BIN/python op_profile.py --bundle "../$B" --bundle ../build/bench/edge/int8 --batch 64 --runs 60 --out results/op_profile_b64.json
 ../$BIN/python op_profile.py --bundle ../build/bench/c1 --batch 1 --out results/op_profile_c1_b1.json

@@ -1,253 +1,306 @@
-"""Load on `ranet-edge serve`: closed-loop HTTP clients against the shipped default bundle.
+"""`ranet-edge serve` under load, every way it serves, side by side in one run: wrk (C) as the client.
 
-    python benchmarks/serve_load.py [--seconds 2] [--rounds 3] [--out benchmarks/results/serve_load.json]
+    python benchmarks/serve_load.py [--seconds 3] [--rounds 3] [--out benchmarks/results/serve_load.json]
 
-Two phases, each in its own process with its own local Ray: Serve's Python HTTP proxy (what
-`ranet-edge serve` runs by default), then HAProxy talking to the replicas directly
-(`ranet-edge serve --haproxy`). In each, four applications are deployed side by side:
+Four servers on the shipped bundle, started one after the other (each one's time from spawn
+to its first 200 on /v1/health is its own) and then measured in turns:
 
-- ``chain``: the per-exit graphs with early exit, 1 replica (what `ranet-edge serve` runs);
-- ``mono``: the same bundle's monolithic graph, every image pays the whole model (the same
-  thresholds then pick its exit, so the answers are the same), 1 replica;
-- ``chain2``: ``chain`` with 2 replicas;
-- ``echo``: a trivial deployment that reads the body and answers a constant: Ray Serve's
-  own cost per request, measured the same way.
+- the one-process server with the chain and cross-request stage batching (the default);
+- the same without stage batching (``--no-stage-batching``: each batch runs all its graphs
+  before the next);
+- the same server with the monolithic graph (``--graph monolithic``);
+- Ray Serve with HAProxy (``--ray --haproxy``: a local Ray, one replica, the same engine).
 
-At each concurrency (1, 8, 32, 64 closed-loop clients, one PNG per request) the apps are
-measured in turns (``--rounds`` blocks of ``--seconds`` each, after an unmeasured settle), so
-machine drift hits them alike. CPU seconds of the proxy, the replicas, the rest of Ray and
-the client are read from /proc around each block: that is where the time goes. A last pair
-of rows sends 16 images per request. Early answers: latency of requests whose image left at
-exit 0 against those that went to the last exit, under the same mixed load. The phases run
-one after the other (not interleaved): compare across them with that in mind.
+`wrk -t1` at 1, 8, 32 and 64 connections posts one PNG per request (64 sample images in
+turn, so the exits mix as in the data), then a JSON list of 16 images per request at the same
+connection counts. At each point the servers run in turns, ``--rounds`` blocks of
+``--seconds`` each (medians kept), so the shared machine's drift hits them alike. Reported:
+req/s, images/s, p50 and p99 (wrk's), non-2xx answers and socket errors; the whole server's
+RSS after the load (every process of its session: Ray's and HAProxy's included) and its
+process count. Early answers: at one connection, one image that leaves at each exit, posted
+over and over (p50 by exit). The model's own cost for comparison: ``ExitChain.predict`` on the
+same 64 images one at a time, mean ms per image (adaptive), and each graph's ms per row at
+batch 1, 4, 16 and 64 (what batching survivors can save).
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
+import contextlib
+import importlib.util
 import json
 import os
 import platform
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
-from _common import write
+from _common import ensure_wrk, write
 
-from ranet_edge.assets import SAMPLE_IMAGES
-from ranet_edge.serve import ServeSettings
-from ranet_edge.serve.launcher import Server
+from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
+from ranet_edge.runtime import ExitChain
 
 LEVELS = (1, 8, 32, 64)
-TICK = os.sysconf("SC_CLK_TCK")
+IMAGES = 64
+WRK_SCRIPT = r'''
+local bodies, i = {}, 0
+local ctype = os.getenv("CTYPE")
+for line in io.lines(os.getenv("BODY_LIST")) do
+  local f = io.open(line, "rb"); bodies[#bodies + 1] = f:read("*a"); f:close()
+end
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", os.getenv("PATH_Q"), {["Content-Type"] = ctype}, bodies[i])
+end
+done = function(summary, latency, requests)
+  io.write(string.format('{"requests": %d, "duration_us": %d, "non2xx": %d, "socket_errors": %d, "p50_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration, summary.errors.status, summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
+end
+'''
+CONFIGS = {"chain, stage batching": [], "chain, no stage batching": ["--no-stage-batching"],
+           "monolithic": ["--graph", "monolithic"], "Ray Serve + HAProxy, chain": ["--ray", "--haproxy"]}
+RAY_START_S = 240.0  # a local Ray on a busy 2-core machine: ~30 s, at worst a few times that
 
 
-def cpu_by_role(apps: list[str]) -> dict[str, float]:
-    """CPU seconds used so far by Serve's proxy, each app's replicas, the rest of Ray, and us."""
-    out = {"proxy": 0.0, "ray_other": 0.0, **{f"replicas_{a}": 0.0 for a in apps}}
+def session_rss(sid: int) -> tuple[float, int]:
+    """Summed VmRSS (MB) and count of the processes of session ``sid``: the whole server."""
+    total, n = 0.0, 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        secs = (int(fields[11]) + int(fields[12])) / TICK
-        if int(pid) == os.getpid():
-            out["client"] = secs
-        elif "ray::ProxyActor" in cmd or Path(cmd.split(" ", 1)[0]).name == "haproxy":
-            out["proxy"] += secs
-        elif "ray::ServeReplica:" in cmd:
-            app = cmd.split("ray::ServeReplica:", 1)[1].split(":", 1)[0]
-            out[f"replicas_{app}" if app in apps else "ray_other"] += secs
-        elif any(k in cmd for k in ("raylet", "gcs_server", "ray::", "ray/dashboard", "ray/_private")):
-            out["ray_other"] += secs
-    return out
-
-
-async def closed_loop(url: str, bodies: list[tuple[bytes, str]], clients: int, settle: float,
-                      seconds: float) -> dict:
-    """``clients`` loops, each sending its next request as soon as the last is answered;
-    requests started during the first ``settle`` seconds are not counted."""
-    import aiohttp
-
-    records: list[tuple[float, float, int, dict | None]] = []
-    failures: list[str] = []
-    t_start = time.perf_counter()
-    t_measure, t_stop = t_start + settle, t_start + settle + seconds
-
-    async def client(i: int, session) -> None:
-        k = i
-        while (t0 := time.perf_counter()) < t_stop:
-            body, ctype = bodies[k % len(bodies)]
-            k += clients
-            try:
-                async with session.post(url, data=body, headers={"Content-Type": ctype}) as r:
-                    status, data = r.status, json.loads(await r.read())
-            except Exception as exc:  # counted, never hidden
-                failures.append(f"{type(exc).__name__}: {exc}")
+            if os.getsid(int(pid)) != sid:
                 continue
-            if t0 >= t_measure:
-                records.append((t0, time.perf_counter() - t0, status, data))
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+                    n += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return total, n
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        await asyncio.gather(*(client(i, session) for i in range(clients)))
-    return {"records": records, "failures": failures, "window": (t_measure, t_stop)}
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports the kernel picked (held together while picking)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
-def block_stats(runs: list[dict], cpu: dict[str, float]) -> dict:
-    records = [r for run in runs for r in run["records"]]
-    failures = [f for run in runs for f in run["failures"]] + \
-               [f"HTTP {s}: {d}" for _, _, s, d in records if s != 200]
-    ok = [r for r in records if r[2] == 200]
-    wall = sum(max(r[0] + r[1] for r in run["records"]) - run["window"][0] for run in runs if run["records"])
-    lat = np.array([r[1] for r in ok]) * 1e3
-    preds = [p for r in ok for p in r[3].get("predictions", [])]
-    exits = [p["exit"] for p in preds if p.get("exit", -1) >= 0]
-    out = {
-        "requests": len(ok), "images": len(preds), "failed": len(failures), "failures_sample": failures[:3],
-        "requests_per_s": len(ok) / wall if wall else 0.0, "images_per_s": len(preds) / wall if wall else 0.0,
-        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-                       "mean": float(lat.mean())} if len(lat) else None,
-        "exit_histogram": np.bincount(exits, minlength=6).tolist() if exits else None,
-        "cpu_ms_per_request": {k: 1e3 * v / max(len(ok), 1) for k, v in cpu.items()},
-    }
-    if exits and len(preds) == len(ok):  # one image per request: latency by the exit it took
-        by_exit = {}
-        for e in sorted(set(exits)):
-            sel = np.array([r[1] for r, p in zip(ok, preds) if p["exit"] == e]) * 1e3
-            srv = np.array([p["server_ms"] for p in preds if p["exit"] == e])
-            by_exit[str(e)] = {"n": len(sel), "latency_p50_ms": float(np.median(sel)),
-                               "server_p50_ms": float(np.median(srv))}
-        out["by_exit"] = by_exit
+def wrk(url: str, connections: int, seconds: int, script: Path, bodies: Path, ctype: str) -> dict:
+    env = {**os.environ, "BODY_LIST": str(bodies), "CTYPE": ctype, "PATH_Q": "/v1/classify"}
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script),
+                          url], capture_output=True, text=True, env=env, timeout=seconds + 90)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"wrk gave no summary: {out.stdout}{out.stderr}")
+    return json.loads(lines[-1])
+
+
+def graph_ms_per_row(chain: ExitChain, x: np.ndarray) -> dict[str, dict[str, float]]:
+    """Each graph's ms per row at batch 1, 4, 16 and 64 (its real inputs: the cached maps of
+    the 64 images): what batching the survivors can save per row."""
+    env, out = {chain.input_name: x}, {}
+    for k, g in enumerate(chain.graphs):
+        feeds = {n: env[n] for n in g.inputs}
+        row = {}
+        for b in (1, 4, 16, 64):
+            part = {n: np.ascontiguousarray(v[:b]) for n, v in feeds.items()}
+            for _ in range(3):
+                g.step(part)
+            ts = []
+            for _ in range(15):
+                t = time.perf_counter()
+                g.step(part)
+                ts.append(time.perf_counter() - t)
+            row[str(b)] = round(float(np.median(ts)) / b * 1e3, 4)
+        out[str(k)] = row
+        _, cache = g.step(feeds)
+        env = {n: v for n, v in env.items() if n in g.keep_after}
+        env.update(cache)
     return out
 
 
-def deploy_echo(server: Server) -> None:
-    from ray import serve
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-
-    class Echo:
-        async def __call__(self, request: Request) -> JSONResponse:
-            await request.body()
-            return JSONResponse({"predictions": [{"exit": -1}]})
-
-    app = serve.deployment(Echo, name="echo").options(max_ongoing_requests=128,
-                                                      ray_actor_options={"num_cpus": 1}).bind()
-    server.deploy_app(app, "echo", "/echo")
-
-
-def run_phase(args: argparse.Namespace) -> dict:
-    """One Ray, the four apps, every concurrency level; the results of this phase."""
-    with np.load(SAMPLE_IMAGES) as z:
-        x = z["x"]
-    pngs = [cv2.imencode(".png", np.ascontiguousarray(im[..., ::-1]))[1].tobytes() for im in x]
-    single = [(b, "image/png") for b in pngs]
-    multi = [(json.dumps([base64.b64encode(pngs[(i + j) % len(pngs)]).decode() for j in range(16)]).encode(),
-              "application/json") for i in range(0, len(pngs), 16)]
-
-    base = ServeSettings(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def start(args: list[str], log: Path) -> tuple[subprocess.Popen, str, float]:
+    """A server in a session of its own, its URL and the seconds from spawn to its first 200
+    on /v1/health."""
+    port, stats, metrics = free_ports(3)
+    cmd = [str(Path(sys.executable).with_name("ranet-edge")), "serve", "--port", str(port), "--no-access-log", *args]
+    env = {**os.environ, "RAY_SERVE_HAPROXY_STATS_PORT": str(stats), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics)}
+    url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    server = Server(port=port, num_cpus=8, quiet=True, haproxy=args.phase == "haproxy")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    deadline = time.monotonic() + (RAY_START_S if "--ray" in args else 60)
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if urllib.request.urlopen(f"{url}/v1/health", timeout=2).status == 200:
+                return proc, url, time.perf_counter() - t0
+        except OSError:
+            pass
+        time.sleep(0.01)
+    stop(proc)
+    raise RuntimeError(f"server {' '.join(args) or '(default)'} did not become healthy: {log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> int | None:
+    """SIGINT (a user's Ctrl-C) to the server's main process; whatever its session leaves after
+    20 s is killed. Its exit code."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
     try:
-        startup_s = time.perf_counter() - t0
-        urls = {
-            "chain": server.deploy(base, "chain", "/chain").url,
-            "mono": server.deploy(base.replace(graph="monolithic"), "mono", "/mono").url,
-            "chain2": server.deploy(base.replace(replicas=2), "chain2", "/chain2").url,
-        }
-        deploy_echo(server)
-        urls["echo"] = server.base_url + "/echo"
-        apps = list(urls)
-        print(f"[{args.phase}] Ray and Serve up in {startup_s:.1f} s; apps {', '.join(apps)}", flush=True)
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    return proc.returncode
 
-        def measure(app: str, clients: int, bodies, runs: dict, cpu: dict) -> None:
-            before = cpu_by_role(apps)
-            runs[app].append(asyncio.run(closed_loop(f"{urls[app]}/v1/classify" if app != "echo" else urls[app],
-                                                     bodies, clients, args.settle, args.seconds)))
-            after = cpu_by_role(apps)
-            for k in after:
-                cpu[app][k] = cpu[app].get(k, 0.0) + after[k] - before.get(k, 0.0)
 
-        levels = {}
-        for clients in LEVELS:
-            runs = {a: [] for a in apps}
-            cpu: dict[str, dict[str, float]] = {a: {} for a in apps}
-            for _ in range(args.rounds):
-                for app in apps:
-                    measure(app, clients, single, runs, cpu)
-            levels[str(clients)] = {a: block_stats(runs[a], cpu[a]) for a in apps}
-            print(f"[{args.phase}] {clients:>3} clients: " + "; ".join(
-                f"{a} {s['requests_per_s']:.0f} req/s p50 {s['latency_ms']['p50']:.1f} ms p99 "
-                f"{s['latency_ms']['p99']:.1f} ms, {s['failed']} failed" for a, s in levels[str(clients)].items()),
-                flush=True)
-
-        multi_clients = 8
-        runs = {a: [] for a in ("chain", "mono")}
-        cpu = {a: {} for a in runs}
-        for _ in range(args.rounds):
-            for app in runs:
-                measure(app, multi_clients, multi, runs, cpu)
-        multi_stats = {a: block_stats(runs[a], cpu[a]) for a in runs}
-        print(f"[{args.phase}] 16 images per request, {multi_clients} clients: " + "; ".join(
-            f"{a} {s['images_per_s']:.0f} images/s" for a, s in multi_stats.items()), flush=True)
-    finally:
-        server.close()
-    return {"startup_s": startup_s, "levels": levels,
-            "multi_image": {"clients": multi_clients, "images_per_request": 16, **multi_stats}}
+def stats(rs: list[dict], per: int) -> dict:
+    """Medians over the rounds of one server at one point."""
+    def med(v: list[float]) -> float:
+        return sorted(v)[len(v) // 2]
+    rates = [r["requests"] / (r["duration_us"] / 1e6) for r in rs]
+    return {"req_s": round(med(rates)), "images_s": round(med(rates) * per), "p50_ms": med([r["p50_us"] for r in rs]) / 1e3,
+            "p99_ms": med([r["p99_us"] for r in rs]) / 1e3, "requests": sum(r["requests"] for r in rs),
+            "non2xx": sum(r["non2xx"] for r in rs), "socket_errors": sum(r["socket_errors"] for r in rs),
+            "rounds_req_s": [round(v) for v in rates]}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per block")
-    ap.add_argument("--settle", type=float, default=0.5, help="unmeasured seconds before each block")
-    ap.add_argument("--rounds", type=int, default=3, help="blocks per app and concurrency, in turns")
-    ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
-    ap.add_argument("--phases", default="proxy,haproxy", help="which ingress phases to run, in order")
-    ap.add_argument("--phase", choices=["proxy", "haproxy"], help=argparse.SUPPRESS)  # a child process
-    ap.add_argument("--phase-out", help=argparse.SUPPRESS)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=3, help="seconds per block (wrk takes whole seconds)")
+    ap.add_argument("--rounds", type=int, default=3, help="blocks per server and point, in turns (median kept)")
+    ap.add_argument("--exit-seconds", type=int, default=2, help="wrk time per exit for the early-answer figures")
+    ap.add_argument("--no-ray", action="store_true", help="leave out Ray Serve (where the ray extra is not installed)")
     ap.add_argument("--out", default="benchmarks/results/serve_load.json")
     args = ap.parse_args()
-    if args.phase:
-        Path(args.phase_out).write_text(json.dumps(run_phase(args)))
-        return
-
-    phases = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for phase in args.phases.split(","):
-            out = Path(tmp) / f"{phase}.json"
-            argv = [sys.executable, __file__, "--phase", phase, "--phase-out", str(out),
-                    *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                      ("seconds", "settle", "rounds", "max_batch", "batch_wait_ms"))]
-            subprocess.run(argv, check=True)
-            phases[phase] = json.loads(out.read_text())
-
-    import ray
-
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as fh:
-        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    result = {
-        "env": {"cpu": cpu, "cores": os.cpu_count(),
-                "python": platform.python_version(), "onnxruntime": ort.__version__, "ray": ray.__version__,
-                "load_average_at_end": os.getloadavg()},
-        "settings": {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms, "seconds": args.seconds,
-                     "settle": args.settle, "rounds": args.rounds, "threads": 1,
-                     "client": "aiohttp in the benchmark process, on the same machine"},
-        "phases": phases,
+    ensure_wrk()
+    configs = {k: v for k, v in CONFIGS.items() if not (args.no_ray and "--ray" in v)}
+    if not args.no_ray and importlib.util.find_spec("ray") is None:
+        sys.exit("error: ray is not installed; install the ray extra (pip install 'ranet-edge[ray]') or pass --no-ray")
+    with np.load(SAMPLE_IMAGES) as z:
+        images = z["x"][:IMAGES]
+    chain = ExitChain.load(DEFAULT_BUNDLE, threads=1)
+    x = chain.preprocess(images)
+    for i in range(IMAGES):  # warm
+        chain.predict(x[i:i + 1])
+    t = time.perf_counter()
+    for _ in range(10):
+        for i in range(IMAGES):
+            chain.predict(x[i:i + 1])
+    model_ms = (time.perf_counter() - t) / (10 * IMAGES) * 1e3
+    exits = np.asarray(chain.predict(x).exits)
+    per_row = graph_ms_per_row(chain, x)
+    del chain
+    work = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    script = work / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    pngs = []
+    for i, im in enumerate(images):
+        p = work / f"{i}.png"
+        p.write_bytes(cv2.imencode(".png", np.ascontiguousarray(im[..., ::-1]))[1].tobytes())
+        pngs.append(p)
+    (work / "png.list").write_text("\n".join(map(str, pngs)) + "\n")
+    lists = []
+    for k in range(4):  # 4 different lists of 16
+        p = work / f"list{k}.json"
+        p.write_text(json.dumps([base64.b64encode(pngs[(k * 16 + j) % IMAGES].read_bytes()).decode()
+                                 for j in range(16)]))
+        lists.append(p)
+    (work / "json.list").write_text("\n".join(map(str, lists)) + "\n")
+    by_exit_lists = {}
+    for e in sorted(set(exits.tolist())):  # one image that leaves at each exit
+        p = work / f"exit{e}.list"
+        p.write_text(f"{pngs[int(np.flatnonzero(exits == e)[0])]}\n")
+        by_exit_lists[str(e)] = p
+    results: dict[str, dict] = {}
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
+    t_run = time.perf_counter()
+    try:
+        for name, extra in configs.items():  # started one after the other, each timed alone
+            proc, url, healthy = start(extra, work / f"server{len(servers)}.log")
+            servers[name] = (proc, url)
+            results[name] = {"args": extra, "time_to_healthy_s": round(healthy, 3), "one_image": {},
+                             "sixteen_images": {}, "early_answer_p50_ms_by_exit": {}}
+            wrk(url, 8, 1, script, work / "png.list", "image/png")  # settle, unmeasured
+        runs = [("one_image", per, n) for per in (1, 16) for n in LEVELS]
+        for key, per, n in runs:  # the servers in turns, --rounds times: drift hits them alike
+            key = "one_image" if per == 1 else "sixteen_images"
+            bodies, ctype = (work / "png.list", "image/png") if per == 1 else (work / "json.list", "application/json")
+            got: dict[str, list[dict]] = {name: [] for name in servers}
+            for _ in range(args.rounds):
+                for name, (_, url) in servers.items():
+                    got[name].append(wrk(url, n, args.seconds, script, bodies, ctype))
+            for name, rs in got.items():
+                entry = results[name][key][str(n)] = stats(rs, per)
+                print(f"{name:28s} {per:2d} image(s) c={n:<3d} {entry['images_s']:7.0f} images/s  "
+                      f"p50 {entry['p50_ms']:7.2f} ms  p99 {entry['p99_ms']:7.2f} ms  non-2xx {entry['non2xx']}  "
+                      f"socket errors {entry['socket_errors']}  rounds {entry['rounds_req_s']}", flush=True)
+        for e, bodies in by_exit_lists.items():  # early answers: one client, one image per exit
+            for name, (_, url) in servers.items():
+                r = wrk(url, 1, args.exit_seconds, script, bodies, "image/png")
+                results[name]["early_answer_p50_ms_by_exit"][e] = r["p50_us"] / 1e3
+                results[name].setdefault("early_answer_non2xx", 0)
+                results[name]["early_answer_non2xx"] += r["non2xx"] + r["socket_errors"]
+            print("early answers, p50 ms at exit", e, {n: results[n]["early_answer_p50_ms_by_exit"][e] for n in servers},
+                  flush=True)
+        for name, (proc, _) in servers.items():
+            rss, nproc = session_rss(os.getsid(proc.pid))
+            results[name]["rss_mb"], results[name]["processes"] = round(rss, 1), nproc
+    finally:
+        for name, (proc, _) in servers.items():
+            code = stop(proc)
+            if name in results:
+                results[name]["exit_code"] = code
+        shutil.rmtree(work, ignore_errors=True)
+    sb, nosb = results["chain, stage batching"], results["chain, no stage batching"]
+    lost = {name: sum(e["non2xx"] + e["socket_errors"] for k in ("one_image", "sixteen_images") for e in r[k].values())
+            + r["early_answer_non2xx"] for name, r in results.items()}
+    summary = {
+        "model_adaptive_ms_per_image": round(model_ms, 3),
+        "p50_1_client_ms": sb["one_image"]["1"]["p50_ms"],
+        "p50_target_ms": round(model_ms + 1.5, 3),
+        "req_s_8_32_clients": [sb["one_image"]["8"]["req_s"], sb["one_image"]["32"]["req_s"]],
+        "rss_mb": sb["rss_mb"], "time_to_healthy_s": sb["time_to_healthy_s"],
+        "stage_batching_speedup_images_s_c32_one_image": round(
+            sb["one_image"]["32"]["images_s"] / nosb["one_image"]["32"]["images_s"], 3),
+        "stage_batching_speedup_images_s_c32_16_images": round(
+            sb["sixteen_images"]["32"]["images_s"] / nosb["sixteen_images"]["32"]["images_s"], 3),
+        "requests_not_200": lost,
+        "requests_sent": sum(e["requests"] for r in results.values() for k in ("one_image", "sixteen_images")
+                             for e in r[k].values()),
+        "graph_ms_per_row_at_batch_1_4_16_64": per_row,
+        "exit_of_each_sample_image": np.bincount(exits, minlength=len(per_row)).tolist(),
     }
-    write(args.out, result)
+    ray = results.get("Ray Serve + HAProxy, chain")
+    if ray is not None:
+        summary["ray_haproxy"] = {"p50_1_client_ms": ray["one_image"]["1"]["p50_ms"],
+                                  "req_s_8_32_clients": [ray["one_image"]["8"]["req_s"], ray["one_image"]["32"]["req_s"]],
+                                  "rss_mb": ray["rss_mb"], "processes": ray["processes"],
+                                  "time_to_healthy_s": ray["time_to_healthy_s"]}
+    print(json.dumps({k: v for k, v in summary.items() if k != "graph_ms_per_row_at_batch_1_4_16_64"}, indent=1))
+    load = os.getloadavg()
+    write(args.out, {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                 "loadavg_1_5_15": [round(v, 2) for v in load]},
+                     "wall_s": round(time.perf_counter() - t_run), "seconds_per_block": args.seconds,
+                     "rounds": args.rounds, "summary": summary, "servers": results})
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import write
+from _common import ensure_wrk, write
 
 LEVELS = (1, 8, 32)
 TICK = os.sysconf("SC_CLK_TCK")
@@ -206,8 +206,7 @@ def main() -> None:
     ap.add_argument("--kserve-python", default=None, help="a python with kserve installed")
     ap.add_argument("--mlserver-python", default=None, help="a python with mlserver installed")
     args = ap.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install -y wrk")
+    ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="serve-overhead-"))
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
