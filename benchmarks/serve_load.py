@@ -240,8 +240,7 @@ def main() -> None:
             results[name] = {"args": extra, "time_to_healthy_s": round(healthy, 3), "one_image": {},
                              "sixteen_images": {}, "early_answer_p50_ms_by_exit": {}}
             wrk(url, 8, 1, script, work / "png.list", "image/png")  # settle, unmeasured
-        runs = [("one_image", per, n) for per in (1, 16) for n in LEVELS]
-        for key, per, n in runs:  # the servers in turns, --rounds times: drift hits them alike
+        for per, n in [(per, n) for per in (1, 16) for n in LEVELS]:  # servers in turns: drift hits them alike
             key = "one_image" if per == 1 else "sixteen_images"
             bodies, ctype = (work / "png.list", "image/png") if per == 1 else (work / "json.list", "application/json")
             got: dict[str, list[dict]] = {name: [] for name in servers}
