@@ -139,7 +139,7 @@ def check_provider(ort, provider: str) -> ProviderCheck:
     not get the provider, say why, as ONNX Runtime said it."""
     import numpy as np
 
-    from .runtime.device import FLOAT, gather_model
+    from .runtime.executors._onnx_proto import FLOAT, gather_model
     from .runtime.providers import is_plugin
 
     so = ort.SessionOptions()

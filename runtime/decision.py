@@ -45,3 +45,67 @@ def reaches(conf: np.ndarray, threshold) -> np.ndarray:
     The threshold is rounded to float32 first: ``inf`` means nobody leaves, ``-inf`` everybody.
     """
     return np.asarray(conf, np.float32) >= np.asarray(threshold, np.float32)
+
+
+class Decision:
+    """What one exit decides for a set of rows (see :func:`decide`).
+
+    Attributes:
+        take: bool ``(m,)``: the rows that leave at this exit.
+        labels: int64 ``(t,)``: argmax of each leaving row's softmax, ``t = take.sum()``.
+        confidences: float32 ``(t,)``: each leaving row's max softmax probability.
+        probabilities: float32 ``(t, classes)``: each leaving row's softmax.
+    """
+
+    __slots__ = ("take", "labels", "confidences", "probabilities")
+
+    def __init__(self, take: np.ndarray, labels: np.ndarray, confidences: np.ndarray, probabilities: np.ndarray):
+        self.take, self.labels, self.confidences, self.probabilities = take, labels, confidences, probabilities
+
+    @property
+    def any(self) -> bool:
+        """Whether any row leaves here."""
+        return len(self.labels) > 0
+
+
+def decide(logits: np.ndarray, thresholds, temperatures=1.0, alive: np.ndarray | None = None) -> Decision:
+    """The exit rule: which rows of one exit's ``(m, classes)`` logits leave here.
+
+    A row leaves when it is ``alive`` (None: every row) and its max softmax probability of
+    ``logits / temperature`` reaches its threshold (:func:`reaches`); a threshold of ``-inf``
+    (the last exit) takes every alive row, whatever its logits. ``thresholds`` and
+    ``temperatures`` are one value for all rows or one per row (``(m,)``, what the server
+    passes: rows of several requests, each with its operating point). The chain, the serving
+    engine, calibration and the JavaScript driver's test vectors all decide with this rule.
+
+    Args:
+        logits: float32 ``(m, classes)`` (other float dtypes are cast).
+        thresholds: scalar or ``(m,)``; ``inf`` means nobody leaves, ``-inf`` everybody.
+        temperatures: scalar or ``(m,)``, > 0.
+        alive: bool ``(m,)`` or None.
+
+    Returns:
+        A :class:`Decision`; its label, confidence and softmax rows are those of the leaving rows.
+    """
+    z = np.asarray(logits, np.float32)
+    temps = np.asarray(temperatures, np.float32)
+    if temps.ndim:
+        if (temps != ONE).any():
+            z = z / temps[:, None]
+    elif temps != ONE:
+        z = z / temps
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    total = e.sum(axis=-1)
+    conf = ONE / total  # the largest e is exactly 1: no row is normalised before it is taken
+    thr = np.asarray(thresholds, np.float32)
+    take = (conf >= thr) | (thr == -np.inf)
+    if alive is not None:
+        take &= alive
+    if not take.any():
+        return Decision(take, _NO_LABELS, _NO_CONF, np.empty((0, z.shape[-1]), np.float32))
+    p = e[take] / total[take, None]
+    return Decision(take, p.argmax(axis=1), conf[take], p)
+
+
+_NO_LABELS = np.empty(0, np.int64)
+_NO_CONF = np.empty(0, np.float32)

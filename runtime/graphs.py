@@ -1,11 +1,11 @@
-"""A bundle's graphs as the runtime sees them, and the one walk that chains them.
+"""A bundle's graphs as the runtime sees them, and a walk that chains whole batches.
 
-:class:`GraphInfo` is what every part of the runtime (the chain, bound plans, the device
-router, latency measurement) and the int8 calibration read about a loaded graph.
-:func:`walk` runs graphs in order, feeding each the tensors it names: used by ``run_all``,
-the bound plans, :func:`ranet_edge.runtime.latency.cached_inputs` and the exporter's
-validation. (``ExitChain``'s per-sample routing keeps its own loop: it drops rows between
-graphs.)
+:class:`GraphInfo` is what every part of the runtime (the chain's executors, latency
+measurement) and the int8 calibration read about a loaded graph. :func:`walk` runs graphs in
+order on every row, feeding each the tensors it names: used to size the host executor's bound
+buffers, by :func:`ranet_edge.runtime.latency.cached_inputs` and by the exporter's validation.
+Per-sample routing, which drops rows between graphs, is the chain's routing loop
+(``chain.py``) over an executor (``executors/``).
 """
 from __future__ import annotations
 

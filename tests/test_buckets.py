@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from shape_log import ShapeLog
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.errors import InputError
 from ranet_edge.runtime import ExitChain
 from ranet_edge.runtime.accel import TENSORRT, check_options, graph_providers
-from ranet_edge.runtime.buckets import Buckets, ShapeLog, make_buckets, warm_up
+from ranet_edge.runtime.executors.buckets import Buckets, make_buckets
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +27,13 @@ def test_bucket_sizes():
     assert [b.size(n) for n in (1, 2, 3, 5, 37, 64, 65, 100)] == [1, 2, 4, 8, 64, 64, 100, 100]
     assert b.warm_sizes() == [1, 2, 4, 8, 16, 32, 64, 100] and b.bound() == 8
     assert Buckets(max_batch=64).warm_sizes() == [1, 2, 4, 8, 16, 32, 64]
-    grow = Buckets()  # the largest batch seen caps the buckets and grows with the batches
-    assert grow.size(3) == 3 and grow.size(2) == 2 and grow.size(3) == 3 and grow.size(5) == 5
-    assert grow.size(3) == 4 and grow.largest == 5
     listed = Buckets(sizes=[8, 1, 32])
-    assert [listed.size(n) for n in (1, 2, 8, 9, 32)] == [1, 8, 8, 32, 32]
-    assert listed.size(40) == 40 and listed.size(33) == 40  # beyond the list: the largest seen
+    assert [listed.size(n) for n in (1, 2, 8, 9, 32)] == [1, 8, 8, 32, 32] and listed.largest == 32
+    # fixed at construction: a batch beyond the largest bucket is refused, nothing grows
+    with pytest.raises(InputError, match="chunks of 32"):
+        listed.size(33)
+    assert listed.largest == 32 and b.size(100) == 100 and b.largest == 100
+    assert Buckets(sizes=[8, 1, 32], max_batch=16).warm_sizes() == [1, 8, 16]
     rows = np.array([3, 7, 9])
     padded = Buckets(max_batch=64).pad(rows)
     assert padded.tolist() == [3, 7, 9, 9]
@@ -39,15 +41,30 @@ def test_bucket_sizes():
 
 
 def test_make_buckets_specs():
-    assert make_buckets(None, accelerator=False) is None
-    assert make_buckets(None, accelerator=True).warm_sizes()[-1] == 64
-    assert make_buckets(False, accelerator=True) is None
-    assert make_buckets(True, accelerator=False).largest == 64
-    assert make_buckets(256, accelerator=False).warm_sizes()[-1] == 256
-    assert make_buckets([4, 16], accelerator=False).sizes == (4, 16)
+    assert make_buckets(None, accelerator=False, max_batch=128) is None
+    assert make_buckets(None, accelerator=True, max_batch=128).warm_sizes()[-1] == 128
+    assert make_buckets(False, accelerator=True, max_batch=128) is None
+    assert make_buckets(True, accelerator=False, max_batch=64).largest == 64
+    assert make_buckets(256, accelerator=False, max_batch=128).warm_sizes()[-1] == 256
+    assert make_buckets([4, 16], accelerator=False, max_batch=128).sizes == (4, 16)
     for bad in ("many", [0, 4], [1.5], 0, {"a": 1}):
         with pytest.raises(InputError):
-            make_buckets(bad, accelerator=False)
+            make_buckets(bad, accelerator=False, max_batch=128)
+
+
+def test_one_max_batch_fixed_at_load(x_real):
+    """max_batch is the largest bucket: chunks never exceed it, no call changes the buckets
+    (a predict of 65-128 samples once raised them, shared by every thread)."""
+    chain = ExitChain.load(DEFAULT_BUNDLE, warmup=False, device_io=True, buckets=True)
+    assert chain.max_batch == chain.buckets.largest == 128
+    small = ExitChain.load(DEFAULT_BUNDLE, warmup=False, device_io=True, buckets=True, max_batch=32)
+    assert small.max_batch == small.buckets.largest == 32
+    log = ShapeLog.attach(small)
+    res = small.predict(x_real[:100], 0.9)
+    assert small.buckets.largest == 32 and max(max(s) for s in log.batch_sizes()) == 32
+    np.testing.assert_array_equal(res.exits, ExitChain.load(DEFAULT_BUNDLE, warmup=False).predict(x_real[:100], 0.9).exits)
+    with pytest.raises(InputError, match="largest batch bucket is 16"):
+        ExitChain.load(DEFAULT_BUNDLE, warmup=False, buckets=16, max_batch=32)
 
 
 def test_cpu_keeps_bucketing_off_unless_asked():
@@ -89,7 +106,8 @@ def test_warmup_compiles_every_bucket_and_reports_it():
     assert report.warm_sizes == (1, 2, 4, 8, 16) and report.warmup_s > 0 and report.load_s > 0
     assert report.total_s == pytest.approx(report.load_s + report.warmup_s)
     log = ShapeLog.attach(chain)  # warm-up again, this time counted at the sessions
-    warm_up(chain, chain.buckets.warm_sizes())
+    for b in chain.buckets.warm_sizes():
+        chain.run_all(np.zeros((b, *chain.input_shape), np.float32))
     assert log.batch_sizes() == [[1, 2, 4, 8, 16]] * len(chain.graphs)
     cold = ExitChain.load(DEFAULT_BUNDLE, warmup=False)
     assert cold.load_report.warm_sizes == () and cold.load_report.warmup_s == 0

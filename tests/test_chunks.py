@@ -10,6 +10,7 @@ from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.errors import InputError
 from ranet_edge.runtime import ExitChain
 from ranet_edge.runtime.chain import DEFAULT_MAX_BATCH
+from ranet_edge.runtime.executors.host import HostExecutor
 from ranet_edge.runtime.preprocess import PreprocessSpec, normalize
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_BUNDLE / "manifest.json").exists(), reason="no shipped bundle")
@@ -39,17 +40,17 @@ def test_chunked_results_equal_one_run(x, device_io):
 def test_no_graph_run_sees_more_than_max_batch(x, monkeypatch):
     chain = ExitChain.load(DEFAULT_BUNDLE, max_batch=64)
     seen: list[int] = []
-    real_step = ExitChain._step
+    real_run = HostExecutor.run
 
-    def step(self, g, env):
-        seen.append(next(iter(env.values())).shape[0])
-        return real_step(self, g, env)
+    def run(self, g, env):
+        seen.append(next(iter(env.values.values())).shape[0])
+        return real_run(self, g, env)
 
-    monkeypatch.setattr(ExitChain, "_step", step)
+    monkeypatch.setattr(HostExecutor, "run", run)
     chain.predict(x, 0.99)
     assert seen and max(seen) == 64
-    chain.run_all(x)  # the CPU path runs pre-bound plans, one per chunk size (and batch 1: the warm-up)
-    assert set(chain._local.plans) == {1, 64, len(x) % 64}
+    chain.run_all(x)  # the host executor runs pre-bound plans, one per chunk size (and batch 1: the warm-up)
+    assert chain.executor.plan_sizes == {1, 64, len(x) % 64}
 
 
 def test_default_and_bad_max_batch():

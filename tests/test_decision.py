@@ -13,7 +13,6 @@ import pytest
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import ExitChain, OperatingPoint, decision, save_point
 from ranet_edge.runtime import calibration as cal
-from ranet_edge.runtime.chain import decide_exit
 from ranet_edge.runtime.evaluate import ExitOutputs
 
 
@@ -108,11 +107,32 @@ def test_constructed_logits_whose_confidence_is_the_threshold(temperature):
     assert conf.dtype == np.float32
     assert conf[0] == conf[1] == np.float32(0.5)
     for threshold in (0.5, float(conf[2])):
-        runtime_alive, decided = decide_exit(z, 0, threshold, temperature, np.arange(len(z)), None)
-        runtime_taken = np.zeros(len(z), bool)
-        runtime_taken[decided.rows] = True
+        decided = decision.decide(z, threshold, temperature)
+        runtime_taken = decided.take
         calibrated = cal.exit_index(np.stack([conf, np.ones_like(conf)]), np.array([threshold, cal.EVERYBODY]))
         np.testing.assert_array_equal(runtime_taken, calibrated == 0)
         assert runtime_taken[conf == np.float32(threshold)].all() and (conf == np.float32(threshold)).sum() == 2
         np.testing.assert_array_equal(decided.confidences, conf[runtime_taken])
     np.testing.assert_array_equal(decision.softmax(z, temperature).max(axis=1), conf)
+
+
+def test_per_row_thresholds_equal_the_scalar_rule():
+    """The serving engine passes one threshold and temperature per row (rows of several
+    requests): bit for bit what the scalar form gives each row; -inf takes every alive row."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 3, (40, 10)).astype(np.float32)
+    thr = rng.uniform(0.2, 1.0, 40).astype(np.float32)
+    temps = rng.choice(np.array([1.0, 1.5, 0.7], np.float32), 40)
+    alive = rng.random(40) > 0.2
+    rows = decision.decide(z, thr, temps, alive)
+    for i in range(40):
+        one = decision.decide(z[i:i + 1], thr[i], temps[i], alive[i:i + 1])
+        assert one.take[0] == rows.take[i]
+        if one.take[0]:
+            j = int(rows.take[:i].sum())
+            assert one.labels[0] == rows.labels[j] and one.confidences[0] == rows.confidences[j]
+            np.testing.assert_array_equal(one.probabilities[0], rows.probabilities[j])
+    last = decision.decide(np.full((3, 4), np.nan, np.float32), -np.inf, 1.0, np.array([True, False, True]))
+    assert last.take.tolist() == [True, False, True]  # the last exit takes every alive row, whatever its logits
+    nobody = decision.decide(z, np.inf)
+    assert not nobody.take.any() and nobody.probabilities.shape == (0, 10)

@@ -14,7 +14,7 @@ pytest.importorskip("onnx")  # converting needs the export extra: skipped in the
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.export.convert import convert_bundle
 from ranet_edge.runtime import ExitChain
-from ranet_edge.runtime.device import DeviceRouter
+from ranet_edge.runtime.executors.device import DeviceExecutor
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +47,14 @@ def test_fp16_bundle_hands_on_float16_caches(fp16_bundle):
 
 def test_fp16_device_path_keeps_caches_float16_on_device(fp16_bundle, shipped, monkeypatch):
     types: list[tuple[type, str]] = []
-    real_run = DeviceRouter.run
+    real_run = DeviceExecutor.run
 
-    def run(self, graph, feeds):
-        host, cache = real_run(self, graph, feeds)
-        types.extend((type(v), v.data_type()) for n, v in [*feeds.items(), *cache.items()] if n != "image")
-        return host, cache
+    def run(self, g, env):
+        logits, out = real_run(self, g, env)
+        types.extend((type(v), v.data_type()) for n, v in [*env.values.items(), *out.values.items()] if n != "image")
+        return logits, out
 
-    monkeypatch.setattr(DeviceRouter, "run", run)
+    monkeypatch.setattr(DeviceExecutor, "run", run)
     host = ExitChain.load(fp16_bundle, warmup=False)
     dev = ExitChain.load(fp16_bundle, warmup=False, device_io=True)
     dev_b = ExitChain.load(fp16_bundle, warmup=False, device_io=True, buckets=64)

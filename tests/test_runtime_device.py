@@ -13,7 +13,16 @@ import pytest
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import ExitChain
-from ranet_edge.runtime.device import FLOAT, FLOAT16, IR_VERSION, OPSET, DeviceRouter, gather_model
+from ranet_edge.runtime.executors._onnx_proto import (
+    FLOAT,
+    FLOAT16,
+    IR_VERSION,
+    OPSET,
+    concat_rows_model,
+    gather_model,
+    gather_rows_model,
+)
+from ranet_edge.runtime.executors.device import DeviceExecutor
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +62,7 @@ def test_runtime_never_imports_onnx():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
     runtime = Path(__file__).resolve().parents[1] / "runtime"
-    for path in runtime.glob("*.py"):
+    for path in runtime.rglob("*.py"):
         text = path.read_text()
         assert "import onnx\n" not in text and "from onnx " not in text and "from onnx." not in text, path
 
@@ -61,7 +70,7 @@ def test_runtime_never_imports_onnx():
 def test_device_path_matches_host_path(bundle):
     host = ExitChain.load(bundle)
     dev = ExitChain.load(bundle, device_io=True)
-    assert host._router is None and dev._router is not None
+    assert host.executor.kind == "host" and dev.executor.kind == "device"
     with np.load(SAMPLE_IMAGES) as z:
         x = host.preprocess(z["x"][:200])
     for a, b in zip(host.run_all(x), dev.run_all(x)):
@@ -77,57 +86,93 @@ def test_device_path_matches_host_path(bundle):
 
 def test_cached_tensors_stay_ortvalues(bundle, monkeypatch):
     seen: list[type] = []
-    real_run, real_gather = DeviceRouter.run, DeviceRouter.gather
+    real_run, real_take = DeviceExecutor.run, DeviceExecutor.take
 
-    def run(self, graph, feeds):
-        seen.extend(type(v) for v in feeds.values())
-        host, cache = real_run(self, graph, feeds)
-        seen.extend(type(v) for v in cache.values())
-        return host, cache
+    def run(self, g, env):
+        seen.extend(type(v) for v in env.values.values())
+        logits, out = real_run(self, g, env)
+        seen.extend(type(v) for v in out.values.values())
+        assert all(isinstance(z, np.ndarray) for z in logits)
+        return logits, out
 
-    gathered = {"n": 0}
+    taken = {"n": 0}
 
-    def gather(self, value, keep):
-        gathered["n"] += 1
-        assert isinstance(value, ort.OrtValue) and isinstance(keep, ort.OrtValue)
-        return real_gather(self, value, keep)
+    def take(self, env, keep):
+        taken["n"] += 1
+        out = real_take(self, env, keep)
+        assert all(isinstance(v, ort.OrtValue) for v in out.values.values())
+        return out
 
-    monkeypatch.setattr(DeviceRouter, "run", run)
-    monkeypatch.setattr(DeviceRouter, "gather", gather)
+    monkeypatch.setattr(DeviceExecutor, "run", run)
+    monkeypatch.setattr(DeviceExecutor, "take", take)
     chain = ExitChain.load(bundle, device_io=True, warmup=False)
     with np.load(SAMPLE_IMAGES) as z:
         x = chain.preprocess(z["x"][:64])
     res = chain.predict(x, 0.8)
     assert len(set(res.exits.tolist())) > 1
     assert seen and all(t is ort.OrtValue for t in seen)
-    assert gathered["n"] > 0  # rows were gathered by the Gather session, not by numpy
+    assert taken["n"] > 0  # rows were gathered by the Gather session, not by numpy
 
 
-def test_gather_plan_graph_bytes_and_rows():
-    """The fixed-address plans' gather graph: bytes as onnx.helper builds them, and rows moved."""
-    from ranet_edge.runtime.device import BOOL, INT64, gather_plan_model
+def _helper_model(nodes, name, inputs, outputs):
+    from onnx import helper
 
+    graph = helper.make_graph(nodes, name, inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+
+def test_gather_rows_graph_bytes_and_rows():
+    """The executors' gather graph: every handed-on tensor's rows moved in one run, bytes as
+    onnx.helper builds them."""
     types = [FLOAT, FLOAT16]
-    sess = ort.InferenceSession(gather_plan_model(types), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(gather_rows_model(types), providers=["CPUExecutionProvider"])
     x0 = np.arange(20, dtype=np.float32).reshape(5, 4)
-    summary = np.array([2, 1, 0, 3, 1, 0, 2, 4], np.int64)  # go on: rows 3, 1; then 0 left; then dead
-    y0, y1, alive = sess.run(None, {"x0": x0, "x1": x0.astype(np.float16), "summary": summary,
-                                    "offsets": np.arange(3, 6, dtype=np.int64)})
-    np.testing.assert_array_equal(y0, x0[[3, 1, 0]])
-    np.testing.assert_array_equal(y1, x0[[3, 1, 0]].astype(np.float16))
-    np.testing.assert_array_equal(alive, [True, True, False])
+    keep = np.array([3, 1, 1], np.int64)  # a padded bucket repeats the last row
+    y0, y1 = sess.run(None, {"x0": x0, "x1": x0.astype(np.float16), "idx": keep})
+    np.testing.assert_array_equal(y0, x0[keep])
+    np.testing.assert_array_equal(y1, x0[keep].astype(np.float16))
     pytest.importorskip("onnx")
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    n = helper.make_node
-    nodes = [n("Gather", ["summary", "offsets"], ["idx"]), n("Gather", ["summary", "zero"], ["go"]),
-             n("Add", ["go", "head"], ["go_head"]), n("Less", ["offsets", "go_head"], ["alive"])]
-    nodes += [n("Gather", [f"x{i}", "idx"], [f"y{i}"]) for i in range(len(types))]
+    nodes = [helper.make_node("Gather", [f"x{i}", "idx"], [f"y{i}"], axis=0) for i in range(len(types))]
     ins = [helper.make_tensor_value_info(f"x{i}", t, None) for i, t in enumerate(types)]
-    ins += [helper.make_tensor_value_info("summary", INT64, ["s"]), helper.make_tensor_value_info("offsets", INT64, ["b"])]
+    ins.append(helper.make_tensor_value_info("idx", TensorProto.INT64, ["n"]))
     outs = [helper.make_tensor_value_info(f"y{i}", t, None) for i, t in enumerate(types)]
-    outs.append(helper.make_tensor_value_info("alive", BOOL, ["b"]))
-    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(3, np.int64), "head")]
-    graph = helper.make_graph(nodes, "gather_plan", ins, outs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
-    assert gather_plan_model(types) == model.SerializeToString()
+    assert gather_rows_model(types) == _helper_model(nodes, "gather_rows", ins, outs).SerializeToString()
+
+
+def test_concat_rows_graph_bytes_and_rows():
+    """The serving engine's merge on a device: rows of several tensors joined, then picked."""
+    sess = ort.InferenceSession(concat_rows_model(FLOAT, 3), providers=["CPUExecutionProvider"])
+    parts = [np.full((n, 2), i, np.float32) for i, n in enumerate([2, 1, 3])]
+    idx = np.array([0, 2, 3, 5, 5], np.int64)
+    (y,) = sess.run(None, {"x0": parts[0], "x1": parts[1], "x2": parts[2], "idx": idx})
+    np.testing.assert_array_equal(y, np.concatenate(parts)[idx])
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    names = ["x0", "x1", "x2"]
+    nodes = [helper.make_node("Concat", names, ["joined"], axis=0), helper.make_node("Gather", ["joined", "idx"], ["y"], axis=0)]
+    ins = [helper.make_tensor_value_info(n, FLOAT, None) for n in names]
+    ins.append(helper.make_tensor_value_info("idx", TensorProto.INT64, ["n"]))
+    outs = [helper.make_tensor_value_info("y", FLOAT, None)]
+    assert concat_rows_model(FLOAT, 3) == _helper_model(nodes, "concat_rows", ins, outs).SerializeToString()
+
+
+def test_device_executor_merges_rows_of_several_calls(bundle):
+    """concat (the serving engine's queues) on device values equals the host executor's."""
+    host = ExitChain.load(bundle, warmup=False)
+    dev = ExitChain.load(bundle, warmup=False, device_io=True, buckets=True)
+    with np.load(SAMPLE_IMAGES) as z:
+        x = host.preprocess(z["x"][:20])
+    results = []
+    for chain in (host, dev):
+        ex = chain.executor
+        a = ex.run(0, ex.feed(x[:7]))[1]
+        b = ex.run(0, ex.feed(x[7:]))[1]
+        merged = ex.concat([ex.take(a, np.array([1, 4, 6])), ex.take(b, np.array([0, 12]))])
+        assert merged.rows == 5
+        logits, _ = ex.run(1, merged)
+        results.append(logits)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

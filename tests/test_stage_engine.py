@@ -153,3 +153,47 @@ def test_bad_inputs_are_request_errors(x, models):
         await engine.close(1.0)
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("buckets", [False, True], ids=["device", "device+buckets"])
+def test_serve_uses_the_chains_device_path(chain, x, monkeypatch, buckets):
+    """With device_io on (CPU provider) the engine drives the chain's device executor: feature
+    maps stay OrtValues between graphs, rows of several requests merge on the device, and
+    every answer is ExitChain.predict's."""
+    import onnxruntime as ort
+
+    from ranet_edge.runtime.executors.device import DeviceExecutor
+
+    model = ServedModel(ServeSettings(device_io=True, max_batch=32))
+    if buckets:  # what a GPU provider loads by default: padded to the warmed-up buckets
+        model.chain = ExitChain.load(DEFAULT_BUNDLE, device_io=True, buckets=True, max_batch=32)
+        model.executor = model.chain.executor
+    assert model.executor is model.chain.executor and model.executor.kind == "device"
+    assert model.summary()["executor"] == "device"
+    seen = {"run": 0, "concat": 0, "types": set()}
+    real_run, real_concat = DeviceExecutor.run, DeviceExecutor.concat
+
+    def run(self, g, env):
+        seen["run"] += 1
+        seen["types"] |= {type(v) for v in env.values.values()}
+        return real_run(self, g, env)
+
+    def concat(self, envs):
+        seen["concat"] += len(envs) > 1
+        return real_concat(self, envs)
+
+    monkeypatch.setattr(DeviceExecutor, "run", run)
+    monkeypatch.setattr(DeviceExecutor, "concat", concat)
+    engine = StageEngine(model, batch_wait_ms=20.0)
+    requests = mixed_requests(120, seed=5)
+
+    async def go():
+        try:
+            return await asyncio.gather(*(engine.classify(x[a:b], p) for a, b, p in requests))
+        finally:
+            assert await engine.close(5.0)
+
+    for (a, b, point), got in zip(requests, asyncio.run(go())):
+        want = chain.predict(x[a:b], point)
+        assert got.labels.tolist() == want.labels.tolist() and got.exits.tolist() == want.exits.tolist()
+    assert seen["run"] > 0 and seen["types"] == {ort.OrtValue} and seen["concat"] > 0

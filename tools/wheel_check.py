@@ -55,7 +55,6 @@ ALLOWED = [  # every file of the wheel matches one of these
     # the default model converted for the Qualcomm HTP (`convert --to qnn`, EPContext binaries)
     "ranet_edge/assets/qnn-bundle/manifest.json", "ranet_edge/assets/qnn-bundle/thresholds.json",
     "ranet_edge/assets/qnn-bundle/*.onnx",
-    "ranet_edge/runtime/decide.onnx",  # the generic exit-decision graph (runtime/decision_graph.py)
     "ranet_edge/serve/grpc_predict_v2.proto",  # the Open Inference Protocol's gRPC service, for client stubs
     "ranet_edge-*.dist-info/*",
 ]

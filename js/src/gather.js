@@ -1,7 +1,7 @@
 /**
  * A one-node ONNX model, Gather(x, idx, axis=0), as protobuf bytes: the chain runs it on the
  * execution provider's device to keep the rows of the samples that go on without copying the
- * cached feature maps to the host (the Python runtime's DeviceRouter does the same).
+ * cached feature maps to the host (the Python runtime's device executor does the same).
  */
 
 const utf8 = new TextEncoder();

@@ -1,18 +1,19 @@
-"""The model a server runs: the loaded bundle and its graphs as the stage engine runs them.
+"""The model a server runs: the loaded bundle, and the executor the stage engine drives.
 
-Ray-free: both ingresses (``local.py``, ``deployment.py``) load one :class:`ServedModel`
-and hand its :meth:`ServedModel.graph_stages` to the stage engine (``stage_engine.py``).
+Ray-free: both ingresses (``local.py``, ``deployment.py``) load one :class:`ServedModel` and
+hand it to the stage engine (``stage_engine.py``), which runs its :attr:`ServedModel.executor`
+graph by graph, exactly as ``ExitChain`` does: the same executor the chain loaded (host
+arrays, or device memory with ``device_io``, the default for GPU providers), the same exit
+rule (``runtime/decision.py``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import numpy as np
-import onnxruntime as ort
-
 from ranet_edge.errors import BundleError
 from ranet_edge.runtime import ExitChain
+from ranet_edge.runtime.executors.base import Executor
+from ranet_edge.runtime.executors.host import HostExecutor
+from ranet_edge.runtime.graphs import GraphInfo
+from ranet_edge.runtime.manifest import GraphEntry
 from ranet_edge.runtime.operating_points import select
 from ranet_edge.runtime.providers import open_session, session_options
 
@@ -25,6 +26,10 @@ class ServedModel:
     ``graph="monolithic"`` is the baseline a server without early exit is: every image pays
     the whole model (one session), and the same thresholds then pick each image's exit, so
     both modes give the same answers and differ only in cost.
+
+    Raises:
+        BundleError: a bundle that does not load, or ``graph="monolithic"`` without a monolithic graph.
+        CalibrationError: an operating point the bundle does not store.
     """
 
     def __init__(self, settings: ServeSettings):
@@ -32,42 +37,36 @@ class ServedModel:
 
         self.settings = settings
         self.bundle = settings.bundle or default_bundle()
-        self.chain = ExitChain.load(self.bundle, provider=settings.provider, threads=settings.threads)
+        self.chain = ExitChain.load(self.bundle, provider=settings.provider, threads=settings.threads,
+                                    device_io=settings.device_io, max_batch=settings.max_batch)
         self.default_point = settings.operating_point or self.chain.default_operating_point
         self.check_point(self.default_point)
         m = self.chain.manifest
         self.num_classes = m.num_classes
         self.class_names = list(self.chain.class_names or [str(i) for i in range(self.num_classes)])
-        self._mono: ort.InferenceSession | None = None
+        #: What the stage engine runs: the chain's own executor, or the monolithic graph on host arrays.
+        self.executor: Executor = self.chain.executor
         if settings.graph == "monolithic":
             mono = m.monolithic
             if mono is None:
                 raise BundleError(f"bundle {self.bundle} has no monolithic graph; re-export it with "
                                   "`ranet-edge export CKPT --monolithic` or serve graph=chain")
             path = m.root / mono.path  # load_manifest checked its path and sha256
-            self._mono = open_session(str(path), session_options(settings.threads), settings.provider)
-            self._mono_logits = list(mono.logits)
+            session = open_session(str(path), session_options(settings.threads), settings.provider)
+            entry = GraphEntry(mono.path, mono.sha256, tuple(mono.inputs), tuple(mono.logits), (),
+                               tuple(range(m.num_exits)))
+            self.executor = HostExecutor([GraphInfo(session, entry, frozenset())], m.input_name, None)
 
     def check_point(self, name: str | None) -> str | None:
-        """``name`` if the bundle stores it (None: the serving default), else CalibrationError."""
+        """``name`` if the bundle stores it (None: the serving default).
+
+        Raises:
+            CalibrationError: the bundle stores no point of that name.
+        """
         if name is None:
             return self.default_point
         select(self.chain.operating_points, name)
         return name
-
-    def graph_stages(self) -> list[GraphStage]:
-        """The graphs a request runs through, in order: one per chain graph, or the monolithic
-        graph alone (which produces every exit's logits)."""
-        if self._mono is None:
-            return [GraphStage(g.path, tuple(g.inputs), tuple(g.exits), g.keep_after, g.step)
-                    for g in self.chain.graphs]
-        mono, names = self._mono, self._mono_logits
-
-        def run(feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-            return mono.run(names, feeds), {}
-
-        path = self.chain.manifest.monolithic.path
-        return [GraphStage(path, (self.chain.input_name,), tuple(range(self.chain.num_exits)), frozenset(), run)]
 
     def summary(self) -> dict:
         """What GET /v1/model reports."""
@@ -81,17 +80,6 @@ class ServedModel:
                                         "method": p.method} for name, p in sorted(self.chain.operating_points.items())},
             "default_operating_point": self.default_point, "provider": s.provider,
             "session_providers": sorted({p[0] for p in self.chain.session_providers}), "threads": s.threads,
+            "executor": self.executor.kind,
             "max_batch": s.max_batch, "batch_wait_ms": s.batch_wait_ms, "max_body_bytes": s.max_body_bytes,
         }
-
-
-@dataclass(frozen=True)
-class GraphStage:
-    """One graph as the stage engine runs it (``stage_engine.py``)."""
-
-    name: str  # the graph's file, for logs and metrics
-    inputs: tuple[str, ...]  # tensors it reads: the image or earlier graphs' outputs
-    exits: tuple[int, ...]  # the exits it produces logits for, in order
-    keep_after: frozenset[str]  # tensors a later graph reads (the cached maps that travel on)
-    run: Callable[[dict[str, np.ndarray]], tuple[list[np.ndarray], dict[str, np.ndarray]]]
-    # feeds -> (logits in exit order, the outputs a later graph reads); blocking

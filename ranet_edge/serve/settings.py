@@ -30,6 +30,7 @@ class ServeSettings:
     stage_batching: bool = True  # False: each batch runs through all its graphs before the next starts
     max_queue: int = 1024  # images accepted and not yet decided; a request beyond it gets 503
     timeout_s: float = 30.0  # a request not answered this long after it arrived gets 504
+    device_io: bool | None = None  # feature maps stay in device memory (None: on for GPU providers)
 
     def __post_init__(self) -> None:
         if self.graph not in GRAPHS:
@@ -45,6 +46,8 @@ class ServeSettings:
             raise ConfigError(f"timeout_s must be a number of seconds > 0, got {self.timeout_s!r}")
         if not isinstance(self.stage_batching, bool):
             raise ConfigError(f"stage_batching must be true or false, got {self.stage_batching!r}")
+        if self.device_io is not None and not isinstance(self.device_io, bool):
+            raise ConfigError(f"device_io must be true, false or unset, got {self.device_io!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ServeSettings:
@@ -60,7 +63,7 @@ class ServeSettings:
                     value = _NUMBERS[name](value)
                 except ValueError:
                     raise ConfigError(f"serve setting {key}={value!r} must be a number") from None
-            elif isinstance(value, str) and name == "stage_batching":
+            elif isinstance(value, str) and name in ("stage_batching", "device_io"):
                 if value.lower() not in _BOOLS:
                     raise ConfigError(f"serve setting {key}={value!r} must be true or false")
                 value = _BOOLS[value.lower()]

@@ -34,10 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranet_edge.errors import RanetEdgeError
-from ranet_edge.runtime.decision import ONE
+from ranet_edge.runtime.decision import decide
 
 from .api import RequestError
-from .engine import GraphStage, ServedModel
+from .engine import ServedModel
+from .rows import Request, Rows
 
 log = logging.getLogger("ranet_edge.serve")
 
@@ -64,73 +65,16 @@ class Overloaded(RequestError):
         self.retry_after_s = retry_after_s
 
 
-class _Request:
-    """One classify call as the model thread fills it."""
-
-    __slots__ = ("n", "left", "labels", "exits", "conf", "logits", "future", "loop", "start", "dropped")
-
-    def __init__(self, n: int, num_classes: int, future: asyncio.Future, loop: asyncio.AbstractEventLoop):
-        self.n = self.left = n
-        self.labels = np.empty(n, np.int64)
-        self.exits = np.empty(n, np.int64)
-        self.conf = np.empty(n, np.float32)
-        self.logits = np.empty((n, num_classes), np.float32)
-        self.future, self.loop = future, loop
-        self.start = time.perf_counter()
-        self.dropped = False  # the caller gave up (timeout, disconnect): its rows are discarded
-
-
-class _Rows:
-    """Rows waiting for one graph: whose they are, their thresholds, their cached tensors."""
-
-    __slots__ = ("reqs", "owner", "slot", "thr", "temps", "env", "since")
-
-    def __init__(self, reqs: list[_Request], owner: np.ndarray, slot: np.ndarray, thr: np.ndarray,
-                 temps: np.ndarray, env: dict[str, np.ndarray], since: float):
-        self.reqs = reqs  # the requests the rows belong to
-        self.owner = owner  # int (m,): index into reqs of each row
-        self.slot = slot  # int (m,): position of each row in its request
-        self.thr = thr  # float32 (m, exits): each row's thresholds (its operating point)
-        self.temps = temps  # float32 (m, exits): each row's temperatures
-        self.env = env  # tensor name -> (m, ...) array: what this graph and later ones read
-        self.since = since  # when the oldest of these rows joined this queue (perf_counter)
-
-    def __len__(self) -> int:
-        return len(self.owner)
-
-    def cut(self, t: int) -> tuple[_Rows, _Rows]:
-        """The first ``t`` rows and the rest."""
-        def part(s: slice) -> _Rows:
-            return _Rows(self.reqs, self.owner[s], self.slot[s], self.thr[s], self.temps[s],
-                         {k: v[s] for k, v in self.env.items()}, self.since)
-        return part(slice(None, t)), part(slice(t, None))
-
-    def select(self, keep: np.ndarray, env: dict[str, np.ndarray], since: float) -> _Rows:
-        """The rows ``keep`` (a mask or indices) with tensors ``env`` (already of all rows)."""
-        return _Rows(self.reqs, self.owner[keep], self.slot[keep], self.thr[keep], self.temps[keep],
-                     {k: v[keep] for k, v in env.items()}, since)
-
-    @staticmethod
-    def merge(parts: list[_Rows]) -> _Rows:
-        if len(parts) == 1:
-            return parts[0]
-        reqs: list[_Request] = []
-        owners = []
-        for p in parts:
-            owners.append(p.owner + len(reqs))
-            reqs.extend(p.reqs)
-        return _Rows(reqs, np.concatenate(owners), np.concatenate([p.slot for p in parts]),
-                     np.concatenate([p.thr for p in parts]), np.concatenate([p.temps for p in parts]),
-                     {k: np.concatenate([p.env[k] for p in parts]) for k in parts[0].env},
-                     min(p.since for p in parts))
-
-
 class StageEngine:
     """Classifies preprocessed images for any number of concurrent callers (see the module doc).
 
-    ``max_batch``, ``batch_wait_ms`` and ``max_queue`` default to the model's settings.
+    ``max_batch``, ``batch_wait_ms`` and ``max_queue`` default to the model's settings
+    (``max_batch`` at most the chain's, the largest batch its executor was prepared for).
     ``on_batch(graph_index, rows)`` is called (from the model thread) after each graph run,
     for metrics.
+
+    Raises:
+        InputError: the model's executor cannot merge rows of several requests (captured buffers).
     """
 
     def __init__(self, model: ServedModel, *, stage_batching: bool | None = None, max_batch: int | None = None,
@@ -139,22 +83,24 @@ class StageEngine:
         s = model.settings
         self.model = model
         self.stage_batching = s.stage_batching if stage_batching is None else stage_batching
-        self.max_batch = max_batch or s.max_batch
+        self.executor = model.executor
+        self.max_batch = min(max_batch or s.max_batch, model.chain.max_batch)
         self.wait_s = (s.batch_wait_ms if batch_wait_ms is None else batch_wait_ms) / 1e3
         self.max_queue = max_queue or s.max_queue
         self.on_batch = on_batch
-        self.stages: list[GraphStage] = model.graph_stages()
-        self._input = model.chain.input_name
+        if self.executor.exclusive:
+            self.executor.concat([])  # raises: fixed buffers cannot hold rows of several requests
+        self.stages = self.executor.graphs  # what runs: .path, .exits, per graph
         self._shape = tuple(model.chain.input_shape)
         self._points: dict[str | None, tuple[np.ndarray, np.ndarray]] = {}
-        self._queues: list[collections.deque[_Rows]] = [collections.deque() for _ in self.stages]
+        self._queues: list[collections.deque[Rows]] = [collections.deque() for _ in self.stages]
         self._queued = [0] * len(self.stages)  # rows in each queue
         self._pending = 0  # images accepted and not yet decided (or discarded)
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = False
         self.closing = False
-        self._live: set[_Request] = set()  # requests not answered yet (close fails what it leaves)
+        self._live: set[Request] = set()  # requests not answered yet (close fails what it leaves)
 
     # ------------------------------------------------------------------ asyncio side
     async def start(self) -> None:
@@ -213,9 +159,9 @@ class StageEngine:
         if self._thread is None:
             await self.start()
         loop = asyncio.get_running_loop()
-        req = _Request(n, self.model.num_classes, loop.create_future(), loop)
-        rows = _Rows([req], np.zeros(n, np.intp), np.arange(n), np.broadcast_to(thr, (n, len(thr))),
-                     np.broadcast_to(temps, (n, len(temps))), {self._input: x}, req.start)
+        req = Request(n, self.model.num_classes, loop.create_future(), loop)
+        rows = Rows([req], np.zeros(n, np.intp), np.arange(n), np.broadcast_to(thr, (n, len(thr))),
+                    np.broadcast_to(temps, (n, len(temps))), self.executor.feed(x), req.start)
         with self._cond:
             self._pending += n
             self._live.add(req)
@@ -271,7 +217,7 @@ class StageEngine:
                         rows = self._run(k, rows, hand_on=False)
                         k += 1
             except Exception as exc:  # the model failed: every request of the batch gets an answer
-                log.exception("graph %s failed", self.stages[k].name)
+                log.exception("graph %s failed", self.stages[k].path)
                 self._fail(rows, exc)
 
     def _pick(self, now: float) -> int:
@@ -284,57 +230,52 @@ class StageEngine:
             return ready[-1]
         return next(k for k, q in enumerate(self._queued) if q)
 
-    def _take(self, k: int) -> _Rows | None:
+    def _take(self, k: int) -> Rows | None:
         """Up to ``max_batch`` rows of queue ``k`` (under the lock), dropped requests' rows left out."""
         q, parts, have = self._queues[k], [], 0
         while q and have < self.max_batch:
             part = q.popleft()
             if have + len(part) > self.max_batch:
-                part, rest = part.cut(self.max_batch - have)
+                part, rest = part.cut(self.executor, self.max_batch - have)
                 q.appendleft(rest)
             parts.append(part)
             have += len(part)
         self._queued[k] -= have
-        rows = _Rows.merge(parts)
+        rows = Rows.merge(self.executor, parts)
         if any(r.dropped for r in rows.reqs):
             keep = ~np.array([r.dropped for r in rows.reqs])[rows.owner]
             self._pending -= int(len(keep) - keep.sum())
-            rows = rows.select(keep, rows.env, rows.since) if keep.any() else None
+            rows = rows.select(self.executor, np.flatnonzero(keep), rows.env, rows.since) if keep.any() else None
         return rows
 
-    def _run(self, k: int, rows: _Rows, hand_on: bool = True) -> _Rows | None:
+    def _run(self, k: int, rows: Rows, hand_on: bool = True) -> Rows | None:
         """Run graph ``k`` on ``rows``, answer the requests it completes; the rows that go on
         are queued for graph k+1 (``hand_on``) or returned."""
-        stage = self.stages[k]
-        logits, cache = stage.run({name: rows.env[name] for name in stage.inputs})
+        logits, env = self.executor.run(k, rows.env)
         if self.on_batch is not None:
             self.on_batch(k, len(rows))
-        last = k == len(self.stages) - 1
         alive = np.ones(len(rows), bool)
-        done: list[_Request] = []
+        done: list[Request] = []
         decided = 0
-        for j, (e, z) in enumerate(zip(stage.exits, logits)):
-            take = _decide(z, rows.thr[:, e], rows.temps[:, e], alive, force=last and j == len(logits) - 1)
-            if take is None:
+        for e, z in zip(self.stages[k].exits, logits):
+            d = decide(z, rows.thr[:, e], rows.temps[:, e], alive)
+            if not d.any:
                 continue
-            alive &= ~take
-            idx = np.flatnonzero(take)
+            alive &= ~d.take
+            idx = np.flatnonzero(d.take)
             decided += len(idx)
             zt = np.asarray(z, np.float32)[idx]
-            labels, conf = _label_and_confidence(zt, rows.temps[idx, e])
             for i, r in enumerate(idx.tolist()):
                 req = rows.reqs[rows.owner[r]]
                 s = rows.slot[r]
-                req.labels[s], req.exits[s], req.conf[s], req.logits[s] = labels[i], e, conf[i], zt[i]
+                req.labels[s], req.exits[s], req.conf[s], req.logits[s] = d.labels[i], e, d.confidences[i], zt[i]
                 req.left -= 1
                 if req.left == 0:
                     done.append(req)
         self._answer(done, decided)
         if not alive.any():
             return None
-        env = {nm: v for nm, v in rows.env.items() if nm in stage.keep_after}
-        env.update(cache)
-        nxt = rows.select(alive, env, time.perf_counter())
+        nxt = rows.select(self.executor, np.flatnonzero(alive), env, time.perf_counter())
         if not hand_on:
             return nxt
         with self._cond:
@@ -342,7 +283,7 @@ class StageEngine:
             self._queued[k + 1] += len(nxt)
         return None
 
-    def _answer(self, done: list[_Request], decided: int) -> None:
+    def _answer(self, done: list[Request], decided: int) -> None:
         with self._cond:
             self._pending -= decided
             for req in done:
@@ -358,7 +299,7 @@ class StageEngine:
             except RuntimeError:  # that loop is closed: nobody waits any more
                 pass
 
-    def _fail(self, rows: _Rows, exc: Exception) -> None:
+    def _fail(self, rows: Rows, exc: Exception) -> None:
         """Fail every request with a row in ``rows`` (a graph run on them raised)."""
         error = RuntimeError(f"the model failed: {type(exc).__name__}: {exc}")
         with self._cond:
@@ -383,29 +324,3 @@ def _resolve(items: list[tuple[asyncio.Future, Answer]]) -> None:
 def _fail_future(future: asyncio.Future, error: Exception) -> None:
     if not future.done():
         future.set_exception(error)
-
-
-def _confidence(z: np.ndarray, temps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(e, total) of ``decision.exp_and_total`` with one temperature per row."""
-    z = np.asarray(z, np.float32)
-    if (temps != ONE).any():
-        z = z / temps[:, None]
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e, e.sum(axis=-1)
-
-
-def _decide(z: np.ndarray, thr: np.ndarray, temps: np.ndarray, alive: np.ndarray, force: bool) -> np.ndarray | None:
-    """Mask of the rows still ``alive`` whose confidence at this exit reaches their threshold
-    (``force``: all of them, the last exit); None when none do."""
-    if force:
-        take = alive.copy()
-    else:
-        _, total = _confidence(z, temps)
-        take = ((ONE / total) >= thr) & alive
-    return take if take.any() else None
-
-
-def _label_and_confidence(z: np.ndarray, temps: np.ndarray) -> tuple[list[int], list[float]]:
-    e, total = _confidence(z, temps)
-    p = e / total[:, None]
-    return p.argmax(axis=1).tolist(), (ONE / total).tolist()

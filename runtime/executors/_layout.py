@@ -1,20 +1,17 @@
-"""Fixed-address plans: which buffers, of which sizes, under which graph ids, for each bucket.
+"""Fixed-address layout: which buffers, of which sizes, under which graph ids, for each bucket.
 
 A CUDA graph replays kernels on the addresses it was captured with, so every tensor a
-captured run reads or writes must live in a buffer allocated once. :class:`FixedPlan` is that
-layout for one bundle and one set of batch buckets, as plain data (no onnxruntime):
+captured run reads or writes must live in a buffer allocated once. :class:`FixedLayout` is
+that layout for one bundle and one set of batch buckets, as plain data (no onnxruntime):
 
 - ``("env", s, b, name)``: what graph ``s`` reads at bucket ``b`` (the image for ``s = 0``;
   later, every tensor a later graph reads, gathered into place by the step before);
 - ``("out", s, b, name)``: every output of graph ``s`` at bucket ``b`` (logits, cached maps);
-- ``("alive", s, b)``: the rows of bucket ``b`` still running when graph ``s`` starts;
-- ``("summary" | "probs" | "go_on", k, b)``: exit ``k``'s decision (``runtime/decide.onnx``);
-- ``("offsets", b)``: ``3 .. 3 + b - 1``, where the gather reads the first ``b`` rows of an order;
-- ``("threshold" | "temperature", k)`` and ``("band",)``: one-value inputs of the decisions.
+- ``("index", c)``: the rows that go on, padded to bucket ``c``, written by the host.
 
-Graph ids (``gpu_graph_id``): graph and decision sessions capture one graph per bucket (id =
-the bucket's index); the gather session after graph ``s`` one per (bucket, next bucket) pair,
-next <= bucket (id = ``i * (i + 1) / 2 + j``). Shapes never change under an id.
+Graph ids (``gpu_graph_id``): graph sessions capture one graph per bucket (id = the bucket's
+index); the gather session after graph ``s`` one per (bucket, next bucket) pair, next <=
+bucket (id = ``i * (i + 1) / 2 + j``). Shapes never change under an id.
 """
 from __future__ import annotations
 
@@ -25,7 +22,6 @@ import numpy as np
 
 from ranet_edge.errors import BundleError, InputError
 
-HEAD = 3  # summary = [go_on, left, near, order...] (runtime/decision_graph.py)
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
               "tensor(bool)": "bool"}
 
@@ -41,7 +37,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One bundle graph as the plan sees it."""
+    """One bundle graph as the layout sees it."""
 
     path: str
     inputs: tuple[str, ...]
@@ -62,17 +58,17 @@ class Buffer:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
-class FixedPlan:
-    """The buffers and graph ids of a bundle's graphs at every bucket (see the module doc)."""
+class FixedLayout:
+    """The buffers and graph ids of a bundle's graphs at every bucket (see the module doc).
+
+    Raises:
+        InputError: no bucket size, or one below 1.
+    """
 
     def __init__(self, stages: Sequence[StageSpec], image: TensorSpec, num_classes: int, buckets: Sequence[int]):
         sizes = sorted({int(b) for b in buckets})
         if not sizes or sizes[0] < 1:
-            raise InputError(f"a fixed-address plan needs positive bucket sizes, got {list(buckets)}")
-        for st in stages:
-            if not st.exits:
-                raise InputError(f"graph {st.path} carries no exit; fixed-address plans need an exit per graph "
-                                 "(export with --granularity exit)")
+            raise InputError(f"a fixed-address layout needs positive bucket sizes, got {list(buckets)}")
         self.stages = tuple(stages)
         self.image = image
         self.num_classes = int(num_classes)
@@ -83,22 +79,14 @@ class FixedPlan:
         for st in self.stages:
             known = {**known, **{o.name: o for o in st.outputs}}
             self._specs.append(known)
-        self.exit_stage = {k: s for s, st in enumerate(self.stages) for k in st.exits}
 
     # ------------------------------------------------------------------ buckets and ids
     @property
     def largest(self) -> int:
         return self.buckets[-1]
 
-    def bucket_for(self, n: int) -> int:
-        """The smallest bucket holding ``n`` rows (callers cut batches above the largest)."""
-        for b in self.buckets:
-            if b >= n:
-                return b
-        raise InputError(f"{n} rows exceed the largest bucket ({self.largest}); run in chunks of {self.largest}")
-
     def graph_id(self, b: int) -> int:
-        """gpu_graph_id of a graph or decision session at bucket ``b``."""
+        """gpu_graph_id of a graph session at bucket ``b``."""
         return self._index[b]
 
     def gather_id(self, b: int, b_next: int) -> int:
@@ -124,30 +112,14 @@ class FixedPlan:
             return ("out", s, b, name)
         return ("env", s, b, name)
 
-    def alive_key(self, k: int, b: int) -> tuple:
-        """The ``alive`` input of exit ``k``'s decision: the stage's rows, or the previous exit's
-        survivors when the same graph carries both."""
-        s = self.exit_stage[k]
-        first = self.stages[s].exits[0]
-        return ("alive", s, b) if k == first else ("go_on", k - 1, b)
-
     def buffers(self) -> list[Buffer]:
-        """Every buffer of the plan, once."""
+        """Every buffer of the layout, once."""
         out = []
         for s, st in enumerate(self.stages):
             for b in self.buckets:
                 out += [Buffer(("env", s, b, t.name), (b, *t.shape), t.dtype) for t in self.env(s)]
                 out += [Buffer(("out", s, b, t.name), (b, *t.shape), t.dtype) for t in st.outputs]
-                out.append(Buffer(("alive", s, b), (b,), "bool"))
-                for k in st.exits:
-                    out += [Buffer(("summary", k, b), (HEAD + b,), "int64"),
-                            Buffer(("probs", k, b), (b, self.num_classes), "float32"),
-                            Buffer(("go_on", k, b), (b,), "bool")]
-        out += [Buffer(("offsets", b), (b,), "int64") for b in self.buckets]
-        for st in self.stages:
-            for k in st.exits:
-                out += [Buffer(("threshold", k), (1,), "float32"), Buffer(("temperature", k), (1,), "float32")]
-        out.append(Buffer(("band",), (1,), "float32"))
+        out += [Buffer(("index", b), (b,), "int64") for b in self.buckets]
         return out
 
     def total_bytes(self) -> int:
@@ -155,19 +127,21 @@ class FixedPlan:
 
     def gather_io(self, s: int, b: int, b_next: int) -> tuple[list[tuple], list[tuple]]:
         """(input buffer keys, output buffer keys) of the gather after graph ``s``, ``b -> b_next``,
-        in the gather graph's order: x0.., summary, offsets -> y0.., alive."""
+        in the gather graph's order: x0.., idx -> y0.."""
         names = self.stages[s].handed_on
-        last = self.stages[s].exits[-1]
-        ins = [self.source(s, b, n) for n in names] + [("summary", last, b), ("offsets", b_next)]
-        outs = [("env", s + 1, b_next, n) for n in names] + [("alive", s + 1, b_next)]
-        return ins, outs
+        ins = [self.source(s, b, n) for n in names] + [("index", b_next)]
+        return ins, [("env", s + 1, b_next, n) for n in names]
 
     def handed_on_types(self, s: int) -> list[str]:
         return [self._specs[s][n].dtype for n in self.stages[s].handed_on]
 
 
-def from_graphs(manifest, graphs, buckets: Sequence[int]) -> FixedPlan:
-    """The plan of a loaded bundle (``graphs``: its GraphInfo list) at ``buckets``."""
+def from_graphs(manifest, graphs, buckets: Sequence[int]) -> FixedLayout:
+    """The layout of a loaded bundle (``graphs``: its GraphInfo list) at ``buckets``.
+
+    Raises:
+        BundleError: an output has an axis besides the batch that is not fixed.
+    """
     pre = manifest.preprocessing
     image = TensorSpec(manifest.input_name, tuple(int(d) for d in pre.sample_shape), "float32")
     stages = []
@@ -184,10 +158,10 @@ def from_graphs(manifest, graphs, buckets: Sequence[int]) -> FixedPlan:
             dtype = rec.dtype if rec is not None else _ORT_TYPES.get(meta[name].type, "")
             if any(not isinstance(d, int) for d in shape) or not dtype:
                 raise BundleError(f"graph {entry.path}: output {name} has shape {list(shape)} / type "
-                                  f"{dtype or meta[name].type}; a fixed-address plan needs every axis but the "
+                                  f"{dtype or meta[name].type}; a fixed-address layout needs every axis but the "
                                   "batch fixed (re-export the bundle)")
             outs.append(TensorSpec(name, shape, dtype))
         known |= set(g.output_names)
         stages.append(StageSpec(entry.path, tuple(g.inputs), tuple(outs), tuple(g.logit_names), tuple(g.exits),
                                 tuple(sorted(n for n in g.keep_after if n in known))))
-    return FixedPlan(stages, image, manifest.num_classes, buckets)
+    return FixedLayout(stages, image, manifest.num_classes, buckets)

@@ -1,17 +1,14 @@
-"""Per-sample routing: what one exit decides, and the results of a predict call.
+"""What a predict call hands back: the rows each graph decided, and the per-sample results.
 
-:func:`decide_exit` applies the decision rule (``decision.py``: temperature, max-softmax,
-threshold) to one exit's logits and returns the rows that leave there as
-:class:`StageRows`; :class:`ExitChain.predict <ranet_edge.runtime.chain.ExitChain>` collects
-them into a :class:`Prediction`.
+The routing loop (:meth:`ExitChain.predict_stages <ranet_edge.runtime.chain.ExitChain.predict_stages>`)
+yields one :class:`StageRows` per graph run; :class:`Results` collects them, in input order,
+into a :class:`Prediction`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-
-from .decision import ONE, exp_and_total, reaches
 
 
 @dataclass(frozen=True)
@@ -45,26 +42,6 @@ class StageRows:
                                                              p.probabilities) for p in parts))))
 
 
-def decide_exit(z: np.ndarray, k: int, threshold: float, temperature: float, rows: np.ndarray,
-                alive: np.ndarray | None) -> tuple[np.ndarray | None, StageRows | None]:
-    """The rows of exit ``k``'s logits ``z`` whose confidence reaches ``threshold``.
-
-    ``rows`` maps the rows of ``z`` to input positions; ``alive`` masks the rows an earlier
-    exit of the same graph has not taken (None: all). Returns the rows still alive after
-    this exit (None when all are) and those decided here (None when none are).
-    """
-    e, total = exp_and_total(z, temperature)
-    ck = ONE / total  # max softmax probability, without normalising every row
-    take = reaches(ck, threshold)
-    if alive is not None:
-        take &= alive
-    if not take.any():
-        return alive, None
-    pk = e[take] / total[take, None]
-    decided = StageRows(rows[take], pk.argmax(axis=1), np.full(len(pk), k, np.int64), ck[take], pk)
-    return (~take if alive is None else alive & ~take), decided
-
-
 class Results:
     """Per-sample outputs of one predict call, filled as the graphs decide them."""
 
@@ -84,3 +61,7 @@ class Results:
         self.labels[d.rows] = d.labels
         self.exits[d.rows] = d.exits
         self.conf[d.rows] = d.confidences
+
+    def prediction(self) -> Prediction:
+        """The filled results (every row must have been decided)."""
+        return Prediction(self.labels, self.exits, self.conf, self.probs)

@@ -1,4 +1,4 @@
-"""Fixed-address plans (runtime/fixed_plan.py, runtime/device_plan.py) on the CPU provider:
+"""The captured executor (runtime/executors/captured.py, _layout.py) on the CPU provider:
 real sessions, real IOBinding, CPU OrtValues standing in for the device buffers. What needs a
 GPU (CUDA graph capture, the shared stream) is measured by benchmarks/gpu/check.sh."""
 from __future__ import annotations
@@ -10,9 +10,16 @@ import pytest
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.errors import InputError
 from ranet_edge.runtime import ExitChain
-from ranet_edge.runtime.capture import op_blockers, profile_blockers, scan_ops, shape_blockers
-from ranet_edge.runtime.device_plan import DevicePlan, capture_providers, profile_run
-from ranet_edge.runtime.fixed_plan import FixedPlan, StageSpec, TensorSpec
+from ranet_edge.runtime.executors._layout import FixedLayout, StageSpec, TensorSpec
+from ranet_edge.runtime.executors._onnx_proto import scan_ops
+from ranet_edge.runtime.executors.capture_check import (
+    capture_providers,
+    op_blockers,
+    profile_blockers,
+    profile_run,
+    shape_blockers,
+)
+from ranet_edge.runtime.executors.captured import CapturedExecutor
 
 BUCKETS = [1, 2, 4, 8, 16]
 
@@ -30,7 +37,7 @@ def x(chains):
         return chains[0].preprocess(z["x"][:45])
 
 
-def toy_plan(buckets=(1, 4, 16)) -> FixedPlan:
+def toy_plan(buckets=(1, 4, 16)) -> FixedLayout:
     img = TensorSpec("image", (3, 8, 8), "float32")
     s0 = StageSpec("a.onnx", ("image",), (TensorSpec("l0", (10,), "float32"), TensorSpec("m", (4, 4, 4), "float16")),
                    ("l0",), (0,), ("image", "m"))
@@ -38,7 +45,7 @@ def toy_plan(buckets=(1, 4, 16)) -> FixedPlan:
                    ("l1", "l2"), (1, 2), ())
     s2 = StageSpec("c.onnx", ("image",), (TensorSpec("l3", (10,), "float32"),), ("l3",), (3,), ())
     s1 = StageSpec(s1.path, s1.inputs, s1.outputs, s1.logits, s1.exits, ("image",))
-    return FixedPlan([s0, s1, s2], img, 10, buckets)
+    return FixedLayout([s0, s1, s2], img, 10, buckets)
 
 
 def test_plan_buffers_sizes_and_ids():
@@ -49,23 +56,25 @@ def test_plan_buffers_sizes_and_ids():
     assert bufs[("out", 0, 16, "m")].shape == (16, 4, 4, 4) and bufs[("out", 0, 16, "m")].dtype == "float16"
     assert bufs[("env", 1, 16, "m")].nbytes == 16 * 64 * 2
     assert ("env", 2, 1, "image") in bufs and ("env", 2, 1, "m") not in bufs  # only what a later graph reads
-    assert bufs[("summary", 2, 4)].shape == (3 + 4,) and bufs[("probs", 1, 16)].shape == (16, 10)
-    assert plan.alive_key(1, 4) == ("alive", 1, 4) and plan.alive_key(2, 4) == ("go_on", 1, 4)
+    assert bufs[("index", 4)].shape == (4,) and bufs[("index", 4)].dtype == "int64"
     assert plan.source(1, 4, "image") == ("env", 1, 4, "image") and plan.source(0, 4, "m") == ("out", 0, 4, "m")
     assert [plan.graph_id(b) for b in plan.buckets] == [0, 1, 2]
     ids = [plan.gather_id(b, c) for b, c in plan.gather_pairs()]
     assert sorted(ids) == list(range(6))  # one id per (bucket, next bucket <= bucket) pair
     ins, outs = plan.gather_io(1, 16, 4)
-    assert ins == [("env", 1, 16, "image"), ("summary", 2, 16), ("offsets", 4)]  # the graph's last exit decides
-    assert outs == [("env", 2, 4, "image"), ("alive", 2, 4)]
+    assert ins == [("env", 1, 16, "image"), ("index", 4)]  # the host writes the kept rows' indices
+    assert outs == [("env", 2, 4, "image")]
     assert plan.total_bytes() == sum(b.nbytes for b in plan.buffers())
 
 
 def test_bucket_choice():
     plan = toy_plan((1, 4, 16))
-    assert [plan.bucket_for(n) for n in (1, 2, 4, 5, 16)] == [1, 4, 4, 16, 16]
+    from ranet_edge.runtime.executors.buckets import Buckets
+
+    buckets = Buckets(sizes=plan.buckets)  # what the captured executor pads with
+    assert [buckets.size(n) for n in (1, 2, 4, 5, 16)] == [1, 4, 4, 16, 16]
     with pytest.raises(InputError, match="largest bucket"):
-        plan.bucket_for(17)
+        buckets.size(17)
     with pytest.raises(InputError, match="no larger"):
         plan.gather_id(4, 16)
     with pytest.raises(InputError, match="positive"):
@@ -74,7 +83,7 @@ def test_bucket_choice():
 
 def test_capture_run_matches_host_path(chains, x):
     host, fixed = chains
-    assert fixed._fixed is not None and fixed._router is None
+    assert fixed.executor.kind == "captured" and fixed.executor.exclusive
     for a, b in zip(host.run_all(x), fixed.run_all(x)):  # 45 rows: chunks of the largest bucket, 16
         np.testing.assert_array_equal(a, b)
     rng = np.random.default_rng(0)
@@ -89,26 +98,25 @@ def test_capture_run_matches_host_path(chains, x):
         np.testing.assert_array_equal(p.exits, q.exits)
 
 
-def test_ties_redecided_on_host(chains, x):
-    """Thresholds equal to samples' confidences (ties leave): the device's band sends those
-    batches to the host rule, and the exits stay the host path's."""
+def test_ties_leave_as_on_the_host(chains, x):
+    """Thresholds equal to samples' confidences (ties leave): the one rule decides on the host
+    from the logits buffers, so the exits are the host path's exactly."""
     host, fixed = chains
     conf0 = host.predict(x[:16], 0.0).confidences  # every sample leaves at exit 0: its confidences
-    before = fixed._fixed.host_redecisions
     for t in conf0[:4]:
         thr = [float(t)] + [1.0] * (host.num_exits - 1)
         p, q = host.predict(x[:16], thr), fixed.predict(x[:16], thr)
         np.testing.assert_array_equal(p.exits, q.exits)
         np.testing.assert_array_equal(p.labels, q.labels)
+        np.testing.assert_array_equal(p.confidences, q.confidences)
         assert (q.exits == 0).sum() >= 1  # the tying sample left
-    assert fixed._fixed.host_redecisions > before
 
 
 def test_predict_stages_and_bucket_sequence(chains, x, monkeypatch):
     host, fixed = chains
     ran = []
-    real = DevicePlan._go
-    monkeypatch.setattr(DevicePlan, "_go", lambda self, key: (ran.append(key), real(self, key))[1])
+    real = CapturedExecutor._go
+    monkeypatch.setattr(CapturedExecutor, "_go", lambda self, key: (ran.append(key), real(self, key))[1])
     got = list(fixed.predict_stages(x[:13], 0.7))
     want = list(host.predict_stages(x[:13], 0.7))
     assert sum(len(s.rows) for s in got) == 13
@@ -126,7 +134,7 @@ def test_predict_stages_and_bucket_sequence(chains, x, monkeypatch):
 
 def test_buffers_keep_their_addresses(chains, x):
     _, fixed = chains
-    plan = fixed._fixed
+    plan = fixed.executor
     before = {k: v.data_ptr() for k, v in plan.buf.items()}
     fixed.predict(x[:9], 0.6)
     fixed.run_all(x[:3])
@@ -134,7 +142,7 @@ def test_buffers_keep_their_addresses(chains, x):
     sess, io, _ = plan._run[("graph", 0, 16)]
     outs = io.get_outputs()
     assert [o.data_ptr() for o in outs] == [plan.buf[("out", 0, 16, n.name)].data_ptr()
-                                            for n in plan.plan.stages[0].outputs]
+                                            for n in plan.layout.stages[0].outputs]
 
 
 def test_load_report_lists_every_session(chains):
@@ -142,9 +150,9 @@ def test_load_report_lists_every_session(chains):
     rep = fixed.load_report.capture
     assert rep is not None and rep.requested is False and not rep.all_captured
     names = [g.name for g in rep.graphs]
-    assert names[:6] == [f"stage{i}.onnx" for i in range(6)] and "decide (every exit)" in names
-    assert sum(n.startswith("gather after") for n in names) == 5
-    assert rep.buffers_bytes == fixed._fixed.plan.total_bytes() > 0
+    assert names[:6] == [f"stage{i}.onnx" for i in range(6)]
+    assert sum(n.startswith("gather after") for n in names) == 5 and len(names) == 11
+    assert rep.buffers_bytes == fixed.executor.layout.total_bytes() > 0
     assert rep.to_dict()["graphs"][0]["ids"] == len(BUCKETS)
     assert fixed.load_report.warm_sizes == tuple(BUCKETS)
 
