@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How to train; the defaults are the paper's CIFAR policy (RANET.md)."""
+    """How to train; the defaults are the paper's CIFAR policy (docs/reference/ranet.md,
+    "Training policy")."""
 
     data: str  # dataset path, any format ranet_edge.data reads
     out: str = "runs/ranet"  # checkpoint directory (last.pt, best.pt, log.jsonl)
