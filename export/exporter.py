@@ -71,8 +71,15 @@ def export_model(
     sample leaving there pays in the chain. ``metadata`` goes into
     the manifest as given. The validation table and any warnings go to this module's
     ``logging`` logger (``ranet_edge.export.exporter``), or to ``log`` if one is given.
-    Raises :class:`~ranet_edge.errors.ValidationError` (with the table) when an exit differs
-    from PyTorch by more than ``spec.tolerance``; nothing is written then.
+    Nothing is written unless every step passes.
+
+    Raises:
+        ExportError: ``out_dir`` exists and is not empty without ``force``; ``forward`` does
+            not return a list of (N, classes) logits; an unknown ``spec.granularity``, or
+            ``"subnetwork"`` without ``exit_groups``; FLOPs counted on the cut graphs that do
+            not fit ``reference_flops`` (a stage would recompute or drop work).
+        ValidationError: an exit differs from PyTorch by more than ``spec.tolerance`` at some
+            batch size (it carries the whole table).
     """
     out = Path(out_dir)
     check_out_dir(out, force)

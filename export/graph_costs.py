@@ -90,7 +90,12 @@ def count_costs(graph: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], stag
     whole ``graph``'s by their outputs) and check them against ``reference_flops``
     (cumulative, from the model's own counter), of which ``reference_dead_flops`` (cumulative;
     default none) is dead work: work no exit's logits depend on, which the graphs do not
-    contain. ``cumulative_params`` default to the parameters the cut graphs store."""
+    contain. ``cumulative_params`` default to the parameters the cut graphs store.
+
+    Raises:
+        ExportError: the cut graphs' FLOPs do not fit ``reference_flops`` (see
+            :func:`check_flops`).
+    """
     name_to_flops = {tuple(n.output): f for n, f in zip(graph.graph.node, node_flops(graph, shapes), strict=False)}
 
     def flops_of(stage: Stage) -> int:  # constant sub-graphs copied into several stages cost 0: sums are exact
@@ -127,7 +132,11 @@ def check_flops(cut: Sequence[int], reference: Sequence[int] | None, dead: Seque
     is counted at that exit by the official counter, while the chain defers that work to the
     stage that reads it. More than ``reference - dead`` at any exit, or a total that differs,
     means a stage recomputes what an earlier stage computed, or drops work: refused.
-    RANet's counts agree exit by exit.
+    RANet's counts agree exit by exit. With ``reference`` None there is nothing to check.
+
+    Raises:
+        ExportError: the three lists differ in length, or the cut does more than the live
+            work at some exit, or a total other than it at the last.
     """
     if reference is None:
         return

@@ -17,6 +17,9 @@ from .rewrite import inferred_shapes
 
 
 def fix_batch(m: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """``m`` with its symbolic ``batch`` axis fixed to ``batch`` (in place), then simplified by
+    onnxsim when it is installed, so that shape arithmetic folds to constants; ``m`` as fixed
+    when onnxsim is missing or fails its own check."""
     from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
 
     make_dim_param_fixed(m.graph, "batch", batch)
@@ -99,7 +102,11 @@ def to_ort(src: Path, tmp: Path, work: Path, data: dict, entries: list[dict], ba
            mobile_ops: bool, log: Callable[[str], None]) -> None:
     """Write every graph of ``entries`` (the manifest's graph entries of ``src``) into
     ``tmp`` as ORT format with batch ``batch_size`` (``work`` holds the intermediate ONNX
-    files), and record the new paths, static shapes and mobile coverage in ``data``."""
+    files), and record the new paths, static shapes and mobile coverage in ``data``.
+
+    Raises:
+        onnx.checker.ValidationError: a rewritten graph is not valid ONNX.
+    """
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     report = {}

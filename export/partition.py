@@ -50,6 +50,10 @@ def partition(model: onnx.ModelProto, groups: list[list[str]],
     Nodes for which ``follow_producer`` is true run in the stage that computes their first
     input even when only later stages read them, so that what crosses the boundary is their
     output (a quantized graph then hands on the uint8 outputs of its QuantizeLinear nodes).
+
+    Raises:
+        ValueError: a name in ``groups`` is not an output of ``model``, or a tensor that crosses
+            a cut has no type information (run shape inference first).
     """
     graph = model.graph
     producer = {out: n for n, node in enumerate(graph.node) for out in node.output}
@@ -132,7 +136,12 @@ def cut_at_exits(model: onnx.ModelProto, num_exits: int, granularity: str = "exi
                  exit_groups: list[int] | None = None) -> list[Stage]:
     """Export step 3, partition: cut the whole graph (outputs ``logits_0..``) into one stage
     per exit (``granularity="exit"``), or one per sub-network (``"subnetwork"``: exit k
-    belongs to sub-network ``exit_groups[k]``)."""
+    belongs to sub-network ``exit_groups[k]``).
+
+    Raises:
+        ExportError: ``granularity`` is neither ``"exit"`` nor ``"subnetwork"``, or it is
+            ``"subnetwork"`` and ``exit_groups`` is None (a model that names no sub-networks).
+    """
     if granularity == "exit":
         groups = [[f"logits_{k}"] for k in range(num_exits)]
     elif granularity == "subnetwork":

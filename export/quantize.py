@@ -46,6 +46,8 @@ class Int8Recipe:
     cpu_layout: bool = True
 
     def describe(self) -> str:
+        """One line naming the recipe, as ``convert --to int8`` reports it and the manifest
+        records it."""
         act = "U8S8" if self.activations == "uint8" else "S8S8"
         return (f"whole-chain static QDQ, {act} {'per-channel' if self.per_channel else 'per-tensor'}"
                 f"{', shared Concat scales' if self.shared_concat_scales else ''}, "
@@ -66,7 +68,12 @@ class QuantizedChain:
 def merge_stages(paths: list[Path], logits: list[list[str]]) -> onnx.ModelProto:
     """One graph computing what the chained stage graphs compute: their nodes in order,
     joined by tensor name. An initializer name two stages use for different values is
-    renamed in the later stage."""
+    renamed in the later stage.
+
+    Raises:
+        onnx.checker.ValidationError: the merged graph is not valid ONNX (stages that do not
+            chain: an input no earlier stage produces).
+    """
     models = [onnx.load(str(p)) for p in paths]
     nodes: list[onnx.NodeProto] = []
     inits: dict[str, onnx.TensorProto] = {}
@@ -119,7 +126,13 @@ class _Batches:
 def quantize_chain(paths: list[Path], logits: list[list[str]], input_name: str, x: np.ndarray, work: Path,
                    static_batch: int | None = None, recipe: Int8Recipe | None = None) -> QuantizedChain:
     """Quantize the chain of graphs ``paths`` (each computing the exits ``logits[g]``) on the
-    preprocessed calibration images ``x`` (static QDQ, MinMax ranges) as ``recipe`` says."""
+    preprocessed calibration images ``x`` (static QDQ, MinMax ranges) as ``recipe`` says.
+    ``work`` holds the merged graph before and after quantization.
+
+    Raises:
+        onnx.checker.ValidationError: the merged or the quantized graph is not valid ONNX.
+        ValueError: a group of ``logits`` names no output of the quantized graph.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     recipe = recipe or Int8Recipe()

@@ -14,6 +14,16 @@ from .exporter import INPUT_NAME, ExportResult, ExportSpec, export_model
 
 def export_loaded(loaded: LoadedCheckpoint, out_dir: str | os.PathLike, spec: ExportSpec,
                   source: str = "", force: bool = False, log: Callable[[str], None] | None = None) -> ExportResult:
+    """Export a checkpoint already loaded: the manifest records its architecture, official
+    flags, where the flags came from, the checkpoint's file name (``source``) and layout, the
+    class names it stores, and the data set's preprocessing; the model's official per-exit
+    FLOP counts are checked against the cut graphs (see :func:`.exporter.export_model`).
+
+    Raises:
+        ExportError: as :func:`.exporter.export_model` (a non-empty ``out_dir`` without
+            ``force``, FLOPs that do not fit the model's count).
+        ValidationError: an exit differs from PyTorch by more than ``spec.tolerance``.
+    """
     model, config = loaded.model, loaded.config
     costs = model.exit_costs()
     pre = PreprocessSpec.for_dataset(config.data).to_dict()
@@ -43,6 +53,16 @@ def export_checkpoint(ckpt: str | os.PathLike, out_dir: str | os.PathLike, spec:
                       config: ArchConfig | None = None, config_source: str = "flags", force: bool = False,
                       log: Callable[[str], None] | None = None, arch: str | None = None) -> ExportResult:
     """Load ``ckpt`` (any supported layout; architecture inferred when ``config`` is None,
-    as ``arch`` if given) and export it."""
+    as ``arch`` if given) and export it (:func:`export_loaded`).
+
+    Raises:
+        CheckpointError: ``ckpt`` is not a readable checkpoint, holds objects only a full
+            unpickle could build, or does not match ``config`` (or no architecture can be
+            inferred from it).
+        ConfigError: ``config`` describes an architecture whose forward cannot run.
+        MissingExtraError: torch is not installed (the ``export`` extra).
+        ExportError: as :func:`export_loaded`.
+        ValidationError: an exit differs from PyTorch by more than ``spec.tolerance``.
+    """
     loaded = load_checkpoint(ckpt, config, config_source, arch)
     return export_loaded(loaded, out_dir, spec or ExportSpec(), str(ckpt), force, log)

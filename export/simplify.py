@@ -30,7 +30,12 @@ def simplify(m: onnx.ModelProto, label: str, notes: list[str]) -> onnx.ModelProt
 
 
 def simplify_stages(stages: Sequence[Stage], enabled: bool, notes: list[str]) -> None:
-    """Replace each stage's graph by its simplified form (when ``enabled``), then check it."""
+    """Replace each stage's graph by its simplified form (when ``enabled``), then check it.
+
+    Raises:
+        onnx.checker.ValidationError: a stage graph is not valid ONNX (a bug of the cut, not of
+            the user's model: the exporter reports it as is).
+    """
     if enabled:
         for st in stages:
             st.model = simplify(st.model, f"stage {st.index}", notes)

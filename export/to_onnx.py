@@ -41,11 +41,18 @@ class Traced:
 
 
 def logit_names(num_exits: int) -> list[str]:
+    """The graph output names of the exits' logits, ``logits_0 ... logits_{K-1}``: the names
+    the cut, the manifest and the runtime all use."""
     return [f"logits_{k}" for k in range(num_exits)]
 
 
 def count_exits(model: torch.nn.Module, example: torch.Tensor) -> int:
-    """The number of exits, after checking that ``forward`` returns the exit logits."""
+    """The number of exits, after checking that ``forward`` returns the exit logits.
+
+    Raises:
+        ExportError: ``forward(example)`` does not return a non-empty list or tuple of 2-D
+            (N, classes) tensors.
+    """
     with torch.no_grad():
         outputs = model(example)
     if not isinstance(outputs, (list, tuple)) or not outputs or not all(
@@ -59,7 +66,11 @@ def to_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], opset: in
             static_batch: int | None, notes: list[str]) -> Traced:
     """Export ``model`` (in eval mode) at batch ``static_batch`` (None: a dynamic batch axis).
 
-    What a user should know but need not stop for is appended to ``notes``."""
+    What a user should know but need not stop for is appended to ``notes``.
+
+    Raises:
+        ExportError: ``forward`` does not return the list of exit logits.
+    """
     batch = static_batch or 1
     example = torch.zeros(batch, *input_shape)
     num_exits = count_exits(model, example)

@@ -35,10 +35,14 @@ class Chained(Protocol):
     has the graph as ``model``) or a manifest's :class:`~ranet_edge.runtime.manifest.GraphEntry`."""
 
     @property
-    def inputs(self) -> Sequence[str]: ...  # tensors it reads: the image or earlier graphs' outputs
+    def inputs(self) -> Sequence[str]:
+        """Tensors it reads: the image or earlier graphs' outputs."""
+        ...
 
     @property
-    def logits(self) -> Sequence[str]: ...  # its exits' logits, in exit order
+    def logits(self) -> Sequence[str]:
+        """Its exits' logits, in exit order."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,11 @@ def validate_graphs(model: torch.nn.Module, graphs: Sequence[Chained], input_sha
     batch and exit by exit, when every exit passes; raises
     :class:`~ranet_edge.errors.ValidationError` carrying the same table otherwise. ``sessions``
     (one per graph) default to one-thread CPU sessions of each graph's ``model``.
+
+    Raises:
+        ValidationError: the graphs give another number of exits than the model, or some exit
+            at some batch size differs by more than ``tolerance`` (or has another shape); it
+            carries the whole table and names the worst exit.
     """
     model = model.eval()
     sessions = list(sessions) if sessions is not None else [session(g.model) for g in graphs]  # type: ignore[attr-defined]
@@ -115,7 +124,13 @@ def validate_bundle(model: torch.nn.Module, bundle: str | os.PathLike, *, tolera
                     batches: Sequence[int] | None = None) -> list[ExitCheck]:
     """Validate the bundle in ``bundle`` (sha256 verified) against ``model`` as
     :func:`validate_graphs` does. ``tolerance`` defaults to the one the bundle was exported
-    with, ``batches`` to its static batch size or ``(1, 3)``."""
+    with, ``batches`` to its static batch size or ``(1, 3)``.
+
+    Raises:
+        BundleError: ``bundle`` has no readable ranet-edge manifest, or a graph's sha256 does
+            not match it.
+        ValidationError: as :func:`validate_graphs`.
+    """
     man = load_manifest(bundle, verify=True)
     data = man.data
     static = data.get("batch_size")

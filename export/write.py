@@ -34,7 +34,11 @@ MONOLITHIC = "monolithic.onnx"
 
 
 def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse to replace a non-empty ``out`` unless ``force``: checked before any work."""
+    """Refuse to replace a non-empty ``out`` unless ``force``: checked before any work.
+
+    Raises:
+        ExportError: ``out`` is a file, or a non-empty directory, and ``force`` is false.
+    """
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"output directory {out} exists and is not empty; pass --force to replace it")
 
@@ -99,7 +103,12 @@ def build_manifest(traced: Traced, stages: Sequence[Stage], files: Mapping[str, 
 
 def write_bundle(out: str | os.PathLike, files: Mapping[str, bytes], manifest: dict) -> Path:
     """Write ``files`` and ``manifest.json`` into a temporary directory beside ``out`` and
-    rename it into place (replacing ``out``); nothing is left behind on failure."""
+    rename it into place (replacing ``out``); nothing is left behind on failure.
+
+    Raises:
+        OSError: the directory beside ``out`` cannot be written or renamed (the staged copy is
+            removed first).
+    """
     out = Path(out)
     with staged_dir(out) as tmp:
         for name, data in files.items():

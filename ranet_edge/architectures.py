@@ -22,6 +22,11 @@ NAMES = {"ranet": "RANet", "msdnet": "MSDNet"}
 
 
 def config_type(arch: str) -> type:
+    """The configuration class of ``arch`` ("ranet" or "msdnet", any case).
+
+    Raises:
+        ConfigError: an unknown architecture name; the message lists the known ones.
+    """
     try:
         return CONFIG_TYPES[arch.lower()]
     except KeyError:
@@ -30,7 +35,12 @@ def config_type(arch: str) -> type:
 
 def config_from_dict(values: Mapping[str, Any], arch: str | None = None) -> ArchConfig:
     """Build the config a dict describes: ``arch`` given, or the dict's ``arch`` key, or RANet
-    (checkpoints written before MSDNet support store no ``arch``)."""
+    (checkpoints written before MSDNet support store no ``arch``).
+
+    Raises:
+        ConfigError: an unknown architecture, an unknown key, or values the configuration
+            refuses.
+    """
     arch = arch or str(values.get("arch", "ranet"))
     values = {k: v for k, v in values.items() if k != "arch"}
     return config_type(arch).from_dict(values)

@@ -36,7 +36,12 @@ class LoadedCheckpoint:
 
 def not_a_checkpoint(path: str | os.PathLike) -> str | None:
     """What ``path`` is instead, with the command to run, when it is a bundle, a bundle's
-    manifest or an ONNX/ORT graph rather than a checkpoint; None otherwise. Torch-free."""
+    manifest or an ONNX/ORT graph rather than a checkpoint; None otherwise (a missing path
+    included). Torch-free; it reads at most 16 bytes of the file.
+
+    Raises:
+        OSError: ``path`` is a file that cannot be opened for reading.
+    """
     path = Path(path)
     if path.is_dir():
         if (path / "manifest.json").is_file():
@@ -61,7 +66,16 @@ def not_a_checkpoint(path: str | os.PathLike) -> str | None:
 
 
 def read_checkpoint_file(path: str | os.PathLike) -> dict:
-    """``torch.load`` with ``weights_only=True``; every failure becomes a CheckpointError."""
+    """``torch.load`` with ``weights_only=True`` on the CPU: the dict the file holds (a
+    checkpoint dict or a bare state_dict), nothing of it interpreted yet.
+
+    Raises:
+        CheckpointError: ``path`` is a bundle, a manifest or an ONNX/ORT graph (the message
+            names the command to run instead), does not exist, is not a file ``torch.save``
+            wrote, holds objects only a full unpickle could build (refused: that could run
+            code), or holds something other than a mapping.
+        MissingExtraError: torch is not installed (the ``export`` extra).
+    """
     instead = not_a_checkpoint(path)
     if instead:
         raise CheckpointError(instead)
@@ -88,7 +102,19 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict:
 
 
 def split_checkpoint(obj: Mapping) -> tuple[str, dict, dict]:
-    """Return (layout, state_dict without ``module.``, metadata)."""
+    """(layout, state_dict without ``module.``, metadata) of what
+    :func:`read_checkpoint_file` returned.
+
+    The layout is ``"ranet-edge"`` (ours: ``format`` is :data:`FORMAT`, the weights under
+    ``model``, everything else metadata), ``"official"`` (the weights under ``state_dict``;
+    ``epoch``, ``arch`` and ``best_prec1`` kept as metadata) or ``"state_dict"`` (the mapping
+    is the weights).
+
+    Raises:
+        CheckpointError: there is no non-empty mapping of names to tensors where the layout
+            puts the weights.
+        MissingExtraError: torch is not installed (the ``export`` extra).
+    """
     torch = require("torch", "export")
     if obj.get("format") == FORMAT:
         layout, state, meta = "ranet-edge", obj.get("model"), {k: v for k, v in obj.items() if k != "model"}
@@ -109,8 +135,23 @@ def split_checkpoint(obj: Mapping) -> tuple[str, dict, dict]:
 
 def load_checkpoint(path: str | os.PathLike, config: ArchConfig | None = None,
                     config_source: str = "flags", arch: str | None = None) -> LoadedCheckpoint:
-    """Load ``path`` into its model; ``config`` overrides what the file says or implies, and
-    ``arch`` ("ranet"/"msdnet") overrides the architecture detected from the keys."""
+    """Load ``path`` into its model, in eval mode.
+
+    ``config`` overrides what the file says or implies (``config_source`` records where it came
+    from: ``"flags"`` or ``"preset"``); without it, our checkpoints give their stored config and
+    the others are inferred from the tensor names and shapes (docs/reference/ranet.md, "An
+    official checkpoint with no flags"). ``arch`` ("ranet"/"msdnet") overrides the
+    architecture detected from the keys.
+
+    Raises:
+        CheckpointError: the file cannot be read as a checkpoint (see
+            :func:`read_checkpoint_file`); it holds a RANet where ``config`` describes an MSDNet
+            or the reverse; no architecture can be inferred from it; or its keys or shapes do
+            not match the architecture (the message names the first ones).
+        ConfigError: the stored or given configuration is invalid, or describes a network
+            whose official forward cannot run.
+        MissingExtraError: torch is not installed (the ``export`` extra).
+    """
     from .model import build_model
 
     layout, state, meta = split_checkpoint(read_checkpoint_file(path))
@@ -134,7 +175,12 @@ def load_checkpoint(path: str | os.PathLike, config: ArchConfig | None = None,
 
 
 def detect_arch(state: Mapping, strict: bool = True) -> str | None:
-    """"ranet" or "msdnet", told apart by the top-level modules (None if neither, unless strict)."""
+    """"ranet" or "msdnet", told apart by the top-level modules: ``FirstLayer.*`` keys are a
+    RANet's, ``blocks.*`` with ``classifier.*`` an MSDNet's. None if neither, unless ``strict``.
+
+    Raises:
+        CheckpointError: ``strict`` and the keys are neither a RANet's nor an MSDNet's.
+    """
     from .msdnet_infer import is_msdnet_state
 
     if any(k.startswith("FirstLayer.") for k in state):
@@ -148,7 +194,12 @@ def detect_arch(state: Mapping, strict: bool = True) -> str | None:
 
 
 def infer_arch_config(state: Mapping, arch: str | None = None) -> ArchConfig:
-    """The architecture's config from the keys and shapes; ``arch`` skips the detection."""
+    """The architecture's config from the keys and shapes; ``arch`` skips the detection.
+
+    Raises:
+        CheckpointError: the keys are neither a RANet's nor an MSDNet's, a key the inference
+            needs is missing, or no candidate architecture has exactly these keys and shapes.
+    """
     from .msdnet_infer import infer_msdnet_config
 
     arch = arch or detect_arch(state)
@@ -156,7 +207,13 @@ def infer_arch_config(state: Mapping, arch: str | None = None) -> ArchConfig:
 
 
 def check_state_dict(expected: Mapping, given: Mapping, config: ArchConfig, source: str) -> None:
-    """Raise a one-line CheckpointError naming the first missing/unexpected/misshapen keys."""
+    """Check the keys and shapes of ``given`` against the model's ``expected`` state_dict;
+    ``source`` (where ``config`` came from) picks the hint the error gives.
+
+    Raises:
+        CheckpointError: one line naming the first missing, unexpected or misshapen keys, the
+            architecture's official flags, and what to give instead.
+    """
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     shapes = [f"{k} {tuple(given[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()

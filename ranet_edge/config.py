@@ -67,12 +67,21 @@ class DatasetInput:
 
     @property
     def is_imagenet(self) -> bool:
+        """Whether the ImageNet stem (7x7 conv and max pool) and classifiers are built."""
         return self.data == "ImageNet"
 
 
 @dataclass(frozen=True)
 class RANetConfig(DatasetInput):
-    """Every official RANet flag, with the official defaults."""
+    """Every official RANet flag, with the official defaults (docs/reference/ranet.md,
+    "Architecture flags"). ``data`` is matched case-insensitively; list fields accept
+    ``"4-2-1"`` strings.
+
+    Raises:
+        ConfigError: a value out of range, lists of different lengths, a ``scale_list`` that
+            does not start at 1 and grow by 0 or 1, inputs shrunk below 4 px, or a plan with
+            a one-layer fusion block or a zero-channel layer.
+    """
 
     data: str = "cifar10"  # cifar10 / cifar100 / ImageNet: stem, classifier type, classes
     nBlocks: int = 2  # blocks in the first (lowest-resolution) sub-network
@@ -150,6 +159,7 @@ class RANetConfig(DatasetInput):
 
     @property
     def lowest_resolution(self) -> int:
+        """Side in pixels of the coarsest sub-network's input (after the stem's strides)."""
         stem = self.image_size // 4 if self.is_imagenet else self.image_size
         return stem // 2 ** (max(self.scale_list) - 1)
 
@@ -160,10 +170,17 @@ class RANetConfig(DatasetInput):
 
     @property
     def num_exits(self) -> int:
+        """One per plain block: ``nBlocks + block_step * (S - 1)``."""
         return self.nBlocks + self.block_step * (self.num_scales - 1)
 
     def plan(self) -> list[BlockSpec]:
-        """The blocks in build order, with every channel count the model needs."""
+        """The blocks in build order, with every channel count the model needs
+        (docs/reference/ranet.md, "Blocks, layers and exits").
+
+        Raises:
+            ConfigError: a fusion block would get one layer (``step`` 1), a fusion branch
+                zero channels, or a transition zero outputs.
+        """
         nb = self.block_counts
         steps = [self.step]
         blocks: list[BlockSpec] = []
@@ -223,6 +240,7 @@ class RANetConfig(DatasetInput):
 
     # ----------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:
+        """Every field under its name, tuples as lists (JSON-ready; :meth:`from_dict` reads it)."""
         out = dataclasses.asdict(self)
         for name in ("grFactor", "bnFactor", "scale_list"):
             out[name] = list(out[name])
@@ -234,6 +252,10 @@ class RANetConfig(DatasetInput):
 
         Keys may use the official dashed spelling (``scale-list``) and list values may be
         given as official ``4-2-1`` strings.
+
+        Raises:
+            ConfigError: an unknown key (the message lists the valid ones), or values the
+                constructor refuses.
         """
         valid = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
@@ -245,7 +267,12 @@ class RANetConfig(DatasetInput):
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> RANetConfig:
-        """A copy with some fields changed; ``None`` values are ignored (unset CLI flags)."""
+        """A copy with some fields changed; ``None`` values are ignored (unset CLI flags).
+
+        Raises:
+            ConfigError: the changed configuration is invalid.
+            TypeError: a name that is not a field.
+        """
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def official_flags(self) -> str:

@@ -34,6 +34,11 @@ class Dataset:
         return len(self.labels)
 
     def image(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 HxWx3 RGB, decoded from its file now if it has one.
+
+        Raises:
+            DataError: the file cannot be read or decoded (the message names it).
+        """
         if self.arrays is not None:
             return self.arrays[index]
         try:
@@ -42,9 +47,15 @@ class Dataset:
             raise DataError(str(exc)) from None
 
     def images(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """The images at ``indices``, in that order (sizes may differ in an ImageFolder).
+
+        Raises:
+            DataError: a file cannot be read or decoded.
+        """
         return [self.image(int(i)) for i in indices]
 
     def subset(self, indices: np.ndarray) -> Dataset:
+        """The images at ``indices`` as a new dataset (nothing is decoded)."""
         indices = np.asarray(indices, dtype=np.int64)
         return Dataset(
             labels=self.labels[indices], classes=self.classes,
@@ -54,7 +65,12 @@ class Dataset:
         )
 
     def materialize(self) -> Dataset:
-        """Decode every image into one array (for small images such as CIFAR)."""
+        """Decode every image into one array (for small images such as CIFAR); ``self`` if it
+        is held in memory already.
+
+        Raises:
+            DataError: a file cannot be decoded, or the images are not all of one size.
+        """
         if self.arrays is not None:
             return self
         first = self.image(0)
@@ -70,7 +86,14 @@ class Dataset:
 
 
 def open_dataset(path: str | os.PathLike) -> Dataset:
-    """Open ``path`` as whichever supported format it is."""
+    """Open ``path`` as whichever supported format it is: an ``.npz`` file, a CIFAR-10/100
+    python folder (or its parent), else an ImageFolder tree. Files are not decoded yet.
+
+    Raises:
+        DataError: ``path`` does not exist, is a file other than ``.npz``, or cannot be read
+            in the format it looks like (see :func:`read_npz`, :func:`read_cifar`,
+            :func:`read_image_folder`).
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(f"dataset {p} does not exist; pass an ImageFolder root, a "
@@ -88,6 +111,13 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
 
 
 def read_npz(path: Path) -> Dataset:
+    """An ``.npz`` with ``x`` (N,H,W,3 uint8 RGB), ``y`` (N integer labels) and optionally
+    ``classes``; without it the classes are named ``0 .. max(y)``. Read without pickles.
+
+    Raises:
+        DataError: the file cannot be read as ``.npz``, lacks ``x`` or ``y``, or their dtypes
+            or shapes are not the ones above.
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z or "y" not in z:
@@ -108,7 +138,13 @@ def read_npz(path: Path) -> Dataset:
 
 
 def read_cifar(folder: Path) -> Dataset:
-    """CIFAR-10/100 python batches: the training batches (data_batch_* or train)."""
+    """CIFAR-10/100 python batches: the training batches (data_batch_* or train), with the
+    class names of ``batches.meta`` or ``meta``. A restricted unpickler loads only arrays and
+    bytes, never code.
+
+    Raises:
+        DataError: a batch or meta file cannot be read or holds anything else.
+    """
     names = sorted(folder.glob("data_batch_*")) or [folder / "train"]
     xs, ys = [], []
     for f in names:
@@ -124,8 +160,11 @@ def read_cifar(folder: Path) -> Dataset:
     meta = folder / ("batches.meta" if (folder / "batches.meta").exists() else "meta")
     classes = [str(i) for i in range(int(max(y.max() for y in ys)) + 1)]
     if meta.exists():
-        with open(meta, "rb") as fh:
-            m = _SafeUnpickler(fh, encoding="bytes").load()
+        try:
+            with open(meta, "rb") as fh:
+                m = _SafeUnpickler(fh, encoding="bytes").load()
+        except Exception as exc:
+            raise DataError(f"cannot read CIFAR class names {meta} ({type(exc).__name__}: {exc})") from None
         raw = m.get(b"label_names") or m.get(b"fine_label_names")
         if raw:
             classes = [c.decode() if isinstance(c, bytes) else str(c) for c in raw]
@@ -150,6 +189,12 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 def read_image_folder(root: Path) -> Dataset:
+    """``root/<class>/*.jpg|png|...``: classes are the sorted folder names (hidden ones
+    skipped), their index the label; files are decoded only when read.
+
+    Raises:
+        DataError: ``root`` has no class folders, or they hold no images.
+    """
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{root} has no class folders; expected root/<class>/*.jpg|png")
@@ -165,7 +210,12 @@ def read_image_folder(root: Path) -> Dataset:
 
 
 def split(n: int, val_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) indices: the last ``val_size`` of a seeded permutation are validation."""
+    """(train, val) indices, each sorted: the last ``val_size`` of a seeded permutation are
+    validation (the same split for the same ``n``, ``val_size`` and ``seed`` everywhere).
+
+    Raises:
+        DataError: ``val_size`` is negative or leaves no training image.
+    """
     if not 0 <= val_size < n:
         raise DataError(f"val_size={val_size} must be between 0 and {n - 1} for {n} images")
     perm = np.random.default_rng(seed).permutation(n)
@@ -187,6 +237,10 @@ def load_labelled(path: str | os.PathLike | None = None, holdout: int | None = N
 
     ``holdout`` keeps only the last ``holdout`` of the seeded permutation of :func:`split`:
     the validation split `ranet-edge train --val-size N` held out.
+
+    Raises:
+        DataError: no ``path`` and no shipped sample, a dataset that cannot be read,
+            ``holdout`` larger than the dataset, or no images.
     """
     if path is None:
         from .assets import SAMPLE_IMAGES
@@ -211,7 +265,12 @@ def load_labelled(path: str | os.PathLike | None = None, holdout: int | None = N
 
 def split_val(n: int, val_size: int | None, seed: int = 0, need_eval: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(fit, evaluate) indices, each sorted: ``val_size`` images (default half) of a seeded
-    permutation fit thresholds, the rest evaluate (at least one when ``need_eval``)."""
+    permutation fit thresholds, the rest evaluate (at least one when ``need_eval``).
+
+    Raises:
+        DataError: ``val_size`` is below 1, above ``n``, or leaves nothing to evaluate when
+            ``need_eval``.
+    """
     size = n // 2 if val_size is None else val_size
     if not (1 <= size <= n) or (need_eval and size >= n):
         raise DataError(f"--val-size {size} must be between 1 and {n - 1 if need_eval else n} for {n} images")

@@ -6,7 +6,11 @@ from pathlib import Path
 
 def demo_checkpoint(work: Path) -> tuple[Path, bool]:
     """(checkpoint, trained): the shipped default model, or, in an install without it, a
-    'tiny' RANet with random weights written to ``work``."""
+    'tiny' RANet with random weights written to ``work``.
+
+    Raises:
+        ModuleNotFoundError: no checkpoint is shipped and torch is not installed.
+    """
     from .assets import DEFAULT_CHECKPOINT
 
     if DEFAULT_CHECKPOINT.exists():

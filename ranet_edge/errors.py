@@ -52,6 +52,7 @@ class ValidationError(ExportError):
 
     @property
     def summary(self) -> str:
+        """The one line naming the worst exit and the fix, without the table."""
         return str(self.args[0])
 
     def __str__(self) -> str:
@@ -85,7 +86,12 @@ class MissingExtraError(RanetEdgeError, ImportError):
 
 
 def require(module: str, extra: str):
-    """Import ``module`` or raise :class:`MissingExtraError` naming the pip extra."""
+    """Import ``module`` and return it; ``extra`` is the pip extra that installs it.
+
+    Raises:
+        MissingExtraError: ``module`` cannot be imported; the message gives the
+            ``pip install 'ranet-edge[extra]'`` line (the ImportError is kept as the cause).
+    """
     import importlib
 
     try:

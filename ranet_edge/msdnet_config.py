@@ -33,7 +33,15 @@ class MSDLayerSpec:
 
 @dataclass(frozen=True)
 class MSDNetConfig(DatasetInput):
-    """Every official MSDNet flag (``args.py``), with the official defaults."""
+    """Every official MSDNet flag (``args.py``), with the official defaults. ``data`` is matched
+    case-insensitively; ``grFactor`` and ``bnFactor`` accept ``"1-2-4"`` strings and
+    ``bottleneck`` the strings ``"True"``/``"False"``.
+
+    Raises:
+        ConfigError: a value out of range or of the wrong type, factor lists of different
+            lengths, inputs shrunk below what the classifiers read, or a layer plan the
+            official code cannot build.
+    """
 
     data: str = "cifar10"  # cifar10 / cifar100 / ImageNet: stem, classifier type, classes
     nBlocks: int = 1  # number of blocks = number of exits
@@ -90,10 +98,12 @@ class MSDNetConfig(DatasetInput):
 
     @property
     def num_scales(self) -> int:
+        """Scales the first layer makes (``len(grFactor)``), finest first."""
         return len(self.grFactor)
 
     @property
     def num_exits(self) -> int:
+        """One classifier per block: ``nBlocks``."""
         return self.nBlocks
 
     def unrunnable(self) -> str | None:
@@ -114,6 +124,7 @@ class MSDNetConfig(DatasetInput):
 
     @property
     def coarsest_resolution(self) -> int:
+        """Side in pixels of the coarsest scale, the one the classifiers read."""
         first = self.image_size // 4 if self.is_imagenet else self.image_size
         return first // 2 ** (self.num_scales - 1)
 
@@ -124,7 +135,12 @@ class MSDNetConfig(DatasetInput):
                                     for i in range(1, self.nBlocks))
 
     def plan(self) -> list[MSDLayerSpec]:
-        """Every layer and transition in build order (``blocks[b]`` minus the first layer)."""
+        """Every layer and transition in build order (``blocks[b]`` minus the first layer).
+
+        Raises:
+            ConfigError: pruning drops every scale, a scale is left with zero channels, or a
+                transition leaves zero channels.
+        """
         n_scales, steps = self.num_scales, self.steps
         n_all, cur, n_in = sum(steps), 0, self.nChannels
         out: list[MSDLayerSpec] = []
@@ -168,6 +184,8 @@ class MSDNetConfig(DatasetInput):
 
     # ----------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:
+        """Every field, tuples as lists, plus ``"arch": "msdnet"`` (what tells an MSDNet config
+        from a RANet one in a checkpoint or manifest; :meth:`from_dict` reads it)."""
         out = {"arch": ARCH, **dataclasses.asdict(self)}
         for name in ("grFactor", "bnFactor"):
             out[name] = list(out[name])
@@ -175,8 +193,13 @@ class MSDNetConfig(DatasetInput):
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> MSDNetConfig:
-        """Build from a mapping (official dashed keys and ``1-2-4`` strings accepted);
-        unknown keys are refused with the list of valid ones."""
+        """Build from a mapping (official dashed keys, ``1-2-4`` strings and numbers as text
+        accepted); unknown keys are refused with the list of valid ones.
+
+        Raises:
+            ConfigError: an unknown key, an ``arch`` other than ``"msdnet"``, a number that
+                does not parse, or values the constructor refuses.
+        """
         valid = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
@@ -191,7 +214,12 @@ class MSDNetConfig(DatasetInput):
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> MSDNetConfig:
-        """A copy with some fields changed; ``None`` values are ignored (unset CLI flags)."""
+        """A copy with some fields changed; ``None`` values are ignored (unset CLI flags).
+
+        Raises:
+            ConfigError: the changed configuration is invalid.
+            TypeError: a name that is not a field.
+        """
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def official_flags(self) -> str:

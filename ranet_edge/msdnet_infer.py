@@ -25,11 +25,20 @@ _CONV_BN = re.compile(r"blocks\.(\d+)\.(\d+)\.layers\.(\d+)\.(conv_normal|conv_d
 
 
 def is_msdnet_state(state: Mapping) -> bool:
+    """Whether the keys are an MSDNet's: dense layers under ``blocks.0.0.layers.`` and a
+    ``classifier``."""
     return any(k.startswith("blocks.0.0.layers.") for k in state) and any(k.startswith("classifier.") for k in state)
 
 
 def infer_msdnet_config(state: Mapping) -> MSDNetConfig:
-    """The MSDNetConfig whose model has exactly ``state``'s keys and shapes."""
+    """The MSDNetConfig whose model has exactly ``state``'s keys and shapes (the module
+    docstring says what is read from where; the first exact match wins).
+
+    Raises:
+        CheckpointError: not an MSDNet state_dict, a key the inference needs is missing, or no
+            candidate has exactly these keys and shapes (give the official flags).
+        MissingExtraError: torch is not installed (the ``export`` extra).
+    """
     def shape(key: str) -> tuple[int, ...]:
         if key not in state:
             raise CheckpointError(f"cannot infer the MSDNet architecture: key {key} is missing; "

@@ -11,6 +11,11 @@ _DESCRIPTIONS: dict[str, str] = {}
 
 
 def register(name: str, config: ArchConfig, description: str) -> None:
+    """Add a named configuration; ``description`` is the line :func:`describe` gives.
+
+    Raises:
+        ValueError: ``name`` is registered already (a programming error, not user input).
+    """
     if name in _PRESETS:
         raise ValueError(f"preset {name!r} registered twice")
     _PRESETS[name] = config
@@ -18,6 +23,11 @@ def register(name: str, config: ArchConfig, description: str) -> None:
 
 
 def get_preset(name: str) -> ArchConfig:
+    """The configuration registered as ``name`` (a frozen dataclass: share it freely).
+
+    Raises:
+        ConfigError: no preset has that name; the message lists them.
+    """
     try:
         return _PRESETS[name]
     except KeyError:
@@ -30,7 +40,11 @@ def list_presets(arch: str | None = None) -> list[str]:
 
 
 def describe(name: str) -> str:
-    """One line on what the preset is for (shown by ``--help``)."""
+    """One line on what the preset is for (shown by ``--help``).
+
+    Raises:
+        KeyError: no preset has that name (:func:`get_preset` says so in one line).
+    """
     return _DESCRIPTIONS[name]
 
 

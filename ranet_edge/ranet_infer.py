@@ -27,7 +27,13 @@ def infer_config(state: Mapping) -> RANetConfig:
     """Work the official flags out from state_dict names and shapes.
 
     Every derived quantity is then checked by building the candidate architecture on the
-    meta device and comparing every key and shape; the first exact match wins.
+    meta device and comparing every key and shape; the first exact match wins
+    (docs/reference/ranet.md, "An official checkpoint with no flags").
+
+    Raises:
+        CheckpointError: not a RANet state_dict, a key the inference needs is missing, or no
+            candidate has exactly these keys and shapes (give the official flags).
+        MissingExtraError: torch is not installed (the ``export`` extra).
     """
     def shape(key: str) -> tuple[int, ...]:
         if key not in state:
@@ -150,6 +156,7 @@ def floor_candidates(pairs: list[tuple[int, int]], default: float) -> list[float
 
 
 def gcd_all(values: list[int]) -> int:
+    """The greatest common divisor of ``values`` (0 for none)."""
     out = 0
     for v in values:
         out = gcd(out, v)

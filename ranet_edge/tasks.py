@@ -15,10 +15,17 @@ import numpy as np
 
 from .data import LabelledImages, load_labelled, split_val
 from .errors import InputError
+from .info import bundle_info, dead_work_note
 from .runtime import ExitChain, OperatingPoint, save_point
 from .runtime import calibration as cal
 from .runtime.evaluate import PAPER_P, anytime, budgeted, collect
 from .runtime.latency import LatencyMeter, measure_latency
+
+__all__ = [  # bundle_info and dead_work_note live in .info; they are part of this API all the same
+    "Benchmark", "Calibrated", "DataOptions", "EarlyExit", "Evaluation", "ExitRow", "Goal", "Progress", "bench",
+    "bundle_info", "calibrate", "choose", "dead_work_note", "early_exit", "evaluate", "no_progress",
+    "unseen_by_calibration",
+]
 
 # progress(label, total) -> a context giving update(done): click.progressbar fits, or nothing
 Progress = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int], None]]]
@@ -26,6 +33,7 @@ Progress = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int]
 
 @contextlib.contextmanager
 def no_progress(_label: str, _total: int) -> Iterator[Callable[[int], None]]:
+    """The default :data:`Progress`: reports nothing."""
     yield lambda _done: None
 
 
@@ -40,12 +48,21 @@ class DataOptions:
     val_size: int | None = None
 
     def load(self) -> LabelledImages:
+        """The images in memory (:func:`~ranet_edge.data.load_labelled`).
+
+        Raises:
+            DataError: no images to read, or ``holdout`` larger than the data set.
+        """
         return load_labelled(self.path, self.holdout, self.seed)
 
 
 @dataclass(frozen=True)
 class Goal:
-    """What an operating point is for: exactly one field is set."""
+    """What an operating point is for: exactly one field is set.
+
+    Raises:
+        InputError: none, or more than one, is set.
+    """
 
     p: float | None = None  # the paper's share parameter
     target_accuracy: float | None = None  # a fraction (values above 1 are read as percent)
@@ -71,6 +88,7 @@ class Calibrated:
     ece_after: float | None = None
 
     def to_dict(self) -> dict:
+        """The JSON ``calibrate --json`` prints (the ECE pair only with ``--temperature``)."""
         from .runtime.operating_points import thresholds_to_json
 
         out = {"name": self.name, "thresholds": thresholds_to_json(self.point.thresholds),
@@ -88,6 +106,10 @@ def choose(conf: np.ndarray, correct: np.ndarray, flops: np.ndarray, exit_ms: np
 
     Costs are the official cumulative counts, so that budgets compare with the papers'
     (MSDNet's chain pays less at early exits; the measured ms shows what is really paid).
+
+    Raises:
+        CalibrationError: no point reaches the target accuracy, a budget below the first
+            exit's cost, or ``p`` <= 0.
     """
     if goal.p is not None:
         res = cal.outcome(conf, correct, flops, cal.paper_thresholds(conf, goal.p))
@@ -107,7 +129,15 @@ def calibrate(bundle: str | os.PathLike, goal: Goal, data: DataOptions = DataOpt
               temperature: bool = False, name: str | None = None, make_default: bool = False,
               provider: str = "cpu", threads: int | None = None,
               progress: Progress = no_progress) -> Calibrated:
-    """Fit exit thresholds for ``goal`` on labelled images and store them in the bundle."""
+    """Fit exit thresholds for ``goal`` on labelled images and store them in the bundle as
+    ``name`` (default: from the goal), the bundle's default when ``make_default``.
+
+    Raises:
+        BundleError: ``bundle`` is missing, malformed or tampered with.
+        ProviderError: ``provider`` is not offered by the installed onnxruntime.
+        DataError: the images cannot be read, or ``data.val_size`` does not fit them.
+        CalibrationError: as :func:`choose`.
+    """
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
     labelled = data.load()
     images = labelled.images
@@ -148,6 +178,7 @@ class Evaluation:
     latency: dict | None = None  # the stage measurement behind every ms (Latency.to_dict())
 
     def to_dict(self) -> dict:
+        """The JSON ``eval --json`` writes."""
         return {"bundle": self.bundle, "data": self.source, "val_images": self.val_images,
                 "eval_images": self.eval_images, "provider": self.provider, "batch_size": self.batch_size,
                 "anytime": self.anytime, "budgeted": self.budgeted, "latency": self.latency}
@@ -161,7 +192,14 @@ def evaluate(bundle: str | os.PathLike, data: DataOptions = DataOptions(), *, pr
     Every ms comes from one stage measurement at ``batch_size`` on the first eval images
     (:class:`~ranet_edge.runtime.latency.LatencyMeter`, a round before each point's timed
     pass): the anytime ms to each exit and each point's ``expected_ms``, set beside the
-    point's real timed run (``measured_ms``)."""
+    point's real timed run (``measured_ms``).
+
+    Raises:
+        InputError: ``batch_size`` is below 1.
+        BundleError: as :func:`calibrate`.
+        ProviderError: as :func:`calibrate`.
+        DataError: the images cannot be read, or are too few to split.
+    """
     if batch_size < 1:
         raise InputError("--batch-size must be >= 1")
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
@@ -202,6 +240,12 @@ def bench(bundle: str | os.PathLike, opts, *, provider: str = "cpu", threads: in
 
     ``opts`` is a :class:`~ranet_edge.runtime.bench.BenchOptions`; with no thresholds and no
     default operating point in the bundle, adaptive mode uses 0.9 at every exit.
+
+    Raises:
+        InputError: a batch size, iteration or image count below 1, or warm-up below 0.
+        BundleError: as :func:`calibrate`.
+        ProviderError: as :func:`calibrate`.
+        DataError: the images cannot be read.
     """
     from dataclasses import replace
 
@@ -221,6 +265,8 @@ def bench(bundle: str | os.PathLike, opts, *, provider: str = "cpu", threads: in
 
 @dataclass(frozen=True)
 class ExitRow:
+    """One exit of :class:`EarlyExit`: the images that left there and how many were right."""
+
     exit: int
     images: int
     accuracy: float | None  # None when no image left here
@@ -240,7 +286,12 @@ class EarlyExit:
 
 def early_exit(bundle: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
                threads: int | None = None, thresholds=None) -> EarlyExit:
-    """Predict ``images`` (uint8 NHWC) with per-sample exit and compare with the last exit alone."""
+    """Predict ``images`` (uint8 NHWC) with per-sample exit and compare with the last exit alone.
+
+    Raises:
+        BundleError: ``bundle`` is missing, malformed or tampered with.
+        CalibrationError: ``thresholds`` is malformed or names no stored operating point.
+    """
     chain = ExitChain.load(bundle, threads=threads)
     batch = chain.preprocess(images)
     res = chain.predict(batch, thresholds)
@@ -255,56 +306,14 @@ def early_exit(bundle: str | os.PathLike, images: np.ndarray, labels: np.ndarray
                      float((final == labels).mean()), float(flops[-1]))
 
 
-def bundle_info(bundle: str | os.PathLike) -> dict:
-    """What ``ranet-edge info`` reports: per-exit costs, graph sizes, cache hand-over and tensor
-    names, read from the manifest alone (no session is opened). ``dead_flops`` is the part of
-    the official count that no exit's logits depend on (0 for bundles that do not record it)."""
-    from .runtime.manifest import load_manifest
-
-    m = load_manifest(bundle, verify=False)
-    rows = []
-    for e in m.exits:
-        g = m.graph_of(e.index)
-        rows.append({
-            "exit": e.index, "graph": e.graph, "flops": e.flops, "stage_flops": e.stage_flops,
-            "run_flops": e.run_flops, "dead_flops": e.dead_flops, "params": e.params, "graph_bytes": g.bytes,
-            "cache_bytes_per_sample": e.cache_bytes_per_sample, "inputs": list(g.inputs),
-            "outputs": [e.logits, *g.cache_outputs],
-        })
-    return {"bundle": str(bundle), "granularity": m.granularity, "precision": m.precision,
-            "graph_format": m.graph_format, "batch_size": m.batch_size,
-            "opset": m.opset, "model": m.model, "exits": rows,
-            "total_cache_bytes_per_sample": sum(_cache_bytes_per_graph(m)),
-            "monolithic": m.monolithic is not None, "mobile_report": m.mobile_report,
-            "compiled": {g.path: {c.provider: c.path for c in g.compiled} for g in m.graphs if g.compiled},
-            "qnn_placement": (m.data.get("qnn") or {}).get("placement")}
-
-
-def dead_work_note(flops: list[int], dead: list[int]) -> str | None:
-    """The one line ``info`` and ``inspect`` print when the official count (cumulative
-    ``flops`` per exit) includes dead work (``dead``, cumulative): None when it does not."""
-    if not dead or not flops or not dead[-1]:
-        return None
-    total, d = flops[-1], dead[-1]
-    return (f"dead work: {d / 1e6:.2f} of the {total / 1e6:.2f} official MFLOPs ({100 * d / total:.1f}%) are layers "
-            "no exit's logits depend on (finer scales the last MSDNet blocks compute and no classifier reads); "
-            f"the official count includes them, the exported graphs skip them: the chain pays at most "
-            f"{(total - d) / 1e6:.2f} MFLOPs")
-
-
-def _cache_bytes_per_graph(m) -> list[int]:
-    """Cache bytes per sample handed on by each graph (exits sharing a graph count once)."""
-    seen, out = set(), []
-    for e in m.exits:
-        if e.graph not in seen:
-            seen.add(e.graph)
-            out.append(e.cache_bytes_per_sample)
-    return out
-
-
 def unseen_by_calibration(data: DataOptions) -> LabelledImages:
     """The images of ``data`` that :func:`calibrate` with the same ``data`` did not fit
-    thresholds on (its evaluation split)."""
+    thresholds on (its evaluation split).
+
+    Raises:
+        InputError: ``data.val_size`` is None.
+        DataError: as :func:`calibrate`.
+    """
     if data.val_size is None:
         raise InputError("calibrate fits on every image when val_size is not given, so none is unseen; "
                          "set DataOptions.val_size")

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How to train; the defaults are the paper's CIFAR policy (RANET.md)."""
+    """How to train; the defaults are the paper's CIFAR policy (docs/reference/ranet.md,
+    "Training policy")."""
 
     data: str  # dataset path, any format ranet_edge.data reads
     out: str = "runs/ranet"  # checkpoint directory (last.pt, best.pt, log.jsonl)
@@ -56,6 +57,8 @@ class TrainOptions:
 
 @dataclass
 class EpochResult:
+    """One epoch as the log and ``history`` of a checkpoint record it."""
+
     epoch: int
     train_loss: float
     val_acc: list[float]  # per exit, percent
@@ -64,7 +67,8 @@ class EpochResult:
 
 
 def learning_rate(opts: TrainOptions, progress: float) -> float:
-    """LR at ``progress`` epochs into training (fractional for cosine)."""
+    """LR at ``progress`` epochs into training (fractional for cosine): ``multistep`` is 0.1x
+    from 50% and 0.01x from 75% of ``opts.epochs``, ``cosine`` anneals to 0 by the end."""
     if opts.schedule == "cosine":
         return 0.5 * opts.lr * (1.0 + math.cos(math.pi * min(progress / opts.epochs, 1.0)))
     epoch = int(progress)
@@ -120,13 +124,24 @@ def _param_checksum(model: torch.nn.Module) -> float:
 
 
 def save_atomic(obj: dict, path: Path) -> None:
+    """``torch.save`` to ``path.tmp`` then rename: an interrupted save never leaves half a
+    checkpoint under ``path``.
+
+    Raises:
+        OSError: the directory cannot be written.
+    """
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def evaluate(model: torch.nn.Module, data: Dataset, spec: PreprocessSpec, batch_size: int = 256) -> list[float]:
-    """Top-1 accuracy (percent) of every exit."""
+    """Top-1 accuracy (percent) of every exit on ``data``, preprocessed as ``spec`` says
+    (no augmentation); leaves ``model`` in eval mode.
+
+    Raises:
+        DataError: an image cannot be decoded.
+    """
     model.eval()
     correct = torch.zeros(model.num_exits, dtype=torch.int64)
     with torch.no_grad():
@@ -142,7 +157,18 @@ def evaluate(model: torch.nn.Module, data: Dataset, spec: PreprocessSpec, batch_
 def train(config: ArchConfig, opts: TrainOptions, log: Callable[[str], None] | None = None) -> list[EpochResult]:
     """Train (or resume) and return the results of the epochs run in this call.
 
-    Progress lines go to this module's ``logging`` logger (or to ``log``, if given)."""
+    Progress lines go to this module's ``logging`` logger (or to ``log``, if given).
+    Checkpoints (``last.pt`` every epoch, ``best.pt`` when the last exit improves) go to
+    ``opts.out``; under ``torchrun`` only rank 0 writes and logs.
+
+    Raises:
+        DataError: the data set cannot be read, has more classes than the model outputs, or
+            is too small for ``opts.val_size``.
+        CheckpointError: ``opts.resume`` finds a ``last.pt`` that is not a ranet-edge training
+            checkpoint or was trained with another architecture, or ``opts.init`` cannot be
+            loaded into this architecture.
+        ConfigError: ``config`` describes a network whose forward cannot run.
+    """
     log = log or logger.info
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

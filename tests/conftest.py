@@ -1,6 +1,6 @@
 """Shared fixtures: paths of the test vectors copied into tests/data.
 
-The files come from the official RANet code (see docs RANET.md, "Golden vectors"):
+The files come from the official RANet code (see docs/reference/ranet.md, "Golden vectors"):
 
 - ``cifar10-c1.pth`` / ``imagenet-small.pth``: official-format checkpoints
   (``{'epoch', 'arch', 'state_dict', 'best_prec1'}``, keys with ``module.``);

@@ -274,7 +274,8 @@ def test_from_dict_accepts_dashed_keys_and_dash_strings():
 
 
 def test_plan_matches_documented_c1_layers():
-    # RANET.md: C-1 sub-network 0 has blocks of 2 and 4 layers, 1 has 2,4,6,8, 2 has 2..12.
+    # docs/reference/ranet.md, "Blocks, layers and exits": C-1 sub-network 0 has blocks of 2 and 4
+    # layers, 1 has 2,4,6,8, 2 has 2..12.
     plan = get_preset("cifar10-c1").plan()
     layers = [[b.layers for b in plan if b.subnet == i] for i in range(3)]
     assert layers == [[2, 4], [2, 4, 6, 8], [2, 4, 6, 8, 10, 12]]

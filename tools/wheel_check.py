@@ -10,8 +10,9 @@ Steps, each failing with one line naming what is wrong:
    ``ranet_edge.export`` and ``ranet_edge.runtime`` mapped through ``package_dir``, the shipped
    bundle, checkpoint, sample images and JSON Schemas, the ``ranet-edge`` console script) and
    what it must not (tests, test data, benchmarks, docs, the JS package, build outputs,
-   bytecode): any file outside the allowed patterns fails. The sdist likewise holds no build
-   outputs or environments.
+   bytecode): any file outside the allowed patterns fails. The wheel's ``.dist-info`` and the
+   sdist's top folder carry ``LICENSE``, byte for byte the repository's. The sdist likewise
+   holds no build outputs or environments.
 3. A fresh venv in ``OUT/venv``; ``pip install -c constraints.txt 'WHEEL[cpu]'``.
 4. From a temporary directory outside the source tree: ``ranet-edge --version``,
    ``ranet-edge demo`` and ``ranet-edge predict`` (the installed shipped bundle and the demo's
@@ -58,6 +59,9 @@ ALLOWED = [  # every file of the wheel matches one of these
     "ranet_edge/serve/grpc_predict_v2.proto",  # the Open Inference Protocol's gRPC service, for client stubs
     "ranet_edge-*.dist-info/*",
 ]
+# The MIT text (setup.cfg's license_files): setuptools puts it in .dist-info/licenses/ (metadata
+# 2.4) or, before that, at the top of .dist-info/.
+LICENSE_IN_WHEEL = ["ranet_edge-*.dist-info/licenses/LICENSE", "ranet_edge-*.dist-info/LICENSE"]
 SDIST_FORBIDDEN = [".venv", ".venv-lean", "node_modules", "build", "__pycache__", ".pytest_cache", ".ruff_cache",
                    "site"]
 
@@ -93,6 +97,12 @@ def check_wheel_contents(wheel: Path) -> dict:
     want = {f"{package}/{rel}" for rel, package in sources.items()}
     if not want <= set(names):
         raise CheckFailed(f"{wheel.name} lacks modules of the source tree: {sorted(want - set(names))[:10]}")
+    licenses = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in LICENSE_IN_WHEEL)]
+    if not licenses:
+        raise CheckFailed(f"{wheel.name} carries no LICENSE in its .dist-info; setup.cfg needs license_files = LICENSE")
+    with zipfile.ZipFile(wheel) as z:
+        if z.read(licenses[0]) != (ROOT / "LICENSE").read_bytes():
+            raise CheckFailed(f"{wheel.name}'s {licenses[0]} differs from the repository's LICENSE; rebuild the wheel")
     if "ranet-edge = ranet_edge.cli:main" not in entry_points:
         raise CheckFailed(f"{wheel.name} has no ranet-edge console script (entry_points.txt: {entry_points!r})")
     groups: dict[str, list[int]] = {}
@@ -105,9 +115,15 @@ def check_wheel_contents(wheel: Path) -> dict:
 
 
 def check_sdist_contents(sdist: Path) -> int:
-    """No build outputs or environments (setuptools' own ``*.egg-info`` at the top is expected)."""
+    """No build outputs or environments (setuptools' own ``*.egg-info`` at the top is expected);
+    the repository's ``LICENSE`` at the top."""
     with tarfile.open(sdist) as t:
         names = t.getnames()
+        top = next((n for n in names if len(Path(n).parts) == 2 and Path(n).name == "LICENSE"), None)
+        if top is None:
+            raise CheckFailed(f"{sdist.name} carries no LICENSE at its top; setup.cfg needs license_files = LICENSE")
+        if t.extractfile(top).read() != (ROOT / "LICENSE").read_bytes():
+            raise CheckFailed(f"{sdist.name}'s {top} differs from the repository's LICENSE; rebuild the sdist")
     bad = [n for n in names if set(Path(n).parts[1:]) & set(SDIST_FORBIDDEN)
            or n.endswith((".pyc", ".tmp")) or "tests/data" in n]
     if bad:

@@ -81,6 +81,13 @@ def _register() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The ``ranet-edge`` console script: run the command ``argv`` names (default: the process's
+    arguments) and exit with its status. Never returns.
+
+    Raises:
+        SystemExit: always; 0 on success, 2 with one ``error:`` line on stderr for a
+            :class:`~ranet_edge.errors.RanetEdgeError` or a usage error, 1 when aborted.
+    """
     _register()
     cli.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="ranet-edge")
 

@@ -22,7 +22,12 @@ from .commands_runtime import provider_option
 @click.option("--json", "json_out", default=None, help="write the results as JSON to this file")
 def bench(bundle, provider, threads, batch_size, warmup, iters, thresholds, operating_point, data_path,
           n_images, json_out) -> None:
-    """Latency per stage and exit, chain against monolithic graph, adaptive speed-up, throughput."""
+    """Latency per stage and exit, chain against monolithic graph, adaptive speed-up, throughput.
+    \f
+    Raises:
+        click.UsageError: both ``--thresholds`` and ``--operating-point``.
+        RanetEdgeError: as :func:`ranet_edge.tasks.bench` (bad counts, bundle, provider, images).
+    """
     from ranet_edge.runtime.bench import BenchOptions
     from ranet_edge.tasks import bench as run_benchmark
 

@@ -21,7 +21,14 @@ from . import cli
               help="qnn: compile each graph for the HTP into an EPContext model (needs onnxruntime-qnn)")
 @click.option("--force", is_flag=True, help="replace a non-empty output directory")
 def convert(bundle, out, target, batch_size, data_path, calib_size, mobile_ops, qnn_context, force) -> None:
-    """Convert a bundle for the edge: ORT format, int8, fp16 or qnn, as a new complete bundle."""
+    """Convert a bundle for the edge: ORT format, int8, fp16 or qnn, as a new complete bundle.
+    \f
+    Raises:
+        MissingExtraError: onnx is not installed (the ``export`` extra).
+        ExportError: an unknown ``--to``, or the conversion fails.
+        DataError: int8 or qnn without ``--data``, or images that cannot be read.
+        RanetEdgeError: as ``ranet_edge.export.convert.convert_bundle``.
+    """
     from ranet_edge.errors import ExportError, require
 
     require("onnx", "export")

@@ -17,7 +17,12 @@ from . import cli
 def demo(out: str, threads: int | None) -> None:
     """Export the bundled default model, calibrate an operating point, benchmark it and show
     where the shipped validation images leave the network. Without the export extra (torch,
-    onnx) it starts from the shipped bundle, the export of that model, and runs the rest."""
+    onnx) it starts from the shipped bundle, the export of that model, and runs the rest.
+    \f
+    Raises:
+        MissingExtraError: neither torch and onnx nor a shipped bundle are installed.
+        RanetEdgeError: a step fails (export, calibration, benchmark).
+    """
     from ranet_edge.runtime.bench import BenchOptions
     from ranet_edge.tasks import DataOptions, Goal, bench, calibrate, early_exit, unseen_by_calibration
 

@@ -16,7 +16,10 @@ from .options import json_option
 @json_option
 def doctor(bundle: str | None, provider: str | None, as_json: bool) -> None:
     """What this machine can run: onnxruntime builds, providers (really tried), CPU instruction
-    sets, torch, and which provider runs each graph of BUNDLE. Run it when a provider is missing."""
+    sets, torch, and which provider runs each graph of BUNDLE. Run it when a provider is missing.
+    \f
+    Problems found are reported, not raised: the command succeeds whatever it finds.
+    """
     from ..doctor import diagnose
 
     rep = diagnose(bundle, provider)

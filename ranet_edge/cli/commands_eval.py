@@ -15,6 +15,8 @@ from .commands_runtime import provider_option
 
 
 def data_options(func):
+    """``--data``, ``--val-size``, ``--holdout`` and ``--seed``: the fields of
+    :class:`~ranet_edge.tasks.DataOptions`."""
     func = click.option("--seed", type=int, default=0, show_default=True, help="seed of --holdout and of the split")(func)
     func = click.option("--holdout", type=click.IntRange(min=1), default=None,
                         help="use only the last N of a seeded permutation of --data (the split "
@@ -45,7 +47,14 @@ def _progress(label: str, length: int):
 @click.option("--json", "as_json", is_flag=True)
 def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, budget_mflops, budget_ms,
               temperature, name, make_default, provider, threads, as_json) -> None:
-    """Fit exit thresholds on labelled images and store them in the bundle as an operating point."""
+    """Fit exit thresholds on labelled images and store them in the bundle as an operating point.
+    \f
+    Raises:
+        click.UsageError: not exactly one of ``--p``, ``--target-accuracy``, ``--budget-mflops``,
+            ``--budget-ms``.
+        RanetEdgeError: as :func:`ranet_edge.tasks.calibrate` (bundle, provider, data, a goal
+            that cannot be met).
+    """
     from ranet_edge.tasks import DataOptions, Goal
     from ranet_edge.tasks import calibrate as run_calibration
 
@@ -82,7 +91,12 @@ def echo_calibrated(res) -> None:
 @click.option("--json", "json_out", default=None, help="write the results as JSON to this file")
 @click.option("--plot", "plot_out", default=None, help="write accuracy-vs-cost curves to this PNG")
 def evaluate(bundle, data_path, holdout, seed, val_size, provider, threads, batch_size, json_out, plot_out) -> None:
-    """Anytime accuracy per exit and the paper's budgeted batch curve, with measured latency."""
+    """Anytime accuracy per exit and the paper's budgeted batch curve, with measured latency.
+    \f
+    Raises:
+        MissingExtraError: ``--plot`` without matplotlib (the ``plot`` extra), before the run.
+        RanetEdgeError: as :func:`ranet_edge.tasks.evaluate`.
+    """
     from ranet_edge.runtime.evaluate import plot
     from ranet_edge.tasks import DataOptions
     from ranet_edge.tasks import evaluate as run_evaluation

@@ -23,7 +23,14 @@ def _load(ckpt: str, preset, flags):
 @arch_options
 @json_option
 def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
-    """Show a checkpoint's architecture, exits and cumulative FLOPs/params per exit."""
+    """Show a checkpoint's architecture, exits and cumulative FLOPs/params per exit.
+    \f
+    Raises:
+        CheckpointError: CKPT is a bundle or a graph, or cannot be loaded (see
+            :func:`ranet_edge.checkpoint.load_checkpoint`).
+        MissingExtraError: torch is not installed (the ``export`` extra).
+        ConfigError: bad ``--preset``, ``--arch`` or architecture flags.
+    """
     from ..checkpoint import not_a_checkpoint
 
     instead = not_a_checkpoint(ckpt)  # a bundle or a graph: say so, torch or not
@@ -53,7 +60,7 @@ def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
     click.echo(f"{'exit':>4} {'MFLOPs':>10} {'params (M)':>11}")
     for k, c in enumerate(costs):
         click.echo(f"{k:>4} {c.flops / 1e6:>10.2f} {c.params / 1e6:>11.3f}")
-    from ..tasks import dead_work_note
+    from ..info import dead_work_note
 
     note = dead_work_note(report["flops"], report["dead_flops"])
     if note:
@@ -83,7 +90,15 @@ def inspect(ckpt: str, as_json: bool, **kwargs) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-batches", type=int, default=None, hidden=True)
 def train(data_path: str, dataset: str | None, threads: int | None, **kwargs) -> None:
-    """Train a RANet or an MSDNet (summed cross-entropy over exits, SGD); works under torchrun."""
+    """Train a RANet or an MSDNet (summed cross-entropy over exits, SGD); works under torchrun.
+    \f
+    Raises:
+        MissingExtraError: torch is not installed (the ``train`` extra).
+        DataError: ``--data`` does not exist or cannot be read, or ``--resume`` finds a
+            ``last.pt`` without a stored architecture.
+        ConfigError: bad ``--preset``, ``--arch`` or architecture flags.
+        CheckpointError: ``--init`` or ``--resume`` cannot be loaded into the architecture.
+    """
     torch = require("torch", "train")
     from ..train import TrainOptions
     from ..train import train as run_train
@@ -142,7 +157,17 @@ def default_checkpoint() -> Path:
 @click.option("--force", is_flag=True, help="replace a non-empty output directory")
 def export(ckpt: str | None, out: str | None, opset: int, batch_size: int | None, no_simplify: bool,
            monolithic: bool, granularity: str, tolerance: float, force: bool, **kwargs) -> None:
-    """Export a checkpoint to a bundle of chained per-exit ONNX graphs, validated against PyTorch."""
+    """Export a checkpoint to a bundle of chained per-exit ONNX graphs, validated against PyTorch.
+    \f
+    Raises:
+        click.BadParameter: ``--batch-size`` below 1.
+        CheckpointError: CKPT is a bundle or a graph, or cannot be loaded.
+        MissingExtraError: torch or onnx is not installed (the ``export`` extra).
+        ExportError: no CKPT and no bundled default model, a non-empty ``--out`` without
+            ``--force``, or a failed export step.
+        ValidationError: an exit differs from PyTorch by more than ``--tolerance``.
+        ConfigError: bad ``--preset``, ``--arch`` or architecture flags.
+    """
     import time
 
     from ..checkpoint import not_a_checkpoint

@@ -12,6 +12,7 @@ from .options import json_option
 
 
 def provider_option(func):
+    """``--provider`` (default ``cpu``) and ``--threads`` (intra-op threads per session)."""
     func = click.option("--threads", type=click.IntRange(min=1), default=None,
                         help="intra-op threads per session [default: 1]")(func)
     return click.option("--provider", default="cpu", show_default=True,
@@ -24,8 +25,12 @@ def provider_option(func):
 @click.argument("bundle", type=click.Path(file_okay=False))
 @json_option
 def info(bundle: str, as_json: bool) -> None:
-    """Per-exit cost, graph size, cache hand-over and tensor names of a bundle."""
-    from ranet_edge.tasks import bundle_info, dead_work_note
+    """Per-exit cost, graph size, cache hand-over and tensor names of a bundle.
+    \f
+    Raises:
+        BundleError: BUNDLE has no readable ranet-edge manifest.
+    """
+    from ranet_edge.info import bundle_info, dead_work_note
 
     rep = bundle_info(bundle)
     if as_json:
@@ -87,7 +92,14 @@ def parse_thresholds(spec: str | None):
 @json_option
 def predict(bundle: str, images: tuple[str, ...], provider: str, threads: int | None,
             thresholds: str | None, as_json: bool) -> None:
-    """Classify image files; each stops at the first exit confident enough."""
+    """Classify image files; each stops at the first exit confident enough.
+    \f
+    Raises:
+        InputError: an image file does not exist.
+        BundleError: BUNDLE is missing, malformed or tampered with.
+        ProviderError: the provider is not offered by the installed onnxruntime.
+        CalibrationError: ``--thresholds`` is malformed or names no stored operating point.
+    """
     from ranet_edge.runtime import ExitChain, read_image
 
     chain = ExitChain.load(bundle, provider=provider, threads=threads)

@@ -51,7 +51,15 @@ def serve(bundle, host, port, max_batch, batch_wait_ms, stage_batching, max_queu
           provider, threads, graph, max_body_bytes, model_name, grpc_port, access_log, use_ray, replicas, address,
           haproxy) -> None:
     """Serve BUNDLE (default: the shipped model) over HTTP: /v1 and the Open Inference Protocol
-    (/v2), survivors batched across requests graph by graph, early answers, Prometheus metrics."""
+    (/v2), survivors batched across requests graph by graph, early answers, Prometheus metrics.
+    \f
+    Raises:
+        click.UsageError: Ray-only options without ``--ray``, or with ``--ray``: ``--haproxy``
+            with ``--address``, ``--grpc-port``, or ``--port 0``.
+        SystemExit: always, with the server's exit status once it stops.
+        RanetEdgeError: the bundle, provider or settings are refused, or Ray does not start
+            (:class:`~ranet_edge.errors.ServeError`).
+    """
     from ranet_edge.serve import ServeSettings
 
     if not use_ray:

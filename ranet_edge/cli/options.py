@@ -54,7 +54,12 @@ def arch_options(func: Callable | None = None, *, with_data: bool = True) -> Cal
 def resolve_arch(preset: str | None, flags: dict[str, Any]):
     """(config or None, source, arch or None) from ``--arch``, ``--preset`` and official flags.
 
-    A None config means "infer it from the checkpoint" (as ``arch`` if given).
+    A None config means "infer it from the checkpoint" (as ``arch`` if given). The family is
+    the preset's, else ``--arch``, else MSDNet when an MSDNet-only flag is given.
+
+    Raises:
+        ConfigError: an unknown preset, a preset of the other family than ``--arch``, flags the
+            family does not have (named), or flag values the configuration refuses.
     """
     from ..architectures import NAMES, config_type
     from ..presets import get_preset
@@ -100,4 +105,5 @@ def pop_arch(kwargs: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
 
 
 def json_option(func: Callable) -> Callable:
+    """``--json`` (``as_json``): print machine-readable JSON instead of the table."""
     return click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")(func)

@@ -11,8 +11,13 @@ from .ranet import RANet
 
 
 def build_model(config) -> nn.Module:
-    """The model a :data:`~ranet_edge.architectures.ArchConfig` describes; a
-    :class:`~ranet_edge.errors.ConfigError` for one whose forward cannot run."""
+    """The model a :data:`~ranet_edge.architectures.ArchConfig` describes (RANet or MSDNet by
+    ``config.arch``), randomly initialised, in training mode.
+
+    Raises:
+        ConfigError: the official forward cannot run this architecture (see
+            :func:`check_runs`).
+    """
     check_runs(config)
     return _model_type(config)(config)
 
@@ -21,7 +26,11 @@ def check_runs(config) -> None:
     """Raise a one-line :class:`~ranet_edge.errors.ConfigError` when the forward of the
     architecture fails: the official constructors build some flag sets whose forward they
     cannot run (see ``config.unrunnable()``); any other failure shows in a forward on the
-    meta device, which computes only shapes."""
+    meta device, which computes only shapes.
+
+    Raises:
+        ConfigError: the forward fails; the message names the official flags and the fix.
+    """
     problem = config.unrunnable()
     if problem is None:
         side = config.image_size

@@ -21,6 +21,9 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ExitCost:
+    """What reaching one exit costs, counted by the official convention (docs/reference/ranet.md,
+    "FLOP counting")."""
+
     flops: int  # cumulative multiply-accumulates, official convention
     params: int  # cumulative parameters, official convention
     dead_flops: int = 0  # of ``flops``: work no exit's logits depend on (cumulative)
@@ -52,7 +55,11 @@ def count_exit_costs(model: nn.Module, example: torch.Tensor) -> list[ExitCost]:
     """Run ``model`` once on ``example`` (batch 1) and return the cost at each Linear.
 
     The forward runs with autograd on (no gradient is computed): a counted layer is dead
-    when its output is not in the autograd graph of any tensor the forward returns.
+    when its output is not in the autograd graph of any tensor the forward returns. ``model``
+    runs in eval mode and gets its training flag back.
+
+    Raises:
+        RuntimeError: ``model``'s forward fails on ``example`` (torch's own error).
     """
     totals = {"flops": 0, "params": 0}
     calls: list[tuple[int, object]] = []  # (FLOPs, autograd node of the output) per counted call
@@ -119,6 +126,7 @@ class MultiExitInterface:
 
     @property
     def num_exits(self) -> int:
+        """One per classifier head."""
         return len(self.classifier)
 
     @property

@@ -29,6 +29,7 @@ class ConvBasic(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``ReLU(BN(conv(x)))``."""
         return self.net(x)
 
 
@@ -50,6 +51,7 @@ class ConvBN(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``n_out`` channels, at half the resolution when ``down``."""
         return self.net(x)
 
 
@@ -61,6 +63,7 @@ class ConvNormal(nn.Module):
         self.conv_normal = ConvBN(n_in, growth, False, bn_width, bottleneck)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with ``growth`` new channels appended."""
         return torch.cat([x, self.conv_normal(x)], dim=1)
 
 
@@ -75,6 +78,8 @@ class ConvUpNormal(nn.Module):
         self.conv_normal = ConvBN(n_in, growth - up, down, bn_width)
 
     def forward(self, low: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``cat([x, conv_up(low), conv_normal(x)])``, the first two resized (bilinear,
+        ``align_corners=True``) to the size of the last, which is halved when ``down``."""
         new = self.conv_normal(x)
         size = (new.shape[-2], new.shape[-1])
         return torch.cat([resize_to(x, size), resize_to(self.conv_up(low), size), new], dim=1)
@@ -93,4 +98,6 @@ class ClassifierModule(nn.Module):
         self.linear = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, num_classes) logits; the two convs and the pool must leave a 1x1 map (5 to 12 px
+        inputs), as the official classifiers assume."""
         return self.linear(torch.flatten(self.m(x), 1))

@@ -28,6 +28,7 @@ class ConvDownNormal(nn.Module):
         self.conv_normal = ConvBN(n_in, growth // 2, False, bn, bottleneck)
 
     def forward(self, finer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``finer`` is the next finer scale's map (halved by ``conv_down``), ``x`` this scale's."""
         return torch.cat([x, self.conv_down(finer), self.conv_normal(x)], dim=1)
 
 
@@ -119,6 +120,7 @@ class MSDNet(MultiExitInterface, nn.Module):
         self.classifier = nn.ModuleList(classifiers)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One (N, num_classes) logits tensor per exit (block), in exit order."""
         logits = []
         for block, classifier in zip(self.blocks, self.classifier, strict=True):
             x = block(x)

@@ -126,6 +126,8 @@ class RANet(MultiExitInterface, nn.Module):
         self.FirstLayer = _InitialLayer(config)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One (N, num_classes) logits tensor per exit, in exit order, for an (N, 3, H, W)
+        batch normalised as the data set's preprocessing says."""
         stems = self.FirstLayer(x)
         logits: list[torch.Tensor] = []
         previous: list[list[torch.Tensor]] = []
