@@ -182,7 +182,7 @@ class ExitChain:
                 logits: list[np.ndarray] = []
                 for g in range(len(ex.graphs)):
                     z, env = ex.run(g, env)
-                    logits += z
+                    logits += [a.copy() for a in z]  # run's logits may be views of reused buffers
                 parts.append(logits)
         return parts[0] if len(parts) == 1 else [np.concatenate(col) for col in zip(*parts)]
 
@@ -198,9 +198,13 @@ class ExitChain:
             CalibrationError: thresholds that do not resolve (an unknown name, a value out of range).
         """
         x = self.check_input(x)
+        thr, temps = self._thresholds_cached(thresholds)
         out = Results(len(x))
-        for part in self._stages(x, *self._thresholds_cached(thresholds)):
-            out.fill(part)
+        parts = self._route(x, 0, thr, temps) if len(x) <= self.max_batch and not self.executor.exclusive \
+            else self._stages(x, thr, temps)
+        for part in parts:
+            if part is not None:
+                out.fill(part)
         return out.prediction()
 
     def predict_stages(self, x: np.ndarray, thresholds: Any = None) -> Iterator[StageRows]:
@@ -217,17 +221,21 @@ class ExitChain:
             InputError: ``x`` is not a finite float32 (N, *input_shape) array.
             CalibrationError: thresholds that do not resolve.
         """
-        return self._stages(self.check_input(x), *self._thresholds_cached(thresholds))
+        empty = StageRows.concat([], self.manifest.num_classes)
+        return (empty if part is None else part for part in self._stages(self.check_input(x),
+                                                                         *self._thresholds_cached(thresholds)))
 
-    def _stages(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Iterator[StageRows]:
+    def _stages(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Iterator[StageRows | None]:
+        """The routing loop over every chunk of ``x`` (None: a graph run that decided nobody)."""
         if self.executor.exclusive:  # calls take turns on the executor's buffers: run it all now
             with self.executor.lock:
                 return iter([part for start in self._chunks(len(x)) for part in self._route(x, start, thr, temps)])
         return (part for start in self._chunks(len(x)) for part in self._route(x, start, thr, temps))
 
-    def _route(self, x: np.ndarray, start: int, thr: np.ndarray, temps: np.ndarray) -> Iterator[StageRows]:
+    def _route(self, x: np.ndarray, start: int, thr: np.ndarray, temps: np.ndarray) -> Iterator[StageRows | None]:
         """The routing loop: rows ``start .. start + max_batch`` of ``x`` through the graphs,
-        each row leaving at the first exit whose rule takes it."""
+        each row leaving at the first exit whose rule takes it. Yields, per graph run, the rows
+        it decided (None when it decided none)."""
         ex = self.executor
         chunk = x[start:start + self.max_batch]
         n = len(chunk)
@@ -239,11 +247,14 @@ class ExitChain:
             parts = []
             for k, z in zip(graph.exits, logits):
                 d = decide(z, thr[k], temps[k], alive)
+                if d.every:  # every row still running leaves here
+                    yield StageRows(rows, d.labels, np.full(len(rows), k, np.int64), d.confidences, d.probabilities)
+                    return
                 if d.any:
                     parts.append(StageRows(rows[d.take], d.labels, np.full(len(d.labels), k, np.int64),
                                            d.confidences, d.probabilities))
                     alive = ~d.take if alive is None else alive & ~d.take
-            yield StageRows.concat(parts, self.manifest.num_classes)
+            yield StageRows.concat(parts, self.manifest.num_classes) if parts else None
             if alive is None:
                 continue
             if not alive.any():

@@ -53,7 +53,11 @@ class Results:
         self.probs: np.ndarray | None = None
 
     def fill(self, d: StageRows) -> None:
+        """Record the rows ``d`` decided."""
         if not len(d.rows):
+            return
+        if self.probs is None and len(d.rows) == self.n:  # every row at once, in order: adopt the arrays
+            self.labels, self.exits, self.conf, self.probs = d.labels, d.exits, d.confidences, d.probabilities
             return
         if self.probs is None:
             self.probs = np.empty((self.n, d.probabilities.shape[1]), np.float32)

@@ -75,7 +75,8 @@ class Executor:
 
     def run(self, g: int, env: Env) -> tuple[list[np.ndarray], Env]:
         """Run graph ``g`` on ``env``'s rows: (host float32 logits of the real rows, in the
-        graph's exit order, the caller's to keep; the env graph ``g + 1`` reads)."""
+        graph's exit order; the env graph ``g + 1`` reads). The logits may be views of the
+        executor's buffers, valid until its next run on this thread: copy them to keep them."""
         raise NotImplementedError
 
     def take(self, env: Env, keep: np.ndarray) -> Env:

@@ -42,17 +42,16 @@ class HostExecutor(Executor):
 
     def feed(self, x: np.ndarray, scratch: bool = False) -> Env:
         n = len(x)
-        rows = self.padded(np.arange(n))
-        if len(rows) != n:
-            return Env({self.input_name: x[rows]}, n)
+        if self.buckets is not None and self.buckets.size(n) != n:
+            return Env({self.input_name: x[self.padded(np.arange(n))]}, n)
         if scratch and self._plannable:
             return Env({self.input_name: x}, n, -1, self._plan(x))
         return Env({self.input_name: x}, n)
 
     def run(self, g: int, env: Env) -> tuple[list[np.ndarray], Env]:
         plan = env.scratch
-        if plan is not None:  # the plan's buffers hold every output; copies of the logits go out
-            return [z.copy() for z in plan.run_graph(g, env.values[self.input_name])], Env(env.values, env.rows, g, plan)
+        if plan is not None:  # the plan's buffers hold every output (logits: views of them)
+            return plan.run_graph(g, env.values[self.input_name]), Env(env.values, env.rows, g, plan)
         graph = self.graphs[g]
         logits, cache = graph.step({name: env.values[name] for name in graph.inputs})
         if len(logits[0]) != env.rows:
