@@ -148,6 +148,13 @@ def ep_name(provider: str) -> str:
     return _registration(provider).name
 
 
+def provider_of(name: str) -> str:
+    """The provider a registration name stands for (``QNNExecutionProvider`` for the name an
+    application registered onnxruntime-qnn's library under, once :func:`register` has found
+    it); ``name`` itself otherwise."""
+    return next((p for p, reg in _registered.items() if reg.name == name), name)
+
+
 def _registration(provider: str) -> Registration:
     plugin = PLUGINS[provider]
     with _LOCK:

@@ -90,3 +90,31 @@ def test_a_library_the_app_registered_is_reused(ordinary, name, when):
     np.testing.assert_allclose(np.array(got["probs"], np.float32), want.probabilities, rtol=0, atol=1e-6)
     for a, b in zip(got["logits"], want_logits, strict=True):
         np.testing.assert_allclose(np.array(a, np.float32), b, rtol=0, atol=1e-5)
+
+
+DOCTOR = """
+import json, sys
+import onnxruntime as ort
+import onnxruntime_qnn
+
+ort.register_execution_provider_library(sys.argv[1], onnxruntime_qnn.get_library_path())
+from ranet_edge.assets import QNN_BUNDLE
+from ranet_edge.doctor import diagnose
+
+print(json.dumps(diagnose(QNN_BUNDLE, "qnn").to_dict()))
+"""
+
+
+@pytest.mark.slow
+def test_doctor_checks_a_library_the_app_registered_under_another_name(ordinary):
+    r = subprocess.run([sys.executable, "-c", DOCTOR, "qnn_app"], capture_output=True, text=True, timeout=600,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(r.stdout.strip().splitlines()[-1])
+    row = next(p for p in rep["plugins"] if p["provider"] == QNN)
+    assert row["registered_as"] == "qnn_app" and row["registered_by_app"] and row["error"] is None, row
+    assert row["devices"] and all(d.startswith("qnn_app on ") for d in row["devices"])
+    assert [(c["provider"], c["usable"]) for c in rep["accelerators"]] == [(QNN, True)], rep["accelerators"]
+    graphs = rep["bundle"]["graphs"]
+    assert len(graphs) == 6 and all(g["providers"][0] == "qnn_app" and g["all_nodes_on_first"] for g in graphs), graphs
+    assert rep["problems"] == [] and rep["ok"]
