@@ -67,10 +67,12 @@ def _same_file(a: str, b: str) -> bool:
 def _library_names() -> dict[str, str]:
     """Registration name -> library, for every library registered in this process that is
     not part of the onnxruntime package itself (a CUDA plugin it bundles counts as built in)."""
+    if not hasattr(ort, "get_ep_devices"):  # onnxruntime < 1.23: no plugin libraries
+        return {}
     own = os.path.dirname(os.path.realpath(ort.__file__))
     out = {}
     for d in ort.get_ep_devices():
-        lib = (d.ep_metadata or {}).get(LIBRARY_KEY)
+        lib = dict(d.ep_metadata or {}).get(LIBRARY_KEY)
         if lib and not os.path.realpath(lib).startswith(own + os.sep):
             out[d.ep_name] = lib
     return out
