@@ -5,7 +5,7 @@
 
 Runs the routed prediction (default operating point) and every exit's logits on the sample
 images after the first --skip (the shipped QNN bundle was calibrated on the first 256), on
---provider and on the CPU provider, and records runtime/agreement.py's figures with the
+--provider and on the CPU provider, and records ranet_edge/agreement.py's figures with the
 provider's node placement per graph. The QNN HTP runs in simulation on x86_64 (slow: about
 a third of a second per image and pass).
 """
@@ -16,8 +16,8 @@ import argparse
 import numpy as np
 from _common import write
 
+from ranet_edge.agreement import provider_agreement
 from ranet_edge.assets import SAMPLE_IMAGES
-from ranet_edge.runtime.agreement import provider_agreement
 
 
 def main() -> None:

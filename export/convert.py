@@ -3,8 +3,8 @@ qnn (int8 QDQ with static shapes for the Qualcomm HTP, compiled into EPContext m
 
 Needs onnx and onnxruntime only (no torch). Each conversion writes a complete new bundle;
 the runtime loads it like any other. int8 quantizes the chain as one graph calibrated on
-real images and cuts it at the exits again, handing on uint8 tensors (export/quantize.py);
-the ORT target is in export/mobile.py, the QNN target in export/qnn.py.
+real images and cuts it at the exits again, handing on uint8 tensors (export/int8_stages.py,
+export/quantize.py); the ORT target is in export/mobile.py, the QNN target in export/qnn.py.
 
 :func:`convert_bundle` runs named steps: check the request, convert the graphs (one step
 per target), sign them (sha256 and sizes in the manifest), record where the bundle came
@@ -27,7 +27,9 @@ from ranet_edge.runtime.chain import ExitChain
 from ranet_edge.runtime.files import staged_dir
 from ranet_edge.runtime.manifest import MANIFEST, load_manifest, sha256_file, write_json_atomic
 
+from .int8_stages import write_int8
 from .mobile import mobile_report, mobile_rewrite, to_ort
+from .qnn import to_qnn
 
 __all__ = ["TARGETS", "convert_bundle", "mobile_report", "mobile_rewrite"]
 
@@ -35,39 +37,6 @@ TARGETS = ("ort", "int8", "fp16", "qnn")
 
 
 logger = logging.getLogger(__name__)  # what was converted (the CLI prints it)
-
-
-def _int8(src: Path, tmp: Path, work: Path, data: dict, images: np.ndarray, recipe=None,
-          stages: Path | None = None) -> None:
-    """Write the int8 stages (and the int8 whole graph as the monolithic baseline) into
-    ``tmp`` and update the graph and exit entries of ``data`` (see export/quantize.py).
-    ``stages``: where the float stage graphs are read from (default: the bundle ``src``)."""
-    from .graph_costs import intermediate_values
-    from .quantize import quantize_chain
-
-    chain = ExitChain.load(src, warmup=False)
-    x = chain.preprocess(images)
-    graphs = data["graphs"]
-    q = quantize_chain([(stages or src) / g["path"] for g in graphs], [list(g["logits"]) for g in graphs], chain.input_name,
-                       x, work, data.get("batch_size"), recipe)
-    batch = data.get("batch_size") or 1
-    values = intermediate_values(q.model, {chain.input_name: x[:batch]})
-    values[chain.input_name] = x[:batch]
-    by_graph = {}
-    for g, st in zip(graphs, q.stages, strict=True):
-        (tmp / g["path"]).write_bytes(st.model.SerializeToString(deterministic=True))
-        g.update(inputs=st.inputs, cache_outputs=st.cache_outputs, tensors={
-            n: {"shape": [None if data.get("batch_size") is None else batch, *values[n].shape[1:]],
-                "dtype": str(values[n].dtype)} for n in st.inputs + st.cache_outputs})
-        by_graph[g["path"]] = st
-    for e in data["exits"]:
-        st = by_graph[e["graph"]]
-        e.update(inputs=st.inputs, cache_outputs=st.cache_outputs, cache_bytes_per_sample=int(sum(
-            values[n][0].nbytes for n in st.cache_outputs)))
-    if data.get("monolithic"):  # the baseline is the very graph the stages were cut from
-        (tmp / data["monolithic"]["path"]).write_bytes(q.model.SerializeToString(deterministic=True))
-        data["monolithic"]["note"] = "the int8 whole graph the stages were cut from"
-    data["int8"] = {"recipe": q.recipe.describe(), "uint8_resizes": q.uint8_resizes}
 
 
 def _fp16(src: Path, tmp: Path, data: dict, entries: list[dict], log: Callable[[str], None]) -> None:
@@ -107,13 +76,11 @@ def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: st
         work.mkdir()
         entries = list(data["graphs"]) + ([data["monolithic"]] if data.get("monolithic") else [])
         if target == "int8":
-            _int8(src, tmp, work, data, images[:calib_size], int8_recipe)
+            write_int8(src, tmp, work, data, images[:calib_size], int8_recipe)
             log(f"  quantized {len(data['graphs'])} graphs as one and cut it at the exits again")
         elif target == "fp16":
             _fp16(src, tmp, data, entries, log)
         elif target == "qnn":
-            from .qnn import to_qnn
-
             to_qnn(src, tmp, work, data, images[:calib_size], batch_size, log, int8_recipe, compile_qnn)
         else:
             to_ort(src, tmp, work, data, entries, batch_size, mobile_ops, log)

@@ -29,6 +29,7 @@ import onnx
 from ranet_edge.errors import ExportError
 from ranet_edge.runtime.manifest import sha256_file
 
+from .int8_stages import write_int8
 from .mobile import fix_batch
 from .quantize import Int8Recipe
 
@@ -43,8 +44,6 @@ def to_qnn(src: Path, tmp: Path, work: Path, data: dict, images: np.ndarray, bat
     """Write the int8 static-batch stages of bundle ``src`` into ``tmp`` (calibrated on
     ``images``), compile each for the HTP where onnxruntime-qnn is installed, and update
     the manifest ``data`` (batch, shapes, compiled graphs, placement)."""
-    from .convert import _int8
-
     if len(images) < batch:
         raise ExportError(f"--batch-size {batch} is larger than the {len(images)} calibration images; "
                           "pass more images or a smaller --batch-size")
@@ -55,7 +54,7 @@ def to_qnn(src: Path, tmp: Path, work: Path, data: dict, images: np.ndarray, bat
     data["batch_size"] = batch
     data["preprocessing"]["shape"][0] = batch
     # calibration runs the static graph: whole batches only
-    _int8(src, tmp, work, data, images[:len(images) // batch * batch], recipe or QNN_RECIPE, stages=fixed)
+    write_int8(src, tmp, work, data, images[:len(images) // batch * batch], recipe or QNN_RECIPE, stages=fixed)
     log(f"  quantized {len(data['graphs'])} graphs for the QNN HTP (batch {batch}, QDQ around every operator)")
     info: dict = {"backend": "htp", "batch_size": batch, "compiled": False}
     try:

@@ -13,20 +13,19 @@ the package metadata, never imported.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import importlib.util
 import os
 import platform
 import re
 import sys
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .machine import cpu_info, gpu_hint, parse_cpuinfo
+from .runtime._capture_output import captured_output
 from .runtime.ortbuilds import EXTRAS_HINT, imported_from, installed_builds, several_builds_message
 
 __all__ = ["captured_output", "check_provider", "cpu_info", "diagnose", "gpu_hint", "parse_cpuinfo", "place_bundle"]
@@ -96,33 +95,6 @@ def _version(dist: str) -> str | None:
 
 
 # ----------------------------------------------------------------------- onnxruntime
-@contextlib.contextmanager
-def captured_output():
-    """Collect what native code writes to file descriptors 1 and 2 (ONNX Runtime logs the
-    reason a provider failed there, and its Python wrapper prints it); yields a list that
-    holds the text afterwards."""
-    out: list[str] = []
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as tmp:
-        try:
-            os.dup2(tmp.fileno(), 1)
-            os.dup2(tmp.fileno(), 2)
-            yield out
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            tmp.seek(0)
-            out.append(tmp.read().decode(errors="replace"))
-
-
 def _reason(text: str) -> str | None:
     """The lines of an ONNX Runtime log that say what failed, as one line."""
     lines = []
@@ -145,22 +117,24 @@ def check_provider(ort, provider: str) -> ProviderCheck:
     so = ort.SessionOptions()
     so.log_severity_level = 2
     reason = None
+    name = provider  # what the session calls it: a plugin the app registered may go by another name
     with captured_output() as log, warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")  # onnxruntime's Python wrapper warns, its C++ side logs
         try:
             if is_plugin(provider):  # selected per device (runtime/plugins.py), not by name
-                from .runtime.plugins import select
+                from .runtime.plugins import ep_name, select
 
                 select(so, provider)
+                name = ep_name(provider)
             sess = ort.InferenceSession(gather_model(FLOAT), so, providers=None if is_plugin(provider) else
                                         [provider, "CPUExecutionProvider"])
             got = sess.get_providers()
-            if got and got[0] == provider:
+            if got and got[0] == name:
                 x = np.arange(6, dtype=np.float32).reshape(3, 2)
                 sess.run(None, {"x": x, "idx": np.array([2, 0], np.int64)})
         except Exception as exc:  # what ONNX Runtime raises is the reason
             got, reason = [], f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-    if got and got[0] == provider:
+    if got and got[0] == name:
         return ProviderCheck(provider, True, None)
     text = "\n".join([str(w.message) for w in said] + log)
     reason = reason or _reason(text) or "the session fell back to the CPU without a message"
@@ -180,7 +154,7 @@ def place_bundle(ort, bundle: str | os.PathLike, provider: str) -> dict[str, Any
     built-in provider, a session that may not fall back to the CPU is tried as well)."""
     from .errors import RanetEdgeError
     from .runtime.placement import node_placement
-    from .runtime.plugins import select
+    from .runtime.plugins import ep_name, select
     from .runtime.providers import is_plugin, provider_list, resolve_provider
 
     out: dict[str, Any] = {"path": str(bundle), "provider": provider, "graphs": [], "error": None}
@@ -201,6 +175,7 @@ def place_bundle(ort, bundle: str | os.PathLike, provider: str) -> dict[str, Any
             return so
 
         options()  # a plugin that offers no device says so here
+        name = ep_name(full) if plugin else full  # what its sessions call it (the app may have named it)
     except RanetEdgeError as exc:
         out["error"] = str(exc)
         return out
@@ -217,7 +192,7 @@ def place_bundle(ort, bundle: str | os.PathLike, provider: str) -> dict[str, Any
         placed = {p: len(ops) for p, ops in (node_placement(sess) or {}).items()}
         all_on, detail = True, None
         if placed:
-            all_on = set(placed) == {full}
+            all_on = set(placed) == {name}
             if not all_on:
                 detail = ", ".join(f"{n} of {sum(placed.values())} nodes on {p}" for p, n in placed.items())
         elif full != "CPUExecutionProvider" and not plugin:
@@ -226,7 +201,7 @@ def place_bundle(ort, bundle: str | os.PathLike, provider: str) -> dict[str, Any
                     ort.InferenceSession(path, options(strict=True), providers=providers)
                 except Exception as exc:
                     all_on, detail = False, (str(exc).strip().splitlines() or [""])[0][:300]
-        out["graphs"].append(asdict(GraphPlacement(rel, got, all_on and got[:1] == [full], detail, placed)))
+        out["graphs"].append(asdict(GraphPlacement(rel, got, all_on and got[:1] == [name], detail, placed)))
     return out
 
 
@@ -257,12 +232,14 @@ def diagnose(bundle: str | os.PathLike | None = None, provider: str | None = Non
     if ort is None:
         problems.append(f"onnxruntime cannot be imported ({ort_error}); install one build: {EXTRAS_HINT}")
     else:
+        from .runtime.plugins import provider_of
         from .runtime.plugins import report as plugin_report
 
         plugins = plugin_report()  # registers them: they are then among the providers
         problems += [f"plugin {p['package']}: {p['error']}" for p in plugins if p["error"]]
         available = list(ort.get_available_providers())
-        checks = [check_provider(ort, p) for p in available if p in ACCELERATORS]
+        # a plugin library the app registered under a name of its own is checked as its provider
+        checks = [check_provider(ort, provider_of(p)) for p in available if provider_of(p) in ACCELERATORS]
         problems += [f"{c.provider} is in this build but no session can use it: {c.reason}" for c in checks
                      if not c.usable]
         if hint and hint.startswith("NVIDIA") and "CUDAExecutionProvider" not in available:

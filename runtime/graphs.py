@@ -15,10 +15,9 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from ranet_edge.errors import BundleError
-
 from .manifest import GraphEntry, Manifest
 from .placement import node_placement
+from .session_errors import load_error
 
 T = TypeVar("T")
 
@@ -89,9 +88,8 @@ def open_graphs(manifest: Manifest, providers: Callable[[GraphEntry], list | Non
         path = entry.compiled_path(compiled_for) or entry.path
         try:
             sess = ort.InferenceSession(str(manifest.root / path), options, providers=providers(entry))
-        except Exception as exc:
-            raise BundleError(f"ONNX Runtime cannot load graph {path} ({str(exc)[:160]}); "
-                              "re-export the bundle") from None
+        except Exception as exc:  # what ONNX Runtime said, and the fix for its cause
+            raise load_error(path, exc, compiled_for or "CPUExecutionProvider", str(manifest.root)) from exc
         graphs.append(GraphInfo(sess, entry, later, path))
     return graphs
 

@@ -171,8 +171,7 @@ def load(cls, bundle: str | os.PathLike, provider: str, threads: int | None, war
 def _refusal(manifest: Manifest, path: str, full: str, options, providers) -> str:
     """Why ``full`` took no node of graph ``path``: the reasons it logs when the session is
     made again with a verbose log, and what to do about the usual cause."""
-    from ranet_edge.doctor import captured_output
-
+    from ._capture_output import captured_output
     from ._ort import ort
     from .placement import log_reasons
 

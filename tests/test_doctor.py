@@ -14,8 +14,10 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
+from ranet_edge import doctor
 from ranet_edge.assets import DEFAULT_BUNDLE
-from ranet_edge.doctor import captured_output, check_provider, diagnose, parse_cpuinfo
+from ranet_edge.doctor import check_provider, diagnose, parse_cpuinfo
+from ranet_edge.runtime._capture_output import captured_output
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_bundle = pytest.mark.skipif(not (DEFAULT_BUNDLE / "manifest.json").exists(), reason="no shipped bundle")
@@ -61,6 +63,7 @@ def test_native_output_is_captured():
         os.write(2, b"2026-01-01 00:00:00.000 [E:onnxruntime:Default] Failed to load library libcudnn.so.9\n")
         os.write(1, b"to stdout\n")
     assert "libcudnn.so.9" in out[0] and "to stdout" in out[0]
+    assert doctor.captured_output is captured_output  # the runtime's, which doctor names too
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available here")

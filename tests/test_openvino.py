@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ranet_edge.agreement import provider_agreement
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import plugins
-from ranet_edge.runtime.agreement import provider_agreement
 
 OPENVINO = "OpenVINOExecutionProvider"
 #: Measured on the 500 sample images with onnxruntime-openvino 1.24.1: at most 1e-5 (fp32

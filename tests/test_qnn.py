@@ -15,11 +15,11 @@ pytest.importorskip("onnxruntime_qnn", reason="onnxruntime-qnn is not installed 
 
 from click.testing import CliRunner  # noqa: E402
 
+from ranet_edge.agreement import provider_agreement  # noqa: E402
 from ranet_edge.assets import DEFAULT_BUNDLE, QNN_BUNDLE, SAMPLE_IMAGES  # noqa: E402
 from ranet_edge.cli import get_cli  # noqa: E402
 from ranet_edge.errors import ProviderError  # noqa: E402
 from ranet_edge.runtime import ExitChain  # noqa: E402
-from ranet_edge.runtime.agreement import provider_agreement  # noqa: E402
 from ranet_edge.runtime.plugins import devices, register  # noqa: E402
 
 QNN = "QNNExecutionProvider"

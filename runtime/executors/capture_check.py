@@ -189,7 +189,7 @@ def open_capture_graphs(manifest, providers: Callable, fallback: Callable, optio
         try:
             sess, why = capture_session(str(manifest.root / entry.path), options, providers(entry), fallback(entry))
         except Exception as exc:
-            raise load_error(entry.path, exc, provider) from exc
+            raise load_error(entry.path, exc, provider, str(manifest.root)) from exc
         if why:
             out.capture_blockers[entry.path] = (why,)
         out.append(GraphInfo(sess, entry, later))

@@ -4,6 +4,10 @@
 default) and runs both on the same images: the routed prediction (labels, exits) at an
 operating point, and every exit's logits (anytime prediction). It is what the QNN HTP and
 the OpenVINO tests check, and what ``benchmarks/provider_agreement.py`` records.
+
+A tool above the runtime, like ``ranet-edge doctor``: nothing in ``ranet_edge.runtime`` or
+``convert`` needs it to run (``convert`` measures its own agreement, fp32 bundle against the
+converted one, in export/convert.py).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .chain import ExitChain
+from .runtime.chain import ExitChain
 
 
 def provider_agreement(bundle: str | os.PathLike, images: np.ndarray, provider: str, reference: str = "cpu",
@@ -21,7 +25,12 @@ def provider_agreement(bundle: str | os.PathLike, images: np.ndarray, provider: 
     """Agreement of ``provider`` with ``reference`` on uint8 HxWx3 ``images``: shares of
     equal labels and exits of the routed prediction, and per exit the share of equal
     top-1 labels and the largest and mean absolute logit difference. Also the node
-    placement of ``provider`` per graph and the seconds each chain took."""
+    placement of ``provider`` per graph and the seconds each chain took.
+
+    Raises:
+        RanetEdgeError: either chain cannot be loaded (see ``ExitChain.load``), or ``images``
+            are not uint8 HxWx3 images of the bundle's input size.
+    """
     ref = ExitChain.load(bundle, provider=reference, warmup=False)
     run = ExitChain.load(bundle, provider=provider, warmup=False, provider_options=provider_options)
     x = ref.preprocess(list(images))
