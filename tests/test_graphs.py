@@ -6,8 +6,8 @@ import pytest
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import ExitChain
+from ranet_edge.runtime.evaluation import cached_inputs
 from ranet_edge.runtime.graphs import GraphInfo, read_later, walk
-from ranet_edge.runtime.latency import cached_inputs
 from ranet_edge.runtime.plan import BoundPlan
 
 

@@ -23,7 +23,7 @@ from .commands_runtime import provider_option
 def bench(bundle, provider, threads, batch_size, warmup, iters, thresholds, operating_point, data_path,
           n_images, json_out) -> None:
     """Latency per stage and exit, chain against monolithic graph, adaptive speed-up, throughput."""
-    from ranet_edge.runtime.bench import BenchOptions
+    from ranet_edge.runtime.evaluation import BenchOptions
     from ranet_edge.tasks import bench as run_benchmark
 
     from .commands_runtime import parse_thresholds

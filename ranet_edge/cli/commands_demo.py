@@ -18,7 +18,7 @@ def demo(out: str, threads: int | None) -> None:
     """Export the bundled default model, calibrate an operating point, benchmark it and show
     where the shipped validation images leave the network. Without the export extra (torch,
     onnx) it starts from the shipped bundle, the export of that model, and runs the rest."""
-    from ranet_edge.runtime.bench import BenchOptions
+    from ranet_edge.runtime.evaluation import BenchOptions
     from ranet_edge.tasks import DataOptions, Goal, bench, calibrate, early_exit, unseen_by_calibration
 
     from ..assets import DEFAULT_BUNDLE, DEFAULT_CHECKPOINT, SAMPLE_IMAGES

@@ -83,7 +83,7 @@ def echo_calibrated(res) -> None:
 @click.option("--plot", "plot_out", default=None, help="write accuracy-vs-cost curves to this PNG")
 def evaluate(bundle, data_path, holdout, seed, val_size, provider, threads, batch_size, json_out, plot_out) -> None:
     """Anytime accuracy per exit and the paper's budgeted batch curve, with measured latency."""
-    from ranet_edge.runtime.evaluate import plot
+    from ranet_edge.runtime.evaluation import plot
     from ranet_edge.tasks import DataOptions
     from ranet_edge.tasks import evaluate as run_evaluation
 

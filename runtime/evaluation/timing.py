@@ -1,7 +1,7 @@
 """The one timing primitive behind every ms figure: callables timed side by side in settled
 blocks, with the calls another process preempted marked.
 
-``bench``, ``eval``, ``calibrate --budget-ms`` (through :mod:`ranet_edge.runtime.latency`)
+``bench``, ``eval``, ``calibrate --budget-ms`` (through :mod:`ranet_edge.runtime.evaluation.latency`)
 and the scripts in ``benchmarks/`` all time with :func:`interleaved`.
 
 Why blocks and not call-by-call round-robin: slow drifts of the machine still hit every

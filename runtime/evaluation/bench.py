@@ -10,10 +10,10 @@ import numpy as np
 
 from ranet_edge.errors import BundleError
 
-from ._ort import ort  # onnxruntime, through the build check
-from .chain import ExitChain
+from .._ort import ort  # onnxruntime, through the build check
+from ..chain import ExitChain
+from ..providers import open_session, session_options
 from .latency import measure_latency, timed_passes
-from .providers import open_session, session_options
 from .timing import CaseStats, interleaved
 
 
@@ -58,7 +58,7 @@ def run_bench(chain: ExitChain, images: np.ndarray, opts: BenchOptions, threads:
               progress: Callable[[str], None] = lambda s: None) -> dict:
     """Every figure of `ranet-edge bench`; ``images`` are uint8 NHWC real images.
 
-    Every time comes from :func:`ranet_edge.runtime.timing.interleaved`: the stages, the
+    Every time comes from :func:`ranet_edge.runtime.evaluation.timing.interleaved`: the stages, the
     runs up to each exit, the full chain and the monolithic graph in one measurement
     (:func:`~.latency.measure_latency`, ``opts.iters`` calls each in settled blocks),
     adaptive mode as a timed pass of ``predict`` over the images beside one of the

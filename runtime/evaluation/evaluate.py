@@ -8,9 +8,9 @@ import numpy as np
 
 from ranet_edge.errors import CalibrationError
 
-from . import calibration as cal
-from . import decision
-from .chain import ExitChain
+from ..chain import ExitChain
+from ..decision import softmax
+from .calibration import paper_thresholds
 from .latency import LatencyMeter, timed_passes
 
 PAPER_P = [i / 20 for i in range(1, 40)]
@@ -26,7 +26,7 @@ class ExitOutputs:
     def probs(self, temperatures: np.ndarray | None = None) -> np.ndarray:
         """(K, n, C) float32 softmax of every exit, by the runtime's rule."""
         t = np.ones(len(self.logits)) if temperatures is None else temperatures
-        return np.stack([decision.softmax(z, float(tk)) for z, tk in zip(self.logits, t)])
+        return np.stack([softmax(z, float(tk)) for z, tk in zip(self.logits, t)])
 
     def conf_correct(self, temperatures: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(K, n) float32 confidences -- exactly what the chain compares with thresholds --
@@ -82,7 +82,7 @@ def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_l
     x_all = chain.preprocess(eval_images)
     rows = []
     for p in ps:
-        t = cal.paper_thresholds(conf, p)
+        t = paper_thresholds(conf, p)
         thresholds = [float(v) if v <= 1.0 else np.inf for v in t[:-1]]  # 1e8: nobody exits
         if latency is not None:
             latency.round()

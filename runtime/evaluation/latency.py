@@ -6,7 +6,7 @@ with a reference, and timed passes of ``predict`` over images.
 the time to an exit is the median time of a run of the graphs up to its own, and the
 expected ms of an operating point is its exit shares times those. :func:`timed_passes` is
 the real run that ``eval`` and ``bench`` set beside it. Both time with
-:func:`ranet_edge.runtime.timing.interleaved`.
+:func:`ranet_edge.runtime.evaluation.timing.interleaved`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .chain import ExitChain
-from .graphs import walk
+from ..chain import ExitChain
+from ..graphs import walk
 from .timing import CaseStats, Timings, interleaved, kept, pass_ms
 
 

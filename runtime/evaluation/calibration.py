@@ -13,7 +13,7 @@ import numpy as np
 
 from ranet_edge.errors import CalibrationError
 
-from .decision import reaches
+from ..decision import reaches
 
 NOBODY = 1e8  # the paper's "no sample exits here" threshold
 EVERYBODY = -1e8  # the last exit's threshold
