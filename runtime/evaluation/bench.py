@@ -51,7 +51,7 @@ def _monolithic(chain: ExitChain, threads: int | None) -> ort.InferenceSession |
     try:
         return open_session(str(path), session_options(threads), chain.provider)
     except Exception as exc:
-        raise BundleError(f"cannot load {mono['path']} ({str(exc)[:120]}); re-export with --monolithic") from None
+        raise BundleError(f"cannot load {mono.path} ({str(exc)[:120]}); re-export with --monolithic") from exc
 
 
 def run_bench(chain: ExitChain, images: np.ndarray, opts: BenchOptions, threads: int | None = None,
