@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ranet_edge.data import load_labelled
-from ranet_edge.runtime import timing
+from ranet_edge.runtime.evaluation import timing
 
 
 def held_out_images(data: str | None, holdout: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -20,7 +20,7 @@ def held_out_images(data: str | None, holdout: int, seed: int = 0) -> tuple[np.n
 
 def interleaved(fns: dict, repeats: int, warmup: int = 5, block: int = 100, settle: int = 10,
                 cpu: dict | None = None, preempted: dict | None = None) -> dict[str, np.ndarray]:
-    """:func:`ranet_edge.runtime.timing.interleaved` (the primitive `ranet-edge bench` and
+    """:func:`ranet_edge.runtime.evaluation.timing.interleaved` (the primitive `ranet-edge bench` and
     `eval` time with), its results handed out as before: seconds per call by function;
     ``preempted`` and ``cpu`` (dicts), when given, receive which calls another process
     preempted and the calling thread's CPU seconds of every call."""

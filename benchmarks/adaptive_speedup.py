@@ -17,9 +17,9 @@ import torch
 from _common import held_out_images, write
 
 from ranet_edge.checkpoint import load_checkpoint
-from ranet_edge.runtime import ExitChain, timing
-from ranet_edge.runtime import calibration as cal
-from ranet_edge.runtime.evaluate import collect
+from ranet_edge.runtime import ExitChain
+from ranet_edge.runtime.evaluation import calibration as cal
+from ranet_edge.runtime.evaluation import collect, timing
 from ranet_edge.runtime.operating_points import thresholds_to_json
 from ranet_edge.runtime.providers import session_options
 

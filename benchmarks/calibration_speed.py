@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 from _common import interleaved, median_ms, write
 
-from ranet_edge.runtime import calibration as cal
+from ranet_edge.runtime.evaluation import calibration as cal
 
 
 def main() -> None:

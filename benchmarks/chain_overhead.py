@@ -20,7 +20,7 @@ import onnxruntime as ort
 from _common import held_out_images, interleaved, median_ms, write
 
 from ranet_edge.runtime import ExitChain
-from ranet_edge.runtime.latency import cached_inputs
+from ranet_edge.runtime.evaluation import cached_inputs
 from ranet_edge.runtime.providers import session_options
 
 

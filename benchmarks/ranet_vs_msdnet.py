@@ -17,8 +17,7 @@ import numpy as np
 from _common import held_out_images, write
 
 from ranet_edge.runtime import ExitChain
-from ranet_edge.runtime.evaluate import PAPER_P, anytime, budgeted, collect
-from ranet_edge.runtime.latency import measure_latency
+from ranet_edge.runtime.evaluation import PAPER_P, anytime, budgeted, collect, measure_latency
 
 NAMES = ("RANet", "MSDNet")
 

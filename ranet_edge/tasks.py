@@ -17,9 +17,8 @@ from .data import LabelledImages, load_labelled, split_val
 from .errors import InputError
 from .info import bundle_info, dead_work_note
 from .runtime import ExitChain, OperatingPoint, save_point
-from .runtime import calibration as cal
-from .runtime.evaluate import PAPER_P, anytime, budgeted, collect
-from .runtime.latency import LatencyMeter, measure_latency
+from .runtime.evaluation import PAPER_P, LatencyMeter, anytime, budgeted, collect, measure_latency
+from .runtime.evaluation import calibration as cal
 
 __all__ = [  # bundle_info and dead_work_note live in .info; they are part of this API all the same
     "Benchmark", "Calibrated", "DataOptions", "EarlyExit", "Evaluation", "ExitRow", "Goal", "Progress", "bench",
@@ -190,7 +189,7 @@ def evaluate(bundle: str | os.PathLike, data: DataOptions = DataOptions(), *, pr
     alone (anytime) and a real timed chain run at each of the paper's 39 values of p.
 
     Every ms comes from one stage measurement at ``batch_size`` on the first eval images
-    (:class:`~ranet_edge.runtime.latency.LatencyMeter`, a round before each point's timed
+    (:class:`~ranet_edge.runtime.evaluation.LatencyMeter`, a round before each point's timed
     pass): the anytime ms to each exit and each point's ``expected_ms``, set beside the
     point's real timed run (``measured_ms``).
 
@@ -236,9 +235,9 @@ class Benchmark:
 
 def bench(bundle: str | os.PathLike, opts, *, provider: str = "cpu", threads: int | None = None,
           data_path: str | os.PathLike | None = None, progress: Callable[[str], None] = lambda s: None) -> Benchmark:
-    """Load the bundle and run :func:`ranet_edge.runtime.bench.run_bench` on real images.
+    """Load the bundle and run :func:`ranet_edge.runtime.evaluation.run_bench` on real images.
 
-    ``opts`` is a :class:`~ranet_edge.runtime.bench.BenchOptions`; with no thresholds and no
+    ``opts`` is a :class:`~ranet_edge.runtime.evaluation.BenchOptions`; with no thresholds and no
     default operating point in the bundle, adaptive mode uses 0.9 at every exit.
 
     Raises:
@@ -249,7 +248,7 @@ def bench(bundle: str | os.PathLike, opts, *, provider: str = "cpu", threads: in
     """
     from dataclasses import replace
 
-    from .runtime.bench import run_bench
+    from .runtime.evaluation import run_bench
 
     if min(opts.batch_size, opts.iters, opts.adaptive_images) < 1 or opts.warmup < 0:
         raise InputError("--batch-size, --iters and --images must be >= 1, --warmup >= 0")

@@ -8,8 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ranet_edge.errors import BundleError
+
+__all__ = [
+    "replace_dir", "resolve_inside", "sha256_file", "staged_dir", "write_json_atomic",
+]
+
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of the file at ``path``, read in 1 MiB chunks.
+
+    Raises:
+        OSError: when the file cannot be read.
+    """
     import hashlib  # here, not at import time: see runtime/__init__.py
 
     h = hashlib.sha256()
@@ -19,9 +30,32 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def resolve_inside(root: Path, rel: Any, listed_in: Path) -> Path:
+    """``root/rel``, resolved, where ``rel`` is a path that the file ``listed_in`` (the
+    manifest) names and that must stay inside the bundle directory ``root``.
+
+    Raises:
+        BundleError: when ``rel`` is not a non-empty relative path, or leads outside ``root``
+            (through ``..`` or a symbolic link).
+    """
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")):
+        raise BundleError(f"graph path {rel!r} in {listed_in} must be relative to the bundle")
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise BundleError(f"graph path {rel!r} escapes the bundle directory {root}; refusing to load it")
+    return path
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write strict JSON (no NaN or Infinity: ValueError; sorted keys, stable formatting) to a
-    temporary file and rename it."""
+    """Write strict JSON (sorted keys, stable formatting) to a temporary file beside ``path``
+    and rename it over ``path``: a reader sees the old file or the new one, never a part.
+
+    Raises:
+        ValueError: when ``obj`` holds NaN or an infinity (strict JSON has neither); nothing
+            is written.
+        TypeError: when ``obj`` holds something JSON cannot encode.
+        OSError: when the directory is not writable.
+    """
     import tempfile  # writers only; the runtime's import stays light
 
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
@@ -38,7 +72,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished bundle ``tmp`` to ``out``, replacing what was there."""
+    """Move the finished bundle ``tmp`` to ``out``, replacing what was there: the old
+    directory is renamed aside (``.<name>.old``) and removed once the new one is in place, so
+    ``out`` never holds a mix of the two."""
     import shutil
 
     if out.exists():

@@ -3,7 +3,7 @@
 :class:`GraphInfo` is what every part of the runtime (the chain's executors, latency
 measurement) and the int8 calibration read about a loaded graph. :func:`walk` runs graphs in
 order on every row, feeding each the tensors it names: used to size the host executor's bound
-buffers, by :func:`ranet_edge.runtime.latency.cached_inputs` and by the exporter's validation.
+buffers, by :func:`ranet_edge.runtime.evaluation.latency.cached_inputs` and by the exporter's validation.
 Per-sample routing, which drops rows between graphs, is the chain's routing loop
 (``chain.py``) over an executor (``executors/``).
 """

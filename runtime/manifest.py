@@ -32,11 +32,18 @@ from ._fields import (
     three_numbers,
     three_positive,
 )
-from .files import replace_dir, sha256_file, write_json_atomic  # noqa: F401  (writers import them from here)
+from .files import replace_dir, resolve_inside, sha256_file, write_json_atomic
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # preprocess imports numpy; reading a manifest does not need it
     from .preprocess import PreprocessSpec
+
+__all__ = [
+    "FORMAT", "MANIFEST", "SCHEMA_VERSION", "CompiledGraph", "ExitEntry", "GraphEntry", "Manifest",
+    "MonolithicEntry", "Preprocessing", "TensorInfo", "load_manifest",
+    # from .files, for the writers (export/), which import them from here
+    "replace_dir", "sha256_file", "write_json_atomic",
+]
 
 FORMAT = "ranet-edge-bundle"
 SCHEMA_VERSION = 1
@@ -166,15 +173,21 @@ class Manifest:
 
     @property
     def num_exits(self) -> int:
+        """How many exits the chain has (K), each graph carrying one or more."""
         return len(self.exits)
 
     @property
     def input_name(self) -> str:
+        """The name of the first graph's image input."""
         return self.preprocessing.input
 
     def exit_costs(self, name: str) -> list[int]:
         """One cost per exit, in exit order: ``flops``, ``stage_flops``, ``run_flops``,
-        ``params``, ``cache_bytes_per_sample`` or ``dead_flops``."""
+        ``params``, ``cache_bytes_per_sample`` or ``dead_flops``.
+
+        Raises:
+            ValueError: when ``name`` is none of these.
+        """
         if name not in (*_COSTS, *_OPTIONAL_COSTS):
             raise ValueError(f"unknown exit cost {name!r}; use one of {', '.join((*_COSTS, *_OPTIONAL_COSTS))}")
         return [getattr(e, name) for e in self.exits]
@@ -184,8 +197,15 @@ class Manifest:
         return [getattr(e, name) for e in self.exits]
 
     def graph_of(self, exit_index: int) -> GraphEntry:
-        """The graph carrying exit ``exit_index``."""
-        return next(g for g in self.graphs if exit_index in g.exits)
+        """The graph carrying exit ``exit_index``.
+
+        Raises:
+            ValueError: when no graph carries it (``exit_index`` is not ``0..num_exits - 1``).
+        """
+        for graph in self.graphs:
+            if exit_index in graph.exits:
+                return graph
+        raise ValueError(f"exit {exit_index!r} is not in this bundle (exits 0..{self.num_exits - 1})")
 
 
 _COSTS = ("flops", "stage_flops", "run_flops", "params", "cache_bytes_per_sample")
@@ -193,18 +213,15 @@ _COSTS = ("flops", "stage_flops", "run_flops", "params", "cache_bytes_per_sample
 _OPTIONAL_COSTS = ("dead_flops",)
 
 
-def resolve_inside(root: Path, rel: Any) -> Path:
-    """``root/rel`` if ``rel`` is a relative path that stays inside ``root``."""
-    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")):
-        raise BundleError(f"graph path {rel!r} in {root / MANIFEST} must be relative to the bundle")
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise BundleError(f"graph path {rel!r} escapes the bundle directory {root}; refusing to load it")
-    return path
-
-
 def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
-    """Read and validate ``bundle/manifest.json``; with ``verify`` also check every sha256."""
+    """Read and validate ``bundle/manifest.json``; with ``verify`` also check the sha256 of
+    every graph file it lists (a read of each).
+
+    Raises:
+        BundleError: when the manifest is missing, not JSON, of another format or schema
+            version, a field is missing, mistyped or contradicts another, or a listed file is
+            missing, outside the bundle or (``verify``) fails its sha256; the message names it.
+    """
     root = Path(bundle)
     mpath = root / MANIFEST
     if not mpath.is_file():
@@ -233,7 +250,7 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
     mono_raw = top("monolithic", or_none(is_dict), "null or an object", None)
     mono = _monolithic(Fields(mpath, mono_raw, "monolithic")) if mono_raw else None
     for entry in (*graphs, *([mono] if mono else []), *(c for g in graphs for c in g.compiled)):
-        path = resolve_inside(root, entry.path)
+        path = resolve_inside(root, entry.path, mpath)
         if not path.is_file():
             raise BundleError(f"graph {path.name} listed in {mpath} is missing; re-export the bundle")
         if verify:

@@ -25,13 +25,24 @@ from ranet_edge.errors import BundleError, CalibrationError
 from ._fields import Fields, is_num, is_str, or_none
 from .files import write_json_atomic
 
+__all__ = [
+    "FILE", "FORMAT", "NEVER", "OperatingPoint", "check_thresholds", "load_points", "resolve", "save_point",
+    "select", "thresholds_from_json", "thresholds_to_json",
+]
+
 FILE = "thresholds.json"
 FORMAT = "ranet-edge-operating-points"
 NEVER = 1e8  # stored for "nobody leaves here" (the paper's value): no softmax confidence reaches it
 
 
 def check_thresholds(values: Sequence[float], what: str = "thresholds") -> None:
-    """Every threshold but the last lies in [0, 1] or is +-inf (inf: nobody leaves there)."""
+    """Every threshold but the last lies in [0, 1] or is +-inf (inf: nobody leaves there);
+    the last is not checked (the last exit accepts every sample whatever it holds).
+
+    Raises:
+        CalibrationError: when one of them is NaN or a finite value outside [0, 1]; the
+            message names ``what``.
+    """
     head = [float(v) for v in values[:-1]]
     if any(math.isnan(t) or (math.isfinite(t) and not 0.0 <= t <= 1.0) for t in head):
         raise CalibrationError(f"{what} must lie in [0, 1], got {head}")
@@ -39,7 +50,14 @@ def check_thresholds(values: Sequence[float], what: str = "thresholds") -> None:
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """Per-exit thresholds and what they did on the split they were fitted on."""
+    """Per-exit thresholds and what they did on the split they were fitted on.
+
+    Thresholds and temperatures are stored as tuples of floats whatever sequence was given.
+
+    Raises:
+        CalibrationError: when the last threshold is not -inf, another lies outside [0, 1]
+            (inf aside), or the temperatures are not one finite value > 0 per exit.
+    """
 
     thresholds: tuple[float, ...]  # one per exit in [0, 1] (inf: nobody leaves); the last is -inf
     method: str  # how it was chosen, e.g. "paper p=0.5" or "most accurate within 10 MFLOPs"
@@ -67,7 +85,18 @@ class OperatingPoint:
                exit_ms: Sequence[float], *, method: str, val_accuracy: float,
                temperatures: Sequence[float] | None = None, provider: str | None = None) -> OperatingPoint:
         """The point of calibration's ``thresholds`` (its 1e8 "nobody" read as inf, the last
-        set to -inf), its expected cost weighted by how many images left at each exit."""
+        set to -inf), its expected cost weighted by how many images left at each exit.
+
+        Args:
+            thresholds: one per exit, as :mod:`~ranet_edge.runtime.evaluation.calibration`
+                returns them.
+            exit_counts: images that left at each exit on the validation split.
+            flops: official cumulative FLOPs to each exit.
+            exit_ms: measured ms per image to each exit.
+
+        Raises:
+            CalibrationError: when a threshold lies outside [0, 1] or a temperature is not > 0.
+        """
         counts = np.asarray(exit_counts)
         return cls(
             thresholds=[float(t) if t < 1e7 else math.inf for t in thresholds[:-1]] + [-math.inf],
@@ -86,7 +115,12 @@ class OperatingPoint:
 
     @classmethod
     def from_dict(cls, d: Any, path: Path | str = FILE, name: str = "?") -> OperatingPoint:
-        """Read the stored form; unknown keys and bad values are one BundleError."""
+        """Read the stored form of the point called ``name`` in the file ``path``.
+
+        Raises:
+            BundleError: when ``d`` is not an object, has unknown keys (the message lists the
+                valid ones) or a missing or invalid value.
+        """
         fix = "delete it and calibrate again"
         f = Fields(Path(path), d, f"points[{name!r}]", fix)
         valid = [x.name for x in fields(cls)]
@@ -135,7 +169,14 @@ def _read(bundle: Path) -> dict:
 
 
 def load_points(bundle: str | os.PathLike) -> tuple[dict[str, OperatingPoint], str | None]:
-    """The operating points stored in ``bundle`` by name, and the default's name (None: none)."""
+    """The operating points stored in ``bundle`` by name, and the default's name (None: none).
+
+    A bundle without ``thresholds.json`` has none: ``({}, None)``.
+
+    Raises:
+        BundleError: when ``thresholds.json`` is not valid JSON, not an operating points file,
+            holds an invalid point, or names a default it does not store.
+    """
     path = Path(bundle) / FILE
     data = _read(Path(bundle))
     points = {name: OperatingPoint.from_dict(d, path, name) for name, d in data["points"].items()}
@@ -148,7 +189,16 @@ def load_points(bundle: str | os.PathLike) -> tuple[dict[str, OperatingPoint], s
 
 
 def save_point(bundle: str | os.PathLike, name: str, point: OperatingPoint, default: bool = False) -> Path:
-    """Add or replace ``name`` (written atomically); the first point saved becomes the default."""
+    """Add or replace ``name`` (written atomically); the first point saved becomes the default,
+    and ``default=True`` makes this one the default.
+
+    Returns:
+        The path of ``thresholds.json``.
+
+    Raises:
+        CalibrationError: when ``name`` is empty or holds a slash, backslash or newline.
+        BundleError: when the ``thresholds.json`` already there cannot be read.
+    """
     if not name or any(c in name for c in "/\\\n"):
         raise CalibrationError(f"operating point name {name!r} must be a plain word like 'fast'")
     bundle = Path(bundle)
@@ -161,7 +211,11 @@ def save_point(bundle: str | os.PathLike, name: str, point: OperatingPoint, defa
 
 
 def select(points: Mapping[str, OperatingPoint], name: str) -> OperatingPoint:
-    """The stored point ``name``, or a CalibrationError that lists the stored ones."""
+    """The stored point ``name``.
+
+    Raises:
+        CalibrationError: when no point is called ``name`` (the message lists the stored ones).
+    """
     try:
         return points[name]
     except KeyError:
@@ -177,6 +231,11 @@ def resolve(spec: Any, num_exits: int, points: Mapping[str, OperatingPoint],
     ``spec``: None (the default point, or no early exit when there is none), a stored
     point's name, one number for every exit but the last, or ``num_exits - 1`` or
     ``num_exits`` numbers. Numbers lie in [0, 1]; ``inf`` means "nobody leaves here".
+    Temperatures are 1 unless a stored point carries its own.
+
+    Raises:
+        CalibrationError: when ``spec`` names no stored point, is not a number or a list of
+            numbers, has the wrong count, or holds a value outside [0, 1].
     """
     k = num_exits
     temps = np.ones(k, np.float32)

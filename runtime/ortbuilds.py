@@ -18,6 +18,11 @@ from types import ModuleType
 
 from ranet_edge.errors import MissingExtraError
 
+__all__ = [
+    "BUILDS", "EXTRAS_HINT", "PLUGIN_SINCE", "Build", "SeveralBuildsWarning", "import_onnxruntime",
+    "imported_from", "installed_builds", "several_builds_message",
+]
+
 #: Distributions that install the ``onnxruntime`` package, with the extra that brings each.
 BUILDS: dict[str, str | None] = {
     "onnxruntime": "cpu",
@@ -48,6 +53,8 @@ class SeveralBuildsWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Build:
+    """One installed onnxruntime distribution, as its ``*.dist-info`` folder names it."""
+
     name: str  # distribution name, e.g. "onnxruntime-gpu"
     version: str
     extra: str | None  # the ranet-edge extra that installs it, if any
@@ -107,8 +114,16 @@ def imported_from(onnxruntime: ModuleType) -> str:
 
 
 def import_onnxruntime() -> ModuleType:
-    """``import onnxruntime``; a one-line MissingExtraError naming the extras when no build is
-    installed, and a SeveralBuildsWarning when more than one is."""
+    """``import onnxruntime``, checked: the one way the runtime imports it (``_ort``).
+
+    Raises:
+        MissingExtraError: when no build can be imported (one line naming the extras; the
+            import's own first line in parentheses).
+
+    Warns:
+        SeveralBuildsWarning: when more than one build is installed (which one runs, and the
+            ``pip uninstall`` that repairs it).
+    """
     try:
         import onnxruntime
     except ImportError as exc:

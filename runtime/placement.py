@@ -15,6 +15,10 @@ from typing import Any
 
 from ranet_edge.errors import ProviderError
 
+__all__ = [
+    "CPU", "describe_row", "log_reasons", "node_placement", "placement_row", "require_placement",
+]
+
 CPU = "CPUExecutionProvider"
 
 
@@ -60,7 +64,12 @@ def require_placement(rows: list[dict[str, Any]], provider: str, full: str, why:
     """A one-line ProviderError when ``full`` (asked for as ``provider``) took no node of a
     graph: that graph would run on the CPU provider alone. ``why(path)`` says why, as the
     provider said it. Rows without a record (an onnxruntime that does not record the
-    placement) are not judged."""
+    placement) are not judged.
+
+    Raises:
+        ProviderError: when a graph has nodes and ``full`` (or any provider but the CPU's)
+            took none of them; the first such graph is named.
+    """
     if full == CPU:
         return
     for row in rows:

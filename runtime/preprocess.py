@@ -9,6 +9,11 @@ import numpy as np
 
 from ranet_edge.errors import InputError
 
+__all__ = [
+    "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD",
+    "PreprocessSpec", "check_batch", "fit_image", "normalize", "preprocess", "read_image",
+]
+
 CIFAR10_MEAN = (0.4914, 0.4824, 0.4467)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
@@ -31,6 +36,8 @@ class PreprocessSpec:
 
     @classmethod
     def for_dataset(cls, data: str) -> PreprocessSpec:
+        """The training preprocessing of ``data``: ``"ImageNet"`` (resize to 256, crop 224),
+        ``"cifar100"``, and CIFAR-10's 32x32 statistics for any other name."""
         if data == "ImageNet":
             return cls(size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=256)
         if data == "cifar100":
@@ -38,19 +45,34 @@ class PreprocessSpec:
         return cls(size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``preprocessing`` fields (``scale`` included; ``input`` and
+        ``shape`` are the exporter's to add)."""
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std),
                 "resize": self.resize, "layout": self.layout, "color": self.color,
                 "dtype": self.dtype, "scale": "uint8 / 255"}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PreprocessSpec:
+        """Inverse of :meth:`to_dict`, for a mapping already validated (the manifest's is, by
+        :func:`~ranet_edge.runtime.manifest.load_manifest`); unknown keys are ignored.
+
+        Raises:
+            KeyError: when ``size``, ``mean`` or ``std`` is missing.
+        """
         return cls(size=int(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
                    resize=d.get("resize"), layout=d.get("layout", "NCHW"),
                    color=d.get("color", "RGB"), dtype=d.get("dtype", "float32"))
 
 
 def fit_image(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Resize/crop one uint8 HxWx3 image to ``spec.size`` square (no normalisation)."""
+    """Resize/crop one uint8 HxWx3 image to ``spec.size`` square (no normalisation): with
+    ``spec.resize``, the shorter side to that length (bilinear) then the centre crop; without
+    it, straight to the square (area interpolation), or unchanged when it already is that
+    square. Only a resize imports opencv.
+
+    Raises:
+        InputError: when ``image`` is not a uint8 HxWx3 array.
+    """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise InputError(f"expected a uint8 HxWx3 RGB image, got {got}")
@@ -85,7 +107,13 @@ def normalize(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def preprocess(images: Sequence[np.ndarray] | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """A list (or NHWC array) of uint8 RGB images -> float32 NCHW batch."""
+    """A list (or NHWC array) of uint8 RGB images -> float32 NCHW batch, each image fitted
+    with :func:`fit_image` (a uint8 NHWC array of the right size goes straight to
+    :func:`normalize`).
+
+    Raises:
+        InputError: when no image is given or one is not a uint8 HxWx3 array.
+    """
     if isinstance(images, np.ndarray) and images.ndim == 4:
         if images.shape[1:3] == (spec.size, spec.size) and images.dtype == np.uint8 and images.shape[3] == 3:
             return normalize(images, spec)
@@ -97,7 +125,12 @@ def preprocess(images: Sequence[np.ndarray] | np.ndarray, spec: PreprocessSpec) 
 
 def check_batch(x: Any, sample_shape: tuple[int, ...], block: int = 128) -> np.ndarray:
     """``x`` if it is a finite float32 (N, *sample_shape) array with N >= 1 (checked ``block``
-    rows at a time, so the temporary stays bounded), else a one-line InputError."""
+    rows at a time, so the temporary stays bounded).
+
+    Raises:
+        InputError: when ``x`` is not a numpy array, not float32, not (N, *sample_shape) with
+            N >= 1, or holds NaN or an infinity; the message says how to fix it.
+    """
     if not isinstance(x, np.ndarray):
         raise InputError(f"input must be a numpy array, got {type(x).__name__}; use chain.preprocess(images)")
     if x.dtype != np.float32:
@@ -113,7 +146,11 @@ def check_batch(x: Any, sample_shape: tuple[int, ...], block: int = 128) -> np.n
 
 
 def read_image(path: str) -> np.ndarray:
-    """Decode an image file to uint8 HxWx3 RGB; a corrupt or unreadable file names itself."""
+    """Decode an image file (any format opencv reads) to uint8 HxWx3 RGB.
+
+    Raises:
+        InputError: when ``path`` is not a file, or cannot be decoded as an image.
+    """
     import os
 
     import cv2

@@ -9,6 +9,11 @@ from ranet_edge.errors import InputError, ProviderError
 from ._ort import ort  # onnxruntime, through the build check
 from .plugins import BUILT_IN, PLUGINS, install_hint, installed
 
+__all__ = [
+    "DEVICE_PROVIDERS", "PACKAGES", "SHORT_NAMES", "available", "is_plugin", "open_session", "provider_list",
+    "resolve_provider", "session_options", "shared_cpu_arena",
+]
+
 SHORT_NAMES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -43,8 +48,14 @@ DEVICE_PROVIDERS = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider"
 
 
 def resolve_provider(provider: str) -> str:
-    """Short or full name -> full name available in this build or as an installed plugin
-    (see :mod:`.plugins`), else a one-line ProviderError."""
+    """Short (``"cuda"``, any case) or full name -> the full name, when this build offers the
+    provider or an installed plugin package brings it (see :mod:`.plugins`). Plugins are not
+    registered here.
+
+    Raises:
+        ProviderError: when the provider is unknown, not in this build, or its plugin package
+            is not installed; the message names the package to install.
+    """
     full = SHORT_NAMES.get(provider.lower(), provider)
     if full in BUILT_IN:
         return full
@@ -67,7 +78,12 @@ def resolve_provider(provider: str) -> str:
 
 def provider_list(provider: str, options: dict[str, Any] | None = None) -> list:
     """The providers argument for InferenceSession: the requested one, then CPU for the
-    operators it cannot run (ONNX Runtime's usual partitioning, reported per session)."""
+    operators it cannot run (ONNX Runtime's usual partitioning, reported per session).
+    ``options`` are the provider's own (e.g. ``device_id``), passed with it.
+
+    Raises:
+        ProviderError: as :func:`resolve_provider`.
+    """
     full = resolve_provider(provider)
     first = (full, dict(options)) if options else full
     return [first] if full == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
@@ -76,7 +92,13 @@ def provider_list(provider: str, options: dict[str, Any] | None = None) -> list:
 def open_session(path: str, so: ort.SessionOptions, provider: str,
                  options: dict[str, Any] | None = None) -> ort.InferenceSession:
     """A session on one graph file with ``provider`` (short or full name): a plugin provider
-    is selected in ``so`` (runtime/plugins.py), a built-in one named in ``providers=``."""
+    is selected in ``so`` (runtime/plugins.py, registering its library once per process), a
+    built-in one named in ``providers=``.
+
+    Raises:
+        ProviderError: as :func:`resolve_provider`, or when a plugin cannot be registered or
+            offers no device on this machine.
+    """
     full = resolve_provider(provider)
     if is_plugin(full):
         from .plugins import select
@@ -120,7 +142,15 @@ def session_options(threads: int | None, spinning: bool = False) -> ort.SessionO
     """Options measured on small CNNs (see benchmarks/README): one intra-op thread unless told
     otherwise, no busy-wait spinning, sequential execution, every graph optimisation, and
     the process-wide CPU arena (benchmarks/predict_memory.py). Sessions record which provider
-    took each node (:func:`ranet_edge.runtime.graphs.node_placement` reads it)."""
+    took each node (:func:`ranet_edge.runtime.placement.node_placement` reads it).
+
+    Args:
+        threads: intra-op threads; None for one.
+        spinning: let idle intra-op threads busy-wait (lower latency, a core kept busy).
+
+    Raises:
+        InputError: when ``threads`` is not a whole number >= 1 or None.
+    """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads={threads!r}: give a whole number >= 1 (or None for one thread)")
     so = ort.SessionOptions()
@@ -138,7 +168,8 @@ def session_options(threads: int | None, spinning: bool = False) -> ort.SessionO
 
 def available() -> list[dict[str, str]]:
     """Every provider ONNX Runtime offers, with its short name, after registering every
-    installed plugin package (those rows name it under ``plugin``, with their devices)."""
+    installed plugin package (those rows name it under ``plugin``, with their devices). A
+    plugin that fails to register does not raise: its row, if listed, carries ``error``."""
     from .plugins import describe, devices, register
 
     plugged = {}

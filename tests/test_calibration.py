@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ranet_edge.errors import CalibrationError
-from ranet_edge.runtime import calibration as cal
+from ranet_edge.runtime.evaluation import calibration as cal
 
 
 def literal_paper(conf: np.ndarray, p: float) -> np.ndarray:

@@ -12,8 +12,8 @@ import pytest
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import ExitChain, OperatingPoint, decision, save_point
-from ranet_edge.runtime import calibration as cal
-from ranet_edge.runtime.evaluate import ExitOutputs
+from ranet_edge.runtime.evaluation import ExitOutputs
+from ranet_edge.runtime.evaluation import calibration as cal
 
 
 @pytest.fixture(scope="module")

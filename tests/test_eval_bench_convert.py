@@ -128,6 +128,22 @@ def test_bench_json_and_errors(w8_bundle, tmp_path):
     assert res.exit_code == 2 and "onnxruntime-gpu" in res.output and "Traceback" not in res.output
 
 
+def test_bench_names_a_monolithic_graph_it_cannot_load(w8_bundle, tmp_path):
+    """A monolithic graph that passes its sha256 check but is no ONNX graph: one line naming
+    it and the fix (it raised a TypeError from the message's own formatting before)."""
+    import hashlib
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(w8_bundle, bundle)
+    (bundle / "monolithic.onnx").write_bytes(b"not an onnx graph")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["monolithic"]["sha256"] = hashlib.sha256(b"not an onnx graph").hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    res = invoke("bench", bundle, "--iters", "2", "--warmup", "0", "--images", "4")
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "cannot load monolithic.onnx" in res.output and "re-export with --monolithic" in res.output
+
+
 @pytest.mark.needs("onnx")
 @pytest.mark.parametrize("target", ["fp16", "int8", "ort"])
 def test_convert_targets_load_and_agree(w8_bundle, images, tmp_path, target):

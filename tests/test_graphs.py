@@ -6,9 +6,9 @@ import pytest
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import ExitChain
+from ranet_edge.runtime.evaluation import cached_inputs
 from ranet_edge.runtime.executors.host import BoundPlan, HostExecutor
 from ranet_edge.runtime.graphs import GraphInfo, read_later, walk
-from ranet_edge.runtime.latency import cached_inputs
 
 
 def test_walk_feeds_by_name_and_drops_what_no_later_graph_reads():

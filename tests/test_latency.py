@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import ranet_edge.runtime.bench as bench_module
+import ranet_edge.runtime.evaluation.bench as bench_module
 import ranet_edge.tasks as tasks
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.cli import get_cli
 from ranet_edge.data import load_labelled
 from ranet_edge.runtime import ExitChain
-from ranet_edge.runtime.bench import BenchOptions
-from ranet_edge.runtime.latency import Latency, LatencyMeter, measure_latency, timed_passes
+from ranet_edge.runtime.evaluation import BenchOptions, Latency, LatencyMeter, measure_latency, timed_passes
 
 
 @pytest.fixture(scope="module")

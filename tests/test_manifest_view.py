@@ -67,6 +67,8 @@ def test_the_shipped_bundle_reads_as_typed_entries():
     assert m.exit_field("flops") == m.exit_costs("flops")  # the former name
     with pytest.raises(ValueError, match="unknown exit cost 'speed'"):
         m.exit_costs("speed")
+    with pytest.raises(ValueError, match=r"exit 6 is not in this bundle \(exits 0..5\)"):
+        m.graph_of(6)  # a StopIteration escaped before
 
 
 def test_the_view_is_frozen():

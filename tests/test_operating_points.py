@@ -15,7 +15,7 @@ import pytest
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.errors import BundleError, CalibrationError
 from ranet_edge.runtime import ExitChain, OperatingPoint, load_points, save_point
-from ranet_edge.runtime import calibration as cal
+from ranet_edge.runtime.evaluation import calibration as cal
 from ranet_edge.runtime.operating_points import FILE, NEVER, resolve, select
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_BUNDLE / FILE).exists(), reason="no shipped bundle")

@@ -1,4 +1,4 @@
-"""The one timing primitive (ranet_edge.runtime.timing) with real callables: structure and
+"""The one timing primitive (ranet_edge.runtime.evaluation.timing) with real callables: structure and
 ordering, never timing bounds."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ranet_edge.runtime import timing
+from ranet_edge.runtime.evaluation import timing
 
 
 def test_slower_callable_has_the_larger_median_and_every_array_has_one_entry_per_call():

@@ -237,8 +237,8 @@ def set_thresholds(bundle: Path, log: Callable[[str], None] = print) -> dict:
     """Thresholds so that each exit takes the same share of :func:`images` (the paper's
     procedure with p = 1), on the CPU, saved as the default operating point ``fixed-share``."""
     from ranet_edge.runtime import ExitChain
-    from ranet_edge.runtime.calibration import exit_index
     from ranet_edge.runtime.decision import confidence
+    from ranet_edge.runtime.evaluation import exit_index
     from ranet_edge.runtime.operating_points import OperatingPoint, save_point
 
     chain = ExitChain.load(bundle, warmup=False)

@@ -28,7 +28,7 @@ def bench(bundle, provider, threads, batch_size, warmup, iters, thresholds, oper
         click.UsageError: both ``--thresholds`` and ``--operating-point``.
         RanetEdgeError: as :func:`ranet_edge.tasks.bench` (bad counts, bundle, provider, images).
     """
-    from ranet_edge.runtime.bench import BenchOptions
+    from ranet_edge.runtime.evaluation import BenchOptions
     from ranet_edge.tasks import bench as run_benchmark
 
     from .commands_runtime import parse_thresholds

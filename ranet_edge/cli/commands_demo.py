@@ -23,7 +23,7 @@ def demo(out: str, threads: int | None) -> None:
         MissingExtraError: neither torch and onnx nor a shipped bundle are installed.
         RanetEdgeError: a step fails (export, calibration, benchmark).
     """
-    from ranet_edge.runtime.bench import BenchOptions
+    from ranet_edge.runtime.evaluation import BenchOptions
     from ranet_edge.tasks import DataOptions, Goal, bench, calibrate, early_exit, unseen_by_calibration
 
     from ..assets import DEFAULT_BUNDLE, DEFAULT_CHECKPOINT, SAMPLE_IMAGES

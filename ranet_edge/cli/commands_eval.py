@@ -97,7 +97,7 @@ def evaluate(bundle, data_path, holdout, seed, val_size, provider, threads, batc
         MissingExtraError: ``--plot`` without matplotlib (the ``plot`` extra), before the run.
         RanetEdgeError: as :func:`ranet_edge.tasks.evaluate`.
     """
-    from ranet_edge.runtime.evaluate import plot
+    from ranet_edge.runtime.evaluation import plot
     from ranet_edge.tasks import DataOptions
     from ranet_edge.tasks import evaluate as run_evaluation
 

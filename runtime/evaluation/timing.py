@@ -1,7 +1,7 @@
 """The one timing primitive behind every ms figure: callables timed side by side in settled
 blocks, with the calls another process preempted marked.
 
-``bench``, ``eval``, ``calibrate --budget-ms`` (through :mod:`ranet_edge.runtime.latency`)
+``bench``, ``eval``, ``calibrate --budget-ms`` (through :mod:`ranet_edge.runtime.evaluation.latency`)
 and the scripts in ``benchmarks/`` all time with :func:`interleaved`.
 
 Why blocks and not call-by-call round-robin: slow drifts of the machine still hit every
@@ -20,6 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+__all__ = [
+    "MIN_CLEAN", "CaseStats", "Timings", "clean_median", "interleaved", "kept", "pass_ms",
+]
 
 MIN_CLEAN = 10  # fewer un-preempted calls than this: statistics over all calls
 
@@ -42,6 +46,7 @@ class CaseStats:
     preempted: float  # share of them another process interrupted
 
     def to_dict(self) -> dict:
+        """The JSON form (every field, by name)."""
         return {"median_ms": self.median_ms, "p90_ms": self.p90_ms, "p99_ms": self.p99_ms,
                 "spread_ms": self.spread_ms, "calls": self.calls, "preempted": self.preempted}
 
@@ -60,9 +65,12 @@ class Timings:
         return kept(self.times[case], self.preempted[case], min_clean)
 
     def median_ms(self, case: str) -> float:
+        """Median ms per call of ``case`` over its :meth:`clean` calls."""
         return 1e3 * float(np.median(self.clean(case)))
 
     def stats(self, case: str) -> CaseStats:
+        """Percentiles of ``case`` over its :meth:`clean` calls; ``calls`` and ``preempted``
+        count every call."""
         ms = 1e3 * self.clean(case)
         q25, q50, q75, q90, q99 = np.percentile(ms, [25, 50, 75, 90, 99])
         return CaseStats(float(q50), float(q90), float(q99), float(q75 - q25), int(len(self.times[case])),
@@ -78,6 +86,10 @@ def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int, warmup: i
     With ``warmup=0, settle=0, block=repeats`` each case is called exactly ``repeats`` times,
     one after the other (a timed pass). ``cpu``: also record the calling thread's CPU time
     (with one intra-op thread ONNX Runtime computes in the calling thread).
+
+    Raises:
+        ValueError: when ``repeats`` or ``block`` is below 1, or ``warmup`` or ``settle``
+            below 0.
     """
     if repeats < 1 or block < 1 or warmup < 0 or settle < 0:
         raise ValueError(f"repeats={repeats} and block={block} must be >= 1, warmup={warmup} and settle={settle} >= 0")

@@ -1,4 +1,8 @@
-"""Latency benchmarks of a bundle: stages, chain against the monolithic graph, adaptive mode."""
+"""Latency benchmarks of a bundle: stages, chain against the monolithic graph, adaptive mode.
+
+Every figure of ``ranet-edge bench`` (:func:`run_bench`); :func:`ranet_edge.tasks.bench` loads
+the bundle and the images and checks the options first.
+"""
 from __future__ import annotations
 
 import os
@@ -10,24 +14,33 @@ import numpy as np
 
 from ranet_edge.errors import BundleError
 
-from ._ort import ort  # onnxruntime, through the build check
-from .chain import ExitChain
+from .._ort import ort  # onnxruntime, through the build check
+from ..chain import ExitChain
+from ..providers import open_session, session_options
 from .latency import measure_latency, timed_passes
-from .providers import open_session, session_options
 from .timing import CaseStats, interleaved
+
+__all__ = [
+    "BenchOptions", "machine_info", "run_bench",
+]
 
 
 @dataclass(frozen=True)
 class BenchOptions:
-    batch_size: int = 1
-    warmup: int = 10
-    iters: int = 100
-    thresholds: object = None  # anything ExitChain.predict takes
-    adaptive_images: int = 500  # images timed one by one in adaptive mode
-    throughput_batch: int = 64
+    """What :func:`run_bench` measures and how long (``ranet-edge bench``'s options)."""
+
+    batch_size: int = 1  # batch of the stage and chain timings (--batch-size)
+    warmup: int = 10  # untimed rounds before the stage timings and adaptive mode (--warmup)
+    iters: int = 100  # timed calls of each stage case (--iters); throughput gets a tenth, at least 3
+    thresholds: object = None  # anything ExitChain.predict takes (--thresholds, --operating-point)
+    adaptive_images: int = 500  # images timed one by one in adaptive mode (--images)
+    throughput_batch: int = 64  # batch of the throughput figure, chain against monolithic
 
 
 def machine_info(chain: ExitChain, threads: int | None) -> dict:
+    """Where the figures were measured: the CPU model (from /proc/cpuinfo on Linux), cores,
+    onnxruntime version, the chain's provider, its sessions' providers and node placement,
+    the intra-op threads and the Python version."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -51,19 +64,31 @@ def _monolithic(chain: ExitChain, threads: int | None) -> ort.InferenceSession |
     try:
         return open_session(str(path), session_options(threads), chain.provider)
     except Exception as exc:
-        raise BundleError(f"cannot load {mono['path']} ({str(exc)[:120]}); re-export with --monolithic") from None
+        raise BundleError(f"cannot load {mono.path} ({str(exc)[:120]}); re-export with --monolithic") from exc
 
 
 def run_bench(chain: ExitChain, images: np.ndarray, opts: BenchOptions, threads: int | None = None,
               progress: Callable[[str], None] = lambda s: None) -> dict:
     """Every figure of `ranet-edge bench`; ``images`` are uint8 NHWC real images.
 
-    Every time comes from :func:`ranet_edge.runtime.timing.interleaved`: the stages, the
+    Every time comes from :func:`ranet_edge.runtime.evaluation.timing.interleaved`: the stages, the
     runs up to each exit, the full chain and the monolithic graph in one measurement
     (:func:`~.latency.measure_latency`, ``opts.iters`` calls each in settled blocks),
     adaptive mode as a timed pass of ``predict`` over the images beside one of the
     monolithic graph, and throughput at batch ``opts.throughput_batch`` side by side.
-    Medians and percentiles leave out the calls another process preempted."""
+    Medians and percentiles leave out the calls another process preempted.
+
+    Returns:
+        The JSON that ``bench --json`` writes, with ``env`` (:func:`machine_info`),
+            per-graph ``stage_ms`` and ``stage_percentiles``, ``exit_ms``, ``chain_ms``
+            against ``monolithic_ms`` (None without a monolithic graph) and their
+            ``overhead_ratio``, the whole ``latency`` measurement, and the ``adaptive`` and
+            ``throughput`` sections.
+
+    Raises:
+        BundleError: when the bundle's monolithic graph cannot be loaded.
+        InputError: when ``images`` are not uint8 RGB.
+    """
     x_all = chain.preprocess(images)
     n_b = opts.batch_size
     reps = np.resize(np.arange(len(x_all)), max(n_b, opts.throughput_batch))

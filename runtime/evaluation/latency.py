@@ -6,7 +6,7 @@ with a reference, and timed passes of ``predict`` over images.
 the time to an exit is the median time of a run of the graphs up to its own, and the
 expected ms of an operating point is its exit shares times those. :func:`timed_passes` is
 the real run that ``eval`` and ``bench`` set beside it. Both time with
-:func:`ranet_edge.runtime.timing.interleaved`.
+:func:`ranet_edge.runtime.evaluation.timing.interleaved`.
 """
 from __future__ import annotations
 
@@ -16,9 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from .chain import ExitChain
-from .graphs import walk
+from ..chain import ExitChain
+from ..graphs import walk
 from .timing import CaseStats, Timings, interleaved, kept, pass_ms
+
+__all__ = [
+    "Latency", "LatencyMeter", "TimedPass", "cached_inputs", "measure_latency", "run_to", "timed_passes",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class Latency:
         return float(counts @ np.asarray(self.exit_ms(per_image=True)) / counts.sum())
 
     def to_dict(self) -> dict:
+        """The JSON form ``bench`` and ``eval`` write: the derived ``stage_ms`` and ``exit_ms``
+        beside every case's statistics."""
         return {"batch_size": self.batch_size, "stage_ms": self.stage_ms(), "exit_ms": self.exit_ms(),
                 "to_graph": [s.to_dict() for s in self.to_graph],
                 "stages": [s.to_dict() for s in self.stages] if self.stages is not None else None,
@@ -78,6 +84,9 @@ class LatencyMeter:
     every block so far. ``eval`` runs a round before each operating point's timed pass, so
     that the measurement spans the whole run, under the same load as the passes, instead of
     the few seconds one call of :func:`measure_latency` takes.
+
+    Creating a meter checks ``x`` (``chain.check_input``: an :class:`~ranet_edge.errors.InputError`
+    when it is not a float32 batch of the bundle's input shape) and times nothing.
 
     Cases: the chain run up to each graph on ``x``, ``chain.run_all(x)`` (``"chain"``), the
     given ``references`` and, with ``stages``, each graph alone on its real inputs.
@@ -118,6 +127,7 @@ class LatencyMeter:
         self._parts.append(interleaved(self._cases, calls, warmup=warmup, block=calls, settle=self.settle))
 
     def result(self) -> Latency:
+        """Medians over every round so far (one round is run first when there was none)."""
         if not self._parts:
             self.round()
         t = Timings({k: np.concatenate([p.times[k] for p in self._parts]) for k in self._cases},
@@ -131,7 +141,13 @@ def measure_latency(chain: ExitChain, x: np.ndarray, *, repeats: int = 600, warm
                     settle: int = 10, stages: bool = False,
                     references: Mapping[str, Callable[[], object]] | None = None) -> Latency:
     """Every case of :class:`LatencyMeter` timed ``repeats`` times side by side in settled
-    blocks of ``block`` calls; medians over the calls no other process preempted."""
+    blocks of ``block`` calls; medians over the calls no other process preempted.
+
+    Raises:
+        ValueError: when ``repeats`` is below 1 (a caller's mistake; ``bench`` checks its
+            options first).
+        InputError: when ``x`` is not a float32 batch of the bundle's input shape.
+    """
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be >= 1")
     meter = LatencyMeter(chain, x, warmup=warmup, block=block, settle=settle, stages=stages, references=references)

@@ -13,7 +13,12 @@ import numpy as np
 
 from ranet_edge.errors import CalibrationError
 
-from .decision import reaches
+from ..decision import reaches
+
+__all__ = [
+    "EVERYBODY", "NOBODY", "Outcome", "exit_index", "expected_calibration_error", "fit_temperatures",
+    "for_accuracy", "for_budget", "outcome", "paper_thresholds",
+]
 
 NOBODY = 1e8  # the paper's "no sample exits here" threshold
 EVERYBODY = -1e8  # the last exit's threshold
@@ -30,11 +35,18 @@ class Outcome:
 
 
 def paper_thresholds(conf: np.ndarray, p: float) -> np.ndarray:
-    """The paper's procedure for one ``p`` (RANET.md, "Budgeted batch classification").
+    """The paper's procedure for one ``p`` (docs/reference/ranet.md, "Budgeted batch classification").
 
     Exit k (1-based) should take the share ``p^k / sum_j p^j`` of all n samples: among the
     samples no earlier exit took, the threshold is the confidence of the floor(n*q_k)-th
     most confident one; a count of 0, or more than are left, leaves it at 1e8.
+
+    Returns:
+        (K,) float64 thresholds, ``NOBODY`` (1e8) where no sample is to leave and
+            ``EVERYBODY`` (-1e8) for the last exit.
+
+    Raises:
+        CalibrationError: when ``p`` is not above 0.
     """
     k_exits, n = conf.shape
     if p <= 0:
@@ -56,13 +68,20 @@ def paper_thresholds(conf: np.ndarray, p: float) -> np.ndarray:
 
 def exit_index(conf: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """First exit whose confidence reaches its threshold (the last always accepts), by the
-    runtime's own rule (``decision.reaches``: float32, ties at a threshold leave)."""
+    runtime's own rule (``decision.reaches``: float32, ties at a threshold leave).
+
+    Returns:
+        (n,) the 0-based exit each sample leaves at (whatever ``thresholds[-1]`` holds,
+            the last exit takes every sample still left).
+    """
     t = np.asarray(thresholds, np.float64).copy()
     t[-1] = -np.inf
     return np.argmax(reaches(conf, t[:, None]), axis=0)
 
 
 def outcome(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, thresholds: np.ndarray) -> Outcome:
+    """What ``thresholds`` do on the labelled set: accuracy, mean cost per sample (``costs``
+    per exit, cumulative) and how many samples leave at each exit."""
     idx = exit_index(conf, thresholds)
     n = conf.shape[1]
     counts = np.bincount(idx, minlength=conf.shape[0])
@@ -97,7 +116,15 @@ def _evaluate_all(conf, correct, costs, cands) -> tuple[np.ndarray, np.ndarray]:
 
 
 def for_accuracy(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, target: float) -> Outcome:
-    """The cheapest candidate whose accuracy reaches ``target`` (a fraction)."""
+    """The cheapest candidate whose accuracy reaches ``target`` (a fraction).
+
+    Candidates are the paper's thresholds on a dense grid of ``p`` and one threshold shared
+    by every exit (quantiles of ``conf``), so the result is the cheapest of those, not of
+    every possible threshold set.
+
+    Raises:
+        CalibrationError: when no candidate reaches ``target`` (the message gives the best).
+    """
     cands = _candidates(conf)
     acc, cost = _evaluate_all(conf, correct, costs, cands)
     ok = acc >= target - 1e-12
@@ -109,7 +136,13 @@ def for_accuracy(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, targe
 
 
 def for_budget(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, budget: float) -> Outcome:
-    """The most accurate candidate whose expected cost is within ``budget``."""
+    """The most accurate candidate whose expected cost is within ``budget`` (the cheapest
+    of equally accurate ones), from the candidates of :func:`for_accuracy`. A budget at
+    least the first exit's cost that no candidate meets sends every sample out at exit 0.
+
+    Raises:
+        CalibrationError: when ``budget`` is below the cost of the first exit.
+    """
     costs = np.asarray(costs, np.float64)
     if budget < costs[0]:
         raise CalibrationError(f"budget {budget:g} is below the cost of the first exit ({costs[0]:g}); "
@@ -126,7 +159,18 @@ def for_budget(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, budget:
 
 
 def fit_temperatures(logits: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
-    """Per-exit softmax temperature minimising the validation negative log-likelihood."""
+    """Per-exit softmax temperature minimising the validation negative log-likelihood.
+
+    A grid search (97 temperatures from 0.25 to 8, geometric), not an optimiser: each
+    temperature is one of the grid's values.
+
+    Args:
+        logits: one (n, C) array per exit.
+        labels: (n,) true class indices.
+
+    Returns:
+        (K,) one temperature per exit, to divide the logits by before the softmax.
+    """
     grid = np.geomspace(0.25, 8.0, 97)
     out = []
     for z in logits:
@@ -143,6 +187,8 @@ def fit_temperatures(logits: list[np.ndarray], labels: np.ndarray) -> np.ndarray
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE of one exit's (n, C) probabilities: over ``bins`` equal-width confidence bins, the
+    share of samples in each times the gap between its mean confidence and its accuracy."""
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0, 1, bins + 1)

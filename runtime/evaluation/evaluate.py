@@ -8,12 +8,16 @@ import numpy as np
 
 from ranet_edge.errors import CalibrationError
 
-from . import calibration as cal
-from . import decision
-from .chain import ExitChain
+from ..chain import ExitChain
+from ..decision import softmax
+from .calibration import paper_thresholds
 from .latency import LatencyMeter, timed_passes
 
-PAPER_P = [i / 20 for i in range(1, 40)]
+__all__ = [
+    "PAPER_P", "ExitOutputs", "anytime", "budgeted", "collect", "plot",
+]
+
+PAPER_P = [i / 20 for i in range(1, 40)]  # the paper's budgeted-batch curve: p = 1/20 .. 39/20
 
 
 @dataclass
@@ -26,7 +30,7 @@ class ExitOutputs:
     def probs(self, temperatures: np.ndarray | None = None) -> np.ndarray:
         """(K, n, C) float32 softmax of every exit, by the runtime's rule."""
         t = np.ones(len(self.logits)) if temperatures is None else temperatures
-        return np.stack([decision.softmax(z, float(tk)) for z, tk in zip(self.logits, t)])
+        return np.stack([softmax(z, float(tk)) for z, tk in zip(self.logits, t)])
 
     def conf_correct(self, temperatures: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(K, n) float32 confidences -- exactly what the chain compares with thresholds --
@@ -37,7 +41,14 @@ class ExitOutputs:
 
 def collect(chain: ExitChain, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
             progress: Callable[[int], None] | None = None) -> ExitOutputs:
-    """Run every exit on uint8 NHWC ``images``."""
+    """Run every exit on uint8 NHWC ``images``, ``batch_size`` at a time (``chain.run_all``:
+    no early exit); ``progress`` is called with the number of images of each batch done.
+
+    Raises:
+        CalibrationError: when ``images`` is empty, or ``labels`` name a class the bundle
+            does not have.
+        InputError: when the images are not uint8 RGB (from ``chain.preprocess``).
+    """
     if len(images) == 0:
         raise CalibrationError("the dataset is empty; pass --data with labelled images")
     n_classes = chain.manifest.num_classes
@@ -54,6 +65,12 @@ def collect(chain: ExitChain, images: np.ndarray, labels: np.ndarray, batch_size
 
 
 def anytime(outputs: ExitOutputs, flops: list[int], exit_ms: list[float]) -> list[dict]:
+    """Anytime prediction: each exit alone on every image.
+
+    Returns:
+        One row per exit, with ``exit``, ``top1`` and ``top5`` (fractions), and the ``flops``
+            and ``ms`` given for it.
+    """
     rows = []
     for k, z in enumerate(outputs.logits):
         top5 = np.argsort(-z, axis=1)[:, :5]
@@ -77,12 +94,22 @@ def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_l
     (``expected_run_flops``). With ``latency`` (the one stage measurement), a round of it
     runs before each pass, and each row also gets ``expected_ms`` (exit shares times the
     measured time to each exit, from every round) and ``real_over_expected``
-    (``measured_ms / expected_ms``)."""
+    (``measured_ms / expected_ms``).
+
+    Returns:
+        One row per p, with ``p``, ``thresholds`` (1e8 where nobody leaves), ``accuracy`` on
+            the eval images, ``expected_flops``, ``expected_run_flops``, ``measured_ms`` and
+            ``measured_wall_ms`` per image, ``preempted`` and ``exit_counts``.
+
+    Raises:
+        CalibrationError: when a ``p`` is not above 0.
+        InputError: when the eval images are not uint8 RGB.
+    """
     conf, _ = val.conf_correct()
     x_all = chain.preprocess(eval_images)
     rows = []
     for p in ps:
-        t = cal.paper_thresholds(conf, p)
+        t = paper_thresholds(conf, p)
         thresholds = [float(v) if v <= 1.0 else np.inf for v in t[:-1]]  # 1e8: nobody exits
         if latency is not None:
             latency.round()
@@ -109,7 +136,13 @@ def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_l
 
 
 def plot(anytime_rows: list[dict], budget_rows: list[dict], path: str, title: str = "") -> None:
-    """Accuracy against expected MFLOPs and against measured ms per image."""
+    """Write a PNG to ``path``: accuracy against expected MFLOPs and against measured ms per
+    image, the budgeted rows as a curve and the anytime rows as points.
+
+    Raises:
+        ImportError: when matplotlib is not installed (the ``plot`` extra; ``ranet-edge eval
+            --plot`` checks for it before the run).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
