@@ -43,6 +43,23 @@ def _spec_value(spec: str):
     return parse_thresholds(spec)
 
 
+def _route(logits: list[np.ndarray], thr: np.ndarray, temps: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each sample's exit, label and confidence from every exit's logits, by the runtime's one
+    exit rule (``ranet_edge.runtime.decision.decide``) applied exit after exit: what the
+    JavaScript driver must reproduce."""
+    from ranet_edge.runtime.decision import decide
+
+    n = len(logits[0])
+    exits, labels, conf = np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n, np.float32)
+    alive = np.ones(n, bool)
+    for k, z in enumerate(logits):
+        d = decide(z, thr[k], temps[k], alive)
+        taken = np.flatnonzero(d.take)
+        exits[taken], labels[taken], conf[taken] = k, d.labels, d.confidences
+        alive &= ~d.take
+    return exits, labels, conf
+
+
 def _margins(logits: list[np.ndarray], thr: np.ndarray, temps: np.ndarray, exits: np.ndarray) -> np.ndarray:
     """Per sample: the smallest |confidence - threshold| over the exits it was judged at."""
     out = np.full(len(exits), np.inf)
@@ -139,13 +156,17 @@ def build(out: Path = FIXTURES) -> dict:
     predictions = {}
     for key, value in specs.items():
         thr, temps = chain.resolve_thresholds(value)
-        res = chain.predict(x, value)
-        margin = _margins(logits, thr, temps, res.exits)
+        exits, labels, confidences = _route(logits, thr, temps)
+        res = chain.predict(x, value)  # the chain's routing loop must say the same
+        if not (np.array_equal(res.exits, exits) and np.array_equal(res.labels, labels)
+                and np.array_equal(res.confidences, confidences)):
+            raise RuntimeError(f"{key}: ExitChain.predict disagrees with the exit rule applied to run_all's logits")
+        margin = _margins(logits, thr, temps, exits)
         predictions[key] = {
             "operating_point" if isinstance(value, str) else "thresholds": value,
-            "exits": res.exits.tolist(), "labels": res.labels.tolist(),
-            "confidences": [float(c) for c in res.confidences],
-            "exit_counts": np.bincount(res.exits, minlength=chain.num_exits).tolist(),
+            "exits": exits.tolist(), "labels": labels.tolist(),
+            "confidences": [float(c) for c in confidences],
+            "exit_counts": np.bincount(exits, minlength=chain.num_exits).tolist(),
             "min_margin": float(margin.min()), "near_threshold": np.flatnonzero(margin < MARGIN).tolist(),
         }
 

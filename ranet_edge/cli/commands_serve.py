@@ -23,6 +23,8 @@ from .commands_runtime import provider_option
 @click.option("--stage-batching/--no-stage-batching", default=True, show_default=True,
               help="batch the survivors of all requests graph by graph; off: each batch runs all its graphs "
                    "before the next starts (the baseline)")
+@click.option("--device-io/--no-device-io", default=None,
+              help="keep feature maps in device memory between graphs (IOBinding) [default: on for GPU providers]")
 @click.option("--max-queue", type=int, default=1024, show_default=True,
               help="images accepted and not yet decided; requests beyond it get 503 with Retry-After")
 @click.option("--timeout-s", type=float, default=30.0, show_default=True,
@@ -47,7 +49,7 @@ from .commands_runtime import provider_option
 @click.option("--haproxy", is_flag=True,
               help="--ray: HAProxy instead of Serve's Python proxy, talking to the replicas directly (local Ray "
                    "only; its stats ports 8404/9101 listen on all interfaces)")
-def serve(bundle, host, port, max_batch, batch_wait_ms, stage_batching, max_queue, timeout_s, operating_point,
+def serve(bundle, host, port, max_batch, batch_wait_ms, stage_batching, device_io, max_queue, timeout_s, operating_point,
           provider, threads, graph, max_body_bytes, model_name, grpc_port, access_log, use_ray, replicas, address,
           haproxy) -> None:
     """Serve BUNDLE (default: the shipped model) over HTTP: /v1 and the Open Inference Protocol
@@ -79,7 +81,8 @@ def serve(bundle, host, port, max_batch, batch_wait_ms, stage_batching, max_queu
     settings = ServeSettings(bundle=bundle, graph=graph, operating_point=operating_point, provider=provider,
                              threads=threads or 1, replicas=replicas, max_batch=max_batch,
                              batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes,
-                             stage_batching=stage_batching, max_queue=max_queue, timeout_s=timeout_s)
+                             stage_batching=stage_batching, max_queue=max_queue, timeout_s=timeout_s,
+                             device_io=device_io)
     logging.getLogger("ranet_edge.serve.access").setLevel(logging.INFO if access_log else logging.WARNING)
     if use_ray:
         from ranet_edge.serve.ray_lifecycle import run_ray
