@@ -20,11 +20,11 @@ from functools import partial
 import numpy as np
 import onnxruntime as ort
 import seeded
-from sections import Ctx, compare_predictions
+from sections import TOLERANCE, Ctx, compare_predictions, precision
 from timing import _workload, monolithic, side_by_side
 
 from ranet_edge.runtime import ExitChain
-from ranet_edge.runtime.device_plan import capture_providers
+from ranet_edge.runtime.executors.capture_check import capture_providers
 from ranet_edge.runtime.manifest import load_manifest
 from ranet_edge.runtime.providers import provider_list, session_options
 
@@ -75,8 +75,8 @@ def _load_captured(ctx: Ctx, name: str, top: int) -> tuple[ExitChain, float]:
 
 def _report(chain: ExitChain) -> dict:
     r = chain.load_report
-    return {"load_s": r.load_s, "warmup_s": r.warmup_s, **r.capture.to_dict(),
-            "blockers": r.capture.blockers[:40], "host_redecisions": chain._fixed.host_redecisions}
+    return {"executor": chain.executor.kind, "load_s": r.load_s, "warmup_s": r.warmup_s, **r.capture.to_dict(),
+            "blockers": r.capture.blockers[:40]}
 
 
 def _predicted(chain: ExitChain, exits: np.ndarray) -> float:
@@ -101,11 +101,22 @@ def _adaptive(ctx: Ctx, chain: ExitChain, mono: CapturedModel, x_all: np.ndarray
     return rows
 
 
+def _logits_agreement(plain: ExitChain, cap: ExitChain, x: np.ndarray, on_cuda: bool, name: str) -> dict:
+    """Every exit's logits of the captured chain against the plain device chain on ``x``: the
+    same kernels on the CPU (exactly equal), within the logits tolerance on a GPU."""
+    rel = max(float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-12))
+              for a, b in zip(plain.run_all(x), cap.run_all(x)))
+    return {"batch": len(x), "max_relative": rel, "tolerance": TOLERANCE[precision(name)] if on_cuda else 0.0}
+
+
 def capture(ctx: Ctx) -> dict:
     out = {"captured_means": "CUDA graphs replayed" if ctx.on_cuda else
            "fixed-address plans run uncaptured (CPU dry run: no CUDA graphs)"}
     for name in ("default", "c1"):
-        if name not in ctx.bundles or ctx.left() < 20:
+        if name not in ctx.bundles:
+            continue
+        if ctx.left() < 20:
+            out[name] = {"skipped": f"time budget ({ctx.left():.0f} s left)"}
             continue
         manifest = load_manifest(ctx.bundles[name], verify=True)
         if manifest.monolithic is None:
@@ -130,6 +141,7 @@ def capture(ctx: Ctx) -> dict:
                                 "chain_plain_over_captured": med["chain_plain"] / med["chain_captured"],
                                 "chain_over_mono_captured": med["chain_captured"] / med["mono_captured"],
                                 "chain_over_mono_plain": med["chain_plain"] / med["mono_plain"]}
+        row["run_all_vs_plain"] = _logits_agreement(plain, cap, ctx.x(ctx.max_batch), ctx.on_cuda, name)
         if cap.default_operating_point:
             row["adaptive"] = _adaptive(ctx, cap, mono_cap, ctx.x(), [1, ctx.batch, ctx.max_batch], ctx.n(40, 5))
             steady = {}
@@ -149,7 +161,6 @@ def capture(ctx: Ctx) -> dict:
                 t[kind] = sum(len(xb) for xb in work) / (time.perf_counter() - t0)
             row["routed"] = {"steady": steady, "random_batches_images_per_s": t, "batches": len(work),
                              "captured_over_plain": t["captured"] / t["plain"]}
-        row["host_redecisions"] = cap._fixed.host_redecisions
         out[name] = row
     return out
 
@@ -158,7 +169,7 @@ def imagenet(ctx: Ctx) -> dict:
     out = {}
     for name in seeded.SEEDED:
         if name not in ctx.bundles:
-            out[name] = {"skipped": "bundle missing: run benchmarks/gpu/prepare_bundles.py and carry it"}
+            out[name] = {"skipped": f"bundle missing: {ctx.missing.get(name, 'run benchmarks/gpu/prepare_bundles.py')}"}
             continue
         if ctx.left() < 30:
             out[name] = {"skipped": f"time budget ({ctx.left():.0f} s left)"}
@@ -179,7 +190,6 @@ def imagenet(ctx: Ctx) -> dict:
                                 "chain_over_mono_captured": med["chain_captured"] / med["mono_captured"]}
         row["adaptive"] = _adaptive(ctx, cap, mono_cap, x_all, [1, ctx.batch], reps)
         row["flops"] = {"full_mflops": manifest.exits[-1].flops / 1e6, "exits": manifest.num_exits}
-        row["host_redecisions"] = cap._fixed.host_redecisions
         out[name] = row
         del cap, mono_cap
     return out

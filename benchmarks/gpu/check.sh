@@ -21,11 +21,13 @@
 # brings), /usr/local/cuda/lib64, and --cuda-libs; it puts them on LD_LIBRARY_PATH and calls
 # onnxruntime.preload_dlls(). TensorRT is used when libnvinfer loads; the report says why not.
 #
-# Bundles: the shipped default bundle, plus default-fp16, c1 and c1-fp16 from --bundles DIR
-# (default build/gpu-bundles). Make them beforehand on any machine with the export extra:
-#   python benchmarks/gpu/prepare_bundles.py --out build/gpu-bundles
-# and carry the directory along (about 35 MB); on a host with torch and onnx the check makes
-# whatever is missing itself.
+# Bundles: the shipped default bundle, plus default-fp16, c1, c1-fp16 and the seeded ImageNet
+# ones from --bundles DIR (default build/gpu-bundles). Make them beforehand on any machine with
+# the export extra:  python benchmarks/gpu/prepare_bundles.py --out build/gpu-bundles
+# and carry the directory along; on a host with torch and onnx the check makes whatever is
+# missing itself (with --quick the CIFAR ones only: the ImageNet exports take ~10 minutes).
+# The CPU dry run (`make gpu-dry-run`): --provider cpu --quick; exit 0 = no check failed
+# (checks that need a GPU are listed as skipped, with the reason).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PROVIDER=cuda
@@ -43,7 +45,7 @@ while [ $# -gt 0 ]; do
     --python=*) PY=${1#*=}; shift ;;
     --cuda-libs) EXTRA_LIBS=${2:-}; shift 2 ;;
     --cuda-libs=*) EXTRA_LIBS=${1#*=}; shift ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) ARGS+=("$1"); shift ;;
   esac
 done

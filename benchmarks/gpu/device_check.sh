@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 23's device check, the last of back-to-back device calls (docs/guides/gpu-cuda-graphs.md):
+# Issue 32's device check, the last of back-to-back device calls (docs/guides/gpu-cuda-graphs.md):
 # the earlier calls carried the onnxruntime-gpu wheel's parts into build/wheels; this one
 # carries the last part and the seeded ImageNet skeletons, joins the wheel, and runs the
 # capture and imagenet sections of check.sh within 8 minutes. Results land in $OUT.

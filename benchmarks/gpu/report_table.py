@@ -1,6 +1,8 @@
 """The GPU check's report as a printed table (every figure comes from the JSON report)."""
 from __future__ import annotations
 
+_MARK = {True: "PASS", False: "FAIL", None: "skip"}
+
 
 def _f(v, fmt: str = ".3f") -> str:
     return "-" if v is None else format(v, fmt)
@@ -84,7 +86,7 @@ def render(r: dict) -> str:
         f"{m:<11} warm-up {v['warmup_s']:.2f} s, predict batch {_f(v['batch_ms'])} ms, max batch {_f(v['bmax_ms'])} ms"
         for m, v in s["modes"].items()] + [f"chosen: {s['chosen']}"])
     def cap(s):
-        out = [s.get("captured_means", "")]
+        out = [s["captured_means"]] if "captured_means" in s else []
         for n, v in s.items():
             if not isinstance(v, dict):
                 continue
@@ -93,8 +95,7 @@ def render(r: dict) -> str:
                 continue
             rep = v["capture_report"]
             out.append(f"{n:<13} {sum(g['captured'] for g in rep['graphs'])}/{len(rep['graphs'])} sessions captured, "
-                       f"load+warm-up {rep['load_and_warmup_s']:.1f} s, buffers {rep['buffers_bytes'] / 1e6:.0f} MB"
-                       + (f", host re-decisions {v['host_redecisions']}" if v.get("host_redecisions") else ""))
+                       f"load+warm-up {rep['load_and_warmup_s']:.1f} s, buffers {rep['buffers_bytes'] / 1e6:.0f} MB")
             for b in (k for k in v if k.startswith("batch")):
                 row = v[b]
                 if "mono_plain_ms" in row:
@@ -123,6 +124,7 @@ def render(r: dict) -> str:
     else:
         lines.append(f"{'TensorRT engines':<20} {trt.get('reason') or trt.get('skipped') or trt.get('error') or 'not run'}")
     checks = r.get("checks", [])
-    lines.append(f"{'checks':<20} {sum(c['ok'] for c in checks)}/{len(checks)} passed")
-    lines += [f"{'':<20} {'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}" for c in checks]
+    n_ok, n_skip = sum(c["ok"] is True for c in checks), sum(c["ok"] is None for c in checks)
+    lines.append(f"{'checks':<20} {n_ok} passed, {len(checks) - n_ok - n_skip} failed, {n_skip} skipped")
+    lines += [f"{'':<20} {_MARK[c['ok']]} {c['name']}: {c['detail']}" for c in checks]
     return "\n".join(lines)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from seeded import SEEDED
 
 from ranet_edge.runtime import ExitChain
 
@@ -24,15 +25,22 @@ class Ctx:
     provider: str
     images: np.ndarray  # uint8 NHWC, the 500 shipped held-out CIFAR-10 images
     labels: np.ndarray
-    bundles: dict[str, Path]
+    bundles: dict[str, Path]  # every bundle found, the seeded ImageNet ones included
     quick: bool
     deadline: float
     batch: int = 64  # the batch of the batched figures
     max_batch: int = 256  # the largest batch measured; bucketed chains warm up to it
     cudnn_search: str | None = None  # the mode the other sections run with (None: provider default)
     started: float = 0.0  # perf_counter() when the check began
+    missing: dict[str, str] = field(default_factory=dict)  # bundle -> why it is not there
     _x: np.ndarray | None = field(default=None, repr=False)
     _chains: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def cifar(self) -> list[str]:
+        """The bundles that read the shipped 32x32 CIFAR-10 images (every one but the seeded
+        ImageNet bundles, which only the ``imagenet`` section runs, on their own inputs)."""
+        return [name for name in self.bundles if name not in SEEDED]
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
@@ -56,15 +64,18 @@ class Ctx:
         spec = self.max_batch if buckets is None else buckets
         key = (name, str(spec), device_io, cudnn)
         if fresh or key not in self._chains:
+            # unbucketed chains get the same max_batch (with buckets it is the largest bucket),
+            # so both kinds see a batch of up to max_batch in one piece
             chain = ExitChain.load(self.bundles[name], provider=self.provider, device_io=device_io,
-                                   buckets=spec, warmup=warmup, provider_options=self.options(cudnn))
+                                   buckets=spec, warmup=warmup, provider_options=self.options(cudnn),
+                                   max_batch=self.max_batch if spec is False else None)
             if fresh:
                 return chain
             self._chains[key] = chain
         return self._chains[key]
 
     def x(self, n: int | None = None) -> np.ndarray:
-        """The shipped images preprocessed (every bundle here reads 32x32 CIFAR-10 RGB)."""
+        """The shipped images preprocessed, as the :attr:`cifar` bundles read them."""
         if self._x is None:
             self._x = ExitChain.load(self.bundles["default"], warmup=False).preprocess(self.images)
         return self._x if n is None else self._x[np.resize(np.arange(len(self._x)), n)]
@@ -88,7 +99,7 @@ def logits_vs_cpu(ctx: Ctx) -> dict:
     same bundle, ``ctx.batch`` shipped images."""
     x = ctx.x(ctx.batch)
     out = {}
-    for name in ctx.bundles:
+    for name in ctx.cifar:
         ref = ExitChain.load(ctx.bundles[name], provider="cpu", device_io=False, buckets=False, warmup=False)
         dev = ctx.chain(name, warmup=False)
         tol = TOLERANCE[precision(name)]
@@ -96,7 +107,8 @@ def logits_vs_cpu(ctx: Ctx) -> dict:
         out[name] = {"precision": precision(name), "tolerance": tol, "exits": exits,
                      "max_relative": max(e["relative"] for e in exits),
                      "ok": all(e["relative"] <= tol for e in exits),
-                     "session_providers": dev.session_providers[0]}
+                     "session_providers": dev.session_providers[0], "executor": dev.executor.kind,
+                     "device": getattr(dev.executor, "device", "cpu")}
     return out
 
 

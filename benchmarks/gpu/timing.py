@@ -12,7 +12,7 @@ import onnxruntime as ort
 from sections import Ctx, compare_predictions
 
 from ranet_edge.runtime import ExitChain
-from ranet_edge.runtime.buckets import Buckets, ShapeLog
+from ranet_edge.runtime.executors.buckets import Buckets
 from ranet_edge.runtime.manifest import load_manifest
 from ranet_edge.runtime.providers import provider_list, session_options
 
@@ -45,27 +45,28 @@ def monolithic(ctx: Ctx, name: str) -> ort.InferenceSession | None:
 
 
 def stages(ctx: Ctx) -> dict:
-    """p50 ms of each graph on the device path (cached inputs already on the device, cached
-    outputs left there, logits to the host), graphs interleaved, batch 1 and ``ctx.batch`` (64)."""
+    """p50 ms of each graph on the chain's executor (the device executor: cached inputs already
+    on the device, cached outputs left there, logits to the host), graphs interleaved, batch 1
+    and ``ctx.batch`` (64). Each graph is timed on the env the one before it handed on."""
     out = {}
-    for name in ctx.bundles:
+    for name in ctx.cifar:
         chain = ctx.chain(name, warmup=False)
-        router = chain._router  # the device path's runner (benchmark code may look inside)
+        ex = chain.executor  # the seam every predict goes through (benchmark code may drive it)
         out[name] = {}
         for batch in (1, ctx.batch):
-            env = {chain.input_name: router.upload(ctx.x(batch))}
-            feeds = []
-            for g in chain.graphs:
-                feeds.append({n: env[n] for n in g.inputs})
-                env.update(router.run(g, feeds[-1])[1])
+            env = ex.feed(ctx.x(batch))
+            envs = []
+            for g in range(len(ex.graphs)):
+                envs.append(env)
+                env = ex.run(g, env)[1]
             reps = ctx.n(200 if batch == 1 else 50, 10)
-            samples = np.empty((reps, len(feeds)))
+            samples = np.empty((reps, len(envs)))
             for i in range(reps + 3):
-                for k, (g, f) in enumerate(zip(chain.graphs, feeds)):
+                for g, e in enumerate(envs):
                     t0 = time.perf_counter()
-                    router.run(g, f)
+                    ex.run(g, e)
                     if i >= 3:
-                        samples[i - 3, k] = time.perf_counter() - t0
+                        samples[i - 3, g] = time.perf_counter() - t0
             out[name][f"batch{batch}_p50_ms"] = [1e3 * float(v) for v in np.median(samples, axis=0)]
     return out
 
@@ -73,7 +74,7 @@ def stages(ctx: Ctx) -> dict:
 def chain_vs_monolithic(ctx: Ctx) -> dict:
     """run_all (every exit, stage by stage, device path) against the monolithic graph."""
     out = {}
-    for name in ctx.bundles:
+    for name in ctx.cifar:
         mono = monolithic(ctx, name)
         if mono is None:
             out[name] = {"skipped": "bundle has no monolithic graph (export with --monolithic)"}
@@ -94,7 +95,7 @@ def device_vs_host(ctx: Ctx) -> dict:
     """Same provider, same buckets: cached maps kept on the device (IOBinding, on-device
     Gather) against every map copied to the host and back between graphs."""
     out = {}
-    for name in ctx.bundles:
+    for name in ctx.cifar:
         dev, host = ctx.chain(name, warmup=False), ctx.chain(name, device_io=False, warmup=False)
         row = {}
         for batch in (1, ctx.batch):
@@ -191,12 +192,13 @@ def routed(ctx: Ctx) -> tuple[dict, dict]:
         steady[f"batch{batch}_images_per_s"] = {k: 1e3 * batch / v for k, v in med.items()}
         steady[f"batch{batch}_padding"] = padding_cost(bucketed, bucketed.predict(xb).exits)
     work = _workload(ctx)
+    shape_log = _shape_log()
     fresh, logs, preds, chains = {}, {}, {}, {}
     for kind, spec in (("bucketed", None), ("unbucketed", False)):
         t0 = time.perf_counter()
         chain = chains[kind] = ctx.chain(name, buckets=spec, fresh=True)
         t_load = time.perf_counter() - t0
-        logs[kind] = ShapeLog.attach(chain)
+        logs[kind] = shape_log.attach(chain)
         passes = []
         for _ in range(2):
             t0 = time.perf_counter()
@@ -216,6 +218,19 @@ def routed(ctx: Ctx) -> tuple[dict, dict]:
     shapes["batch_sizes_in_workload"] = sorted(len(x) for x in work)
     shapes["bounded"] = max(shapes["bucketed"]["distinct_per_graph"]) <= bound
     return routed_out, shapes
+
+
+def _shape_log():
+    """tests/shape_log.py's ShapeLog: it patches a chain's sessions, so it lives with the tests."""
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[2] / "tests"
+    if str(tests) not in sys.path:
+        sys.path.append(str(tests))
+    from shape_log import ShapeLog
+
+    return ShapeLog
 
 
 def load_warmup(ctx: Ctx) -> tuple[dict, dict]:
