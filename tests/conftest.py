@@ -117,3 +117,56 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"bundle schema: {schema.COUNTS['manifest']} manifest.json and {schema.COUNTS['thresholds']} "
             "thresholds.json validated against ranet_edge/schemas (each one the suite wrote, as it landed)")
+
+
+# ------------------------------------------------------------------ the runtime tests' bundles
+# Exported once per session (torch and onnx: the export extra; skipped in the lean install).
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(model, bundle) of a random 'tiny' RANet: 3 exits, logits scaled up so confidences spread."""
+    pytest.importorskip("torch")
+    from msdnet_toy import save_random_ranet
+
+    from ranet_edge.export.exporter import ExportSpec
+    from ranet_edge.export.ranet import export_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny")
+    model = save_random_ranet("tiny", root / "tiny.pt", seed=2, logit_scale=40.0)
+    export_checkpoint(root / "tiny.pt", root / "bundle", ExportSpec(), log=lambda _m: None)
+    return model, root / "bundle"
+
+
+@pytest.fixture(scope="session")
+def w8(tmp_path_factory):
+    """(model, bundle) of the checkpoint trained by the official code (width 8, 6 exits)."""
+    pytest.importorskip("torch")
+    from ranet_edge.checkpoint import load_checkpoint
+    from ranet_edge.export.exporter import ExportSpec
+    from ranet_edge.export.ranet import export_checkpoint
+
+    ckpt = DATA / "cifar10-w8-official.pth.tar"
+    out = tmp_path_factory.mktemp("w8") / "bundle"
+    export_checkpoint(ckpt, out, ExportSpec(), log=lambda _m: None)
+    return load_checkpoint(ckpt).model, out
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(tiny):
+    from ranet_edge.runtime import ExitChain
+
+    return ExitChain.load(tiny[1])
+
+
+@pytest.fixture(scope="session")
+def w8_chain(w8):
+    from ranet_edge.runtime import ExitChain
+
+    return ExitChain.load(w8[1])
+
+
+@pytest.fixture
+def tiny_copy(tiny, tmp_path) -> Path:
+    """A private copy of the tiny bundle to tamper with."""
+    import shutil
+
+    return Path(shutil.copytree(tiny[1], tmp_path / "bundle"))
