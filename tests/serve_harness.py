@@ -1,7 +1,8 @@
 """Running `ranet-edge serve` as a user runs it, for the tests of both ingresses: a subprocess
 in a session of its own (so a test can signal its group and, whatever happens, kill all of
 it), clients that keep requests in flight, the signals a user sends, and the checks that it
-stopped cleanly (exit code, nothing left, nothing listening)."""
+stopped cleanly (exit code, nothing left, nothing listening). Also :func:`started_once`, for
+module fixtures that start something (Ray) that may not come up."""
 from __future__ import annotations
 
 import base64
@@ -16,17 +17,57 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
 import pytest
 
 from ranet_edge.assets import SAMPLE_IMAGES
+from ranet_edge.errors import RanetEdgeError
 
+T = TypeVar("T")
 STOP_S = 15.0  # the bound a user relies on: `ranet-edge serve` is gone this long after the signal
 SLOW_REST_S = 1.0  # the half-sent request sends the rest of its body this long after the signal
+
+
+class Started(Generic[T]):
+    """What a module fixture started, or why it could not start it. :meth:`get` hands it to
+    each test; after a failed start, the first test to ask errors with the cause in full and
+    the others are skipped with a pointer to that error, instead of the same report once per
+    test of the module (pytest's own behaviour for a module fixture that raises)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.value: T | None = None
+        self.error: BaseException | None = None
+        self.first = ""  # the test that reported the error
+
+    def get(self, request: pytest.FixtureRequest) -> T:
+        if self.error is None:
+            return self.value
+        if self.first:
+            pytest.skip(f"{self.what} did not start: see the first error of this module ({self.first})")
+        self.first = request.node.name
+        if isinstance(self.error, RanetEdgeError):  # its message is the report: no traceback
+            pytest.fail(f"{self.what} did not start: {self.error}", pytrace=False)
+        raise self.error
+
+
+@contextlib.contextmanager
+def started_once(what: str, start: Callable[[], AbstractContextManager[T]]) -> Iterator[Started[T]]:
+    """For a module fixture: enter ``start()`` once, keep its value or its failure in a
+    :class:`Started`, leave it on the way out. A function fixture returns ``started.get(request)``."""
+    started: Started[T] = Started(what)
+    with contextlib.ExitStack() as stack:
+        try:
+            started.value = stack.enter_context(start())
+        except Exception as exc:
+            started.error = exc
+        yield started
 
 
 def free_ports(n: int) -> list[int]:

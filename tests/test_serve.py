@@ -1,16 +1,20 @@
 """A real server: Ray started by the tests, Serve's HTTP proxy on a loopback port, the shipped
 default bundle deployed with one replica and with two; requests over HTTP.
 
-One Ray instance serves the whole module (starting Ray takes ~15 s on a 2-core machine).
+One Ray instance serves the whole module (starting Ray takes ~15 s on a 2-core machine). When
+it does not come up, the first test says why (the raylet, its log, the machine) and the others
+are skipped with a pointer to that error (serve_harness.started_once).
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import importlib.util
 import json
 import socket
 import urllib.request
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -21,6 +25,7 @@ if importlib.util.find_spec("ray") is None:  # find_spec: importing ray here wou
                 allow_module_level=True)
 
 import aiohttp  # noqa: E402  (comes with ray[serve], the ray extra)
+from serve_harness import Started, started_once  # noqa: E402
 from test_serve_units import png_header_bomb  # noqa: E402
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES  # noqa: E402
@@ -43,8 +48,8 @@ def png(rgb: np.ndarray) -> bytes:
     return cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes()
 
 
-@pytest.fixture(scope="module")
-def server():
+@contextlib.contextmanager
+def two_apps() -> Iterator[tuple]:
     srv = Server(port=free_port(), num_cpus=4)  # 1 + 2 replicas reserve one CPU each
     try:
         one = srv.deploy(ServeSettings(max_body_bytes=LIMIT, max_batch=32), name="one", route_prefix="/one")
@@ -52,6 +57,17 @@ def server():
         yield srv, one, two
     finally:
         srv.close()
+
+
+@pytest.fixture(scope="module")
+def started() -> Iterator[Started]:
+    with started_once("Ray", two_apps) as started:
+        yield started
+
+
+@pytest.fixture
+def server(started, request):
+    return started.get(request)
 
 
 @pytest.fixture(scope="module")

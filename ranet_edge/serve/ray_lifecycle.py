@@ -165,4 +165,6 @@ def print_summary(app: Deployed, server: Server, settings: ServeSettings, haprox
     metrics = server.metrics_url
     if metrics:
         echo(f"  Ray's metrics (Prometheus) {metrics}")
+    if server.ray is not None:
+        echo(f"Ray's logs {server.ray.logs_dir}")
     echo("Press Ctrl-C to stop.")
