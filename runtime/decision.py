@@ -71,7 +71,8 @@ class Decision:
         return len(self.labels) > 0
 
 
-def decide(logits: np.ndarray, thresholds, temperatures=1.0, alive: np.ndarray | None = None) -> Decision:
+def decide(logits: np.ndarray, thresholds: float | np.ndarray, temperatures: float | np.ndarray = 1.0,
+           alive: np.ndarray | None = None) -> Decision:
     """The exit rule: which rows of one exit's ``(m, classes)`` logits leave here.
 
     A row leaves when it is ``alive`` (None: every row) and its max softmax probability of
