@@ -1,15 +1,26 @@
-# `make test`: set up .venv and run lint + the test suite, then the runtime tests in a lean
-#              second environment (.venv-lean: only `.[cpu,qnn,serve]` and pytest, no torch/onnx/matplotlib/ray).
-# `make demo`: set up .venv and run the main job on the bundled default model.
-# `make test-js`: install js/ from its lockfile and run the JavaScript tests (Node, Chromium);
-#              `make test` runs it too.
-# `make docs`: build the documentation site (docs/, mkdocs.yml) into build/site; `make test`
+# The two commands (README, docs/getting-started.md):
+# `make demo`:  set up .venv and run the main job on the bundled default model.
+# `make test`:  the quick loop: set up .venv, run ruff, then the tests of every module but those
+#               marked `slow` (pytest -m "not slow"); tests/quick_loop.py fails the run when a
+#               module is left without a fast test. A few minutes once .venv is made.
+# And the whole run:
+# `make check`: everything, what .ci/run runs: lint, the lean environment (test-lean), test-js,
+#               test-openvino, docs-strict, test-wheel, test-arm64, gpu-dry-run, then the whole
+#               suite in .venv, slow tests (the configuration sweep among them) included.
+# Its parts, each runnable alone:
+# `make test-lean`: the suite in a lean second environment (.venv-lean: only `.[cpu,qnn,serve]`
+#              and pytest, no torch/onnx/matplotlib/ray).
+# `make test-js`: install js/ from its lockfile and run the JavaScript tests (Node, Chromium).
+# `make test-openvino`: tests/test_openvino.py in .venv-openvino (onnxruntime-openvino).
+# `make docs`: build the documentation site (docs/, mkdocs.yml) into build/site; `make docs-strict`
 #              builds it with --strict (a warning, a broken link or reference, fails).
 # `make test-wheel`: build the sdist and wheel, twine-check them, list the wheel's contents
 #              against what it must and must not hold, install it with [cpu] into a fresh venv
-#              and run `ranet-edge demo` and `ranet-edge predict` from outside the tree; `make test` runs it.
+#              and run `ranet-edge demo` and `ranet-edge predict` from outside the tree.
 # `make test-arm64`: the wheel and the runtime's core tests on arm64 under qemu-user, and the
-#              shipped bundle's agreement with x86_64 (docs/guides/arm64.md); `make test` runs it.
+#              shipped bundle's agreement with x86_64 (docs/guides/arm64.md).
+# `make gpu-dry-run`: the prepared GPU check (benchmarks/gpu/check.sh) on the CPU provider, --quick:
+#              every section it runs must pass before the check goes to a GPU host.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -20,7 +31,8 @@ OPENVINO := .venv-openvino
 OPENVINO_STAMP := $(OPENVINO)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: install test test-lean test-openvino lint demo clean js-install test-js js-run-tests docs docs-strict test-wheel test-arm64
+.PHONY: install test check test-lean test-openvino lint demo clean js-install test-js js-run-tests docs docs-strict \
+	test-wheel test-arm64 gpu-dry-run
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -66,8 +78,13 @@ test-openvino:
 		$(OPENVINO)/bin/pytest -q -p no:cacheprovider -rs tests/test_openvino.py; \
 	else echo "test-openvino: skipped, onnxruntime-openvino has wheels for Linux x86_64 and Windows only"; fi
 
-test: lint test-lean test-js test-openvino docs-strict test-wheel test-arm64
-	$(BIN)/pytest -q
+# The quick loop: lint, then every module's fast tests (the `slow` marker, pyproject.toml).
+test: lint
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
+
+# The whole run: the parts, then the whole suite in .venv, slow tests included.
+check: lint test-lean test-js test-openvino docs-strict test-wheel test-arm64 gpu-dry-run
+	$(BIN)/pytest -q -p no:cacheprovider
 
 SITE := build/site
 
@@ -86,6 +103,10 @@ test-wheel: $(STAMP)
 # root and apt only; elsewhere it says why and skips, unless ARM64_REQUIRED=1 (.ci/run) fails it.
 test-arm64: $(STAMP)
 	HOST_PYTHON=$(BIN)/python bash tools/arm64/test.sh
+
+# The prepared GPU check's dry run on this machine's CPU (benchmarks/gpu/check.sh uses .venv).
+gpu-dry-run: $(STAMP)
+	bash benchmarks/gpu/check.sh --provider cpu --quick
 
 demo: $(STAMP)
 	$(BIN)/ranet-edge demo --out $(DEMO_DIR)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# quick_loop: `pytest -m "not slow"` (make test) stops when a module has no fast test left
+pytest_plugins = ["quick_loop"]
+
 DATA = Path(__file__).parent / "data"
 EXTRA_OF = {"torch": "export", "onnx": "export", "onnxsim": "export", "matplotlib": "plot"}
 

@@ -39,6 +39,7 @@ def _assert_same_logits(a, b):
 
 
 # --------------------------------------------------------------------------- layouts
+@pytest.mark.slow
 def test_official_layout(golden_loaded):
     assert golden_loaded.layout == "official"
     assert golden_loaded.config_source == "inferred"
@@ -48,6 +49,7 @@ def test_official_layout(golden_loaded):
     assert not golden_loaded.model.training
 
 
+@pytest.mark.slow
 def test_three_layouts_give_the_same_logits(tmp_path, golden_loaded, golden_input):
     reference = _logits(golden_loaded.model, golden_input)
     state = golden_loaded.model.state_dict()
@@ -68,6 +70,7 @@ def test_three_layouts_give_the_same_logits(tmp_path, golden_loaded, golden_inpu
         _assert_same_logits(_logits(loaded.model, golden_input), reference)
 
 
+@pytest.mark.slow
 def test_explicit_preset_is_used_without_inference(golden_c1_pth, golden_loaded, golden_input):
     loaded = load_checkpoint(golden_c1_pth, get_preset("cifar10-c1"), "preset")
     assert loaded.config_source == "preset"

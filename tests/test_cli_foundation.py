@@ -37,6 +37,7 @@ def test_inspect_json(run, golden_c1_pth, golden_c1_npz):
     assert report["params"][-1] == 2547601  # reference/cifar10-c1.txt, total parameters
 
 
+@pytest.mark.slow
 @pytest.mark.needs("torch")
 def test_inspect_text(run, golden_c1_pth):
     result = run("inspect", golden_c1_pth)
@@ -46,6 +47,7 @@ def test_inspect_text(run, golden_c1_pth):
     assert "58.92" in result.output  # last exit, MFLOPs
 
 
+@pytest.mark.slow
 @pytest.mark.needs("torch")
 def test_inspect_with_matching_preset(run, golden_c1_pth):
     result = run("inspect", golden_c1_pth, "--preset", "cifar10-c1", "--json")
@@ -53,6 +55,7 @@ def test_inspect_with_matching_preset(run, golden_c1_pth):
     assert json.loads(result.stdout)["flops"][0] == 8360714
 
 
+@pytest.mark.slow
 @pytest.mark.needs("torch")
 def test_inspect_with_official_flags(run, golden_c1_pth):
     result = run("inspect", golden_c1_pth, "--step", "2", "--stepmode", "lg", "--json")

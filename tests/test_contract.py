@@ -85,6 +85,7 @@ def test_writer_refuses_nan_and_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_calibrated_never_exits_are_strict_json(run, bundle):
     """p = 0.05 gives the later exits no share ("nobody leaves here"): stored as 1e8, not Infinity."""
     res = run("calibrate", bundle, "--p", "0.05", "--name", "greedy", "--json")
@@ -163,6 +164,7 @@ def test_inspect_on_a_bundle_or_a_graph_says_what_it_is(run, tmp_path):
 
 
 # --------------------------------------------------------------------------- --holdout
+@pytest.mark.slow
 def test_holdout_of_every_image_uses_them_all(run, tmp_path):
     n = int(np.load(SAMPLE_IMAGES)["y"].shape[0])
     out = tmp_path / "eval.json"

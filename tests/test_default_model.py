@@ -30,6 +30,7 @@ def _fixed_part(manifest: dict) -> dict:
     return manifest
 
 
+@pytest.mark.slow
 def test_shipped_bundle_is_the_export_of_the_shipped_checkpoint(tmp_path):
     """Every graph byte for byte (its weights are the fold above, the rest is structure),
     and the manifest but for the measured differences."""

@@ -43,6 +43,7 @@ def images(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_calibrate_saves_point_used_by_predict(w8_bundle, images, tmp_path):
     res = invoke("calibrate", w8_bundle, "--data", images, "--p", "0.5", "--name", "half", "--json")
     assert res.exit_code == 0, res.output
@@ -61,6 +62,7 @@ def test_calibrate_saves_point_used_by_predict(w8_bundle, images, tmp_path):
     np.testing.assert_array_equal(chain.predict(x).exits, by_name.exits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("goal", [["--budget-mflops", "8"], ["--target-accuracy", "0.7"], ["--budget-ms", "50"]])
 def test_calibrate_goals_met(w8_bundle, images, goal):
     res = invoke("calibrate", w8_bundle, "--data", images, *goal, "--json")
@@ -74,6 +76,7 @@ def test_calibrate_goals_met(w8_bundle, images, goal):
         assert rep["expected_ms"] <= 50
 
 
+@pytest.mark.slow
 def test_calibrate_errors(w8_bundle, images, tmp_path):
     res = invoke("calibrate", w8_bundle, "--data", images, "--budget-mflops", "0.1")
     assert res.exit_code == 2 and "below the cost of the first exit" in res.output
@@ -89,6 +92,7 @@ def test_calibrate_errors(w8_bundle, images, tmp_path):
     assert res.exit_code == 2
 
 
+@pytest.mark.slow
 def test_eval_really_runs_the_chain(w8_bundle, images, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = ExitChain.predict
@@ -144,6 +148,7 @@ def test_bench_names_a_monolithic_graph_it_cannot_load(w8_bundle, tmp_path):
     assert "cannot load monolithic.onnx" in res.output and "re-export with --monolithic" in res.output
 
 
+@pytest.mark.slow
 @pytest.mark.needs("onnx")
 @pytest.mark.parametrize("target", ["fp16", "int8", "ort"])
 def test_convert_targets_load_and_agree(w8_bundle, images, tmp_path, target):
@@ -185,6 +190,7 @@ def _optimized_ops(path: Path) -> dict[str, int]:
     return ops
 
 
+@pytest.mark.slow
 @pytest.mark.needs("onnx")
 def test_int8_hands_on_uint8_and_cuts_the_whole_quantized_graph(w8_bundle, images, tmp_path):
     """int8 quantizes the chain as one graph and cuts it again: the stages hand on uint8
@@ -218,6 +224,7 @@ def test_convert_errors(w8_bundle, tmp_path):
     assert res.exit_code == 2 and "unknown" in res.output
 
 
+@pytest.mark.slow
 @pytest.mark.needs("torch", "onnx")
 def test_demo_runs_end_to_end(tmp_path):
     res = invoke("demo", "--out", tmp_path)
@@ -226,6 +233,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "bundle" / "thresholds.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.needs("onnx")
 def test_mobile_rewrite_keeps_the_maths_and_frees_nnapi_coreml(w8_bundle, images, tmp_path):
     kept = tmp_path / "kept"

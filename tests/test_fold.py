@@ -19,6 +19,7 @@ from ranet_edge.export.ranet import export_checkpoint
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.mark.slow
 def test_exported_weights_are_the_float64_fold_bit_for_bit(tmp_path):
     """The ImageNet stem's 7x7 conv has a bias of its own, the rest do not: both paths."""
     ckpt = DATA / "imagenet-small.pth"
@@ -45,6 +46,7 @@ def test_float32_torch_fold_would_differ():
     assert differ > 0
 
 
+@pytest.mark.slow
 def test_fold_leaves_the_model_alone_and_keeps_its_outputs():
     from ranet_edge.checkpoint import load_checkpoint
 

@@ -80,6 +80,7 @@ def _spy(monkeypatch, module):
     return seen
 
 
+@pytest.mark.slow
 def test_eval_prints_expected_ms_beside_the_timed_run(bundle, tmp_path, monkeypatch):
     meters: list[LatencyMeter] = []
 
@@ -112,6 +113,7 @@ def test_eval_prints_expected_ms_beside_the_timed_run(bundle, tmp_path, monkeypa
         assert float(ratio) == pytest.approx(float(ms) / float(exp), abs=0.02)  # the two numbers shown
 
 
+@pytest.mark.slow
 def test_calibrate_budget_ms_stands_on_the_one_measurement(bundle, monkeypatch):
     seen = _spy(monkeypatch, tasks)
     res = tasks.calibrate(bundle, tasks.Goal(budget_ms=10.0), tasks.DataOptions(SAMPLE_IMAGES, holdout=60),

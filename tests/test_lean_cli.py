@@ -60,6 +60,7 @@ def test_predict_info_providers_without_extras(pngs):
     assert r.returncode == 0 and "CPUExecutionProvider" in r.stdout, r.stderr
 
 
+@pytest.mark.slow
 def test_bench_eval_calibrate_without_extras(tmp_path):
     r = cli_without_extras("bench", "--iters", "3", "--warmup", "1", "--images", "10", "--json", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr

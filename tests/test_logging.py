@@ -43,6 +43,7 @@ def test_export_logs_its_validation_table(tiny_ckpt, tmp_path, caplog):
     assert tables and "max|diff|" in tables[0] and "(tolerance" in tables[0]
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_logged_table_on_stdout(tiny_ckpt, tmp_path):
     res = CliRunner().invoke(get_cli(), ["export", str(tiny_ckpt), "-o", str(tmp_path / "b")],
                              catch_exceptions=False)

@@ -73,6 +73,7 @@ def _meta_model(config: RANetConfig) -> RANet:
 
 
 # --------------------------------------------------------------------------- golden vectors
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cifar10-c1", "imagenet-small"])
 def test_golden_logits_and_flops(name):
     loaded = load_checkpoint(DATA / f"{name}.pth")
@@ -124,6 +125,7 @@ def test_exit_costs_match_reference(preset, filename):
     assert [c.params for c in costs] == ref["params"]
 
 
+@pytest.mark.slow
 def test_imagenet_costs_on_meta_match_reference():
     # The counter reads only shapes, so the full ImageNet model can be counted on meta.
     ref = parse_reference(DATA / "imagenet.txt")
@@ -133,6 +135,7 @@ def test_imagenet_costs_on_meta_match_reference():
     assert [c.params for c in costs] == ref["params"]
 
 
+@pytest.mark.slow
 def test_imagenet_exit_costs_real_model_match_reference():
     # A real 2.8 GFLOP forward of the paper's ImageNet model (~3 s on one CPU thread).
     ref = parse_reference(DATA / "imagenet.txt")
@@ -191,7 +194,8 @@ HARD_CONFIGS = {
 
 
 INFERENCE_CASES = (
-    [pytest.param(get_preset(name), id=f"preset-{name}") for name in list_presets("ranet")]
+    [pytest.param(get_preset(name), id=f"preset-{name}", marks=[pytest.mark.slow] if name == "imagenet" else [])
+     for name in list_presets("ranet")]
     + [pytest.param(config, id=name) for name, config in EXTRA_CONFIGS.items()]
     + [pytest.param(config, id=name) for name, (config, _) in HARD_CONFIGS.items()]
 )

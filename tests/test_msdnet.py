@@ -135,6 +135,7 @@ def test_unknown_key_is_refused_with_the_valid_ones():
         MSDNetConfig.from_dict({"scale_list": "1-2-3"})
 
 
+@pytest.mark.slow
 def test_cli_inspect_and_export_without_flags(run, data_dir, tmp_path):
     ckpt = data_dir / "msdnet-cifar10-b5.pth"
     res = run("inspect", ckpt, "--json")
@@ -181,6 +182,7 @@ def test_wrong_flags_name_the_mismatch(data_dir):
         load_checkpoint(data_dir / "msdnet-cifar10-b5.pth", MSDNetConfig(nBlocks=5, base=4, step=2), "flags")
 
 
+@pytest.mark.slow
 def test_train_recognises_an_official_msdnet_checkpoint_and_resumes_without_flags(tmp_path, data_dir):
     """``train --init`` takes the architecture from an official checkpoint's keys; ``--resume``
     with no flags takes it from last.pt; the result exports without flags."""

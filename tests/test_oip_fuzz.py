@@ -70,6 +70,7 @@ def check(model, good, body: bytes, header_length: int | None) -> None:
     np.testing.assert_array_equal(oip.parse_rest_infer(body, length, model, MAX_IMAGES).x, x)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(doc=requests, tail=st.binary(max_size=64), cut=st.none() | st.integers(-3, 3))
 def test_fuzzed_json_requests(model, good, doc, tail, cut):

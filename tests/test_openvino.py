@@ -32,14 +32,23 @@ def _openvino_here() -> str | None:
     return None
 
 
-@pytest.mark.slow
-def test_openvino_chain_agrees_with_the_cpu_on_the_sample_images():
+def assert_agrees(images: np.ndarray) -> None:
     why = _openvino_here()
     if why:
         pytest.skip(why)
-    r = provider_agreement(DEFAULT_BUNDLE, np.load(SAMPLE_IMAGES)["x"], "openvino")
-    assert r["provider"] == OPENVINO and r["images"] == 500
+    r = provider_agreement(DEFAULT_BUNDLE, images, "openvino")
+    assert r["provider"] == OPENVINO and r["images"] == len(images)
     for row in r["placement"]:
         assert row["providers"] == {OPENVINO: row["nodes"]}, row  # whole graphs, nothing left to the CPU
     assert r["labels_agree"] == 1.0 and r["exits_agree"] == 1.0
     assert max(r["max_abs_logit_diff"]) < ATOL, r["max_abs_logit_diff"]
+
+
+def test_openvino_chain_agrees_with_the_cpu_on_a_few_sample_images():
+    """The quick loop's share (make test): 16 images."""
+    assert_agrees(np.load(SAMPLE_IMAGES)["x"][:16])
+
+
+@pytest.mark.slow
+def test_openvino_chain_agrees_with_the_cpu_on_the_sample_images():
+    assert_agrees(np.load(SAMPLE_IMAGES)["x"])

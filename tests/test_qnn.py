@@ -1,7 +1,8 @@
 """The Qualcomm NPU provider for real: the QNN HTP backend of onnxruntime-qnn, which runs in
 simulation on x86_64 Linux, on the shipped QNN bundle (lean suite) and on a fresh
 conversion (full suite). The simulator is slow (about a third of a second per image
-through the six graphs): a few images only."""
+through the six graphs): a few images only, and the agreement and conversion tests are marked
+slow (`make check`); the refusal and the CLI's placement report run in the quick loop."""
 from __future__ import annotations
 
 import json
@@ -32,8 +33,6 @@ MAX_LOGIT_DIFF = 1.0
 #: There 98.4% of the labels and 97.1% of the exits agree: of these 8 images one may differ.
 MIN_AGREE = 7 / 8
 
-pytestmark = pytest.mark.slow
-
 
 def _images(part=HELD_OUT) -> np.ndarray:
     return np.load(SAMPLE_IMAGES)["x"][part]
@@ -56,6 +55,7 @@ def test_dynamic_batch_bundle_is_refused_naming_the_reason():
     assert "--to qnn" in msg
 
 
+@pytest.mark.slow
 def test_shipped_qnn_bundle_runs_whole_on_the_htp_and_agrees_with_the_cpu():
     _require_htp()
     r = provider_agreement(QNN_BUNDLE, _images(), "qnn")
@@ -67,6 +67,7 @@ def test_shipped_qnn_bundle_runs_whole_on_the_htp_and_agrees_with_the_cpu():
     assert min(r["top1_agree_per_exit"]) >= MIN_AGREE
 
 
+@pytest.mark.slow
 def test_qdq_graphs_compile_whole_on_the_htp(tmp_path):
     """Without the compiled forms the HTP compiles the QDQ graphs at load: it takes every node."""
     _require_htp()
@@ -104,6 +105,7 @@ def test_cli_predict_on_qnn_reports_the_placement(tmp_path):
     assert r.exit_code == 2 and "Cannot get shape" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.slow
 @pytest.mark.needs("onnx", "onnxsim")
 def test_convert_to_qnn_compiles_every_graph_whole(tmp_path):
     _require_htp()
@@ -128,6 +130,7 @@ def test_convert_to_qnn_compiles_every_graph_whole(tmp_path):
         assert a.shape == b.shape == (3, 10) and np.abs(a - b).max() < MAX_LOGIT_DIFF
 
 
+@pytest.mark.slow
 @pytest.mark.needs("onnx", "onnxsim")
 def test_convert_reproduces_the_shipped_qnn_graphs(tmp_path):
     """The shipped QNN bundle is `ranet-edge convert DEFAULT_BUNDLE --to qnn --data SAMPLE_IMAGES`:

@@ -1,8 +1,9 @@
 """A real server: Ray started by the tests, Serve's HTTP proxy on a loopback port, the shipped
 default bundle deployed with one replica and with two; requests over HTTP.
 
-One Ray instance serves the whole module (starting Ray takes ~15 s on a 2-core machine). When
-it does not come up, the first test says why (the raylet, its log, the machine) and the others
+One Ray instance serves the whole module (starting Ray takes ~15 s on a 2-core machine), for
+the tests marked slow; what the launcher refuses before Ray starts runs in the quick loop. When
+Ray does not come up, the first test says why (the raylet, its log, the machine) and the others
 are skipped with a pointer to that error (serve_harness.started_once).
 """
 from __future__ import annotations
@@ -29,12 +30,12 @@ from serve_harness import Started, started_once  # noqa: E402
 from test_serve_units import png_header_bomb  # noqa: E402
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES  # noqa: E402
+from ranet_edge.errors import InputError  # noqa: E402
 from ranet_edge.runtime import ExitChain  # noqa: E402
 from ranet_edge.serve import ServeSettings  # noqa: E402
 from ranet_edge.serve.launcher import Server  # noqa: E402
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")]  # Ray's own pydantic use
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")  # Ray's own pydantic use
 LIMIT = 64 * 1024  # max_body_bytes of the one-replica app
 
 
@@ -46,6 +47,19 @@ def free_port() -> int:
 
 def png(rgb: np.ndarray) -> bytes:
     return cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes()
+
+
+def test_launcher_refuses_before_starting_ray():
+    """A port in use, and HAProxy asked of a cluster (chosen when its nodes start): one-line
+    errors naming the fix, before any Ray is started."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1:{port} .*; pick another with --port"):
+            Server(port=port)
+    with pytest.raises(InputError, match="RAY_SERVE_ENABLE_HA_PROXY=1 ray start"):
+        Server(address="auto", haproxy=True)
 
 
 @contextlib.contextmanager
@@ -126,6 +140,7 @@ def check_answers(answers, meta, chain, sample):
         assert body["operating_point"] == (point or "iso-accuracy") and body["graph"] == "chain"
 
 
+@pytest.mark.slow  # Ray: the module's server
 def test_200_concurrent_requests_equal_predict(server, sample, chain):
     _, one, _ = server
     requests, meta = mixed_requests(one.url, sample)
@@ -135,6 +150,7 @@ def test_200_concurrent_requests_equal_predict(server, sample, chain):
     assert len(exits) >= 4  # the batches really mix exits
 
 
+@pytest.mark.slow  # Ray: the module's server
 def test_two_replicas_answer_as_one(server, sample, chain):
     _, one, two = server
     requests, meta = mixed_requests(two.url, sample)
@@ -146,6 +162,7 @@ def test_two_replicas_answer_as_one(server, sample, chain):
            [[(p["label"], p["exit"]) for p in b["predictions"]] for _, b in again]
 
 
+@pytest.mark.slow  # Ray: the module's server
 def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(server, sample):
     _, one, _ = server
     url = f"{one.url}/v1/classify"
@@ -172,6 +189,7 @@ def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(server, samp
     assert all(s == 200 and len(b["predictions"]) == 1 for s, b in answers[1::2])
 
 
+@pytest.mark.slow  # Ray: the module's server
 def test_body_over_the_limit_without_content_length(server):
     _, one, _ = server
 
@@ -188,6 +206,7 @@ def test_body_over_the_limit_without_content_length(server):
     assert status == 413 and "limit" in body["error"]
 
 
+@pytest.mark.slow  # Ray: the module's server
 def test_model_health_and_metrics(server, sample):
     srv, one, two = server
     health = json.loads(urllib.request.urlopen(f"{two.url}/v1/health", timeout=30).read())
@@ -206,6 +225,7 @@ def test_model_health_and_metrics(server, sample):
     assert srv.metrics_url  # Ray's own metrics agent
 
 
+@pytest.mark.slow  # Ray: the module's server
 def test_open_inference_protocol_through_ray(server, sample, chain):
     """/v2 through a Ray replica: the same routes and codec as the one-process server."""
     _, _, two = server  # the app without a small body limit (JSON floats are large)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import socket
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -29,8 +31,7 @@ if importlib.util.find_spec("ray") is None:
     pytest.skip("ray is not installed; install the ray extra: pip install 'ranet-edge[ray]'",
                 allow_module_level=True)
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts processes through /proc")]
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts processes through /proc")
 
 START_S = 240.0  # Ray's start on a busy 2-core machine: ~30 s, at worst a few times that
 
@@ -46,6 +47,7 @@ def running_ray_server(tmp_path: Path, *args: str) -> Iterator[Running]:
         yield srv
 
 
+@pytest.mark.slow  # a Ray server each
 @pytest.mark.parametrize("ingress, how", [("proxy", "group"), ("proxy", "main-int"), ("proxy", "main-term"),
                                           ("haproxy", "group")])
 def test_serve_stops_on_every_signal_with_requests_in_flight(tmp_path, ingress, how):
@@ -55,6 +57,7 @@ def test_serve_stops_on_every_signal_with_requests_in_flight(tmp_path, ingress, 
         assert_stopped_cleanly(srv)
 
 
+@pytest.mark.slow  # a Ray server
 def test_serve_command_starts_answers_and_stops_on_ctrl_c(tmp_path):
     """--haproxy, SIGINT to the main process: also what it prints and answers."""
     with running_ray_server(tmp_path, "--max-batch", "16", "--haproxy", "--max-body-bytes", "20000") as srv:
@@ -76,3 +79,19 @@ def test_serve_command_starts_answers_and_stops_on_ctrl_c(tmp_path):
         slow_status, _, _ = stop_with(srv, "main-int", images=4)  # bodies under the 20000-byte limit
         assert slow_status in (200, 503), slow_status
         assert_stopped_cleanly(srv)
+
+
+def test_serve_ray_refuses_a_port_it_cannot_use_before_ray_starts(tmp_path):
+    """The installed command in a process of its own: --ray with a port the OS would pick (Serve's
+    proxy cannot report it) or a port in use is a one-line error, exit code 2, before Ray starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        for port, says in ((0, "--ray needs a fixed --port"), (taken, f"cannot listen on 127.0.0.1:{taken}")):
+            res = subprocess.run(ray_serve_cmd("--port", str(port)), capture_output=True, text=True, timeout=120,
+                                 cwd=tmp_path)
+            assert res.returncode == 2, res.stderr
+            last = res.stderr.strip().splitlines()[-1]  # after "starting Ray ...": the check comes first
+            assert last.startswith("error:") and says in last and "Traceback" not in res.stderr, res.stderr
+            assert res.stdout == ""  # never got as far as "ranet-edge serving at"

@@ -335,7 +335,8 @@ def test_metrics_and_access_log(server, sample):
 
 
 # --------------------------------------------------------------------------- stopping
-@pytest.mark.parametrize("how", ["group", "main-int", "main-term"])
+@pytest.mark.parametrize("how", ["group", pytest.param("main-int", marks=pytest.mark.slow),
+                                 pytest.param("main-term", marks=pytest.mark.slow)])
 def test_drains_on_signals_with_requests_in_flight(tmp_path, how):
     with local_server(tmp_path, "--no-access-log") as srv:
         printed = srv.stdout()

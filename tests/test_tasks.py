@@ -42,6 +42,7 @@ def test_data_loading_policy():
         split_val(10, 10, need_eval=True)
 
 
+@pytest.mark.slow
 def test_calibrate_returns_the_point_it_stores_and_the_chain_takes_its_exits(bundle):
     res = calibrate(bundle, Goal(p=0.5), DataOptions(SAMPLE_IMAGES, holdout=120), name="half")
     assert isinstance(res, Calibrated) and res.name == "half" and res.val_images == 120
@@ -53,6 +54,7 @@ def test_calibrate_returns_the_point_it_stores_and_the_chain_takes_its_exits(bun
     assert res.to_dict()["exit_counts"] == res.outcome.exit_counts.tolist()
 
 
+@pytest.mark.slow
 def test_evaluate_and_early_exit(bundle):
     ev = evaluate(bundle, DataOptions(SAMPLE_IMAGES, holdout=60), batch_size=30)
     assert isinstance(ev, Evaluation) and ev.val_images == ev.eval_images == 30

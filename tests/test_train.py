@@ -86,6 +86,7 @@ def test_learning_rate_schedules():
     assert learning_rate(cos, 10) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_trained_checkpoint_exports_without_flags(folder, tmp_path):
     from ranet_edge.export.exporter import ExportSpec
     from ranet_edge.export.ranet import export_checkpoint
@@ -133,6 +134,7 @@ def test_random_resized_crop_with_decoding_threads(folder, tmp_path):
     assert results[0].train_loss > 0
 
 
+@pytest.mark.slow
 def test_training_does_not_import_the_cli_and_the_cli_runs_as_a_module():
     """The layers point one way: the CLI imports training, never the reverse (issue 12);
     `python -m ranet_edge.cli` is what torchrun runs."""
