@@ -91,7 +91,7 @@ def convert_bundle(bundle: str | os.PathLike, out: str | os.PathLike, target: st
         if (src / "thresholds.json").exists():
             shutil.copy(src / "thresholds.json", tmp / "thresholds.json")
         held = images[calib_size:] if images is not None and len(images) > calib_size else images
-        agreement = _agreement(src, tmp, held)  # on images int8 was not calibrated on, when there are any
+        agreement = _agreement(src, tmp, held, qdq=target == "qnn")  # on images not calibrated on, if any
         if agreement is not None:
             data["conversion_check"] = agreement
             write_json_atomic(tmp / MANIFEST, data)
@@ -137,14 +137,24 @@ def _record_source(data: dict, src: Path, target: str, calib_size: int, images: 
                               if target in ("int8", "qnn") else None}
 
 
-def _agreement(src: Path, dst: Path, images: np.ndarray | None, n: int = 256) -> dict | None:
-    """Top-1 agreement per exit between the fp32 and the converted chain on real images."""
+def _agreement(src: Path, dst: Path, images: np.ndarray | None, n: int = 256, qdq: bool = False) -> dict | None:
+    """Top-1 agreement per exit between the fp32 and the converted chain on real images.
+
+    ``qdq`` (the qnn target): the converted QDQ graphs run as written (CPU provider, graph
+    optimisations off; ranet_edge/agreement.py: ``qdq_run_all``), which is what the HTP
+    implements, instead of the CPU provider's int8 kernels: those saturate on x86 CPUs
+    without VNNI, so the figure would describe the converting machine, not the bundle.
+    """
     if images is None or len(images) == 0:
         return None
     a = ExitChain.load(src, warmup=False)
-    b = ExitChain.load(dst, warmup=False)
     x = a.preprocess(images[-n:])
-    la, lb = a.run_all(x), b.run_all(x)
+    if qdq:
+        from ranet_edge.agreement import qdq_run_all
+
+        la, lb = a.run_all(x), qdq_run_all(dst, x)
+    else:
+        la, lb = a.run_all(x), ExitChain.load(dst, warmup=False).run_all(x)
     return {"images": int(len(x)),
             "top1_agreement": [float((p.argmax(1) == q.argmax(1)).mean()) for p, q in zip(la, lb)],
             "max_abs_logit_diff": [float(np.abs(p - q.astype(np.float32)).max()) for p, q in zip(la, lb)]}

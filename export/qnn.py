@@ -35,8 +35,10 @@ from .quantize import Int8Recipe
 
 QNN = "QNNExecutionProvider"
 
-#: int8 for the HTP: every layer quantized, QDQ around every operator, NCHW hand-over.
-QNN_RECIPE = Int8Recipe(float_ops=(), cpu_layout=False)
+#: int8 for the HTP: every layer quantized, QDQ around every operator, NCHW hand-over, and
+#: 8-bit weights (the HTP accumulates without saturating; the 7-bit weights of the CPU recipe
+#: only work around the int16 saturation of x86 CPUs without VNNI, see Int8Recipe).
+QNN_RECIPE = Int8Recipe(float_ops=(), cpu_layout=False, reduce_range=False)
 
 
 def to_qnn(src: Path, tmp: Path, work: Path, data: dict, images: np.ndarray, batch: int,

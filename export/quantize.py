@@ -34,7 +34,18 @@ TO_NHWC = "__to_nhwc"
 
 @dataclass(frozen=True)
 class Int8Recipe:
-    """How the chain is quantized (benchmarks/int8_recipes.py measures the alternatives)."""
+    """How the chain is quantized (benchmarks/int8_recipes.py measures the alternatives).
+
+    ``reduce_range`` (7-bit weights, on by default) is for x86 CPUs without VNNI (AVX2 only:
+    AMD before Zen 4, Intel before Cascade Lake / Ice Lake): there ONNX Runtime's U8S8 kernels
+    multiply with ``vpmaddubsw``, which adds two uint8 x int8 products into a saturating int16.
+    With 8-bit weights the pair reaches 2 x 255 x 127 and is clipped; with 7-bit weights it
+    stays within 2 x 255 x 64. On such a CPU (docs/guides/edge-formats.md) 8-bit weights moved
+    the default model's logits by up to 8 from what the QDQ graph means and its top-1 agreement
+    with fp32 fell to 93-95%; 7-bit weights gave 97-99%, as fast, and lost nothing measurable
+    where products are exact (the QDQ graph run in float). The QNN HTP does not saturate: its
+    recipe keeps 8-bit weights.
+    """
 
     per_channel: bool = True  # one weight scale per output channel (else one per tensor)
     activations: str = "uint8"  # "uint8" (U8S8, what VNNI's vpdpbusd multiplies) or "int8" (S8S8)
@@ -44,12 +55,14 @@ class Int8Recipe:
     #: every operator between a DequantizeLinear and a QuantizeLinear (QNN reads its
     #: quantization from them) and hands over NCHW.
     cpu_layout: bool = True
+    reduce_range: bool = True  # 7-bit weights: no int16 saturation in the U8S8 kernels of CPUs without VNNI
 
     def describe(self) -> str:
         """One line naming the recipe, as ``convert --to int8`` reports it and the manifest
         records it."""
         act = "U8S8" if self.activations == "uint8" else "S8S8"
         return (f"whole-chain static QDQ, {act} {'per-channel' if self.per_channel else 'per-tensor'}"
+                f"{' 7-bit weights' if self.reduce_range else ''}"
                 f"{', shared Concat scales' if self.shared_concat_scales else ''}, "
                 f"{'/'.join(self.float_ops) or 'no'} layers in float; uint8 {'NHWC' if self.cpu_layout else 'NCHW'} "
                 "hand-over tensors")
@@ -150,7 +163,8 @@ def quantize_chain(paths: list[Path], logits: list[list[str]], input_name: str, 
     root.setLevel(logging.ERROR)  # quantize_static advises on the root logger at every call
     try:
         quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
-                        activation_type=act, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                        activation_type=act, weight_type=QuantType.QInt8, reduce_range=recipe.reduce_range,
+                        nodes_to_exclude=excluded,
                         extra_options={"TensorQuantOverrides": overrides} if overrides else None)
     finally:
         root.setLevel(level)

@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime_qnn", reason="onnxruntime-qnn is not installed 
 
 from click.testing import CliRunner  # noqa: E402
 
-from ranet_edge.agreement import provider_agreement  # noqa: E402
+from ranet_edge.agreement import QDQ_REFERENCE, provider_agreement, qdq_run_all  # noqa: E402
 from ranet_edge.assets import DEFAULT_BUNDLE, QNN_BUNDLE, SAMPLE_IMAGES  # noqa: E402
 from ranet_edge.cli import get_cli  # noqa: E402
 from ranet_edge.errors import ProviderError  # noqa: E402
@@ -26,9 +26,14 @@ from ranet_edge.runtime.plugins import devices, register  # noqa: E402
 QNN = "QNNExecutionProvider"
 #: Held-out sample images (the shipped QNN bundle was calibrated on the first 256).
 HELD_OUT = slice(256, 264)
-#: Largest logit difference HTP vs CPU allowed, on logits of magnitude 15-20: on the 244
-#: held-out images it is at most 0.46, 0.065 on average (benchmarks/results/qnn_agreement.json):
-#: the HTP and the CPU's int8 kernels round requantizations differently.
+#: The HTP is compared with what the QDQ graphs mean: run as written, DequantizeLinear -> float
+#: operator -> QuantizeLinear (ranet_edge/agreement.py: qdq_run_all), not with the CPU
+#: provider's int8 kernels, which on x86 CPUs without VNNI add their uint8 x int8 products in
+#: saturating int16 and move these logits by up to 8.
+#: Largest logit difference HTP vs the QDQ graphs allowed, on logits of magnitude 15-20: on the
+#: 244 held-out images it is at most 0.46, 0.065 on average (benchmarks/results/qnn_agreement_qdq.json;
+#: against the CPU's int8 kernels on an AVX2 EPYC: 8.4): the HTP rounds its requantizations in
+#: fixed point, a quantization step of the logits or two.
 MAX_LOGIT_DIFF = 1.0
 #: There 98.4% of the labels and 97.1% of the exits agree: of these 8 images one may differ.
 MIN_AGREE = 7 / 8
@@ -57,8 +62,10 @@ def test_dynamic_batch_bundle_is_refused_naming_the_reason():
 
 @pytest.mark.slow
 def test_shipped_qnn_bundle_runs_whole_on_the_htp_and_agrees_with_the_cpu():
+    """The CPU here: the QDQ graphs run as written on the CPU provider (optimisations off), not
+    its int8 kernels (see MAX_LOGIT_DIFF)."""
     _require_htp()
-    r = provider_agreement(QNN_BUNDLE, _images(), "qnn")
+    r = provider_agreement(QNN_BUNDLE, _images(), "qnn", reference=QDQ_REFERENCE)
     assert r["provider"] == QNN
     for row in r["placement"]:  # the compiled EPContext models, one node each, on QNN
         assert row["graph"].endswith(".qnn_ctx.onnx") and row["providers"] == {QNN: 1}, row
@@ -82,9 +89,8 @@ def test_qdq_graphs_compile_whole_on_the_htp(tmp_path):
     for row in chain.placement:
         assert row["providers"] == {QNN: row["nodes"]} and row["on_cpu"] == {}, row
         assert row["nodes"] == recorded[row["graph"]]["nodes"] and recorded[row["graph"]]["share"] == 1.0
-    cpu = ExitChain.load(QNN_BUNDLE, warmup=False)
-    x = cpu.preprocess(list(_images(slice(300, 302))))
-    for a, b in zip(cpu.run_all(x), chain.run_all(x)):
+    x = chain.preprocess(list(_images(slice(300, 302))))
+    for a, b in zip(qdq_run_all(QNN_BUNDLE, x), chain.run_all(x), strict=True):
         assert np.abs(a - b).max() < MAX_LOGIT_DIFF
 
 
@@ -124,9 +130,8 @@ def test_convert_to_qnn_compiles_every_graph_whole(tmp_path):
         assert (out / g.compiled_path(QNN)).is_file()
     chain = ExitChain.load(out, provider="qnn", warmup=False)
     assert [g.path for g in chain.graphs] == [g.compiled_path(QNN) for g in man.graphs]
-    cpu = ExitChain.load(out, warmup=False)
-    y = cpu.preprocess(list(x[304:307]))  # 3 rows: the static batch of 2 runs a padded chunk
-    for a, b in zip(cpu.run_all(y), chain.run_all(y)):
+    y = chain.preprocess(list(x[304:307]))  # 3 rows: the static batch of 2 runs a padded chunk
+    for a, b in zip(qdq_run_all(out, y), chain.run_all(y), strict=True):
         assert a.shape == b.shape == (3, 10) and np.abs(a - b).max() < MAX_LOGIT_DIFF
 
 
@@ -144,4 +149,10 @@ def test_convert_reproduces_the_shipped_qnn_graphs(tmp_path):
     for g, s in zip(load_manifest(out).graphs, shipped.graphs, strict=True):
         assert g.path == s.path and g.sha256 == s.sha256, g.path
         assert g.compiled == ()
-    assert json.loads((out / "manifest.json").read_text())["qnn"]["note"] == "not compiled (--no-qnn-context)"
+    written = json.loads((out / "manifest.json").read_text())
+    assert written["qnn"]["note"] == "not compiled (--no-qnn-context)"
+    # the conversion check runs the QDQ graphs as written, so it is the shipped one whatever CPU
+    # converts (its int8 kernels gave 93-95% on x86 without VNNI); a boundary image may flip
+    check, want = written["conversion_check"], json.loads((QNN_BUNDLE / "manifest.json").read_text())["conversion_check"]
+    assert check["images"] == want["images"] == 244
+    np.testing.assert_allclose(check["top1_agreement"], want["top1_agreement"], rtol=0, atol=0.01)
