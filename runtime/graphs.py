@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-import onnxruntime as ort
 
+from ._ort import ort  # onnxruntime, through the build check
 from .manifest import GraphEntry, Manifest
 from .placement import node_placement
 from .session_errors import load_error

@@ -61,9 +61,17 @@ def test_build_detection_lives_in_the_runtime_and_imports_without_a_build():
 
 
 def test_cli_without_a_build_says_one_line(tmp_path):
+    """A command that runs graphs says one line; ``info``, which only reads the manifest, works."""
+    import cv2
+    import numpy as np
+
     from ranet_edge.assets import DEFAULT_BUNDLE
 
-    r = _python(NO_ORT + f"from ranet_edge.cli import main; main(['info', {str(DEFAULT_BUNDLE)!r}])")
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    info = _python(NO_ORT + f"from ranet_edge.cli import main; main(['info', {str(DEFAULT_BUNDLE)!r}])")
+    assert info.returncode == 0 and "stage0.onnx" in info.stdout, info.stderr
+    r = _python(NO_ORT + f"from ranet_edge.cli import main; main(['predict', {str(DEFAULT_BUNDLE)!r}, {str(image)!r}])")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: no onnxruntime build is installed"), r.stderr
     assert "pip install 'ranet-edge[cpu]'" in r.stderr

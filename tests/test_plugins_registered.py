@@ -73,9 +73,10 @@ def _app(name: str, when: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("name", "when"), [(QNN, "before-import"), (QNN, "after-import"), ("qnn", "before-import")],
-                         ids=["documented-name", "registered-after-import", "another-name"])
+@pytest.mark.parametrize(("name", "when"), [
+    pytest.param(QNN, "before-import", id="documented-name"),  # the case: in the quick loop
+    pytest.param(QNN, "after-import", id="registered-after-import", marks=pytest.mark.slow),
+    pytest.param("qnn", "before-import", id="another-name", marks=pytest.mark.slow)])
 def test_a_library_the_app_registered_is_reused(ordinary, name, when):
     chain, want, want_logits = ordinary
     got = _app(name, when)
