@@ -55,15 +55,19 @@ class ProviderCheck:
 
 @dataclass(frozen=True)
 class GraphPlacement:
+    """Where one graph of a bundle runs: the providers its session got and the nodes each took."""
+
     graph: str
     providers: list[str]  # what its session got, in priority order
     all_nodes_on_first: bool  # False: some nodes fall back to the providers after the first
-    detail: str | None = None
+    detail: str | None = None  # why not all on the first: the nodes elsewhere, or the load error
     nodes: dict[str, int] = field(default_factory=dict)  # provider -> nodes it took (ONNX Runtime's record)
 
 
 @dataclass
 class DoctorReport:
+    """What ``ranet-edge doctor`` found; ``problems`` holds one line per problem, with its fix."""
+
     python: str
     platform: str
     cpu: str
@@ -81,9 +85,11 @@ class DoctorReport:
 
     @property
     def ok(self) -> bool:
+        """True when no problem was found."""
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready data (``doctor --json``), ``ok`` included."""
         return {**asdict(self), "ok": self.ok}
 
 
@@ -206,7 +212,11 @@ def place_bundle(ort, bundle: str | os.PathLike, provider: str) -> dict[str, Any
 
 
 def load_manifest_checked(bundle: str | os.PathLike):
-    """The bundle's manifest, every sha256 checked."""
+    """The bundle's manifest, every sha256 checked.
+
+    Raises:
+        BundleError: a manifest or file that is missing, malformed or fails its sha256.
+    """
     from .runtime.manifest import load_manifest
 
     return load_manifest(bundle, verify=True)

@@ -15,7 +15,13 @@ __all__ = ["ServeSettings", "build_app"]
 
 
 def build_app(args: dict[str, Any]):
-    """Application builder for ``serve run`` / ``serve deploy``: ``args`` are ServeSettings fields."""
+    """Application builder for ``serve run`` / ``serve deploy``: ``args`` are ServeSettings fields.
+
+    The bundle is loaded by each replica, not here: its errors show in the replicas' logs.
+
+    Raises:
+        ConfigError: an unknown setting or a value out of range.
+    """
     from .deployment import build_deployment
 
     return build_deployment(ServeSettings.from_dict(dict(args)))

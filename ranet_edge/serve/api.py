@@ -31,7 +31,11 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
 
 def decode_image(data: bytes) -> np.ndarray | None:
-    """JPEG/PNG (or any format OpenCV reads) bytes -> uint8 HxWx3 RGB; None if undecodable."""
+    """JPEG/PNG (or any format OpenCV reads) bytes -> uint8 HxWx3 RGB; None if undecodable.
+
+    Raises:
+        RequestError: 413, the image declares more than ``MAX_IMAGE_PIXELS`` pixels.
+    """
     import cv2
 
     try:
@@ -47,7 +51,12 @@ def parse_images(content_type: str | None, body: bytes, spec: PreprocessSpec, ma
     """A classify request's body -> uint8 (k, S, S, 3) images fitted to the network input.
 
     The body is one image file (``image/*``) or a JSON list of base64 strings
-    (``application/json``); anything else raises :class:`RequestError` with its status.
+    (``application/json``).
+
+    Raises:
+        RequestError: 415 for another content type; 400 for an empty body, bad JSON, bad
+            base64 or an image that does not decode; 413 for more than ``max_images`` images
+            or one with more than ``MAX_IMAGE_PIXELS`` pixels.
     """
     ctype = (content_type or "").split(";")[0].strip().lower()
     if not ctype.startswith("image/") and ctype != "application/json":
@@ -83,4 +92,5 @@ def parse_images(content_type: str | None, body: bytes, spec: PreprocessSpec, ma
 
 
 def error_body(message: str) -> dict:
+    """The JSON body of every refusal: ``{"error": message}``, its whitespace folded to one line."""
     return {"error": " ".join(str(message).split())}  # always one line

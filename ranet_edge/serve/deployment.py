@@ -27,7 +27,15 @@ DRAIN_POLL_S = 0.05  # how often a replica looks for the drain file
 
 
 class RanetServer:
-    """An HTTP ingress deployment serving one bundle (see ``ServeSettings``)."""
+    """An HTTP ingress deployment serving one bundle (see ``ServeSettings``).
+
+    Raises:
+        ConfigError: ``settings`` that ``ServeSettings.from_dict`` refuses.
+        BundleError: a bundle that does not load (see :class:`~ranet_edge.serve.engine.ServedModel`).
+        CalibrationError: an operating point the bundle does not store.
+        ProviderError: a provider that is not available on the replica's node.
+        InputError: an executor that cannot batch rows of several requests.
+    """
 
     def __init__(self, settings: dict, drain_file: str | None = None, model_name: str = "ranet-edge"):
         self.settings = ServeSettings.from_dict(settings)

@@ -30,6 +30,8 @@ class ServedModel:
     Raises:
         BundleError: a bundle that does not load, or ``graph="monolithic"`` without a monolithic graph.
         CalibrationError: an operating point the bundle does not store.
+        ProviderError: ``settings.provider`` is not available here, or took no node of a graph.
+        InputError: options the chain refuses (``max_batch``).
     """
 
     def __init__(self, settings: ServeSettings):

@@ -57,6 +57,8 @@ messages = _message_classes()
 
 
 def grpc_code(status: int) -> grpc.StatusCode:
+    """The gRPC status a refusal's HTTP ``status`` is sent as (:data:`GRPC_CODES`, else
+    INVALID_ARGUMENT for a 4xx, INTERNAL otherwise)."""
     if status in GRPC_CODES:
         return GRPC_CODES[status]
     return grpc.StatusCode.INVALID_ARGUMENT if 400 <= status < 500 else grpc.StatusCode.INTERNAL
@@ -69,7 +71,12 @@ def _param(value: Any) -> Any:
 
 
 def infer_request(msg: Any, model: Any, max_images: int) -> oip.InferRequest:
-    """A ModelInferRequest -> the checked, preprocessed request (RequestError when refused)."""
+    """A ModelInferRequest -> the checked, preprocessed request.
+
+    Raises:
+        RequestError: 400 for raw_input_contents that do not match ``inputs`` or a refused
+            request, 413 for too many images (see :func:`~ranet_edge.serve.oip.build_request`).
+    """
     raw = list(msg.raw_input_contents)
     if raw and len(raw) != len(msg.inputs):
         raise RequestError(400, f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs; "
@@ -93,6 +100,7 @@ def infer_request(msg: Any, model: Any, max_images: int) -> oip.InferRequest:
 
 
 def infer_response(req: oip.InferRequest, answer: oip.Answer, model_name: str) -> Any:
+    """The ModelInferResponse of ``answer``: the requested outputs as ``raw_output_contents``."""
     resp = messages["ModelInferResponse"](model_name=model_name, model_version=oip.MODEL_VERSION, id=req.id or "")
     for wanted, datatype, arr in oip.output_tensors(req, answer):
         resp.outputs.add(name=wanted.name, datatype=datatype, shape=list(arr.shape))
@@ -118,19 +126,28 @@ class InferenceService:
         self.metrics = metrics
 
     async def server_live(self, request: Any, context: Any) -> Any:
+        """ServerLive: always live while the process answers."""
         return messages["ServerLiveResponse"](live=True)
 
     async def server_ready(self, request: Any, context: Any) -> Any:
+        """ServerReady: ``ready()`` (False while draining)."""
         return messages["ServerReadyResponse"](ready=bool(self._ready()))
 
     async def model_ready(self, request: Any, context: Any) -> Any:
+        """ModelReady: ready when the name (and version, if given) is ours and the server is ready."""
         ours = request.name == self.name and request.version in ("", oip.MODEL_VERSION)
         return messages["ModelReadyResponse"](ready=ours and bool(self._ready()))
 
     async def server_metadata(self, request: Any, context: Any) -> Any:
+        """ServerMetadata: name, version and extensions, as ``GET /v2``."""
         return messages["ServerMetadataResponse"](**oip.server_metadata())
 
     async def model_metadata(self, request: Any, context: Any) -> Any:
+        """ModelMetadata, as ``GET /v2/models/NAME``.
+
+        Raises:
+            grpc.aio.AbortError: (``context.abort``) NOT_FOUND, another model name or version.
+        """
         start = time.perf_counter()
         try:
             oip.check_model(request.name, request.version, self.name)
@@ -140,6 +157,13 @@ class InferenceService:
         return messages["ModelMetadataResponse"](**oip.model_metadata(self.model, self.name))
 
     async def model_infer(self, request: Any, context: Any) -> Any:
+        """ModelInfer: classify the request's images within ``timeout_s``.
+
+        Raises:
+            grpc.aio.AbortError: (``context.abort``) a refusal, with the status of
+                :func:`grpc_code` and the HTTP message (``retry-after`` trailer when
+                overloaded); INTERNAL for the server's own failure.
+        """
         start = time.perf_counter()
         try:
             oip.check_model(request.model_name, request.model_version, self.name)
@@ -185,6 +209,10 @@ class InferenceService:
             self.metrics.answered(f"grpc/{method}", code.name, seconds)
 
     def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler of service ``inference.GRPCInferenceService``, for ``add_generic_rpc_handlers``.
+
+        Request bytes that are no such message are refused with INVALID_ARGUMENT.
+        """
         rpcs = {"ServerLive": self.server_live, "ServerReady": self.server_ready, "ModelReady": self.model_ready,
                 "ServerMetadata": self.server_metadata, "ModelMetadata": self.model_metadata,
                 "ModelInfer": self.model_infer}
@@ -218,6 +246,9 @@ def build_grpc_server(engine: Any, model_name: str, host: str, port: int, *,
     (RESOURCE_EXHAUSTED). ServerReady and ModelReady say ``ready()`` (default: the engine is
     not closing), so a draining server says it is not ready. ``metrics``: see
     :class:`InferenceService`.
+
+    Raises:
+        ServeError: ``host:port`` cannot be bound (in use, or no such address).
     """
     service = InferenceService(engine, model_name, ready, metrics)
     limit = int(engine.model.settings.max_body_bytes)

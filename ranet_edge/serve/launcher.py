@@ -43,9 +43,11 @@ class Flag:
         self.value = False
 
     def set(self) -> None:
+        """Raise the flag (safe in a signal handler)."""
         self.value = True
 
     def is_set(self) -> bool:
+        """Whether the flag was raised."""
         return self.value
 
 
@@ -70,6 +72,7 @@ class Server:
             its log, the GCS port and the machine's memory).
         ServeError: the cluster cannot be reached, or Serve's HTTP proxy cannot start.
         InputError: the port is taken, or ``haproxy`` with ``address``.
+        MissingExtraError: Ray is not installed (``ranet-edge[ray]``).
     """
 
     def __init__(self, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
@@ -127,13 +130,22 @@ class Server:
 
     @property
     def base_url(self) -> str:
+        """``http://host:port`` of Serve's HTTP proxy (a running cluster's own, when joined)."""
         return f"http://{self.host}:{self.port}"
 
     def deploy(self, settings: ServeSettings, name: str = "ranet-edge", route_prefix: str = "/",
                summary: dict | None = None, model_name: str = "ranet-edge") -> Deployed:
         """Load the bundle here first (a bad bundle, provider or operating point fails fast,
         with its one-line error; ``summary`` says it was already loaded), then deploy it and
-        wait until every replica is up."""
+        wait until every replica is up.
+
+        Raises:
+            BundleError: the bundle does not load (not checked again when ``summary`` is given).
+            CalibrationError: an operating point the bundle does not store (likewise).
+            ProviderError: a provider that is not available here (likewise).
+            InputError: ``route_prefix`` does not start with '/'.
+            ServeError: Serve could not deploy it (a replica that did not start).
+        """
         from .deployment import build_deployment
         from .engine import ServedModel
 
@@ -146,7 +158,12 @@ class Server:
         return Deployed(name, self.base_url + route_prefix.rstrip("/"), summary)
 
     def deploy_app(self, app, name: str, route_prefix: str) -> None:
-        """Deploy any bound Serve application (the load benchmark deploys an echo this way)."""
+        """Deploy any bound Serve application (the load benchmark deploys an echo this way).
+
+        Raises:
+            InputError: ``route_prefix`` does not start with '/'.
+            ServeError: ``serve.run`` failed (a replica that did not start); names the logs.
+        """
         from ray import serve
 
         if not route_prefix.startswith("/"):
@@ -247,6 +264,15 @@ def serve_bundle(settings: ServeSettings, address: str | None = None, host: str 
 
     A local Ray gets at least as many CPUs as the replicas reserve (``replicas * threads``),
     so they never wait for a CPU that this machine does not announce.
+
+    Raises:
+        BundleError: the bundle does not load (checked before Ray starts).
+        CalibrationError: an operating point the bundle does not store.
+        ProviderError: a provider that is not available here.
+        RayStartError: the private Ray did not come up.
+        ServeError: the cluster cannot be reached, or Serve cannot start or deploy (Ray is closed first).
+        InputError: a port that is taken, or ``haproxy`` with ``address``.
+        MissingExtraError: Ray is not installed.
     """
     from .engine import ServedModel
 

@@ -78,6 +78,7 @@ class App:
 
 
 async def send_reply(send, reply: Reply) -> None:
+    """Send ``reply`` through the ASGI ``send``, with its length; a 413 also closes the connection."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
     headers.append((b"content-length", str(len(reply.body)).encode()))
     if reply.status == 413:  # the rest of a body too large is not read: this connection ends
@@ -87,7 +88,11 @@ async def send_reply(send, reply: Reply) -> None:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (0: the OS picks), or InputError naming the fix."""
+    """A listening socket on host:port (0: the OS picks), inheritable.
+
+    Raises:
+        InputError: the address cannot be bound (in use, or not this machine's); names the fix.
+    """
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -105,6 +110,14 @@ def run_local(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000
     """Serve ``settings`` in this process until SIGINT or SIGTERM; the exit code (0 once stopped).
 
     Errors while starting (a bad bundle, a port in use) raise before anything listens.
+
+    Raises:
+        MissingExtraError: uvicorn or prometheus_client is not installed (``ranet-edge[serve]``).
+        BundleError: a bundle that does not load (see :class:`~ranet_edge.serve.engine.ServedModel`).
+        CalibrationError: an operating point the bundle does not store.
+        ProviderError: a provider that is not available here.
+        InputError: the port cannot be bound, or an executor that cannot batch several requests.
+        ServeError: the gRPC port cannot be bound.
     """
     t0 = time.perf_counter()
     for module in ("uvicorn", "prometheus_client"):

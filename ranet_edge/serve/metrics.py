@@ -65,6 +65,7 @@ class Metrics:
         self._batch[graph].observe(rows)
 
     def answered(self, route: str, status: int, seconds: float) -> None:
+        """Count one answered request of ``route`` and observe its latency (arrival to answer)."""
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
@@ -78,4 +79,5 @@ class Metrics:
                 self._exits[k].inc(n)
 
     def text(self) -> bytes:
+        """This server's registry in Prometheus' text format (the body of GET /metrics)."""
         return generate_latest(self.registry)

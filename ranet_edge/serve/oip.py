@@ -52,6 +52,8 @@ _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_mem
 
 @dataclass(frozen=True)
 class RequestedOutput:
+    """One output a request asks for, and how it goes back."""
+
     name: str  # one of OUTPUTS
     binary: bool  # REST: sent after the JSON header (binary tensor data extension); gRPC ignores it
 
@@ -96,7 +98,11 @@ def model_metadata(model: ServedModel, name: str) -> dict:
 
 
 def check_model(name: str, version: str | None, served: str) -> None:
-    """RequestError 404 unless ``name`` (and ``version``, when given) is the model served."""
+    """Check that ``name`` (and ``version``, when given) is the model served.
+
+    Raises:
+        RequestError: 404, another model name or version.
+    """
     if name != served:
         raise RequestError(404, f"unknown model {show(name)}; this server serves {served!r} "
                                 f"(GET /v2/models/{served})")
@@ -106,7 +112,11 @@ def check_model(name: str, version: str | None, served: str) -> None:
 
 
 def parse_header_length(value: str | None) -> int | None:
-    """The ``Inference-Header-Content-Length`` header as a number (None when absent)."""
+    """The ``Inference-Header-Content-Length`` header as a number (None when absent).
+
+    Raises:
+        RequestError: 400, the header is not a whole number.
+    """
     if value is None:
         return None
     text = value.strip()
@@ -118,7 +128,11 @@ def parse_header_length(value: str | None) -> int | None:
 # ---------------------------------------------------------------------------- requests
 def parse_rest_infer(body: bytes, header_length: int | None, model: ServedModel, max_images: int) -> InferRequest:
     """``POST /v2/models/{name}/infer``: a JSON body, or (``header_length`` given, from the
-    ``Inference-Header-Content-Length`` header) a JSON header followed by binary tensor data."""
+    ``Inference-Header-Content-Length`` header) a JSON header followed by binary tensor data.
+
+    Raises:
+        RequestError: 400 for a malformed request, 413 for too many images (see :func:`build_request`).
+    """
     if header_length is None:
         header, binary = body, b""
     else:
@@ -190,7 +204,13 @@ def parse_rest_infer(body: bytes, header_length: int | None, model: ServedModel,
 def build_request(request_id: str | None, inputs: Sequence[TensorIn], parameters: Mapping[str, Any],
                   outputs: Sequence[tuple[str, Mapping[str, Any]]], model: ServedModel,
                   max_images: int) -> InferRequest:
-    """Check the decoded parts of a request (either transport) and preprocess its input."""
+    """Check the decoded parts of a request (either transport) and preprocess its input.
+
+    Raises:
+        RequestError: 400 for a malformed parameter, an unknown operating point, output or
+            input, shared memory, or not exactly one input; 400/413 from decoding the input
+            (:func:`~ranet_edge.serve.oip_tensors.decode_input`).
+    """
     binary_default = _flag(parameters.get("binary_data_output", False), "parameter binary_data_output")
     point = parameters.get(POINT_PARAMETER)
     if point is not None:

@@ -43,11 +43,18 @@ def input_shape(model: ServedModel) -> tuple[int, int, int]:
 
 
 def decode_input(t: TensorIn, model: ServedModel, max_images: int) -> np.ndarray:
-    """``t`` (named IMAGE or INPUT) -> float32 (N, C, H, W), preprocessed; RequestError if refused."""
+    """``t`` (named IMAGE or INPUT) -> float32 (N, C, H, W), preprocessed.
+
+    Raises:
+        RequestError: 400 for a wrong datatype or shape, no image, data that is malformed or
+            disagrees with the shape, an image that does not decode or non-finite values;
+            413 for more than ``max_images`` images or one over ``api.MAX_IMAGE_PIXELS`` pixels.
+    """
     return _images(t, model, max_images) if t.name == IMAGE else _array(t, model, max_images)
 
 
 def accepted(model: ServedModel) -> str:
+    """The inputs this model takes, as the end of a refusal's message."""
     c, h, w = input_shape(model)
     return (f"send {IMAGE!r} (BYTES [-1], one JPEG/PNG file per element) or {INPUT!r} "
             f"(FP32 [-1, {c}, {h}, {w}], preprocessed)")
@@ -199,6 +206,7 @@ def _flatten(data: Any, name: str) -> list:
 
 
 def kind(value: Any) -> str:
+    """What a JSON value is, in words ("a list", "null"), for messages that must not echo it."""
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
             int: "a number", float: "a number", bytes: "bytes"}.get(type(value), type(value).__name__)
 

@@ -42,6 +42,7 @@ class RayStartError(ServeError):
 
     @property
     def summary(self) -> str:
+        """The one line naming the cause, without the log tails of ``detail``."""
         return str(self.args[0])
 
     def __str__(self) -> str:

@@ -66,13 +66,22 @@ def run_ray(settings: ServeSettings, address: str | None = None, host: str = "12
     """Serve ``settings`` on Ray until SIGINT or SIGTERM; the process's exit code.
 
     0 once stopped by a signal (also one that came while Ray was starting). Errors while
-    starting raise (``ServeError``, ``InputError``), after stopping what had started. When a
-    step of the stop had to be abandoned (Ray did not answer within its bound), this ends the
-    process itself with ``os._exit`` once everything is flushed and killed, so that Ray's
-    exit handlers cannot hang it.
+    starting raise, after stopping what had started. When a step of the stop had to be
+    abandoned (Ray did not answer within its bound), this ends the process itself with
+    ``os._exit`` once everything is flushed and killed, so that Ray's exit handlers cannot
+    hang it.
 
     Meant for a process of its own (``ranet-edge serve``): with a local Ray, the last sweep
     kills and reaps every process below this one, all of them Ray's there.
+
+    Raises:
+        BundleError: the bundle does not load (checked before Ray starts).
+        CalibrationError: an operating point the bundle does not store.
+        ProviderError: a provider that is not available here.
+        RayStartError: the private Ray did not come up.
+        ServeError: the cluster cannot be reached, or Serve cannot start or deploy.
+        InputError: a port that is taken, or ``haproxy`` with ``address``.
+        MissingExtraError: Ray is not installed.
     """
     signals = _Signals()
     local = address is None

@@ -55,6 +55,7 @@ class LocalRay:
 
     @property
     def logs_dir(self) -> str:
+        """Where Ray's logs of this session are (``serve/`` below it: the replicas')."""
         return os.path.join(self.session_dir, "logs")
 
 

@@ -36,17 +36,25 @@ ReadBody = Callable[[int], Awaitable[bytes]]  # read_body(limit): the body, Requ
 
 @dataclass
 class Reply:
+    """One HTTP answer, as either ingress sends it: status, body bytes, lower-case headers."""
+
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)  # content-type included
 
     @classmethod
     def json(cls, obj: dict, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+        """``obj`` as compact UTF-8 JSON, with ``content-type`` and ``headers`` added.
+
+        Raises:
+            ValueError: ``obj`` holds a NaN or infinite float (not valid JSON).
+        """
         body = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
         return cls(status, body, {"content-type": JSON, **(headers or {})})
 
     @classmethod
     def error(cls, exc: RequestError) -> Reply:
+        """The one-line ``{"error": ...}`` answer of a refusal; ``Retry-After`` for Overloaded."""
         headers = {"retry-after": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else {}
         return cls.json(error_body(exc.message), exc.status, headers)
 
@@ -72,6 +80,11 @@ class Routes:
 
     async def handle(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
                      read_body: ReadBody) -> Reply:
+        """Answer one request, count it in ``metrics`` and log it to ``ranet_edge.serve.access``.
+
+        Every outcome is a Reply: refusals (``RequestError`` from ``read_body`` included)
+        become 4xx/503 replies, the server's own failures a 500.
+        """
         start = time.perf_counter()
         route = "other"
         if self.draining:
@@ -190,6 +203,7 @@ class Routes:
 
 
 def too_big(limit: int) -> RequestError:
+    """The 413 a ``read_body`` raises for a body over ``limit`` bytes (returned, not raised)."""
     return RequestError(413, f"the body exceeds this server's limit of {limit} bytes (max_body_bytes); "
                              "send smaller images or fewer per request")
 

@@ -58,6 +58,12 @@ class Rows:
 
     @staticmethod
     def merge(ex: Executor, parts: Sequence[Rows]) -> Rows:
+        """One Rows of ``parts`` in order (requests of several batches, tensors concatenated
+        by ``ex``); ``since`` is the oldest part's.
+
+        Raises:
+            InputError: several parts and an executor that cannot merge rows (captured buffers).
+        """
         if len(parts) == 1:
             return parts[0]
         reqs: list[Request] = []

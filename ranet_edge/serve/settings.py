@@ -16,7 +16,11 @@ _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Settings of one served bundle; ``from_dict`` reads them from a Serve config file's ``args``."""
+    """Settings of one served bundle; ``from_dict`` reads them from a Serve config file's ``args``.
+
+    Raises:
+        ConfigError: an unknown ``graph``, or a count, time or flag that is out of range or mistyped.
+    """
 
     bundle: str | None = None  # bundle directory; None: the shipped default bundle
     graph: str = "chain"  # "chain": per-exit graphs, early exit; "monolithic": the whole model per image
@@ -51,7 +55,12 @@ class ServeSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ServeSettings:
-        """Build from a mapping (dashes or underscores); unknown keys are refused with the valid ones."""
+        """Build from a mapping (dashes or underscores); strings are converted (``max_batch="32"``).
+
+        Raises:
+            ConfigError: an unknown key (the message lists the valid ones), a string that is no
+                number or boolean where one is due, or a value out of range.
+        """
         valid = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
@@ -71,8 +80,13 @@ class ServeSettings:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name: what ``from_dict`` reads back (and what a replica is sent)."""
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> ServeSettings:
-        """A copy with some fields changed; ``None`` values are ignored (unset CLI options)."""
+        """A copy with some fields changed; ``None`` values are ignored (unset CLI options).
+
+        Raises:
+            ConfigError: a changed value out of range or mistyped.
+        """
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -120,8 +120,11 @@ class StageEngine:
         return list(self._queued)
 
     def thresholds(self, point: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """float32 (thresholds, temperatures) per exit of a stored point (None: the default);
-        RequestError 400 for a name the bundle does not store."""
+        """float32 (thresholds, temperatures) per exit of a stored point (None: the default).
+
+        Raises:
+            RequestError: 400, a name the bundle does not store.
+        """
         hit = self._points.get(point)
         if hit is None:
             try:
@@ -135,9 +138,13 @@ class StageEngine:
     async def classify(self, x: np.ndarray, point: str | None) -> Answer:
         """Labels, exits, confidences and logits of the float32 (n, C, H, W) images ``x``
         (preprocessed) under the stored operating point ``point`` (None: the server's default).
+        Cancelling the call discards its rows still queued.
 
-        RequestError 400 for a bad point or array; Overloaded (503) when the queue is full or
-        the server is draining. Cancelling the call discards its rows still queued.
+        Raises:
+            RequestError: 400 for a bad point or array, 413 for more images than ``max_queue``.
+            Overloaded: 503, the queue is full or the server is draining (also for a request
+                still unanswered when :meth:`close` gives up).
+            RuntimeError: a graph run failed on this request's rows ("the model failed: ...").
         """
         thr, temps = self.thresholds(point)
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 1 + len(self._shape) \
