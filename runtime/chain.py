@@ -199,12 +199,18 @@ class ExitChain:
         """
         x = self.check_input(x)
         thr, temps = self._thresholds_cached(thresholds)
-        out = Results(len(x))
-        parts = self._route(x, 0, thr, temps) if len(x) <= self.max_batch and not self.executor.exclusive \
+        n = len(x)
+        parts = self._route(x, 0, thr, temps) if n <= self.max_batch and not self.executor.exclusive \
             else self._stages(x, thr, temps)
+        out = None
         for part in parts:
-            if part is not None:
-                out.fill(part)
+            if part is None:
+                continue
+            if out is None:
+                if len(part.rows) == n:  # every row decided at once, in order (batch 1 mostly)
+                    return Prediction(part.labels, part.exits, part.confidences, part.probabilities)
+                out = Results(n)
+            out.fill(part)
         return out.prediction()
 
     def predict_stages(self, x: np.ndarray, thresholds: Any = None) -> Iterator[StageRows]:

@@ -17,7 +17,6 @@ sees which: no device word is on its path.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,21 +27,22 @@ from ..graphs import GraphInfo
 from .buckets import Buckets
 
 
-@dataclass(frozen=True)
 class Env:
-    """Rows on their way through the graphs, as one executor holds them.
+    """Rows on their way through the graphs, as one executor holds them (never changed once
+    made: an executor's ``run`` and ``take`` make new ones).
 
     ``values`` maps each tensor that the next graph or a later one reads to the executor's
     value for it (a numpy array, an OrtValue on a device, ...). They hold ``rows`` real rows,
     then padding rows up to a batch bucket where the executor pads. ``after`` is the last graph
     run on them (-1: none). ``scratch`` is executor state the values live in (the host
-    executor's pre-bound buffers); None when the values are the env's own.
+    executor's pre-bound buffers); None when the values are the env's own. A plain class with
+    slots, not a dataclass: one is made per graph run, and at batch 1 that cost shows.
     """
 
-    values: dict[str, Any]
-    rows: int
-    after: int = -1
-    scratch: Any = None
+    __slots__ = ("values", "rows", "after", "scratch")
+
+    def __init__(self, values: dict[str, Any], rows: int, after: int = -1, scratch: Any = None):
+        self.values, self.rows, self.after, self.scratch = values, rows, after, scratch
 
 
 class Executor:
