@@ -175,15 +175,12 @@ class ExitChain:
         """
         x = self.check_input(x)
         ex = self.executor
+        if len(x) <= self.max_batch and not ex.exclusive:  # one chunk
+            return ex.run_every(ex.feed(x, scratch=True))
         parts = []
         with ex.lock if ex.exclusive else nullcontext():
             for start in self._chunks(len(x)):
-                env = ex.feed(x[start:start + self.max_batch], scratch=True)
-                logits: list[np.ndarray] = []
-                for g in range(len(ex.graphs)):
-                    z, env = ex.run(g, env)
-                    logits += [a.copy() for a in z]  # run's logits may be views of reused buffers
-                parts.append(logits)
+                parts.append(ex.run_every(ex.feed(x[start:start + self.max_batch], scratch=True)))
         return parts[0] if len(parts) == 1 else [np.concatenate(col) for col in zip(*parts)]
 
     def predict(self, x: np.ndarray, thresholds: Any = None) -> Prediction:

@@ -79,6 +79,15 @@ class Executor:
         executor's buffers, valid until its next run on this thread: copy them to keep them."""
         raise NotImplementedError
 
+    def run_every(self, env: Env) -> list[np.ndarray]:
+        """Every graph on all of ``env``'s rows (anytime prediction, ``run_all``): every exit's
+        logits, in exit order, copies the caller keeps. Executors with a cheaper way override it."""
+        logits: list[np.ndarray] = []
+        for g in range(len(self.graphs)):
+            z, env = self.run(g, env)
+            logits += [a.copy() for a in z]
+        return logits
+
     def take(self, env: Env, keep: np.ndarray) -> Env:
         """Only the rows ``keep`` (sorted int positions among ``env``'s real rows) go on."""
         raise NotImplementedError

@@ -58,6 +58,11 @@ class HostExecutor(Executor):
             logits = [z[:env.rows] for z in logits]
         return logits, Env(self.kept(g, env, cache), env.rows, g)
 
+    def run_every(self, env: Env) -> list[np.ndarray]:
+        if env.scratch is None:
+            return super().run_every(env)
+        return env.scratch.run_all(env.values[self.input_name])  # one tight loop over the bound graphs
+
     def take(self, env: Env, keep: np.ndarray) -> Env:
         values = env.values
         if env.scratch is not None:  # read what later graphs need out of the plan's buffers
@@ -128,6 +133,7 @@ class BoundPlan:
                 io.bind_ortvalue_output(name, values[name])
             self._steps.append(_fast_calls(g.session, io, input_name in g.inputs))
         self._logit_buffers = [[self.buffers[name] for name in g.logit_names] for g in graphs]
+        self._all_logits = [b for bufs in self._logit_buffers for b in bufs]
         self._image: np.ndarray | None = None  # the bound image stays alive while bound
 
     def run_graph(self, g: int, x: np.ndarray) -> list[np.ndarray]:
@@ -139,6 +145,17 @@ class BoundPlan:
             bind_image(self.input_name, x)
         run(io, self._run_options)
         return self._logit_buffers[g]
+
+
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every graph in order; copies of every exit's logits."""
+        name, options = self.input_name, self._run_options
+        self._image = x
+        for run, io, bind_image in self._steps:
+            if bind_image is not None:
+                bind_image(name, x)
+            run(io, options)
+        return [b.copy() for b in self._all_logits]
 
 
 def _fast_calls(session: ort.InferenceSession, io: ort.IOBinding, reads_image: bool) -> tuple:
