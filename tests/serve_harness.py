@@ -15,10 +15,12 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -283,3 +285,33 @@ def assert_stopped_cleanly(srv: Running) -> None:
     assert left_after_stop(srv.proc.pid) == {}, "processes left behind"
     with pytest.raises(OSError):  # nothing listens there any more
         urllib.request.urlopen(f"{srv.url}/v1/health", timeout=5)
+
+
+def refused_upload(method: str, url: str, body: bytes, headers: dict) -> tuple[int, Message, bytes]:
+    """A body over the server's limit, sent as a careful client does: the headers first, then
+    the answer read before the body goes out (the server refuses on Content-Length and closes;
+    a client still writing the body then meets a broken pipe, and urllib loses the answer)."""
+    u = urllib.parse.urlsplit(url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection((u.hostname, u.port), timeout=60) as s:
+        s.sendall(f"{method} {u.path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _length(data):
+            more = s.recv(65536)
+            if not more:
+                break
+            data += more
+    status, _, rest = data.partition(b"\r\n")
+    raw_headers, _, payload = rest.partition(b"\r\n\r\n")
+    msg = Message()
+    for line in raw_headers.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        msg[name.strip()] = value.strip()
+    return int(status.split()[1]), msg, payload
+
+
+def _length(data: bytes) -> int:
+    for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 1 << 30

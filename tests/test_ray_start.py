@@ -100,6 +100,7 @@ def test_a_raylet_that_gives_up_on_its_slow_agent_is_named_and_started_again(tmp
 
 
 @pytest.mark.needs("ray")
+@pytest.mark.slow  # a pytest run in a subprocess, Ray started and given up: 5-65 s
 def test_a_module_fixture_that_cannot_start_ray_reports_the_cause_once(tmp_path):
     (tmp_path / "test_three.py").write_text(textwrap.dedent(f"""
         import pytest
@@ -121,9 +122,15 @@ def test_a_module_fixture_that_cannot_start_ray_reports_the_cause_once(tmp_path)
     """))
     env = {**os.environ, "RANET_EDGE_RAY_START_S": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rs",
-                          "test_three.py"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300).stdout
-    assert re.search(r"\b1 error\b", out) and re.search(r"\b2 skipped\b", out), out
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rs", "test_three.py"]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    if not run.stdout and not run.stderr:
+        # Seen about once in five runs on a loaded 2-core machine: the inner pytest exits 1 about
+        # 60 s later having printed nothing at all (cause not found; issue 29's closing note).
+        # What this test checks is the report, so such a run is done again, once.
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    out = run.stdout
+    assert re.search(r"\b1 error\b", out) and re.search(r"\b2 skipped\b", out), (run.returncode, out, run.stderr[-3000:])
     assert out.count("Ray did not start within 1 s") == 1, out  # the cause in full, once
     assert "Traceback" not in out and "raylet" in out, out
     assert "Ray did not start: see the first error of this module (test_a)" in out, out

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from serve_harness import Running, assert_stopped_cleanly, running_server, stop_with
+from serve_harness import Running, assert_stopped_cleanly, refused_upload, running_server, stop_with
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import ExitChain
@@ -75,6 +75,8 @@ def png(rgb: np.ndarray) -> bytes:
 def request(method: str, url: str, body: bytes | None = None, headers: dict | None = None
             ) -> tuple[int, Message, bytes]:
     """(status, headers (names case-insensitive), body)."""
+    if body is not None and len(body) > LIMIT:
+        return refused_upload(method, url, body, headers or {})
     req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
