@@ -51,6 +51,7 @@ class LoadReport:
 
     @property
     def total_s(self) -> float:
+        """Loading and warm-up together."""
         return self.load_s + self.warmup_s
 
 

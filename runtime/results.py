@@ -33,6 +33,7 @@ class StageRows:
 
     @classmethod
     def concat(cls, parts: list[StageRows], num_classes: int) -> StageRows:
+        """One StageRows of ``parts`` in order (an empty one, with ``num_classes`` columns, for none)."""
         if len(parts) == 1:
             return parts[0]
         if not parts:

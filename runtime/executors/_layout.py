@@ -49,12 +49,15 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class Buffer:
+    """One fixed buffer: its key (see the module doc), shape with the batch axis, dtype name."""
+
     key: tuple
     shape: tuple[int, ...]
     dtype: str
 
     @property
     def nbytes(self) -> int:
+        """Its size in bytes."""
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
@@ -83,6 +86,7 @@ class FixedLayout:
     # ------------------------------------------------------------------ buckets and ids
     @property
     def largest(self) -> int:
+        """The largest bucket: the most rows a call runs at once."""
         return self.buckets[-1]
 
     def graph_id(self, b: int) -> int:
@@ -97,6 +101,7 @@ class FixedLayout:
         return i * (i + 1) // 2 + j
 
     def gather_pairs(self) -> list[tuple[int, int]]:
+        """Every (bucket, next bucket no larger) a gather may move rows between."""
         return [(b, c) for b in self.buckets for c in self.buckets if c <= b]
 
     # ------------------------------------------------------------------ tensors
@@ -123,6 +128,7 @@ class FixedLayout:
         return out
 
     def total_bytes(self) -> int:
+        """Device memory of every buffer, all buckets."""
         return sum(buf.nbytes for buf in self.buffers())
 
     def gather_io(self, s: int, b: int, b_next: int) -> tuple[list[tuple], list[tuple]]:
@@ -133,6 +139,7 @@ class FixedLayout:
         return ins, [("env", s + 1, b_next, n) for n in names]
 
     def handed_on_types(self, s: int) -> list[str]:
+        """The dtype names of what graph ``s`` hands on, in ``handed_on`` order."""
         return [self._specs[s][n].dtype for n in self.stages[s].handed_on]
 
 

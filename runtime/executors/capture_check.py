@@ -96,13 +96,16 @@ class CaptureReport:
 
     @property
     def blockers(self) -> list[str]:
+        """Every reason a session was kept off CUDA graphs, as ``"session: reason"``."""
         return [f"{g.name}: {b}" for g in self.graphs for b in g.blockers]
 
     @property
     def all_captured(self) -> bool:
+        """Whether every session of the executor runs as CUDA graphs."""
         return bool(self.graphs) and all(g.captured for g in self.graphs)
 
     def to_dict(self) -> dict:
+        """The report as JSON-ready data (what benchmarks and ``bench --json`` record)."""
         return {"provider": self.provider, "requested": self.requested, "stream": self.stream,
                 "buffers_bytes": self.buffers_bytes, "all_captured": self.all_captured,
                 "graphs": [{"name": g.name, "captured": g.captured, "blockers": list(g.blockers),
