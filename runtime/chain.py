@@ -204,7 +204,7 @@ class ExitChain:
             if part is None:
                 continue
             if out is None:
-                if len(part.rows) == n:  # every row decided at once, in order (batch 1 mostly)
+                if len(part.rows) == n and _in_order(part.rows):  # every row at once (batch 1 mostly)
                     return Prediction(part.labels, part.exits, part.confidences, part.probabilities)
                 out = Results(n)
             out.fill(part)
@@ -265,3 +265,9 @@ class ExitChain:
             keep = np.flatnonzero(alive)  # hand on only the rows of the samples that go on
             rows = rows[keep]
             env = ex.take(env, keep)
+
+
+def _in_order(rows: np.ndarray) -> bool:
+    """Whether distinct row positions are ascending (a graph with two exits lists the rows of
+    its first exit, then those of its second)."""
+    return len(rows) == 1 or bool((rows[:-1] < rows[1:]).all())

@@ -57,7 +57,8 @@ class Results:
         """Record the rows ``d`` decided."""
         if not len(d.rows):
             return
-        if self.probs is None and len(d.rows) == self.n:  # every row at once, in order: adopt the arrays
+        if self.probs is None and len(d.rows) == self.n and (self.n == 1 or (d.rows[:-1] < d.rows[1:]).all()):
+            # every row at once, in input order: adopt the arrays
             self.labels, self.exits, self.conf, self.probs = d.labels, d.exits, d.confidences, d.probabilities
             return
         if self.probs is None:

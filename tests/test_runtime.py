@@ -296,3 +296,32 @@ def test_runtime_import_leaves_torch_out():
     assert result.returncode == 0, result.stderr
     assert "torch" not in result.stdout, result.stdout
     assert result.stdout.strip() == "[]"
+
+
+def test_graphs_with_two_exits_route_like_the_rule(tmp_path):
+    """Sub-network granularity (graphs carrying two exits): predict equals the exit rule applied
+    exit by exit to run_all's logits, at thresholds where a whole batch leaves in graph 0."""
+    from msdnet_toy import save_random_ranet
+
+    from ranet_edge.export.exporter import ExportSpec
+    from ranet_edge.export.ranet import export_checkpoint
+    from ranet_edge.runtime.decision import confidence as decision_confidence
+    from ranet_edge.runtime.decision import decide
+
+    out = tmp_path / "subnet"
+    save_random_ranet("cifar10-w8", tmp_path / "w8.pt", seed=4, logit_scale=20.0)
+    export_checkpoint(tmp_path / "w8.pt", out, ExportSpec(granularity="subnetwork"), log=lambda _m: None)
+    chain = ExitChain.load(out)
+    assert any(len(g.exits) > 1 for g in chain.graphs)
+    x = images(24, seed=21)
+    logits = chain.run_all(x)
+    t0 = float(np.median(decision_confidence(logits[0])))  # half leave at exit 0, the rest at exit 1
+    for thresholds in ([t0, 0.0, 0.5, 0.5, 0.5], 0.5, 0.0, 0.9, [0.99, 0.3, 0.9, 0.6, 0.5]):
+        thr, temps = chain.resolve_thresholds(thresholds)
+        want, alive = np.full(len(x), -1), np.ones(len(x), bool)
+        for k, z in enumerate(logits):
+            d = decide(z, thr[k], temps[k], alive)
+            want[d.take], alive = k, alive & ~d.take
+        got = chain.predict(x, thresholds)
+        np.testing.assert_array_equal(got.exits, want)
+        np.testing.assert_array_equal(got.labels, [logits[k][i].argmax() for i, k in enumerate(want)])
