@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ranet_edge.errors import RanetEdgeError
+from ranet_edge.errors import InputError, RanetEdgeError
 from ranet_edge.runtime.decision import decide
 
 from .api import RequestError
@@ -88,8 +88,9 @@ class StageEngine:
         self.wait_s = (s.batch_wait_ms if batch_wait_ms is None else batch_wait_ms) / 1e3
         self.max_queue = max_queue or s.max_queue
         self.on_batch = on_batch
-        if self.executor.exclusive:
-            self.executor.concat([])  # raises: fixed buffers cannot hold rows of several requests
+        if self.executor.exclusive:  # fixed buffers cannot hold rows of several requests
+            raise InputError(f"the {self.executor.kind} executor cannot merge rows of several requests; "
+                             "load the chain without capture=True to serve it")
         self.stages = self.executor.graphs  # what runs: .path, .exits, per graph
         self._shape = tuple(model.chain.input_shape)
         self._points: dict[str | None, tuple[np.ndarray, np.ndarray]] = {}

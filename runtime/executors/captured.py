@@ -43,7 +43,8 @@ CUDA, TENSORRT = "CUDAExecutionProvider", "TensorrtExecutionProvider"
 
 class CapturedExecutor(Executor):
     """Graphs on fixed-address buffers (see the module doc). Envs carry no values: their
-    rows sit in the buffers of graph ``after + 1`` at bucket ``scratch`` once moved there."""
+    ``scratch`` is ``(bucket, placed)``, the rows sitting at that bucket in the buffers of graph
+    ``after`` (not yet placed) or of graph ``after + 1`` (placed: fed, or gathered there)."""
 
     kind = "captured"
     exclusive = True
@@ -97,25 +98,24 @@ class CapturedExecutor(Executor):
         if m < b:  # padding rows repeat the last real row (ordinary numbers, dropped from the logits)
             x = np.concatenate([x, np.repeat(x[-1:], b - m, axis=0)])
         self.buf[("env", 0, b, self.input_name)].update_inplace(np.ascontiguousarray(x, np.float32))
-        return Env({}, m, -1, b)
+        return Env({}, m, -1, (b, True))
 
     def run(self, g: int, env: Env) -> tuple[list[np.ndarray], Env]:
         if env.after != g - 1:
             raise RuntimeError(f"graph {g} run on rows that left graph {env.after}")
-        b = env.scratch
-        if g > 0 and not env.values.get("moved"):  # every row goes on: move them as they are
+        if not env.scratch[1]:  # every row goes on: move them as they are
             env = self.take(env, np.arange(env.rows))
-            b = env.scratch
+        b = env.scratch[0]
         self._go(("graph", g, b))
         logits = [self._read(("out", g, b, name))[:env.rows] for name in self.layout.stages[g].logits]
-        return logits, Env({}, env.rows, g, b)
+        return logits, Env({}, env.rows, g, (b, False))
 
     def take(self, env: Env, keep: np.ndarray) -> Env:
-        s, b = env.after, env.scratch
+        s, b = env.after, env.scratch[0]
         c = self.buckets.size(len(keep))
         self.buf[("index", c)].update_inplace(self.padded(np.asarray(keep, np.int64)))
         self._go(("gather", s, b, c))
-        return Env({"moved": True}, len(keep), s, c)
+        return Env({}, len(keep), s, (c, True))
 
     def _read(self, key: tuple) -> np.ndarray:
         """A host copy of a buffer (on the CPU, ``numpy()`` is a view the next run overwrites)."""
