@@ -91,9 +91,9 @@ def decide(logits: np.ndarray, thresholds: float | np.ndarray, temperatures: flo
     Returns:
         A :class:`Decision`; its label, confidence and softmax rows are those of the leaving rows.
     """
-    z = logits if isinstance(logits, np.ndarray) and logits.dtype == np.float32 else np.asarray(logits, np.float32)
-    if len(z) == 1 and not (isinstance(thresholds, np.ndarray) and thresholds.ndim) \
-            and not (isinstance(temperatures, np.ndarray) and temperatures.ndim):
+    z = logits if type(logits) is np.ndarray and logits.dtype is _F32 else np.asarray(logits, np.float32)
+    if len(z) == 1 and (type(thresholds) is not np.ndarray or not thresholds.ndim) \
+            and (type(temperatures) is not np.ndarray or not temperatures.ndim):
         return _decide_one(z, thresholds, temperatures, alive)
     if isinstance(temperatures, np.ndarray) and temperatures.ndim:  # one per row
         temps = temperatures.astype(np.float32, copy=False)
@@ -123,20 +123,30 @@ def decide(logits: np.ndarray, thresholds: float | np.ndarray, temperatures: flo
 
 def _decide_one(z: np.ndarray, threshold, temperature, alive: np.ndarray | None) -> Decision:
     """:func:`decide` for one row and one threshold (every ``predict`` of one sample): the same
-    float32 operations on the row itself, with fewer numpy calls. A test checks it against the
-    batch form bit for bit."""
+    float32 operations on the row itself, with fewer numpy calls (the reductions are called as
+    the ufuncs ``ndarray.max`` / ``sum`` wrap, and a row that stays is answered by a shared,
+    read-only Decision). A test checks it against the batch form bit for bit."""
     row = z[0] if temperature == 1.0 else z[0] / np.float32(temperature)
-    e = np.exp(row - row.max())
-    total = e.sum()
+    e = np.exp(row - _MAX(row))
+    total = _SUM(e)
     conf = ONE / total
     thr = np.float32(threshold)
     if (thr == -np.inf or conf >= thr) and (alive is None or alive[0]):
         p = e / total
         return Decision(_ONE_TAKEN, np.array([p.argmax()]), np.array([conf]), p[None], True)
-    return Decision(_NONE_TAKEN, _NO_LABELS, _NO_CONF, np.empty((0, z.shape[-1]), np.float32))
+    stays = _STAYS.get(len(row))
+    if stays is None:
+        none = np.empty((0, len(row)), np.float32)
+        none.flags.writeable = False
+        stays = _STAYS[len(row)] = Decision(_NONE_TAKEN, _NO_LABELS, _NO_CONF, none)
+    return stays
 
 
 _ONE_TAKEN, _NONE_TAKEN = np.ones(1, bool), np.zeros(1, bool)
 _ONE_TAKEN.flags.writeable = _NONE_TAKEN.flags.writeable = False
 _NO_LABELS = np.empty(0, np.int64)
 _NO_CONF = np.empty(0, np.float32)
+_NO_LABELS.flags.writeable = _NO_CONF.flags.writeable = False
+_STAYS: dict[int, Decision] = {}  # per class count: "this one row stays" (nothing in it is ever written)
+_F32 = np.dtype(np.float32)
+_MAX, _SUM = np.maximum.reduce, np.add.reduce
