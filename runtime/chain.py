@@ -11,12 +11,15 @@ rule), the executor, and ``results.py``.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 
+from .anytime import Snapshot, snapshots
+from .deadline import Budget, StageTimes, check_deadline
 from .decision import decide, softmax  # noqa: F401  (softmax: re-exported)
 from .executors.base import Executor
 from .executors.buckets import Buckets
@@ -55,6 +58,11 @@ class ExitChain:
         #: Per graph: nodes, count and share per provider, op types left on the CPU
         #: (see runtime/placement.py); empty counts where onnxruntime records nothing.
         self.placement: list[dict[str, Any]] = []
+        #: What a deadline is kept by: a callable returning seconds (tests script it).
+        self.clock = time.perf_counter
+        #: Expected seconds per graph run, measured at load and refreshed by deadline calls
+        #: (see runtime/deadline.py).
+        self.stage_times = StageTimes(len(executor.graphs))
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -183,17 +191,32 @@ class ExitChain:
                 parts.append(ex.run_every(ex.feed(x[start:start + self.max_batch], scratch=True)))
         return parts[0] if len(parts) == 1 else [np.concatenate(col) for col in zip(*parts)]
 
-    def predict(self, x: np.ndarray, thresholds: Any = None) -> Prediction:
+    def predict(self, x: np.ndarray, thresholds: Any = None, deadline_ms: float | None = None) -> Prediction:
         """Route each sample through the graphs until an exit is confident enough (in chunks
         of at most ``max_batch`` samples).
 
         ``thresholds``: None (the bundle's default operating point), a stored point's name, one
         value for every exit, or one value per exit but the last.
 
+        ``deadline_ms``: time for the whole call, from now, on :attr:`clock`. A graph whose
+        expected time (:attr:`stage_times`) would overrun it is not started; the samples still
+        running then leave at the deepest exit computed for them, and
+        ``Prediction.deadline_cut`` marks them. Exit 0 is always computed, so a call may end
+        after its deadline by graph 0's time. See ``runtime/deadline.py``.
+
         Raises:
-            InputError: ``x`` is not a finite float32 (N, *input_shape) array.
+            InputError: ``x`` is not a finite float32 (N, *input_shape) array, or a
+                ``deadline_ms`` that is not a finite number > 0.
             CalibrationError: thresholds that do not resolve (an unknown name, a value out of range).
         """
+        if deadline_ms is not None:
+            budget = Budget(check_deadline(deadline_ms), self.clock, self.stage_times)
+            x = self.check_input(x)
+            out = Results(len(x))
+            for part in self._stages(x, *self._thresholds_cached(thresholds), budget):
+                if part is not None:
+                    out.fill(part)
+            return out.prediction()
         x = self.check_input(x)
         thr, temps = self._thresholds_cached(thresholds)
         n = len(x)
@@ -209,6 +232,22 @@ class ExitChain:
                 out = Results(n)
             out.fill(part)
         return out.prediction()
+
+    def anytime(self, x: np.ndarray, thresholds: Any = None, deadline_ms: float | None = None) -> Iterator[Snapshot]:
+        """predict() as answers that refine: after each graph run, yield a
+        :class:`~ranet_edge.runtime.anytime.Snapshot` of every sample's answer so far (the
+        running samples' label and confidence at this graph's exit) and the mask of answers
+        that are final. The last snapshot's answers are ``predict(x, thresholds, deadline_ms)``'s.
+        With ``deadline_ms``, a deadline cut adds one snapshot (no graph run) marking the
+        samples it stopped. Input, thresholds and deadline are checked at the call; the
+        deadline counts from the call.
+
+        Raises:
+            InputError: ``x`` is not a finite float32 (N, *input_shape) array, or a bad ``deadline_ms``.
+            CalibrationError: thresholds that do not resolve.
+        """
+        budget = None if deadline_ms is None else Budget(check_deadline(deadline_ms), self.clock, self.stage_times)
+        return snapshots(self, self.check_input(x), *self._thresholds_cached(thresholds), budget)
 
     def predict_stages(self, x: np.ndarray, thresholds: Any = None) -> Iterator[StageRows]:
         """predict() one graph at a time: after each graph, yield the samples it decided.
@@ -228,24 +267,44 @@ class ExitChain:
         return (empty if part is None else part for part in self._stages(self.check_input(x),
                                                                          *self._thresholds_cached(thresholds)))
 
-    def _stages(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray) -> Iterator[StageRows | None]:
+    def _stages(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray, budget: Budget | None = None,
+                watch: Any = None) -> Iterator[StageRows | None]:
         """The routing loop over every chunk of ``x`` (None: a graph run that decided nobody)."""
         if self.executor.exclusive:  # calls take turns on the executor's buffers: run it all now
             with self.executor.lock:
-                return iter([part for start in self._chunks(len(x)) for part in self._route(x, start, thr, temps)])
-        return (part for start in self._chunks(len(x)) for part in self._route(x, start, thr, temps))
+                return iter([part for start in self._chunks(len(x))
+                             for part in self._route(x, start, thr, temps, budget, watch)])
+        return (part for start in self._chunks(len(x)) for part in self._route(x, start, thr, temps, budget, watch))
 
-    def _route(self, x: np.ndarray, start: int, thr: np.ndarray, temps: np.ndarray) -> Iterator[StageRows | None]:
+    def _route(self, x: np.ndarray, start: int, thr: np.ndarray, temps: np.ndarray, budget: Budget | None = None,
+               watch: Any = None) -> Iterator[StageRows | None]:
         """The routing loop: rows ``start .. start + max_batch`` of ``x`` through the graphs,
         each row leaving at the first exit whose rule takes it. Yields, per graph run, the rows
-        it decided (None when it decided none)."""
+        it decided (None when it decided none).
+
+        ``budget`` (a deadline call): before graph ``g > 0`` it may stop the rows still running;
+        they are yielded once more, cut at the last exit of graph ``g - 1`` (no graph run).
+        ``watch(g, rows, logits)`` sees every graph run's logits before its rows are decided
+        (``anytime``)."""
         ex = self.executor
         chunk = x[start:start + self.max_batch]
         n = len(chunk)
         env = ex.feed(chunk, scratch=n == 1)
         rows = np.arange(start, start + n)  # input positions of the rows still running
+        last = None  # with a budget: the running rows' logits at the deepest exit computed
         for g, graph in enumerate(ex.graphs):
+            if budget is not None:
+                if g and not budget.allows(g, len(rows)):
+                    k = ex.graphs[g - 1].exits[-1]
+                    yield budget.cut(rows, last, k, temps[k])
+                    return
+                budget.started()
             logits, env = ex.run(g, env)
+            if budget is not None:
+                budget.ran(g, len(rows))
+                last = logits[-1]
+            if watch is not None:
+                watch(g, rows, logits)
             alive = None  # rows of this graph's batch that have not exited yet (None: all)
             parts = []
             for k, z in zip(graph.exits, logits):
@@ -264,6 +323,8 @@ class ExitChain:
                 return
             keep = np.flatnonzero(alive)  # hand on only the rows of the samples that go on
             rows = rows[keep]
+            if last is not None:
+                last = last[keep]
             env = ex.take(env, keep)
 
 

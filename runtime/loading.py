@@ -165,6 +165,8 @@ def load(cls, bundle: str | os.PathLike, provider: str, threads: int | None, war
         sizes = tuple(policy.warm_sizes() if policy else [static or 1])
         for b in sizes:
             chain.run_all(np.zeros((b, *chain.input_shape), np.float32))
+    # deadlines' expected graph times, on this machine (runtime/deadline.py)
+    chain.stage_times.measure(executor, chain.input_shape, tuple(dict.fromkeys((sizes[0], sizes[-1]))))
     chain.load_report = LoadReport(load_s, time.perf_counter() - t0, sizes, report)
     return chain
 

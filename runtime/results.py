@@ -6,7 +6,7 @@ into a :class:`Prediction`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +19,13 @@ class Prediction:
     exits: np.ndarray  # int64 (N,), 0-based exit index
     confidences: np.ndarray  # float32 (N,), max softmax probability at the exit taken
     probabilities: np.ndarray  # float32 (N, classes), softmax at the exit taken
+    cut: np.ndarray | None = field(default=None, repr=False)  # see deadline_cut (None: nobody cut)
+
+    @property
+    def deadline_cut(self) -> np.ndarray:
+        """bool (N,): the samples a deadline stopped before their threshold exit (they hold
+        the deepest exit computed for them in time). All False without a deadline."""
+        return np.zeros(len(self.labels), bool) if self.cut is None else self.cut
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class StageRows:
     exits: np.ndarray  # int64 (M,), 0-based exit index
     confidences: np.ndarray  # float32 (M,), max softmax probability at the exit taken
     probabilities: np.ndarray  # float32 (M, classes), softmax at the exit taken
+    cut: bool = False  # a deadline stopped these rows (they left at the deepest exit computed)
 
     @classmethod
     def concat(cls, parts: list[StageRows], num_classes: int) -> StageRows:
@@ -52,11 +60,16 @@ class Results:
         self.exits = np.empty(n, np.int64)
         self.conf = np.empty(n, np.float32)
         self.probs: np.ndarray | None = None
+        self.cut: np.ndarray | None = None  # bool (n,) once a cut StageRows arrives
 
     def fill(self, d: StageRows) -> None:
         """Record the rows ``d`` decided."""
         if not len(d.rows):
             return
+        if d.cut:
+            if self.cut is None:
+                self.cut = np.zeros(self.n, bool)
+            self.cut[d.rows] = True
         if self.probs is None and len(d.rows) == self.n and (self.n == 1 or (d.rows[:-1] < d.rows[1:]).all()):
             # every row at once, in input order: adopt the arrays
             self.labels, self.exits, self.conf, self.probs = d.labels, d.exits, d.confidences, d.probabilities
@@ -70,4 +83,4 @@ class Results:
 
     def prediction(self) -> Prediction:
         """The filled results (every row must have been decided)."""
-        return Prediction(self.labels, self.exits, self.conf, self.probs)
+        return Prediction(self.labels, self.exits, self.conf, self.probs, self.cut)
