@@ -96,7 +96,7 @@ def test_server_and_model_metadata(model):
                            {"name": "input", "datatype": "FP32", "shape": [-1, c, h, w]}]
     assert {o["name"]: (o["datatype"], o["shape"]) for o in m["outputs"]} == {
         "label": ("INT64", [-1]), "exit": ("INT64", [-1]), "confidence": ("FP32", [-1]),
-        "logits": ("FP32", [-1, model.num_classes])}
+        "logits": ("FP32", [-1, model.num_classes]), "deadline_cut": ("BOOL", [-1])}
     json.dumps(m)  # serialisable as it is
 
 

@@ -29,6 +29,7 @@ from ranet_edge.errors import ServeError
 
 from . import _oip_descriptor, oip
 from .api import RequestError
+from .progress import within
 
 SERVICE = "inference.GRPCInferenceService"
 access_log = logging.getLogger("ranet_edge.serve.access")  # the HTTP routes' access log too
@@ -188,7 +189,10 @@ class InferenceService:
         """The engine's answer within the server's time limit (``timeout_s``: 504 past it)."""
         left = self.timeout_s - (time.perf_counter() - start)
         try:
-            return await asyncio.wait_for(self.engine.classify(req.x, req.point), max(left, 0.001))
+            deadline = within(req.deadline_s, start, self.timeout_s)
+            call = self.engine.classify(req.x, req.point) if deadline is None else \
+                self.engine.classify(req.x, req.point, deadline=deadline)
+            return await asyncio.wait_for(call, max(left, 0.001))
         except asyncio.TimeoutError:
             raise RequestError(504, f"the request was not answered within {self.timeout_s:g} s (timeout_s); "
                                     "the server is too busy: send fewer images or retry") from None

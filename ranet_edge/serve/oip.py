@@ -15,7 +15,9 @@ The model takes exactly one input per request:
 
 It answers ``label`` ``INT64 [-1]``, ``exit`` ``INT64 [-1]``, ``confidence`` ``FP32 [-1]``
 and, when asked for, ``logits`` ``FP32 [-1, classes]``. The request parameter
-``operating_point`` picks a stored operating point. Every refusal is a
+``operating_point`` picks a stored operating point; ``deadline_ms`` (a number) asks for the
+deepest exit reached that many ms after arrival, and adds ``deadline_cut`` ``BOOL [-1]`` (the
+images it stopped) to the default outputs. Every refusal is a
 :class:`~ranet_edge.serve.api.RequestError` with a 4xx status and a one-line message.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ranet_edge.errors import RanetEdgeError
 from .api import RequestError
 from .engine import ServedModel
 from .oip_tensors import IMAGE, INPUT, TensorIn, accepted, decode_input, input_shape, kind, show
+from .progress import DEADLINE_PARAMETER, deadline_cut, parse_deadline
 
 SERVER_NAME = "ranet-edge"
 DEFAULT_MODEL_NAME = "ranet-edge"
@@ -43,7 +46,8 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 #: output name -> (datatype, numpy dtype as sent: little-endian)
 OUTPUTS: dict[str, tuple[str, str]] = {
-    "label": ("INT64", "<i8"), "exit": ("INT64", "<i8"), "confidence": ("FP32", "<f4"), "logits": ("FP32", "<f4")}
+    "label": ("INT64", "<i8"), "exit": ("INT64", "<i8"), "confidence": ("FP32", "<f4"), "logits": ("FP32", "<f4"),
+    "deadline_cut": ("BOOL", "?")}
 DEFAULT_OUTPUTS = ("label", "exit", "confidence")
 #: request-level parameters read; any other is accepted and ignored (the parameters extension)
 POINT_PARAMETER = "operating_point"
@@ -66,6 +70,7 @@ class InferRequest:
     x: np.ndarray  # float32 (n, C, H, W), preprocessed
     point: str | None  # parameters.operating_point; None: the server's default
     outputs: tuple[RequestedOutput, ...]  # in the order the response lists them
+    deadline_s: float | None = None  # parameters.deadline_ms, in seconds; None: no deadline
 
 
 class Answer(Protocol):
@@ -93,7 +98,8 @@ def model_metadata(model: ServedModel, name: str) -> dict:
         "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},
                     {"name": "exit", "datatype": "INT64", "shape": [-1]},
                     {"name": "confidence", "datatype": "FP32", "shape": [-1]},
-                    {"name": "logits", "datatype": "FP32", "shape": [-1, model.num_classes]}],
+                    {"name": "logits", "datatype": "FP32", "shape": [-1, model.num_classes]},
+                    {"name": "deadline_cut", "datatype": "BOOL", "shape": [-1]}],
     }
 
 
@@ -221,6 +227,7 @@ def build_request(request_id: str | None, inputs: Sequence[TensorIn], parameters
             model.check_point(point)
         except RanetEdgeError as exc:
             raise RequestError(400, f"parameter {POINT_PARAMETER}: {exc}") from None
+    deadline_s = parse_deadline(parameters.get(DEADLINE_PARAMETER))
     requested, seen = [], set()
     for name, params in outputs:
         if name not in OUTPUTS:
@@ -232,7 +239,8 @@ def build_request(request_id: str | None, inputs: Sequence[TensorIn], parameters
         binary = _flag(params.get("binary_data", binary_default), f"output {name!r}: parameter binary_data")
         requested.append(RequestedOutput(name, binary))
     if not requested:
-        requested = [RequestedOutput(name, binary_default) for name in DEFAULT_OUTPUTS]
+        requested = [RequestedOutput(name, binary_default) for name in DEFAULT_OUTPUTS
+                     + ("deadline_cut",) * (deadline_s is not None)]
     names = [t.name for t in inputs]
     for t in inputs:
         if t.name not in (IMAGE, INPUT):
@@ -245,14 +253,14 @@ def build_request(request_id: str | None, inputs: Sequence[TensorIn], parameters
         raise RequestError(400, f"the request gives {what}; {accepted(model)}, exactly one")
     tensor = inputs[0]
     x = decode_input(tensor, model, max_images)
-    return InferRequest(request_id or None, x, point, tuple(requested))
+    return InferRequest(request_id or None, x, point, tuple(requested), deadline_s)
 
 
 # ---------------------------------------------------------------------------- responses
 def output_tensors(req: InferRequest, answer: Answer) -> list[tuple[RequestedOutput, str, np.ndarray]]:
     """(requested output, datatype, little-endian array) for each output, in the request's order."""
     values = {"label": answer.labels, "exit": answer.exits, "confidence": answer.confidences,
-              "logits": answer.logits}
+              "logits": answer.logits, "deadline_cut": deadline_cut(answer)}
     out = []
     for wanted in req.outputs:
         datatype, dtype = OUTPUTS[wanted.name]

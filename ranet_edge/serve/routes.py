@@ -21,6 +21,7 @@ from ranet_edge.errors import RanetEdgeError
 from .api import RequestError, error_body, parse_images
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
+from .progress import DEADLINE_PARAMETER, deadline_cut, parse_deadline, within
 from .stage_engine import RETRY_AFTER_S, SHUTTING_DOWN, Overloaded, StageEngine
 
 log = logging.getLogger("ranet_edge.serve")
@@ -132,15 +133,19 @@ class Routes:
 
     async def _v1_classify(self, query, headers, read_body, start) -> Reply:
         point = self.model.check_point(query.get("operating_point"))
+        deadline_s = parse_deadline(query.get(DEADLINE_PARAMETER), f"query parameter {DEADLINE_PARAMETER}")
         data = await self._read(read_body, start)
         args = (headers.get("content-type"), data, self.model.chain.preprocess_spec, self.settings.max_batch)
         # a photo takes milliseconds to decode: off the event loop; a thumbnail costs less than the hop
         images = parse_images(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(parse_images, *args)
-        answer = await self._classify(self.model.chain.preprocess(images), point, start)
+        answer = await self._classify(self.model.chain.preprocess(images), point, start, deadline_s)
         names = self.model.class_names
         ms = round(answer.server_ms, 3)
         preds = [{"label": label, "class": names[label], "exit": e, "confidence": round(c, 6), "server_ms": ms}
                  for label, e, c in zip(answer.labels.tolist(), answer.exits.tolist(), answer.confidences.tolist())]
+        if deadline_s is not None:
+            for p, cut in zip(preds, deadline_cut(answer).tolist()):
+                p["deadline_cut"] = cut
         return Reply.json({"predictions": preds, "operating_point": point, "graph": self.settings.graph,
                            "replica": self.replica})
 
@@ -173,7 +178,7 @@ class Routes:
         req = oip.parse_rest_infer(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(
             oip.parse_rest_infer, *args)
         self.model.check_point(req.point)
-        answer = await self._classify(req.x, req.point, start)
+        answer = await self._classify(req.x, req.point, start, req.deadline_s)
         body, extra = oip.rest_infer_response(req, answer, self.model_name)
         return Reply(200, body, {k.lower(): v for k, v in extra.items()})
 
@@ -191,10 +196,13 @@ class Routes:
             raise RequestError(408, f"the request body did not arrive within {self.settings.timeout_s:g} s "
                                     "(timeout_s); send it faster or raise --timeout-s") from None
 
-    async def _classify(self, x, point, start):
+    async def _classify(self, x, point, start, deadline_s=None):
         left = self.settings.timeout_s - (time.perf_counter() - start)
         try:
-            answer = await asyncio.wait_for(self.engine.classify(x, point), max(left, 0.001))
+            deadline = within(deadline_s, start, self.settings.timeout_s)
+            call = self.engine.classify(x, point) if deadline is None else \
+                self.engine.classify(x, point, deadline=deadline)
+            answer = await asyncio.wait_for(call, max(left, 0.001))
         except asyncio.TimeoutError:
             raise RequestError(504, f"the request was not answered within {self.settings.timeout_s:g} s "
                                     "(timeout_s); the server is too busy: send fewer images or retry") from None

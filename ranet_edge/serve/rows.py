@@ -1,19 +1,45 @@
-"""The stage engine's bookkeeping: requests as the model thread fills them, and rows in queues."""
+"""The stage engine's bookkeeping: requests as the model thread fills them, rows in queues, and
+what a request is answered (:class:`Answer`, or :class:`Overloaded`)."""
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from ranet_edge.runtime.executors.base import Env, Executor
 
+from .api import RequestError
+
+RETRY_AFTER_S = 1  # what an overloaded or draining server asks a client to wait
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's results, in its input order."""
+
+    labels: np.ndarray  # int64 (n,)
+    exits: np.ndarray  # int64 (n,), 0-based exit index
+    confidences: np.ndarray  # float32 (n,), max softmax probability at the exit taken
+    logits: np.ndarray  # float32 (n, classes): the logits of the exit each image left at
+    server_ms: float  # arrival -> last image decided
+    deadline_cut: np.ndarray | None = None  # bool (n,): images a deadline stopped (None: no deadline)
+
+
+class Overloaded(RequestError):
+    """The server takes no more work now (queue full, or draining): 503, with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after_s: int = RETRY_AFTER_S):
+        super().__init__(503, message)
+        self.retry_after_s = retry_after_s
+
 
 class Request:
     """One classify call as the model thread fills it."""
 
-    __slots__ = ("n", "left", "labels", "exits", "conf", "logits", "future", "loop", "start", "dropped")
+    __slots__ = ("n", "left", "labels", "exits", "conf", "logits", "future", "loop", "start", "dropped", "watch")
 
     def __init__(self, n: int, num_classes: int, future: asyncio.Future, loop: asyncio.AbstractEventLoop):
         self.n = self.left = n
@@ -24,6 +50,7 @@ class Request:
         self.future, self.loop = future, loop
         self.start = time.perf_counter()
         self.dropped = False  # the caller gave up (timeout, disconnect): its rows are discarded
+        self.watch = None  # progress.Watch: a deadline or a progress callback (see progress.py)
 
 
 class Rows:
@@ -74,3 +101,16 @@ class Rows:
         return Rows(reqs, np.concatenate(owners), np.concatenate([p.slot for p in parts]),
                     np.concatenate([p.thr for p in parts]), np.concatenate([p.temps for p in parts]),
                     ex.concat([p.env for p in parts]), min(p.since for p in parts))
+
+
+def resolve(items: list[tuple[asyncio.Future, object]]) -> None:
+    """Set each future's answer (the model thread calls it on the futures' loop)."""
+    for future, answer in items:
+        if not future.done():
+            future.set_result(answer)
+
+
+def fail_future(future: asyncio.Future, error: Exception) -> None:
+    """Fail ``future`` with ``error`` unless it is done (on its loop)."""
+    if not future.done():
+        future.set_exception(error)

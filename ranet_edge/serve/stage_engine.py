@@ -29,40 +29,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from ranet_edge.errors import InputError, RanetEdgeError
+from ranet_edge.runtime.deadline import StageTimes
 from ranet_edge.runtime.decision import decide
 
+from . import progress
 from .api import RequestError
 from .engine import ServedModel
-from .rows import Request, Rows
+from .rows import RETRY_AFTER_S, Answer, Overloaded, Request, Rows, fail_future, resolve
 
 log = logging.getLogger("ranet_edge.serve")
 
 SHUTTING_DOWN = "the server is shutting down; send the request again once it is back (or to another server)"
-RETRY_AFTER_S = 1  # what an overloaded or draining server asks a client to wait
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One request's results, in its input order."""
-
-    labels: np.ndarray  # int64 (n,)
-    exits: np.ndarray  # int64 (n,), 0-based exit index
-    confidences: np.ndarray  # float32 (n,), max softmax probability at the exit taken
-    logits: np.ndarray  # float32 (n, classes): the logits of the exit each image left at
-    server_ms: float  # arrival -> last image decided
-
-
-class Overloaded(RequestError):
-    """The server takes no more work now (queue full, or draining): 503, with ``Retry-After``."""
-
-    def __init__(self, message: str, retry_after_s: int = RETRY_AFTER_S):
-        super().__init__(503, message)
-        self.retry_after_s = retry_after_s
 
 
 class StageEngine:
@@ -102,6 +83,9 @@ class StageEngine:
         self._stop = False
         self.closing = False
         self._live: set[Request] = set()  # requests not answered yet (close fails what it leaves)
+        #: expected seconds per graph run (deadlines): the chain's, measured at load, refreshed here
+        self.times = model.chain.stage_times if self.executor is model.chain.executor else StageTimes(len(self.stages))
+        self._watched = 0  # live requests with a deadline or a progress callback (progress.py)
 
     # ------------------------------------------------------------------ asyncio side
     async def start(self) -> None:
@@ -136,10 +120,13 @@ class StageEngine:
             hit = self._points[point] = (np.asarray(thr, np.float32), np.asarray(temps, np.float32))
         return hit
 
-    async def classify(self, x: np.ndarray, point: str | None) -> Answer:
+    async def classify(self, x: np.ndarray, point: str | None, deadline: float | None = None,
+                       on_progress: Callable[[progress.Progress], None] | None = None) -> Answer:
         """Labels, exits, confidences and logits of the float32 (n, C, H, W) images ``x``
         (preprocessed) under the stored operating point ``point`` (None: the server's default).
-        Cancelling the call discards its rows still queued.
+        Cancelling the call discards its rows still queued. ``deadline`` (``time.perf_counter``
+        seconds): answer by then with the deepest exit each image reached; ``on_progress``:
+        called on this loop after each graph run with a :class:`~.progress.Progress` (see ``progress.py``).
 
         Raises:
             RequestError: 400 for a bad point or array, 413 for more images than ``max_queue``.
@@ -168,21 +155,26 @@ class StageEngine:
             await self.start()
         loop = asyncio.get_running_loop()
         req = Request(n, self.model.num_classes, loop.create_future(), loop)
+        if deadline is not None or on_progress is not None:
+            req.watch = progress.Watch(n, deadline, on_progress)
         rows = Rows([req], np.zeros(n, np.intp), np.arange(n), np.broadcast_to(thr, (n, len(thr))),
                     np.broadcast_to(temps, (n, len(temps))), self.executor.feed(x), req.start)
         with self._cond:
             self._pending += n
+            self._watched += req.watch is not None
             self._live.add(req)
             self._queues[0].append(rows)
             self._queued[0] += n
             self._cond.notify()
         try:
-            return await req.future
+            return await (req.future if req.watch is None or deadline is None else progress.wait(self, req))
         except asyncio.CancelledError:
             with self._cond:
                 req.dropped = True  # its rows still queued are discarded
                 self._live.discard(req)
             raise
+        finally:
+            self._watched -= req.watch is not None
 
     async def close(self, budget_s: float) -> bool:
         """Refuse new work (503) and answer what is in flight, for at most ``budget_s`` seconds;
@@ -259,7 +251,9 @@ class StageEngine:
     def _run(self, k: int, rows: Rows, hand_on: bool = True) -> Rows | None:
         """Run graph ``k`` on ``rows``, answer the requests it completes; the rows that go on
         are queued for graph k+1 (``hand_on``) or returned."""
+        t0 = time.perf_counter()
         logits, env = self.executor.run(k, rows.env)
+        self.times.record(k, len(rows), time.perf_counter() - t0)
         if self.on_batch is not None:
             self.on_batch(k, len(rows))
         alive = np.ones(len(rows), bool)
@@ -280,6 +274,9 @@ class StageEngine:
                 req.left -= 1
                 if req.left == 0:
                     done.append(req)
+        if self._watched:  # deadlines and streams: provisional answers, cuts, progress
+            more, cut = progress.after_graph(self, k, rows, logits[-1], alive, time.perf_counter())
+            done, decided = done + more, decided + cut
         self._answer(done, decided)
         if not alive.any():
             return None
@@ -299,11 +296,12 @@ class StageEngine:
         now = time.perf_counter()
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Answer]]] = {}
         for req in done:
-            answer = Answer(req.labels, req.exits, req.conf, req.logits, (now - req.start) * 1e3)
+            answer = Answer(req.labels, req.exits, req.conf, req.logits, (now - req.start) * 1e3,
+                            None if req.watch is None else req.watch.cut)
             by_loop.setdefault(req.loop, []).append((req.future, answer))
         for loop, items in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_resolve, items)
+                loop.call_soon_threadsafe(resolve, items)
             except RuntimeError:  # that loop is closed: nobody waits any more
                 pass
 
@@ -318,17 +316,7 @@ class StageEngine:
                 self._live.discard(req)
         for req in failed:
             try:
-                req.loop.call_soon_threadsafe(_fail_future, req.future, error)
+                req.loop.call_soon_threadsafe(fail_future, req.future, error)
             except RuntimeError:
                 pass
 
-
-def _resolve(items: list[tuple[asyncio.Future, Answer]]) -> None:
-    for future, answer in items:
-        if not future.done():
-            future.set_result(answer)
-
-
-def _fail_future(future: asyncio.Future, error: Exception) -> None:
-    if not future.done():
-        future.set_exception(error)
