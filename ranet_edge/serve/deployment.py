@@ -88,6 +88,10 @@ class RanetServer:
             return b"".join(chunks)
 
         reply = await self.routes.handle(request.method, path, dict(request.query_params), headers, read_body)
+        if reply.stream is not None:  # server-sent events
+            from starlette.responses import StreamingResponse
+
+            return StreamingResponse(reply.stream, status_code=reply.status, headers=reply.headers)
         return Response(reply.body, status_code=reply.status, headers=reply.headers)
 
 

@@ -1,7 +1,8 @@
 """The Open Inference Protocol v2 over gRPC: KServe's ``inference.GRPCInferenceService``.
 
-ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, on
-grpc.aio, in front of the same engine and the same request checks (``oip.py``) as HTTP.
+ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer and Triton's
+ModelStreamInfer (``streaming.py``: answers that refine, per exit), on grpc.aio, in front of
+the same engine and the same request checks (``oip.py``) as HTTP.
 Inputs come as ``raw_input_contents`` (what tritonclient sends) or typed ``contents``;
 outputs go back as ``raw_output_contents``. A refused request gets a gRPC status (see
 :data:`GRPC_CODES`) whose details are the same one-line message HTTP sends.
@@ -49,7 +50,7 @@ def _message_classes() -> dict[str, type]:
     names = ("ServerLiveRequest", "ServerLiveResponse", "ServerReadyRequest", "ServerReadyResponse",
              "ModelReadyRequest", "ModelReadyResponse", "ServerMetadataRequest", "ServerMetadataResponse",
              "ModelMetadataRequest", "ModelMetadataResponse", "ModelInferRequest", "ModelInferResponse",
-             "InferParameter", "InferTensorContents")
+             "InferParameter", "InferTensorContents", "ModelStreamInferResponse")
     return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{n}")) for n in names}
 
 
@@ -220,10 +221,13 @@ class InferenceService:
         rpcs = {"ServerLive": self.server_live, "ServerReady": self.server_ready, "ModelReady": self.model_ready,
                 "ServerMetadata": self.server_metadata, "ModelMetadata": self.model_metadata,
                 "ModelInfer": self.model_infer}
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            name: grpc.unary_unary_rpc_method_handler(
-                _parsed(messages[f"{name}Request"], fn), response_serializer=messages[f"{name}Response"].SerializeToString)
-            for name, fn in rpcs.items()})
+        from .streaming import stream_handler
+
+        handlers = {name: grpc.unary_unary_rpc_method_handler(
+            _parsed(messages[f"{name}Request"], fn), response_serializer=messages[f"{name}Response"].SerializeToString)
+            for name, fn in rpcs.items()}
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(stream_handler(self))  # bytes in, bytes out
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 def _parsed(cls: type, fn: Callable) -> Callable:

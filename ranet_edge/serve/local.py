@@ -78,8 +78,18 @@ class App:
 
 
 async def send_reply(send, reply: Reply) -> None:
-    """Send ``reply`` through the ASGI ``send``, with its length; a 413 also closes the connection."""
+    """Send ``reply`` through the ASGI ``send``, with its length; a 413 also closes the connection.
+    A streamed reply (server-sent events) goes chunk by chunk, without a length."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
+    if reply.stream is not None:
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        try:
+            async for chunk in reply.stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            await reply.stream.aclose()
+        await send({"type": "http.response.body", "body": b""})
+        return
     headers.append((b"content-length", str(len(reply.body)).encode()))
     if reply.status == 413:  # the rest of a body too large is not read: this connection ends
         headers.append((b"connection", b"close"))

@@ -57,6 +57,11 @@ class Progress:
     server_ms: float  # arrival -> this graph run's end
 
     @property
+    def deadline_cut(self) -> np.ndarray:
+        """``cut``, under the name answers use."""
+        return self.cut
+
+    @property
     def reached(self) -> bool:
         """Whether every image has at least one exit computed."""
         return bool((self.exits >= 0).all())
@@ -149,11 +154,10 @@ def after_graph(engine: StageEngine, k: int, rows: Rows, last: np.ndarray, alive
         w = req.watch
         reached = np.zeros(req.n, bool)
         reached[rows.slot[rows.owner == i]] = True
-        exits = req.exits.copy()
         if w.best is not None:
             reached |= w.best.exits >= 0
-        exits[~reached] = -1
-        w.best = Progress(k_exit, req.labels.copy(), exits, req.conf.copy(), req.logits.copy(), w.final.copy(),
+        labels, exits, conf = (np.where(reached, a, b) for a, b in ((req.labels, -1), (req.exits, -1), (req.conf, 0)))
+        w.best = Progress(k_exit, labels, exits, conf.astype(np.float32), req.logits.copy(), w.final.copy(),
                           w.cut.copy(), (now - req.start) * 1e3)
         if w.on_progress is not None:
             try:

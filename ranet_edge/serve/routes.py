@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -29,8 +29,8 @@ access = logging.getLogger("ranet_edge.serve.access")
 
 INLINE_DECODE_BYTES = 64 * 1024  # bodies smaller than this are decoded on the event loop
 ROUTES = ("the API is POST /v1/classify, GET /v1/model, GET /v1/health, GET /v2, GET /v2/health/live, "
-          "GET /v2/health/ready, GET /v2/models/NAME, GET /v2/models/NAME/ready, POST /v2/models/NAME/infer "
-          "and GET /metrics")
+          "GET /v2/health/ready, GET /v2/models/NAME, GET /v2/models/NAME/ready, POST /v2/models/NAME/infer, "
+          "POST /v2/models/NAME/infer_stream and GET /metrics")
 JSON = "application/json"
 ReadBody = Callable[[int], Awaitable[bytes]]  # read_body(limit): the body, RequestError 413 past limit
 
@@ -42,6 +42,7 @@ class Reply:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)  # content-type included
+    stream: AsyncIterator[bytes] | None = None  # a body sent as it comes (server-sent events); then body is b""
 
     @classmethod
     def json(cls, obj: dict, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
@@ -182,6 +183,17 @@ class Routes:
         body, extra = oip.rest_infer_response(req, answer, self.model_name)
         return Reply(200, body, {k.lower(): v for k, v in extra.items()})
 
+    async def _v2_infer_stream(self, query, headers, read_body, start) -> Reply:
+        from . import oip, streaming
+
+        length = oip.parse_header_length(headers.get("inference-header-content-length"))
+        data = await self._read(read_body, start)
+        req, anytime = await asyncio.to_thread(streaming.sse_request, data, length, self.model, self.settings.max_batch)
+        self.model.check_point(req.point)
+        events = streaming.sse_events(self.engine, req, anytime, self.model_name, start, self.settings.timeout_s,
+                                      self.metrics)
+        return Reply(200, b"", {"content-type": "text/event-stream", "cache-control": "no-cache"}, events)
+
     # ------------------------------------------------------------------ /metrics
     async def _metrics(self, *_) -> Reply:
         return Reply(200, self.metrics.text(), {"content-type": METRICS_TYPE})
@@ -219,7 +231,8 @@ def too_big(limit: int) -> RequestError:
 _FIXED = {("v1", "classify"): ("v1/classify", "POST"), ("v1", "model"): ("v1/model", "GET"),
           ("v1", "health"): ("v1/health", "GET"), ("v2",): ("v2", "GET"), ("v2", "health", "live"): ("v2/live", "GET"),
           ("v2", "health", "ready"): ("v2/ready", "GET"), ("metrics",): ("metrics", "GET")}
-_MODEL = {(): ("v2/model", "GET"), ("ready",): ("v2/model/ready", "GET"), ("infer",): ("v2/infer", "POST")}
+_MODEL = {(): ("v2/model", "GET"), ("ready",): ("v2/model/ready", "GET"), ("infer",): ("v2/infer", "POST"),
+          ("infer_stream",): ("v2/infer_stream", "POST")}
 
 
 def _route(parts: list[str]) -> tuple[str | None, str, tuple[str, str | None] | None]:
