@@ -2,7 +2,7 @@
  * ExitChain: a bundle's graphs run in order, chained by tensor names, each sample leaving at
  * the first exit confident enough (the Python runtime's ExitChain, runtime/chain.py).
  */
-import { Results } from './decide.js';
+import { argmaxRow, Results, softmaxRow } from './decide.js';
 import { BundleError, InputError, ProviderError } from './errors.js';
 import { ELEM_TYPES, gatherModel } from './gather.js';
 import { MANIFEST, parseManifest } from './manifest.js';
@@ -276,6 +276,70 @@ export class ExitChain {
       return { labels: results.labels, exits: results.exits, confidences: results.confidences,
         probabilities: results.probabilities, numClasses: this.numClasses };
     });
+  }
+
+  /**
+   * predict() as answers that refine: after each graph run, yield a snapshot of every sample's
+   * answer so far (the Python runtime's ExitChain.anytime, runtime/anytime.py). `labels`, `exits`
+   * and `confidences` hold each sample's final answer where `final` is 1, else, for the samples
+   * this graph ran on (`running`), the argmax of this graph's deepest exit and the confidence
+   * there; -1 for none yet. `done` is true on the last snapshot, whose answers are predict()'s.
+   * Each graph run queues on its own, so other calls may run between two snapshots.
+   * @param {any} x float32 tensor (N, ...inputShape)
+   * @param {import('./operating_points.js').ThresholdOptions} [options] default: the bundle's default operating point
+   * @returns {AsyncGenerator<import('./index.js').Snapshot>}
+   */
+  async *anytime(x, options = {}) {
+    const { thresholds, temperatures } = this.resolveThresholds(options);
+    const input = this.checkInput(x);
+    const n = input.dims[0];
+    const C = this.numClasses;
+    const results = new Results(n, C);
+    const labels = new Int32Array(n).fill(-1);
+    const exits = new Int32Array(n).fill(-1);
+    const confidences = new Float32Array(n);
+    const final = new Uint8Array(n);
+    const p = new Float32Array(C);
+    let rows = Int32Array.from({ length: n }, (_, i) => i);
+    let env = new Map([[this.inputName, input]]);
+    try {
+      for (const [gi, g] of this.graphs.entries()) {
+        const out = await this._serial(() => this._run(g, env));
+        const alive = new Uint8Array(rows.length).fill(1);
+        let left = rows.length;
+        g.exits.forEach((k, j) => {
+          left = results.decide(out[g.logits[j]].data, k, thresholds[k], temperatures[k], rows, alive);
+        });
+        const k = g.exits[g.exits.length - 1];
+        const z = out[g.logits[g.logits.length - 1]].data;
+        const running = new Uint8Array(n);
+        for (let r = 0; r < rows.length; r++) {
+          const i = rows[r];
+          running[i] = 1;
+          if (alive[r]) {
+            confidences[i] = softmaxRow(z, r * C, C, temperatures[k], p);
+            labels[i] = argmaxRow(z, r * C, C);
+            exits[i] = k;
+          } else {
+            final[i] = 1;
+            [labels[i], exits[i], confidences[i]] = [results.labels[i], results.exits[i], results.confidences[i]];
+          }
+        }
+        env = this._advance(g, env, out, input);
+        yield { graph: gi, exit: k, labels: labels.slice(), exits: exits.slice(), confidences: confidences.slice(),
+          running, final: final.slice(), done: left === 0 };
+        if (left === 0) break;
+        if (left < rows.length) {
+          const keep = new Int32Array(left);
+          for (let r = 0, j = 0; r < rows.length; r++) if (alive[r]) keep[j++] = r;
+          rows = keep.map((r) => rows[r]);
+          const from = env;
+          env = await this._serial(() => this._gatherRows(from, keep, input));
+        }
+      }
+    } finally {
+      this._release(env, input);
+    }
   }
 
   /** Release every session. */

@@ -42,6 +42,13 @@ export function argmax(p) {
   return best;
 }
 
+/** Index of the first largest logit of one row (numpy's argmax over the row). @param {ArrayLike<number>} z @param {number} offset @param {number} classes */
+export function argmaxRow(z, offset, classes) {
+  let best = 0;
+  for (let c = 1; c < classes; c++) if (z[offset + c] > z[offset + best]) best = c;
+  return best;
+}
+
 /** Per-sample results of one predict call, filled exit by exit, in input order. */
 export class Results {
   /** @param {number} n @param {number} classes */

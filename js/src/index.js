@@ -21,6 +21,16 @@
  * @property {Float32Array} confidences max softmax probability at the exit taken
  * @property {Float32Array} probabilities (N, numClasses) softmax at the exit taken, row-major
  * @property {number} numClasses
+ *
+ * @typedef {object} Snapshot an anytime() call after one graph run (arrays: one entry per sample)
+ * @property {number} graph index of the graph that just ran
+ * @property {number} exit the deepest exit that graph computes
+ * @property {Int32Array} labels final answer where final, else the argmax at `exit` (-1: none yet)
+ * @property {Int32Array} exits exit of each answer (-1: none yet)
+ * @property {Float32Array} confidences max softmax probability of each answer
+ * @property {Uint8Array} running 1 for the samples this graph ran on
+ * @property {Uint8Array} final 1 for the answers that will not change
+ * @property {boolean} done every answer is final (the last snapshot: predict()'s answers)
  */
 export { ExitChain } from './chain.js';
 export { BundleError, CalibrationError, InputError, ProviderError, RanetEdgeError } from './errors.js';

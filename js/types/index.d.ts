@@ -63,6 +63,26 @@ export interface Prediction {
   numClasses: number;
 }
 
+/** An anytime() call after one graph run; arrays have one entry per sample, in input order. */
+export interface Snapshot {
+  /** Index of the graph that just ran. */
+  graph: number;
+  /** The deepest exit that graph computes. */
+  exit: number;
+  /** Final answer where `final`, else the argmax at `exit` for the running samples; -1: none yet. */
+  labels: Int32Array;
+  /** Exit of each answer (-1: none yet). */
+  exits: Int32Array;
+  /** Max softmax probability of each answer. */
+  confidences: Float32Array;
+  /** 1 for the samples this graph ran on. */
+  running: Uint8Array;
+  /** 1 for the answers that will not change. */
+  final: Uint8Array;
+  /** Every answer is final: the last snapshot, whose answers are predict()'s. */
+  done: boolean;
+}
+
 /** 8-bit pixels: ImageData (RGBA) or RGB/RGBA rows. */
 export interface Pixels {
   data: Uint8Array | Uint8ClampedArray;
@@ -116,6 +136,8 @@ export class ExitChain {
   runAll(x: InputTensor): Promise<Tensor[]>;
   /** Each sample stops at the first exit confident enough (default: the bundle's default operating point). */
   predict(x: InputTensor, options?: ThresholdOptions): Promise<Prediction>;
+  /** predict() as answers that refine: one snapshot per graph run, the last one predict()'s answers. */
+  anytime(x: InputTensor, options?: ThresholdOptions): AsyncGenerator<Snapshot>;
   /** Release every session. */
   release(): Promise<void>;
 }
