@@ -96,6 +96,30 @@ def test_at_the_deadline_the_answer_is_the_deepest_exit_reached(model, x, monkey
     np.testing.assert_array_equal(after.labels, want.labels[:2])
 
 
+def test_a_request_split_over_batches_gets_every_image_answered(model, x, monkeypatch):
+    """max_batch 4, 8 images, graph 1 takes 0.3 s, a 0.05 s deadline: half the rows wait for
+    graph 0 behind graph 1; every image still gets its deepest exit reached, none waits for
+    graph 2."""
+    want = model.chain.predict(x[:8])
+    exits = model.chain.run_all(x[:8])
+    slow_graphs(monkeypatch, model, 0.3)
+
+    async def go():
+        engine = StageEngine(model, max_batch=4)
+        try:
+            t0 = time.perf_counter()
+            got = await engine.classify(x[:8], None, deadline=t0 + 0.05)
+            return got, time.perf_counter() - t0
+        finally:
+            await engine.close(10)
+
+    got, took = asyncio.run(go())
+    assert took < 0.9, took  # graph 1 ran once at most
+    assert (got.exits <= 1).all() and ((got.exits == want.exits) | got.deadline_cut).all()
+    for i, e in enumerate(got.exits.tolist()):
+        assert got.labels[i] == exits[e][i].argmax()
+
+
 def test_a_graph_expected_to_overrun_is_not_started(model, x):
     """The engine expects graph 1 to take 10 s: a request with a 2 s deadline is answered
     right after graph 0, and graph 1 never runs."""

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .stage_engine import StageEngine
 
 DEADLINE_PARAMETER = "deadline_ms"
+POLL_S = 0.001  # past its deadline, how often a request waiting for its first exits looks again
 TIMEOUT_MARGIN_S = 0.05  # a deadline request is answered this long before timeout_s at the latest
 
 
@@ -175,9 +176,13 @@ async def wait(engine: StageEngine, req: Request) -> Answer:
         return await asyncio.wait_for(asyncio.shield(req.future), max(left, 0.0))
     except asyncio.TimeoutError:
         pass
+    while not req.future.done() and (req.watch.best is None or not req.watch.best.reached):
+        # some image still waits for graph 0: the model thread cuts it right after (it is past its
+        # deadline); the others may wait in deeper queues, so look again after each short while
+        await asyncio.wait({req.future}, timeout=POLL_S)
     best = req.watch.best
-    if req.future.done() or best is None or not best.reached:
-        return await req.future  # the model thread answers once graph 0 gave every image an exit
+    if req.future.done():
+        return req.future.result()
     with engine._cond:
         req.dropped = True  # its rows still queued are discarded
         engine._live.discard(req)
