@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Real
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +35,6 @@ from ranet_edge.runtime.decision import confidence
 
 from .api import RequestError
 from .rows import Answer, Request, Rows
-
-if TYPE_CHECKING:
-    from .stage_engine import StageEngine
 
 DEADLINE_PARAMETER = "deadline_ms"
 POLL_S = 0.001  # past its deadline, how often a request waiting for its first exits looks again
@@ -117,12 +114,12 @@ def within(deadline_s: float | None, start: float, timeout_s: float) -> float | 
     return start + min(deadline_s, timeout_s - TIMEOUT_MARGIN_S)
 
 
-def after_graph(engine: StageEngine, k: int, rows: Rows, last: np.ndarray, alive: np.ndarray,
+def after_graph(engine: Any, k: int, rows: Rows, last: np.ndarray, alive: np.ndarray,
                 now: float) -> tuple[list[Request], int]:
-    """Graph ``k`` ran on ``rows``; ``alive`` (changed in place) marks the rows that go on and
-    ``last`` holds every row's logits at the graph's deepest exit. Provisional answers, deadline
-    cuts and Progress for watched requests (see the module doc). Returns the requests the cuts
-    completed and the number of rows cut."""
+    """Graph ``k`` of the StageEngine ``engine`` ran on ``rows``; ``alive`` (changed in place)
+    marks the rows that go on and ``last`` holds every row's logits at the graph's deepest exit.
+    Provisional answers, deadline cuts and Progress for watched requests (see the module doc).
+    Returns the requests the cuts completed and the number of rows cut."""
     watched = [i for i, r in enumerate(rows.reqs) if r.watch is not None]
     if not watched:
         return [], 0
@@ -168,9 +165,9 @@ def after_graph(engine: StageEngine, k: int, rows: Rows, last: np.ndarray, alive
     return done, cut
 
 
-async def wait(engine: StageEngine, req: Request) -> Answer:
-    """A deadline request's answer: the engine's, or at the deadline the last Progress once
-    every image reached an exit (see the module doc)."""
+async def wait(engine: Any, req: Request) -> Answer:
+    """A deadline request's answer (``engine``: the StageEngine): the engine's, or at the
+    deadline the last Progress once every image reached an exit (see the module doc)."""
     left = req.watch.deadline - time.perf_counter()
     try:
         return await asyncio.wait_for(asyncio.shield(req.future), max(left, 0.0))
