@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .anytime import Snapshot, snapshots
-from .deadline import Budget, StageTimes, check_deadline
+from .deadline import Budget, StageTimes, check_deadline, predict_within
 from .decision import decide, softmax  # noqa: F401  (softmax: re-exported)
 from .executors.base import Executor
 from .executors.buckets import Buckets
@@ -210,13 +210,7 @@ class ExitChain:
             CalibrationError: thresholds that do not resolve (an unknown name, a value out of range).
         """
         if deadline_ms is not None:
-            budget = Budget(check_deadline(deadline_ms), self.clock, self.stage_times)
-            x = self.check_input(x)
-            out = Results(len(x))
-            for part in self._stages(x, *self._thresholds_cached(thresholds), budget):
-                if part is not None:
-                    out.fill(part)
-            return out.prediction()
+            return predict_within(self, x, thresholds, deadline_ms)
         x = self.check_input(x)
         thr, temps = self._thresholds_cached(thresholds)
         n = len(x)

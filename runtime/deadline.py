@@ -32,7 +32,7 @@ import numpy as np
 from ranet_edge.errors import InputError
 
 from .decision import decide
-from .results import StageRows
+from .results import Prediction, Results, StageRows
 
 Clock = Callable[[], float]
 
@@ -151,3 +151,20 @@ class Budget:
         d = decide(last, -np.inf, temperature)
         self.cut_rows += len(rows)
         return StageRows(rows, d.labels, np.full(len(rows), k, np.int64), d.confidences, d.probabilities, cut=True)
+
+
+def predict_within(chain: Any, x: Any, thresholds: Any, deadline_ms: Any) -> Prediction:
+    """``chain.predict(x, thresholds, deadline_ms=...)``: the routing loop with a :class:`Budget`
+    that starts now.
+
+    Raises:
+        InputError: a bad ``deadline_ms`` or input.
+        CalibrationError: thresholds that do not resolve.
+    """
+    budget = Budget(check_deadline(deadline_ms), chain.clock, chain.stage_times)
+    x = chain.check_input(x)
+    out = Results(len(x))
+    for part in chain._stages(x, *chain._thresholds_cached(thresholds), budget):
+        if part is not None:
+            out.fill(part)
+    return out.prediction()
