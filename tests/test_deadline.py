@@ -75,6 +75,20 @@ def test_exit_zero_is_always_computed(chain_x, monkeypatch):
     np.testing.assert_array_equal(p.labels, chain.run_all(x)[0].argmax(axis=1))
 
 
+@pytest.mark.parametrize("options", [{"device_io": True}, {"capture": True, "buckets": [1, 8, 64]}])
+def test_every_executor_cuts_alike(chain_x, monkeypatch, options):
+    chain, x = chain_x
+    script(chain, monkeypatch, [1.0] * 6)
+    want = chain.predict(x, 0.9, deadline_ms=3.5)
+    other = ExitChain.load(chain.manifest.root, warmup=False, **options)
+    clock = script(other, monkeypatch, [1.0] * 6)
+    got = other.predict(x, 0.9, deadline_ms=3.5)
+    assert [g for g, _ in clock.runs] == [0, 1, 2]
+    for field in ("labels", "exits", "deadline_cut"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+    assert want.deadline_cut.any()
+
+
 def test_later_chunks_still_get_exit_zero(monkeypatch):
     """max_batch 16, 40 samples: the deadline is the call's; chunk 2 and 3 start after it."""
     chain, x = shipped(max_batch=16, n=40)
