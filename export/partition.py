@@ -4,8 +4,9 @@ The whole model is exported once, with every exit's logits as a graph output. St
 is then every node that the logits of its exits need and that no earlier stage computed,
 in the original topological order. Whatever a stage reads from an earlier stage becomes
 a graph input under the producer's tensor name; whatever a later stage reads becomes an
-output. Constant sub-graphs (initializers and what is computed from them alone) are copied
-into each stage that uses them instead of being passed along. This works for any model
+output. Constant sub-graphs (initializers and what is computed from them alone) and shape
+computations (:func:`shape_nodes`) are copied into each stage that uses them instead of being
+passed along. This works for any model
 whose forward returns its exit logits in order, and by construction computes every node
 exactly once across the chain.
 """
@@ -43,6 +44,26 @@ def constant_nodes(graph: onnx.GraphProto) -> set[int]:
     return const
 
 
+def shape_nodes(graph: onnx.GraphProto, const: set[int]) -> set[int]:
+    """Indices of nodes that compute from tensor shapes alone: ``Shape`` and ``Size`` nodes and
+    what is computed from their outputs and constants (a reshape's target, a range of
+    positions). A stage re-computes them from its own inputs rather than reading them from an
+    earlier stage: they hold the batch size, which changes when rows leave, and have no batch
+    axis to gather rows from."""
+    known = {out for n in const for out in graph.node[n].output} | {i.name for i in graph.initializer} | {""}
+    shape_outs: set[str] = set()
+    out: set[int] = set()
+    for n, node in enumerate(graph.node):
+        if n in const:
+            continue
+        if node.op_type in ("Shape", "Size") or (
+                any(name in shape_outs for name in node.input)
+                and all(name in known or name in shape_outs for name in node.input)):
+            out.add(n)
+            shape_outs.update(node.output)
+    return out
+
+
 def partition(model: onnx.ModelProto, groups: list[list[str]],
               follow_producer: Callable[[onnx.NodeProto], bool] | None = None) -> list[Stage]:
     """Split ``model`` into one stage per group of logits outputs (groups in exit order).
@@ -59,6 +80,7 @@ def partition(model: onnx.ModelProto, groups: list[list[str]],
     producer = {out: n for n, node in enumerate(graph.node) for out in node.output}
     inits = {i.name: i for i in graph.initializer}
     const = constant_nodes(graph)
+    const |= shape_nodes(graph, const)  # copied into each stage that uses them, like constants
     graph_inputs = [i.name for i in graph.input if i.name not in inits]
     output_names = {o.name for o in graph.output}
     missing = [name for group in groups for name in group if name not in output_names]

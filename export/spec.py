@@ -19,4 +19,7 @@ class ExportSpec:
     monolithic: bool = False
     granularity: str = "exit"  # "exit" or "subnetwork"
     tolerance: float = 1e-4  # max |diff| / max |logit| allowed at every exit
-    validate_batches: tuple[int, ...] = (1, 3)
+    validate_batches: tuple[int, ...] = (1, 3)  # image exports; named inputs: the examples and a second set
+    #: Named inputs' dynamic axes besides the batch: ``{"input_ids": {1: "sequence"}, ...}``
+    #: (see :mod:`ranet_edge.export.inputs`).
+    dynamic_axes: dict[str, dict[int, str]] | None = None

@@ -1,6 +1,7 @@
 """Export step 1, to ONNX: the whole multi-exit model as one ONNX graph, ready to be cut.
 
-The model is exported once with every exit's logits as a graph output. Batch norm is folded
+The model is exported once with every exit's logits as a graph output, on the example
+inputs (:mod:`.inputs`), under the guards of :mod:`.guard`. Batch norm is folded
 here in float64 first (:mod:`.fold`), so the weights written are the same bits on every CPU;
 the graph's constant-size ``Resize`` nodes get constant scales (:mod:`.rewrite`) and every
 tensor's dtype and shape is recorded, with a symbolic batch axis unless the export is static.
@@ -8,8 +9,8 @@ tensor's dtype and shape is recorded, with a symbolic batch axis unless the expo
 from __future__ import annotations
 
 import io
-import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,14 +19,13 @@ import torch
 from onnx import helper
 
 from ranet_edge import __version__
-from ranet_edge.errors import ExportError
 
 from .fold import fold_batchnorm
 from .graph_costs import intermediate_values
+from .guard import count_exits, guarded_export, shapes_at, symbolic_axes
+from .inputs import BATCH, INPUT_NAME, ExampleInputs, example_inputs
 from .partition import constant_nodes
 from .rewrite import AXES_OPSET, constant_resize, opset_of
-
-INPUT_NAME = "image"
 
 
 @dataclass
@@ -34,10 +34,13 @@ class Traced:
 
     graph: onnx.ModelProto  # rewritten, with value_info: the graph cut into stages
     baseline: onnx.ModelProto  # the monolithic baseline: ``graph`` where its rewrite pays, else as exported
-    values: dict[str, np.ndarray]  # every live tensor of ``graph`` at the example batch
+    values: dict[str, np.ndarray]  # every live tensor of ``graph`` at the example inputs
     num_exits: int
     resizes: int  # Resize nodes given constant sizes (or scales)
     baseline_rewritten: bool = False  # the baseline got the same rewrite as the stages
+    #: Per tensor of ``values``: each axis's symbolic name ("batch", "sequence", ...) or None (fixed).
+    axes: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
+    inputs: ExampleInputs | None = None  # what the graph takes
 
 
 def logit_names(num_exits: int) -> list[str]:
@@ -46,45 +49,37 @@ def logit_names(num_exits: int) -> list[str]:
     return [f"logits_{k}" for k in range(num_exits)]
 
 
-def count_exits(model: torch.nn.Module, example: torch.Tensor) -> int:
-    """The number of exits, after checking that ``forward`` returns the exit logits.
-
-    Raises:
-        ExportError: ``forward(example)`` does not return a non-empty list or tuple of 2-D
-            (N, classes) tensors.
-    """
-    with torch.no_grad():
-        outputs = model(example)
-    if not isinstance(outputs, (list, tuple)) or not outputs or not all(
-            isinstance(o, torch.Tensor) and o.dim() == 2 for o in outputs):
-        raise ExportError("the model's forward must return the list of exit logits (N x classes tensors) in "
-                          f"exit order; it returned {type(outputs).__name__}")
-    return len(outputs)
-
-
-def to_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], opset: int,
+def to_onnx(model: torch.nn.Module, inputs: ExampleInputs | Sequence[int], opset: int,
             static_batch: int | None, notes: list[str]) -> Traced:
-    """Export ``model`` (in eval mode) at batch ``static_batch`` (None: a dynamic batch axis).
+    """Export ``model`` (in eval mode) on ``inputs`` (checked :class:`~.inputs.ExampleInputs`,
+    or a ``(C, H, W)`` image shape) with a dynamic batch axis unless ``static_batch``, and the
+    inputs' named dynamic axes.
 
     What a user should know but need not stop for is appended to ``notes``.
 
     Raises:
-        ExportError: ``forward`` does not return the list of exit logits.
+        ExportError: ``forward`` does not return the list of exit logits, returns another
+            number of exits on a second input, branches on tensor values (the tracer's
+            warning names the line), or the exporter fails (one line, with the fix where one
+            is known); or the graph fails on inputs of other sizes along its dynamic axes.
     """
-    batch = static_batch or 1
-    example = torch.zeros(batch, *input_shape)
-    num_exits = count_exits(model, example)
+    ex = inputs if isinstance(inputs, ExampleInputs) else example_inputs(inputs, None, static_batch)
+    example = tuple(ex.examples)
+    second = ex.second(static_batch)
+    num_exits = count_exits(model, ex, second)
     # Batch norm folded in float64 here, not by torch.onnx.export in float32: the weights
     # written are then the same bits on every CPU (see .fold). Validation still compares
     # against the unfolded model.
     folded, _ = fold_batchnorm(model)
-    full = _export(folded, example, num_exits, opset, static_batch)
+    full = _export(folded, example, ex, num_exits, opset, static_batch, notes)
     _check_nothing_folded_by_torch(folded, full, notes)
-    feed = np.zeros((batch, *input_shape), np.float32)
-    values = {INPUT_NAME: feed, **intermediate_values(full, {INPUT_NAME: feed})}
-    other = None  # shapes at a second batch size tell the fixed dimensions from the batch axis
-    if static_batch is None:
-        other = {k: v.shape for k, v in intermediate_values(full, {INPUT_NAME: np.zeros((2, *input_shape), np.float32)}).items()}
+    feeds = ex.feeds()
+    values = {**feeds, **intermediate_values(full, feeds)}
+    other = None  # shapes at other sizes tell the fixed dimensions from the dynamic axes
+    if ex.named:
+        other = {**{k: v.shape for k, v in second.items()}, **shapes_at(full, second, ex)}
+    elif static_batch is None:
+        other = {k: v.shape for k, v in intermediate_values(full, {INPUT_NAME: np.zeros((2, *ex.image_shape), np.float32)}).items()}  # type: ignore[misc]
     # The monolithic baseline gets the same rewrite: with opset 18's sizes-on-axes form it runs
     # no shape arithmetic and stays in NCHW like the exported Resize, faster at batch 1 and as
     # fast at batch 64. Only where the opset cannot be raised (constant scales, which ONNX
@@ -93,27 +88,31 @@ def to_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], opset: in
     as_exported = onnx.ModelProto()
     as_exported.CopyFrom(full)
     resizes = constant_resize(full, {k: v.shape for k, v in values.items()}, other)
-    live = {out for node in full.graph.node for out in node.output} | {INPUT_NAME}
+    live = {out for node in full.graph.node for out in node.output} | set(ex.names)
     values = {k: v for k, v in values.items() if k in live}
-    _value_infos(full, values, static_batch)
+    if ex.named:
+        axes = symbolic_axes(values, other, ex)  # type: ignore[arg-type]
+        _value_infos(full, values, axes)
+    else:  # value_info as image bundles always had it; the true axes only for the exporter's checks
+        _value_infos(full, values, _image_axes(full, values, static_batch))
+        axes = symbolic_axes(values, {**other, INPUT_NAME: (2, *ex.image_shape)}, ex) if other else {}  # type: ignore[misc]
     baseline = as_exported
     if opset_of(full) >= AXES_OPSET:
         baseline = onnx.ModelProto()
         baseline.CopyFrom(full)
-    return Traced(full, baseline, values, num_exits, resizes, baseline is not as_exported)
+    return Traced(full, baseline, values, num_exits, resizes, baseline is not as_exported, axes, ex)
 
 
-def _export(model: torch.nn.Module, example: torch.Tensor, num_exits: int, opset: int,
-            static_batch: int | None) -> onnx.ModelProto:
+def _export(model: torch.nn.Module, example: tuple[torch.Tensor, ...], ex: ExampleInputs, num_exits: int,
+            opset: int, static_batch: int | None, notes: list[str]) -> onnx.ModelProto:
     names = logit_names(num_exits)
-    axes = None
+    axes: dict[str, dict[int, str]] | None = {n: dict(a) for n, a in ex.axes.items() if a}
     if static_batch is None:
-        axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
+        axes = {**(axes or {}), **{n: {0: BATCH} for n in names}}
     buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
-                          output_names=names, dynamic_axes=axes, opset_version=opset,
+    with guarded_export(ex, static_batch, notes):
+        torch.onnx.export(model, example, buf, dynamo=False, input_names=list(ex.names),
+                          output_names=names, dynamic_axes=axes or None, opset_version=opset,
                           do_constant_folding=True)
     m = onnx.load_from_string(buf.getvalue())
     m.graph.name = "multi_exit"
@@ -132,16 +131,26 @@ def _check_nothing_folded_by_torch(folded: torch.nn.Module, m: onnx.ModelProto, 
                      "in one nn.Sequential): their weights may differ in the last bits between CPUs")
 
 
-def _value_infos(model: onnx.ModelProto, values: dict[str, np.ndarray], static_batch: int | None) -> None:
-    """Record every tensor's dtype and shape; the batch axis of activations is symbolic
-    unless the export is static (weights computed from initializers keep their shapes)."""
-    del model.graph.value_info[:]
+def _image_axes(model: onnx.ModelProto, values: dict[str, np.ndarray],
+                static_batch: int | None) -> dict[str, tuple[str | None, ...]]:
+    """An image export's symbolic axes: the batch axis of activations, unless the export is
+    static (weights computed from initializers keep their shapes)."""
     constant = {out for n in constant_nodes(model.graph) for out in model.graph.node[n].output}
+    out: dict[str, tuple[str | None, ...]] = {}
+    for name, arr in values.items():
+        axes: list[str | None] = [None] * arr.ndim
+        if arr.dtype.kind == "f" and arr.ndim and static_batch is None and name not in constant:
+            axes[0] = BATCH
+        out[name] = tuple(axes)
+    return out
+
+
+def _value_infos(model: onnx.ModelProto, values: dict[str, np.ndarray], axes: dict[str, tuple]) -> None:
+    """Record every tensor's dtype and shape, each dynamic axis by its symbolic name."""
+    del model.graph.value_info[:]
     for name, arr in values.items():
         if name in {o.name for o in model.graph.output}:
             continue
-        dims: list[Any] = list(arr.shape)
-        if arr.dtype.kind == "f" and dims and static_batch is None and name not in constant:
-            dims[0] = "batch"
+        dims: list[Any] = [a if a else d for d, a in zip(arr.shape, axes[name], strict=True)]
         model.graph.value_info.append(
             helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), dims))

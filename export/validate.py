@@ -11,7 +11,7 @@ failure raises one :class:`~ranet_edge.errors.ValidationError` that carries the 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ranet_edge.errors import ValidationError
+from ranet_edge.errors import ExportError, ValidationError
 from ranet_edge.runtime.graphs import walk
 from ranet_edge.runtime.manifest import load_manifest
 
@@ -69,25 +69,28 @@ def session(m: onnx.ModelProto | str | os.PathLike) -> ort.InferenceSession:
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
-def chain_run(sessions: Sequence[ort.InferenceSession], graphs: Sequence[Chained], x: np.ndarray,
-              input_name: str = INPUT_NAME) -> list[np.ndarray]:
+def chain_run(sessions: Sequence[ort.InferenceSession], graphs: Sequence[Chained],
+              x: np.ndarray | Mapping[str, np.ndarray], input_name: str = INPUT_NAME) -> list[np.ndarray]:
     """Run the graphs in order, feeding each the tensors it names (how any user chains them);
-    returns every exit's logits in exit order."""
+    returns every exit's logits in exit order. ``x``: the image, or every input by name."""
     def run(g: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sess = sessions[g]
         return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
 
-    return [outs[name] for g, _, outs in walk([gr.inputs for gr in graphs[:len(sessions)]], {input_name: x}, run)
+    return [outs[name] for g, _, outs in walk([gr.inputs for gr in graphs[:len(sessions)]], dict(x) if isinstance(x, Mapping) else {input_name: x}, run)
             for name in graphs[g].logits]
 
 
 def validate_graphs(model: torch.nn.Module, graphs: Sequence[Chained], input_shape: Sequence[int], *,
                     tolerance: float = 1e-4, batches: Sequence[int] = DEFAULT_BATCHES,
                     input_name: str = INPUT_NAME,
-                    sessions: Sequence[ort.InferenceSession] | None = None) -> list[ExitCheck]:
+                    sessions: Sequence[ort.InferenceSession] | None = None,
+                    feeds: Sequence[Mapping[str, np.ndarray]] | None = None) -> list[ExitCheck]:
     """Compare every exit of ``graphs`` (the chain in order, e.g. the exporter's stages) with
     ``model`` (run in eval mode) on seeded random inputs of
-    ``(batch, *input_shape)`` for each batch size in ``batches``.
+    ``(batch, *input_shape)`` for each batch size in ``batches``, or on ``feeds`` (named
+    inputs, each a mapping name -> array in ``forward``'s argument order; ``input_shape`` and
+    ``batches`` are then unused).
 
     An exit passes when ``max |diff| / max |logit| <= tolerance``. Returns the table, batch by
     batch and exit by exit, when every exit passes; raises
@@ -103,11 +106,13 @@ def validate_graphs(model: torch.nn.Module, graphs: Sequence[Chained], input_sha
     sessions = list(sessions) if sessions is not None else [session(g.model) for g in graphs]  # type: ignore[attr-defined]
     rng = np.random.default_rng(0)
     table: list[ExitCheck] = []
-    for b in batches:
-        x = rng.standard_normal((b, *input_shape)).astype(np.float32)
+    sets = list(feeds) if feeds is not None else [
+        {input_name: rng.standard_normal((b, *input_shape)).astype(np.float32)} for b in batches]
+    for x in sets:
+        b = len(next(iter(x.values())))
         with torch.no_grad():
-            ref = [t.numpy() for t in model(torch.from_numpy(x))]
-        got = chain_run(sessions, graphs, x, input_name)
+            ref = [t.numpy() for t in model(*(torch.from_numpy(v) for v in x.values()))]
+        got = chain_run(sessions, graphs, x)
         if len(got) != len(ref):
             raise ValidationError(f"validation against PyTorch failed: the graphs give {len(got)} exits, the model "
                                   f"{len(ref)}; validate the graphs against the model they were exported from")
@@ -121,21 +126,26 @@ def validate_graphs(model: torch.nn.Module, graphs: Sequence[Chained], input_sha
 
 
 def validate_bundle(model: torch.nn.Module, bundle: str | os.PathLike, *, tolerance: float | None = None,
-                    batches: Sequence[int] | None = None) -> list[ExitCheck]:
+                    batches: Sequence[int] | None = None,
+                    feeds: Sequence[Mapping[str, np.ndarray]] | None = None) -> list[ExitCheck]:
     """Validate the bundle in ``bundle`` (sha256 verified) against ``model`` as
     :func:`validate_graphs` does. ``tolerance`` defaults to the one the bundle was exported
-    with, ``batches`` to its static batch size or ``(1, 3)``.
+    with, ``batches`` to its static batch size or ``(1, 3)``; a bundle of named inputs is
+    validated on ``feeds`` (mappings name -> array).
 
     Raises:
         BundleError: ``bundle`` has no readable ranet-edge manifest, or a graph's sha256 does
             not match it.
+        ExportError: a bundle of named inputs and no ``feeds``.
         ValidationError: as :func:`validate_graphs`.
     """
     man = load_manifest(bundle, verify=True)
     data = man.data
     static = data.get("batch_size")
+    if man.preprocessing is None and feeds is None:
+        raise ExportError("this bundle takes named inputs: pass feeds=[{name: array, ...}] to validate it")
     return validate_graphs(
-        model, man.graphs, data["preprocessing"]["shape"][1:],
+        model, man.graphs, man.preprocessing.sample_shape if man.preprocessing else (), feeds=feeds,
         tolerance=tolerance if tolerance is not None else data.get("validation", {}).get("tolerance", 1e-4),
         batches=batches or ((static,) if static else DEFAULT_BATCHES), input_name=man.input_name,
         sessions=[session(Path(man.root) / g.path) for g in man.graphs])

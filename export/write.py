@@ -52,11 +52,15 @@ def graph_files(stages: Sequence[Stage], baseline: onnx.ModelProto | None) -> di
 
 
 def build_manifest(traced: Traced, stages: Sequence[Stage], files: Mapping[str, bytes], costs: Costs,
-                   spec: ExportSpec, input_shape: tuple[int, int, int], table: Sequence[ExitCheck],
+                   spec: ExportSpec, input_shape: tuple[int, int, int] | None, table: Sequence[ExitCheck],
                    notes: list[str], metadata: dict | None = None) -> dict:
     """The bundle's ``manifest.json`` (see docs/bundle-contract.md and ranet_edge/schemas/manifest.schema.json); ``metadata``
-    (model, preprocessing, class names...) overrides the generic fields it names."""
+    (model, preprocessing, class names...) overrides the generic fields it names. ``input_shape``
+    None: named inputs (``traced.inputs``), recorded in ``inputs`` with every tensor's
+    symbolic axes, and no image preprocessing."""
     values = traced.values
+    named = input_shape is None
+    axes = traced.axes if named else None
     digest = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     graphs, exits = [], []
     for st in stages:
@@ -66,7 +70,8 @@ def build_manifest(traced: Traced, stages: Sequence[Stage], files: Mapping[str, 
             "path": fname, "sha256": digest[fname], "inputs": st.inputs, "logits": st.logits,
             "cache_outputs": st.cache_outputs, "exits": st.exits, "flops": costs.graph_flops[st.index],
             "bytes": len(files[fname]),
-            "tensors": {n: _tensor_desc(values[n], spec.batch_size) for n in st.inputs + st.cache_outputs},
+            "tensors": {n: _tensor_desc(values[n], spec.batch_size, axes[n] if axes else None)
+                        for n in st.inputs + st.cache_outputs},
         })
         for k in st.exits:
             exits.append({
@@ -78,15 +83,17 @@ def build_manifest(traced: Traced, stages: Sequence[Stage], files: Mapping[str, 
             })
     mono = None
     if MONOLITHIC in files:
-        mono = {"path": MONOLITHIC, "sha256": digest[MONOLITHIC], "inputs": [INPUT_NAME],
+        mono = {"path": MONOLITHIC, "sha256": digest[MONOLITHIC], "inputs": list(traced.inputs.names) if named else [INPUT_NAME],  # type: ignore[union-attr]
                 "logits": logit_names(traced.num_exits), "bytes": len(files[MONOLITHIC])}
-    generic_pre = {  # a model that states no preprocessing takes its input as given
+    generic_pre = None if named else {  # a model that states no preprocessing takes its input as given
         "input": INPUT_NAME, "shape": [spec.batch_size, *input_shape], "dtype": "float32", "layout": "NCHW",
         "color": "RGB", "size": input_shape[-1], "mean": [0.0, 0.0, 0.0], "std": [1 / 255] * 3,
         "resize": None, "scale": "uint8 / 255",
     }
+    inputs = {"inputs": [{"name": n, **_tensor_desc(values[n], spec.batch_size, traced.axes[n])}
+                         for n in traced.inputs.names]} if named else {}  # type: ignore[union-attr]
     return {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION,
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, **inputs,
         "preprocessing": generic_pre, "num_classes": int(values[f"logits_{traced.num_exits - 1}"].shape[1]),
         **(metadata or {}),
         "granularity": spec.granularity, "opset": opset_of(traced.graph), "batch_size": spec.batch_size,
@@ -117,8 +124,13 @@ def write_bundle(out: str | os.PathLike, files: Mapping[str, bytes], manifest: d
     return out
 
 
-def _tensor_desc(arr: np.ndarray, static_batch: int | None) -> dict:
+def _tensor_desc(arr: np.ndarray, static_batch: int | None, axes: Sequence[str | None] | None = None) -> dict:
+    """Shape (None on a dynamic axis) and dtype; with ``axes`` (named-input bundles), the
+    axes' symbolic names too. Image bundles keep the form they always had."""
     shape: list[Any] = list(arr.shape)
+    if axes is not None:
+        return {"shape": [None if a else d for d, a in zip(shape, axes, strict=True)], "dtype": str(arr.dtype),
+                "axes": list(axes)}
     if arr.dtype.kind == "f" and static_batch is None:
         shape[0] = None
     return {"shape": shape, "dtype": str(arr.dtype)}

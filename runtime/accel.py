@@ -59,7 +59,7 @@ def _input_shapes(manifest, entry) -> dict[str, list] | None:
     out = {}
     for name in entry.inputs:
         tensor = entry.tensor(name)
-        shape = list(image.shape) if name == image.input else (list(tensor.shape) if tensor else None)
+        shape = list(image.shape) if image is not None and name == image.input else (list(tensor.shape) if tensor else None)
         if not shape or shape[0] is not None or any(d is None for d in shape[1:]):
             return None  # unknown, or a static batch (nothing to profile)
         out[name] = shape

@@ -18,12 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from ranet_edge.errors import InputError
+
 from .anytime import Snapshot, snapshots
 from .deadline import Budget, StageTimes, check_deadline, predict_within
 from .decision import decide, softmax  # noqa: F401  (softmax: re-exported)
 from .executors.base import Executor
 from .executors.buckets import Buckets
 from .graphs import GraphInfo
+from .inputs import NamedBatch, check_inputs
 from .loading import DEFAULT_MAX_BATCH, LoadReport, load  # noqa: F401  (DEFAULT_MAX_BATCH: re-exported)
 from .manifest import Manifest
 from .operating_points import OperatingPoint, resolve
@@ -46,9 +49,12 @@ class ExitChain:
         self.provider = provider
         self.operating_points = points
         self.default_operating_point = default_point
-        self.preprocess_spec = manifest.preprocessing.spec
+        pre = manifest.preprocessing  # None: a bundle of named, non-image inputs (see runtime/inputs.py)
+        self.preprocess_spec = pre.spec if pre is not None else None
         self.input_name = manifest.input_name
-        self.input_shape = manifest.preprocessing.sample_shape
+        #: What the bundle takes: name, dtype, shape and dynamic axes of each input.
+        self.inputs = manifest.inputs
+        self.input_shape = pre.sample_shape if pre is not None else manifest.inputs[0].sample_shape
         self.num_exits = manifest.num_exits
         self.class_names = None if manifest.class_names is None else list(manifest.class_names)
         #: The most samples one graph run sees; larger arrays go in chunks. Fixed at load.
@@ -133,16 +139,24 @@ class ExitChain:
         """uint8 HxWx3 RGB images -> float32 NCHW batch, as the manifest says.
 
         Raises:
-            InputError: an image that is not uint8 HxWx3.
+            InputError: an image that is not uint8 HxWx3, or a bundle that takes no images.
         """
+        if self.preprocess_spec is None:
+            raise InputError("this bundle takes named inputs, not images ("
+                             + ", ".join(f"{i.name}: {i.describe()}" for i in self.inputs) + "); pass them to predict")
         return preprocess(images, self.preprocess_spec)
 
-    def check_input(self, x: Any) -> np.ndarray:
-        """``x`` if it is a finite float32 (N, *input_shape) array with N >= 1.
+    def check_input(self, x: Any) -> np.ndarray | NamedBatch:
+        """An image bundle: ``x`` if it is a finite float32 (N, *input_shape) array with N >= 1.
+        A bundle of named inputs: ``x`` (a mapping name -> array, or one array for a single
+        input) checked against the manifest, as a :class:`~ranet_edge.runtime.inputs.NamedBatch`.
 
         Raises:
-            InputError: another type, dtype or shape, or NaN / infinite values.
+            InputError: another type, dtype or shape, NaN / infinite values, or (named inputs) a
+                missing or unknown name; the message names the input and what was expected.
         """
+        if self.preprocess_spec is None:
+            return check_inputs(x, self.inputs, self.max_batch)
         return check_batch(x, self.input_shape, self.max_batch)
 
     def resolve_thresholds(self, thresholds: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -174,12 +188,12 @@ class ExitChain:
     def _chunks(self, n: int) -> list[int]:
         return list(range(0, n, self.max_batch))
 
-    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+    def run_all(self, x: Any) -> list[np.ndarray]:
         """Every exit's logits for every sample (anytime prediction), graph by graph, in chunks
         of at most ``max_batch`` samples.
 
         Raises:
-            InputError: ``x`` is not a finite float32 (N, *input_shape) array.
+            InputError: ``x`` is not what the bundle takes (see :meth:`check_input`).
         """
         x = self.check_input(x)
         ex = self.executor
@@ -191,7 +205,7 @@ class ExitChain:
                 parts.append(ex.run_every(ex.feed(x[start:start + self.max_batch], scratch=True)))
         return parts[0] if len(parts) == 1 else [np.concatenate(col) for col in zip(*parts)]
 
-    def predict(self, x: np.ndarray, thresholds: Any = None, deadline_ms: float | None = None) -> Prediction:
+    def predict(self, x: Any, thresholds: Any = None, deadline_ms: float | None = None) -> Prediction:
         """Route each sample through the graphs until an exit is confident enough (in chunks
         of at most ``max_batch`` samples).
 
@@ -205,7 +219,7 @@ class ExitChain:
         after its deadline by graph 0's time. See ``runtime/deadline.py``.
 
         Raises:
-            InputError: ``x`` is not a finite float32 (N, *input_shape) array, or a
+            InputError: ``x`` is not what the bundle takes (see :meth:`check_input`), or a
                 ``deadline_ms`` that is not a finite number > 0.
             CalibrationError: thresholds that do not resolve (an unknown name, a value out of range).
         """
@@ -227,7 +241,7 @@ class ExitChain:
             out.fill(part)
         return out.prediction()
 
-    def anytime(self, x: np.ndarray, thresholds: Any = None, deadline_ms: float | None = None) -> Iterator[Snapshot]:
+    def anytime(self, x: Any, thresholds: Any = None, deadline_ms: float | None = None) -> Iterator[Snapshot]:
         """predict() as answers that refine: after each graph run, yield a
         :class:`~ranet_edge.runtime.anytime.Snapshot` of every sample's answer so far (the
         running samples' label and confidence at this graph's exit) and the mask of answers
@@ -237,13 +251,13 @@ class ExitChain:
         deadline counts from the call.
 
         Raises:
-            InputError: ``x`` is not a finite float32 (N, *input_shape) array, or a bad ``deadline_ms``.
+            InputError: ``x`` is not what the bundle takes (see :meth:`check_input`), or a bad ``deadline_ms``.
             CalibrationError: thresholds that do not resolve.
         """
         budget = None if deadline_ms is None else Budget(check_deadline(deadline_ms), self.clock, self.stage_times)
         return snapshots(self, self.check_input(x), *self._thresholds_cached(thresholds), budget)
 
-    def predict_stages(self, x: np.ndarray, thresholds: Any = None) -> Iterator[StageRows]:
+    def predict_stages(self, x: Any, thresholds: Any = None) -> Iterator[StageRows]:
         """predict() one graph at a time: after each graph, yield the samples it decided.
 
         Yields one :class:`StageRows` per graph run, in graph order (possibly with no rows),
@@ -254,7 +268,7 @@ class ExitChain:
         checked at the call.
 
         Raises:
-            InputError: ``x`` is not a finite float32 (N, *input_shape) array.
+            InputError: ``x`` is not what the bundle takes (see :meth:`check_input`).
             CalibrationError: thresholds that do not resolve.
         """
         empty = StageRows.concat([], self.manifest.num_classes)

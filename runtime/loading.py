@@ -27,6 +27,7 @@ from ranet_edge.errors import InputError
 from .accel import check_options, gather_providers, graph_providers
 from .executors.buckets import Buckets, make_buckets
 from .graphs import open_graphs
+from .inputs import zeros_like_inputs
 from .manifest import Manifest, load_manifest
 from .operating_points import load_points
 from .placement import CPU, placement_row, require_placement
@@ -138,6 +139,10 @@ def load(cls, bundle: str | os.PathLike, provider: str, threads: int | None, war
     if capture:
         from .executors.captured import build
 
+        if manifest.preprocessing is None:
+            raise InputError("capture=True runs fixed buffers of one image input; this bundle takes named inputs "
+                             "with dynamic axes: load it without capture")
+
         executor, report = build(manifest, graphs, policy.warm_sizes(), full, providers, so, capture=on_cuda,
                                  stream=stream)
     elif device_io:
@@ -164,9 +169,11 @@ def load(cls, bundle: str | os.PathLike, provider: str, threads: int | None, war
     else:
         sizes = tuple(policy.warm_sizes() if policy else [static or 1])
         for b in sizes:
-            chain.run_all(np.zeros((b, *chain.input_shape), np.float32))
-    # deadlines' expected graph times, on this machine (runtime/deadline.py)
-    chain.stage_times.measure(executor, chain.input_shape, tuple(dict.fromkeys((sizes[0], sizes[-1]))))
+            chain.run_all(np.zeros((b, *chain.input_shape), np.float32) if manifest.preprocessing is not None
+                          else zeros_like_inputs(manifest.inputs, b).arrays)
+    if manifest.preprocessing is not None:  # named inputs (text): sizes vary, the times are not measured at load
+        # deadlines' expected graph times, on this machine (runtime/deadline.py)
+        chain.stage_times.measure(executor, chain.input_shape, tuple(dict.fromkeys((sizes[0], sizes[-1]))))
     chain.load_report = LoadReport(load_s, time.perf_counter() - t0, sizes, report)
     return chain
 

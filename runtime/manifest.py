@@ -33,13 +33,14 @@ from ._fields import (
     three_positive,
 )
 from .files import replace_dir, resolve_inside, sha256_file, write_json_atomic
+from .tensors import InputInfo, TensorInfo, parse_inputs, parse_tensor
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # preprocess imports numpy; reading a manifest does not need it
     from .preprocess import PreprocessSpec
 
 __all__ = [
-    "FORMAT", "MANIFEST", "SCHEMA_VERSION", "CompiledGraph", "ExitEntry", "GraphEntry", "Manifest",
+    "FORMAT", "MANIFEST", "SCHEMA_VERSION", "CompiledGraph", "ExitEntry", "GraphEntry", "InputInfo", "Manifest",
     "MonolithicEntry", "Preprocessing", "TensorInfo", "load_manifest",
     # from .files, for the writers (export/), which import them from here
     "replace_dir", "sha256_file", "write_json_atomic",
@@ -48,14 +49,6 @@ __all__ = [
 FORMAT = "ranet-edge-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A tensor handed between graphs, as the exporter recorded it."""
-
-    shape: tuple[int | None, ...]  # None: a dynamic axis (the batch, in a dynamic-batch bundle)
-    dtype: str  # numpy name, e.g. "float32"
 
 
 @dataclass(frozen=True)
@@ -159,7 +152,7 @@ class Manifest:
     data: dict  # the raw manifest (do not change it: the typed fields were read from it)
     graphs: tuple[GraphEntry, ...]
     exits: tuple[ExitEntry, ...]
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None  # None: a bundle of named, non-image inputs (text)
     num_classes: int
     class_names: tuple[str, ...] | None
     monolithic: MonolithicEntry | None  # None: exported without --monolithic
@@ -170,6 +163,8 @@ class Manifest:
     opset: int | None
     model: dict | None  # free-form description of the source model (architecture, config, flags)
     mobile_report: dict | None  # ort bundles: share of nodes each mobile provider takes, per graph
+    #: The network inputs, in the order the first graph reads them (an image bundle: its one image).
+    inputs: tuple[InputInfo, ...] = ()
 
     @property
     def num_exits(self) -> int:
@@ -178,8 +173,8 @@ class Manifest:
 
     @property
     def input_name(self) -> str:
-        """The name of the first graph's image input."""
-        return self.preprocessing.input
+        """The name of the first network input (an image bundle's image)."""
+        return self.inputs[0].name if self.inputs else self.preprocessing.input  # type: ignore[union-attr]
 
     def exit_costs(self, name: str) -> list[int]:
         """One cost per exit, in exit order: ``flops``, ``stage_flops``, ``run_flops``,
@@ -238,7 +233,9 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
     top = Fields(mpath, data, "")
     exits_raw = top("exits", is_list, "a list of exit objects")
     graphs = tuple(_graph(mpath, g, i) for i, g in enumerate(top("graphs", is_list, "a list of graph objects")))
-    pre = _preprocessing(Fields(mpath, top("preprocessing", is_dict, "an object"), "preprocessing"))
+    pre_raw = top("preprocessing", lambda v: v is None or is_dict(v), "an object, or null for a non-image bundle")
+    pre = _preprocessing(Fields(mpath, pre_raw, "preprocessing")) if pre_raw is not None else None
+    inputs = parse_inputs(mpath, data.get("inputs"), pre)
     if not exits_raw or [k for g in graphs for k in g.exits] != list(range(len(exits_raw))):
         raise BundleError(f"{mpath}: graphs must carry exits 0..{len(exits_raw) - 1} in order")
     exits = _exits(mpath, exits_raw, graphs)
@@ -267,17 +264,15 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
         opset=top("opset", or_none(positive), "null or an opset number", None),
         model=top("model", or_none(is_dict), "null or an object", None),
         mobile_report=top("mobile_report", or_none(is_dict), "null or an object", None),
+        inputs=inputs,
     )
 
 
 # --------------------------------------------------------------------------- entries
 def _graph(mpath: Path, raw: Any, i: int) -> GraphEntry:
     f = Fields(mpath, raw, f"graphs[{i}]")
-    tensors = []
-    for name, t in f("tensors", is_dict, "an object of tensor descriptions", {}).items():
-        tf = Fields(mpath, t, f"graphs[{i}].tensors[{name!r}]")
-        tensors.append((name, TensorInfo(tuple(tf("shape", dims, "a list of sizes")),
-                                         tf("dtype", is_str, 'a dtype name like "float32"'))))
+    tensors = [(name, parse_tensor(mpath, t, f"graphs[{i}].tensors[{name!r}]"))
+               for name, t in f("tensors", is_dict, "an object of tensor descriptions", {}).items()]
     entry = GraphEntry(
         f("path", is_str, "a path relative to the bundle"), f("sha256", is_str, "a sha256 hex digest"),
         tuple(f("inputs", strings, "a list of tensor names")), tuple(f("logits", strings, "a list of tensor names")),

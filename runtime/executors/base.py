@@ -24,6 +24,7 @@ import numpy as np
 from ranet_edge.errors import InputError
 
 from ..graphs import GraphInfo
+from ..inputs import NamedBatch
 from .buckets import Buckets
 
 
@@ -67,8 +68,9 @@ class Executor:
         self.buckets = buckets
 
     # ------------------------------------------------------------------ the seam
-    def feed(self, x: np.ndarray, scratch: bool = False) -> Env:
-        """The rows of ``x`` (a checked float32 batch of at most the largest bucket) as graph 0
+    def feed(self, x: np.ndarray | NamedBatch, scratch: bool = False) -> Env:
+        """The rows of ``x`` (a checked float32 image batch, or a checked
+        :class:`~ranet_edge.runtime.inputs.NamedBatch`, of at most the largest bucket) as graph 0
         reads them. ``scratch``: the caller runs this env to its end before it feeds again on
         this thread, so the executor may keep it in reused per-thread buffers."""
         raise NotImplementedError
@@ -105,6 +107,10 @@ class Executor:
         """Forget cached bindings (after a graph's session was replaced)."""
 
     # ------------------------------------------------------------------ shared pieces
+    def input_values(self, x: np.ndarray | NamedBatch) -> dict[str, np.ndarray]:
+        """The network inputs of ``x`` by name: an image bundle's one array, or every named input."""
+        return x.arrays if isinstance(x, NamedBatch) else {self.input_name: x}
+
     def padded(self, rows: np.ndarray) -> np.ndarray:
         """Row indices ``rows`` extended to their bucket by repeating the last one."""
         return rows if self.buckets is None else self.buckets.pad(rows)

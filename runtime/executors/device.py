@@ -18,6 +18,7 @@ import numpy as np
 
 from .._ort import ort  # onnxruntime, through the build check
 from ..graphs import GraphInfo
+from ..inputs import NamedBatch
 from . import _onnx_proto as proto
 from .base import Env, Executor
 from .buckets import Buckets
@@ -40,10 +41,10 @@ class DeviceExecutor(Executor):
         """A host array as an OrtValue on the executor's device."""
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)
 
-    def feed(self, x: np.ndarray, scratch: bool = False) -> Env:
+    def feed(self, x: np.ndarray | NamedBatch, scratch: bool = False) -> Env:
         n = len(x)
         rows = self.padded(np.arange(n))
-        return Env({self.input_name: self.upload(x if len(rows) == n else x[rows])}, n)
+        return Env({name: self.upload(v) for name, v in self.input_values(x if len(rows) == n else x[rows]).items()}, n)
 
     def run(self, g: int, env: Env) -> tuple[list[np.ndarray], Env]:
         graph = self.graphs[g]

@@ -19,6 +19,7 @@ import numpy as np
 
 from .._ort import ort  # onnxruntime, through the build check
 from ..graphs import GraphInfo, walk
+from ..inputs import NamedBatch
 from .base import Env, Executor
 from .buckets import Buckets
 
@@ -35,18 +36,20 @@ class HostExecutor(Executor):
         super().__init__(graphs, input_name, buckets)
         self._plannable = all(g.static_batch is None for g in self.graphs)
         self._local = threading.local()  # per-thread BoundPlans, by batch size
-        known, self._handed_on = {input_name}, []  # per graph: what later graphs read of what exists then
+        produced = {n for g in self.graphs for n in g.output_names}
+        known = {n for g in self.graphs for n in g.inputs if n not in produced} | {input_name}  # the network inputs
+        self._handed_on = []  # per graph: what later graphs read of what exists then
         for g in self.graphs:
             known |= set(g.output_names)
             self._handed_on.append(sorted(g.keep_after & known))
 
-    def feed(self, x: np.ndarray, scratch: bool = False) -> Env:
+    def feed(self, x: np.ndarray | NamedBatch, scratch: bool = False) -> Env:
         n = len(x)
         if self.buckets is not None and self.buckets.size(n) != n:
-            return Env({self.input_name: x[self.padded(np.arange(n))]}, n)
-        if scratch and self._plannable:
+            return Env(self.input_values(x[self.padded(np.arange(n))]), n)
+        if scratch and self._plannable and isinstance(x, np.ndarray):  # named inputs: no plan (shapes vary)
             return Env({self.input_name: x}, n, -1, self._plan(x))
-        return Env({self.input_name: x}, n)
+        return Env(self.input_values(x), n)
 
     def run(self, g: int, env: Env) -> tuple[list[np.ndarray], Env]:
         plan = env.scratch
