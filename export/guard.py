@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import linecache
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ import onnx
 import torch
 
 from ranet_edge.errors import ExportError
+from ranet_edge.runtime._capture_output import captured_output
 
 from .graph_costs import intermediate_values
 from .inputs import BATCH, ExampleInputs
@@ -106,12 +108,15 @@ def guarded_export(ex: ExampleInputs, static_batch: int | None, notes: list[str]
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            yield
-        except ExportError:
-            raise
-        except Exception as exc:  # PyTorch's exporter: one line, never its traceback
-            raise ExportError(_explain(exc, ex, static_batch)) from exc
+        with captured_output() as printed:  # the exporter prints its IR graph when it fails
+            try:
+                yield
+            except ExportError:
+                raise
+            except Exception as exc:  # PyTorch's exporter: one line, never its traceback
+                raise ExportError(_explain(exc, ex, static_batch)) from exc
+        if printed and printed[0].strip():
+            sys.stderr.write(printed[0])  # an export that succeeded: nothing it printed is lost
     tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
     for w in tracer:
         where = f"{os.path.basename(w.filename)}:{w.lineno}"
