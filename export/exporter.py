@@ -13,6 +13,7 @@ to ONNX (:mod:`.to_onnx`), partition (:mod:`.partition`), cost accounting
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +32,7 @@ from .simplify import baseline_graph, simplify_stages
 from .spec import DEFAULT_OPSET, ExportSpec
 from .to_onnx import INPUT_NAME, to_onnx
 from .validate import chain_run, format_table, validate_graphs
-from .write import build_manifest, check_out_dir, graph_files, write_bundle
+from .write import build_manifest, check_out_dir, graph_files, read_assets, write_bundle
 
 __all__ = ["DEFAULT_OPSET", "INPUT_NAME", "ExportResult", "ExportSpec", "chain_run", "export_model", "format_table"]
 
@@ -59,6 +60,7 @@ def export_model(
     reference_flops: list[int] | None = None,
     reference_dead_flops: list[int] | None = None,
     metadata: dict | None = None,
+    assets: Mapping[str, str | os.PathLike | bytes] | None = None,
     force: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> ExportResult:
@@ -74,7 +76,8 @@ def export_model(
     the graphs drop (``dead_flops``; see :func:`.graph_costs.check_flops`: dead work is
     exported, a stage that recomputes or drops work is refused); ``run_flops`` is what a
     sample leaving there pays in the chain. ``metadata`` goes into
-    the manifest as given. The validation table and any warnings go to this module's
+    the manifest as given. ``assets`` (file name -> path or bytes, e.g. a ``tokenizer.json``)
+    are copied into the bundle and listed with their sha256 in the manifest's ``assets``. The validation table and any warnings go to this module's
     ``logging`` logger (``ranet_edge.export.exporter``), or to ``log`` if one is given.
     Nothing is written unless every step passes. The model is exported in eval mode and its
     own training mode (module by module) is restored afterwards.
@@ -93,6 +96,7 @@ def export_model(
     """
     out = Path(out_dir)
     check_out_dir(out, force)
+    extra = read_assets(assets)
     ex = example_inputs(inputs, spec.dynamic_axes, spec.batch_size)
     notes: list[str] = []  # what the user should know; the manifest keeps them too
     modes = {m: m.training for m in model.modules()}
@@ -126,6 +130,10 @@ def export_model(
     baseline = baseline_graph(traced.baseline, spec.simplify, notes) if spec.monolithic else None
     files = graph_files(stages, baseline)
     manifest = build_manifest(traced, stages, files, costs, spec, ex.image_shape, table, notes, metadata)
+    if extra:
+        manifest["assets"] = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                              for name, data in extra.items()}
+        files = {**files, **extra}
     write_bundle(out, files, manifest)
     for note in notes:
         (log or logger.warning)(f"warning: {note}")

@@ -43,6 +43,26 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise ExportError(f"output directory {out} exists and is not empty; pass --force to replace it")
 
 
+def read_assets(assets: Mapping[str, str | os.PathLike | bytes] | None) -> dict[str, bytes]:
+    """The bytes of each asset a bundle carries (a tokenizer.json...), by file name.
+
+    Raises:
+        ExportError: a name that is not a plain file name, that a bundle's own files use, or
+            a path that cannot be read.
+    """
+    out = {}
+    for name, src in (assets or {}).items():
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") \
+                or name == MANIFEST or name.endswith(".onnx"):
+            raise ExportError(f"asset name {name!r} is not allowed: give a plain file name (not manifest.json, "
+                              "no .onnx, no directory)")
+        try:
+            out[name] = bytes(src) if isinstance(src, (bytes, bytearray)) else Path(src).read_bytes()
+        except OSError as exc:
+            raise ExportError(f"asset {name!r}: cannot read {src}: {exc.strerror or exc}") from exc
+    return out
+
+
 def graph_files(stages: Sequence[Stage], baseline: onnx.ModelProto | None) -> dict[str, bytes]:
     """File name -> deterministic bytes of every graph of the bundle, stages first."""
     files = {f"stage{st.index}.onnx": st.model.SerializeToString(deterministic=True) for st in stages}

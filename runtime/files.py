@@ -104,3 +104,22 @@ def staged_dir(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_assets(root: Path, mpath: Path, assets: Any, verify: bool) -> None:
+    """The manifest's ``assets`` (file name -> {sha256, bytes}): each file present inside the
+    bundle and, with ``verify``, matching its sha256.
+
+    Raises:
+        BundleError: ``assets`` is malformed, or a file is missing or (``verify``) modified.
+    """
+    if not isinstance(assets, dict):
+        raise BundleError(f"{mpath}: assets is not an object of file name -> {{sha256, bytes}}; re-export the bundle")
+    for name, entry in assets.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise BundleError(f"{mpath}: assets[{name!r}] has no sha256; re-export the bundle")
+        path = resolve_inside(root, name, mpath)
+        if not path.is_file():
+            raise BundleError(f"asset {name} listed in {mpath} is missing; re-export the bundle")
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise BundleError(f"asset {name} fails its sha256 check: it was modified; re-export the bundle")

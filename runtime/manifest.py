@@ -32,7 +32,7 @@ from ._fields import (
     three_numbers,
     three_positive,
 )
-from .files import replace_dir, resolve_inside, sha256_file, write_json_atomic
+from .files import check_assets, replace_dir, resolve_inside, sha256_file, write_json_atomic
 from .tensors import InputInfo, TensorInfo, parse_inputs, parse_tensor
 
 TYPE_CHECKING = False
@@ -255,6 +255,7 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
             if got != entry.sha256:
                 raise BundleError(f"graph {path.name} fails its sha256 check (manifest {entry.sha256[:12]}..., "
                                   f"file {got[:12]}...): it was modified; re-export the bundle")
+    check_assets(root, mpath, data.get("assets", {}), verify)
     return Manifest(
         root, data, graphs, exits, pre, num_classes, tuple(names) if names is not None else None, mono,
         granularity=top("granularity", is_str, '"exit" or "subnetwork"'),

@@ -131,3 +131,35 @@ def test_device_io_and_buckets_route_named_inputs(bert):
         got = chain.predict(x, thresholds=thr)
         assert got.exits.tolist() == want.exits.tolist() and got.labels.tolist() == want.labels.tolist()
         np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-6)
+
+
+def test_a_carried_tokenizer_feeds_the_chain_and_is_sha256_checked(bert, tmp_path):
+    import hashlib
+    import shutil
+
+    tokenizers = pytest.importorskip("tokenizers")
+    from ranet_edge.errors import BundleError
+    from ranet_edge.runtime.text import Tokenizer
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bert[1], bundle)
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["a b c d e f g"], tokenizers.trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    tok.save(str(bundle / "tokenizer.json"))
+    with pytest.raises(BundleError, match="carries no tokenizer.json"):
+        Tokenizer.from_bundle(ExitChain.load(bundle, warmup=False))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["assets"] = {"tokenizer.json": {"sha256": hashlib.sha256((bundle / "tokenizer.json").read_bytes())
+                                             .hexdigest()}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    chain = ExitChain.load(bundle, warmup=False)
+    x = Tokenizer.from_bundle(chain, max_length=4)(["a b c d e f", "b z"])
+    assert x["input_ids"].tolist() == [[2, 3, 4, 5], [3, 1, 0, 0]]  # truncated to 4, padded, [UNK] = 1
+    assert x["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]] and x["input_ids"].dtype == np.int64
+    assert chain.predict(x).labels.shape == (2,)
+    with pytest.raises(InputError, match="non-empty list of strings"):
+        Tokenizer.from_bundle(chain)("one text, not a list")
+    (bundle / "tokenizer.json").write_text("{}")
+    with pytest.raises(BundleError, match="tokenizer.json fails its sha256 check"):
+        ExitChain.load(bundle, warmup=False)

@@ -35,7 +35,7 @@ def readme_example(name: str) -> str:
 
 def run_example(name: str, namespace: dict | None = None) -> dict:
     page, code = examples()[name]
-    for module in ("torch", "onnx", "jsonschema"):
+    for module in ("torch", "onnx", "jsonschema", "tokenizers"):
         if re.search(rf"^\s*(import|from) {module}\b", code, re.M):
             pytest.importorskip(module)
     namespace = {"__name__": "example"} if namespace is None else namespace
