@@ -54,6 +54,10 @@ def node_flops(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> li
             k = [a for a in node.attribute if a.name == "kernel_shape"][0].ints
             y = shapes[node.output[0]]
             flops = int(np.prod(y[1:])) * int(np.prod(k))  # per sample
+        elif op == "MatMul" and node.input[0] in shapes and node.output[0] in shapes:
+            # per sample: every output element (batch axis left out) is a K-long dot product;
+            # for (N, K) x (K, C) that is K * C, the weight's size, as for Gemm
+            flops = int(np.prod(shapes[node.output[0]][1:])) * int(shapes[node.input[0]][-1])
         elif op in ("Gemm", "MatMul"):
             w = node.input[1]
             flops = int(np.prod(shapes.get(w) or inits[w].dims))
