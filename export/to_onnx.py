@@ -70,7 +70,7 @@ def to_onnx(model: torch.nn.Module, inputs: ExampleInputs | Sequence[int], opset
     # Batch norm folded in float64 here, not by torch.onnx.export in float32: the weights
     # written are then the same bits on every CPU (see .fold). Validation still compares
     # against the unfolded model.
-    folded, _ = fold_batchnorm(model)
+    folded, _ = fold_batchnorm(model, example)
     full = _export(folded, example, ex, num_exits, opset, static_batch, notes)
     _check_nothing_folded_by_torch(folded, full, notes)
     feeds = ex.feeds()
