@@ -96,8 +96,8 @@ def main() -> None:
             ratio = chain_over_monolithic(bundle, x) if x else None
             rows.append({"model": name, "exported": True, "max_rel_diff": rel, "chain_over_monolithic": ratio,
                          "notes": result.warnings})
-            print(f"{name}: exported, max rel diff {rel:.1e}, chain/monolithic "
-                  f"{'x%.3f' % ratio if ratio else '-'}")
+            shown = f"x{ratio:.3f}" if ratio else "-"
+            print(f"{name}: exported, max rel diff {rel:.1e}, chain/monolithic {shown}")
     write(args.out, {"onnxruntime": ort.__version__, "torch": torch.__version__, "rows": rows})
 
 
