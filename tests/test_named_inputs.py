@@ -163,3 +163,13 @@ def test_a_carried_tokenizer_feeds_the_chain_and_is_sha256_checked(bert, tmp_pat
     (bundle / "tokenizer.json").write_text("{}")
     with pytest.raises(BundleError, match="tokenizer.json fails its sha256 check"):
         ExitChain.load(bundle, warmup=False)
+
+
+def test_the_server_refuses_a_text_bundle_in_one_line(bert):
+    pytest.importorskip("uvicorn")
+    from ranet_edge.errors import BundleError
+    from ranet_edge.serve.engine import ServedModel
+    from ranet_edge.serve.settings import ServeSettings
+
+    with pytest.raises(BundleError, match="takes named inputs, not images: the server serves image bundles"):
+        ServedModel(ServeSettings(bundle=bert[1]))

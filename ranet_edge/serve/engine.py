@@ -44,6 +44,9 @@ class ServedModel:
         self.default_point = settings.operating_point or self.chain.default_operating_point
         self.check_point(self.default_point)
         m = self.chain.manifest
+        if self.chain.preprocess_spec is None:  # the server decodes images; text bundles run in Python
+            raise BundleError(f"bundle {self.bundle} takes named inputs, not images: the server serves image bundles; "
+                              "run it with ExitChain.predict (docs/guides/text.md)")
         self.num_classes = m.num_classes
         self.class_names = list(self.chain.class_names or [str(i) for i in range(self.num_classes)])
         #: What the stage engine runs: the chain's own executor, or the monolithic graph on host arrays.
