@@ -115,7 +115,7 @@ def export_model(
         try:
             if ex.named:
                 table = validate_graphs(model, stages, (), tolerance=spec.tolerance,
-                                        feeds=[ex.feeds(), ex.second(spec.batch_size)])
+                                        feeds=[ex.feeds(), ex.second(spec.batch_size)], axes=ex.axes)
             else:
                 batches = (spec.batch_size,) if spec.batch_size else spec.validate_batches
                 table = validate_graphs(model, stages, ex.image_shape, tolerance=spec.tolerance,  # type: ignore[arg-type]

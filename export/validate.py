@@ -54,11 +54,13 @@ class ExitCheck:
     max_abs_diff: float  # max |onnx - torch| over the batch; inf when the shapes differ
     max_rel_diff: float  # max_abs_diff / max |torch logit|
     passed: bool  # max_rel_diff <= the tolerance
+    sizes: dict[str, int] | None = None  # named inputs: each dynamic axis's size besides the batch
 
     def to_dict(self) -> dict:
         """The row as the manifest's ``validation.table`` stores it."""
-        return {"exit": self.exit, "batch": self.batch, "max_abs_diff": self.max_abs_diff,
-                "max_rel_diff": self.max_rel_diff}
+        row = {"exit": self.exit, "batch": self.batch, "max_abs_diff": self.max_abs_diff,
+               "max_rel_diff": self.max_rel_diff}
+        return {**row, "sizes": dict(self.sizes)} if self.sizes else row
 
 
 def session(m: onnx.ModelProto | str | os.PathLike) -> ort.InferenceSession:
@@ -85,12 +87,14 @@ def validate_graphs(model: torch.nn.Module, graphs: Sequence[Chained], input_sha
                     tolerance: float = 1e-4, batches: Sequence[int] = DEFAULT_BATCHES,
                     input_name: str = INPUT_NAME,
                     sessions: Sequence[ort.InferenceSession] | None = None,
-                    feeds: Sequence[Mapping[str, np.ndarray]] | None = None) -> list[ExitCheck]:
+                    feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+                    axes: Mapping[str, Mapping[int, str]] | None = None) -> list[ExitCheck]:
     """Compare every exit of ``graphs`` (the chain in order, e.g. the exporter's stages) with
     ``model`` (run in eval mode) on seeded random inputs of
     ``(batch, *input_shape)`` for each batch size in ``batches``, or on ``feeds`` (named
     inputs, each a mapping name -> array in ``forward``'s argument order; ``input_shape`` and
-    ``batches`` are then unused).
+    ``batches`` are then unused; ``axes``, per input ``{axis: name}``, puts the size of each
+    named dynamic axis in the rows).
 
     An exit passes when ``max |diff| / max |logit| <= tolerance``. Returns the table, batch by
     batch and exit by exit, when every exit passes; raises
@@ -113,13 +117,15 @@ def validate_graphs(model: torch.nn.Module, graphs: Sequence[Chained], input_sha
         with torch.no_grad():
             ref = [t.numpy() for t in model(*(torch.from_numpy(v) for v in x.values()))]
         got = chain_run(sessions, graphs, x)
+        sizes = {label: int(x[name].shape[axis]) for name, named in (axes or {}).items()
+                 for axis, label in named.items() if axis != 0} or None
         if len(got) != len(ref):
             raise ValidationError(f"validation against PyTorch failed: the graphs give {len(got)} exits, the model "
                                   f"{len(ref)}; validate the graphs against the model they were exported from")
         for k, (r, g) in enumerate(zip(ref, got, strict=True)):
             abs_diff = float(np.max(np.abs(r - g))) if g.shape == r.shape else float("inf")
             rel = abs_diff / max(float(np.max(np.abs(r))), 1e-12)
-            table.append(ExitCheck(k, b, abs_diff, rel, rel <= tolerance))
+            table.append(ExitCheck(k, b, abs_diff, rel, rel <= tolerance, sizes))
     if not all(row.passed for row in table):
         raise ValidationError(_summary(table, tolerance), table, format_table(table, tolerance))
     return table
@@ -127,7 +133,8 @@ def validate_graphs(model: torch.nn.Module, graphs: Sequence[Chained], input_sha
 
 def validate_bundle(model: torch.nn.Module, bundle: str | os.PathLike, *, tolerance: float | None = None,
                     batches: Sequence[int] | None = None,
-                    feeds: Sequence[Mapping[str, np.ndarray]] | None = None) -> list[ExitCheck]:
+                    feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+                    axes: Mapping[str, Mapping[int, str]] | None = None) -> list[ExitCheck]:
     """Validate the bundle in ``bundle`` (sha256 verified) against ``model`` as
     :func:`validate_graphs` does. ``tolerance`` defaults to the one the bundle was exported
     with, ``batches`` to its static batch size or ``(1, 3)``; a bundle of named inputs is
@@ -156,7 +163,8 @@ def format_table(table: Sequence[ExitCheck], tolerance: float) -> str:
     lines = [f"{'exit':>4} {'batch':>5} {'max|diff|':>11} {'relative':>10}  (tolerance {tolerance:g})"]
     for row in table:
         flag = "" if row.passed else "  FAIL"
-        lines.append(f"{row.exit:>4} {row.batch:>5} {row.max_abs_diff:>11.3e} {row.max_rel_diff:>10.3e}{flag}")
+        sizes = "  " + " ".join(f"{k}={v}" for k, v in row.sizes.items()) if row.sizes else ""
+        lines.append(f"{row.exit:>4} {row.batch:>5} {row.max_abs_diff:>11.3e} {row.max_rel_diff:>10.3e}{sizes}{flag}")
     return "\n".join(lines)
 
 

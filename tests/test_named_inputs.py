@@ -53,7 +53,8 @@ def test_manifest_records_inputs_and_symbolic_axes(bert):
     man = load_manifest(out)
     assert [i.name for i in man.inputs] == ["input_ids", "attention_mask"] and man.input_name == "input_ids"
     assert man.inputs[0].describe() == "int64 (batch, sequence)"
-    assert [r["batch"] for r in result.table] == [2, 2, 2, 3, 3, 3]  # the examples, then a second set
+    assert [(r["batch"], r["sizes"]) for r in result.table] == [(2, {"sequence": 12})] * 3 + [(3, {"sequence": 11})] * 3
+    # the examples, then a second set of another batch and another sequence length
 
 
 @pytest.mark.parametrize(("n", "length"), [(1, 7), (5, 20)])
