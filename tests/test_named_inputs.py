@@ -174,3 +174,15 @@ def test_the_server_refuses_a_text_bundle_in_one_line(bert):
 
     with pytest.raises(BundleError, match="takes named inputs, not images: the server serves image bundles"):
         ServedModel(ServeSettings(bundle=bert[1]))
+
+
+def test_an_image_bundle_without_inputs_reads_its_input_from_preprocessing():
+    """Bundles written before ``inputs`` existed (the shipped one) load unchanged."""
+    from ranet_edge.assets import DEFAULT_BUNDLE
+    from ranet_edge.runtime.tensors import InputInfo
+
+    data = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
+    assert "inputs" not in data and data["preprocessing"] is not None
+    man = load_manifest(DEFAULT_BUNDLE, verify=False)
+    assert man.inputs == (InputInfo("image", "float32", (None, 3, 32, 32), ("batch", None, None, None)),)
+    assert man.input_name == "image" and man.inputs[0].describe() == "float32 (batch, 3, 32, 32)"
