@@ -186,3 +186,12 @@ def test_an_image_bundle_without_inputs_reads_its_input_from_preprocessing():
     man = load_manifest(DEFAULT_BUNDLE, verify=False)
     assert man.inputs == (InputInfo("image", "float32", (None, 3, 32, 32), ("batch", None, None, None)),)
     assert man.input_name == "image" and man.inputs[0].describe() == "float32 (batch, 3, 32, 32)"
+
+
+def test_deadlines_and_anytime_take_named_inputs(bert):
+    chain = ExitChain.load(bert[1])
+    x = _numpy(text_batch(4, 9, seed=2))
+    want = chain.predict(x, 0.5)
+    got = chain.predict(x, 0.5, deadline_ms=60_000)  # ample: nothing cut
+    assert got.exits.tolist() == want.exits.tolist() and not got.deadline_cut.any()
+    assert (list(chain.anytime(x, 0.5))[-1].labels == want.labels).all()
