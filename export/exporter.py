@@ -105,7 +105,7 @@ def export_model(
                       "no dropout), and its train mode restored afterwards")
     try:
         model.eval()
-        traced = to_onnx(model, ex, spec.opset, spec.batch_size, notes)
+        traced = to_onnx(model, ex, spec.opset, spec.batch_size, notes, spec.exporter)
         stages = cut_at_exits(traced.graph, traced.num_exits, spec.granularity, exit_groups)
         if spec.batch_size is None:
             check_batch_first(stages, traced.axes)

@@ -139,6 +139,26 @@ def _on_shapes(filename: str, lineno: int) -> bool:
     return any(word in line for word in (".shape", ".size(", ".dim(", "len(", ".numel(", ".ndim"))
 
 
+def use_dynamo(exporter: str, opset: int) -> bool:
+    """Whether ``ExportSpec.exporter`` asks for ``torch.onnx.export(dynamo=True)``.
+
+    Raises:
+        ExportError: an exporter other than ``"torchscript"`` and ``"dynamo"``; ``"dynamo"``
+            at an opset below 18, or without onnxscript installed.
+    """
+    if exporter not in ("torchscript", "dynamo"):
+        raise ExportError(f"exporter {exporter!r} is not known; use 'torchscript' (the default) or 'dynamo'")
+    if exporter == "torchscript":
+        return False
+    if opset < 18:
+        raise ExportError(f"the dynamo exporter writes opset 18 or later; export with opset=18 (got {opset})")
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ExportError("the dynamo exporter needs onnxscript: pip install onnxscript") from exc
+    return True
+
+
 def shapes_at(model: onnx.ModelProto, feeds: dict[str, np.ndarray], ex: ExampleInputs) -> dict[str, tuple]:
     """The shape of every tensor of ``model`` run on ``feeds`` (the second validation input).
 

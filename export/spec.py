@@ -23,3 +23,6 @@ class ExportSpec:
     #: Named inputs' dynamic axes besides the batch: ``{"input_ids": {1: "sequence"}, ...}``
     #: (see :mod:`ranet_edge.export.inputs`).
     dynamic_axes: dict[str, dict[int, str]] | None = None
+    #: ``"torchscript"`` (``torch.onnx.export(dynamo=False)``, the default) or ``"dynamo"``
+    #: (``dynamo=True``: needs onnxscript, opset >= 18; see the export guide's comparison).
+    exporter: str = "torchscript"

@@ -22,7 +22,7 @@ from ranet_edge import __version__
 
 from .fold import fold_batchnorm
 from .graph_costs import intermediate_values
-from .guard import count_exits, guarded_export, shapes_at, symbolic_axes
+from .guard import count_exits, guarded_export, shapes_at, symbolic_axes, use_dynamo
 from .inputs import BATCH, INPUT_NAME, ExampleInputs, example_inputs
 from .partition import constant_nodes
 from .rewrite import AXES_OPSET, constant_resize, opset_of
@@ -50,7 +50,7 @@ def logit_names(num_exits: int) -> list[str]:
 
 
 def to_onnx(model: torch.nn.Module, inputs: ExampleInputs | Sequence[int], opset: int,
-            static_batch: int | None, notes: list[str]) -> Traced:
+            static_batch: int | None, notes: list[str], exporter: str = "torchscript") -> Traced:
     """Export ``model`` (in eval mode) on ``inputs`` (checked :class:`~.inputs.ExampleInputs`,
     or a ``(C, H, W)`` image shape) with a dynamic batch axis unless ``static_batch``, and the
     inputs' named dynamic axes.
@@ -71,7 +71,7 @@ def to_onnx(model: torch.nn.Module, inputs: ExampleInputs | Sequence[int], opset
     # written are then the same bits on every CPU (see .fold). Validation still compares
     # against the unfolded model.
     folded, _ = fold_batchnorm(model, example)
-    full = _export(folded, example, ex, num_exits, opset, static_batch, notes)
+    full = _export(folded, example, ex, num_exits, opset, static_batch, notes, exporter)
     _check_nothing_folded_by_torch(folded, full, notes)
     feeds = ex.feeds()
     values = {**feeds, **intermediate_values(full, feeds)}
@@ -104,14 +104,15 @@ def to_onnx(model: torch.nn.Module, inputs: ExampleInputs | Sequence[int], opset
 
 
 def _export(model: torch.nn.Module, example: tuple[torch.Tensor, ...], ex: ExampleInputs, num_exits: int,
-            opset: int, static_batch: int | None, notes: list[str]) -> onnx.ModelProto:
+            opset: int, static_batch: int | None, notes: list[str], exporter: str = "torchscript") -> onnx.ModelProto:
     names = logit_names(num_exits)
     axes: dict[str, dict[int, str]] | None = {n: dict(a) for n, a in ex.axes.items() if a}
     if static_batch is None:
         axes = {**(axes or {}), **{n: {0: BATCH} for n in names}}
     buf = io.BytesIO()
+    dynamo = use_dynamo(exporter, opset)
     with guarded_export(ex, static_batch, notes):
-        torch.onnx.export(model, example, buf, dynamo=False, input_names=list(ex.names),
+        torch.onnx.export(model, example, buf, dynamo=dynamo, input_names=list(ex.names),
                           output_names=names, dynamic_axes=axes or None, opset_version=opset,
                           do_constant_folding=True)
     m = onnx.load_from_string(buf.getvalue())

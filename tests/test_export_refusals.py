@@ -159,3 +159,9 @@ def test_named_inputs_and_dynamic_axes_of_another_form_are_refused(tmp_path):
     _refused(tmp_path, model, batch, ExportSpec(dynamic_axes={"ids": {1: "sequence"}}), match="names inputs ['ids']")
     _refused(tmp_path, model, batch, ExportSpec(dynamic_axes={"input_ids": {0: "n"}}), match="axis 0 is the batch")
     _refused(tmp_path, model, batch, ExportSpec(batch_size=4), match="batch_size=4")
+
+
+def test_an_unknown_exporter_or_a_dynamo_opset_below_18_is_refused(tmp_path):
+    _refused(tmp_path, AllExits().eval(), (3, 8, 8), ExportSpec(exporter="fx"),
+             match="exporter 'fx' is not known")
+    _refused(tmp_path, AllExits().eval(), (3, 8, 8), ExportSpec(exporter="dynamo", opset=17), match="opset=18")

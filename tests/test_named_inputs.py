@@ -195,3 +195,15 @@ def test_deadlines_and_anytime_take_named_inputs(bert):
     got = chain.predict(x, 0.5, deadline_ms=60_000)  # ample: nothing cut
     assert got.exits.tolist() == want.exits.tolist() and not got.deadline_cut.any()
     assert (list(chain.anytime(x, 0.5))[-1].labels == want.labels).all()
+
+
+@pytest.mark.slow
+def test_the_dynamo_exporter_gives_a_bundle_that_routes_the_same(bert, tmp_path):
+    pytest.importorskip("onnxscript")
+    model, out, _ = bert
+    spec = ExportSpec(dynamic_axes=SEQUENCE, opset=18, exporter="dynamo")
+    result = export_model(model, tmp_path / "d", text_batch(2, 12), spec, log=quiet)
+    assert max(r["max_rel_diff"] for r in result.table) <= 1e-4
+    x = _numpy(text_batch(6, 15, seed=5))
+    a, b = ExitChain.load(out).predict(x, 0.4), ExitChain.load(tmp_path / "d").predict(x, 0.4)
+    assert a.exits.tolist() == b.exits.tolist() and a.labels.tolist() == b.labels.tolist()
