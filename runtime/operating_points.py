@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from .files import write_json_atomic
 
 __all__ = [
     "FILE", "FORMAT", "NEVER", "OperatingPoint", "check_thresholds", "load_points", "resolve", "save_point",
-    "select", "thresholds_from_json", "thresholds_to_json",
+    "save_points", "select", "thresholds_from_json", "thresholds_to_json",
 ]
 
 FILE = "thresholds.json"
@@ -206,6 +206,33 @@ def save_point(bundle: str | os.PathLike, name: str, point: OperatingPoint, defa
     data["points"][name] = point.to_dict()
     if default or not data.get("default"):
         data["default"] = name
+    write_json_atomic(bundle / FILE, data)
+    return bundle / FILE
+
+
+def save_points(bundle: str | os.PathLike, points: Mapping[str, OperatingPoint],
+                drop: Callable[[str], bool] = lambda _name: False) -> Path:
+    """Remove the stored points whose name ``drop`` accepts, then add or replace ``points``,
+    in one atomic write. The default is left as it is (none stays none).
+
+    Returns:
+        The path of ``thresholds.json``.
+
+    Raises:
+        CalibrationError: a name is empty or holds a slash, backslash or newline, or the
+            default would no longer be stored.
+        BundleError: when the ``thresholds.json`` already there cannot be read.
+    """
+    bundle = Path(bundle)
+    data = _read(bundle)
+    for name in points:
+        if not name or any(c in name for c in "/\\\n"):
+            raise CalibrationError(f"operating point name {name!r} must be a plain word like 'fast'")
+    data["points"] = {k: v for k, v in data["points"].items() if not drop(k)}
+    data["points"].update({name: point.to_dict() for name, point in points.items()})
+    if data.get("default") is not None and data["default"] not in data["points"]:
+        raise CalibrationError(f"the default operating point {data['default']!r} would be removed; make another "
+                               "point the default first (`ranet-edge calibrate ... --default`)")
     write_json_atomic(bundle / FILE, data)
     return bundle / FILE
 

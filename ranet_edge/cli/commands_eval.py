@@ -40,27 +40,34 @@ def _progress(label: str, length: int):
 @click.option("--target-accuracy", type=float, default=None, help="cheapest point reaching this top-1 (0-1 or %)")
 @click.option("--budget-mflops", type=float, default=None, help="most accurate point within this many MFLOPs/image")
 @click.option("--budget-ms", type=float, default=None, help="most accurate point within this many ms/image")
+@click.option("--ladder", type=int, default=None,
+              help="write N points ladder-0 (all at exit 0) .. ladder-(N-1) (most accurate) at even steps of "
+                   "expected ms, for `serve --slo-ms`")
 @click.option("--temperature", is_flag=True, help="fit per-exit softmax temperatures first")
 @click.option("--name", default=None, help="operating point name [default: derived from the goal]")
 @click.option("--default", "make_default", is_flag=True, help="make it the bundle's default operating point")
 @provider_option
 @click.option("--json", "as_json", is_flag=True)
-def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, budget_mflops, budget_ms,
+def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, budget_mflops, budget_ms, ladder,
               temperature, name, make_default, provider, threads, as_json) -> None:
     """Fit exit thresholds on labelled images and store them in the bundle as an operating point.
     \f
     Raises:
         click.UsageError: not exactly one of ``--p``, ``--target-accuracy``, ``--budget-mflops``,
-            ``--budget-ms``.
+            ``--budget-ms``, ``--ladder``; ``--ladder`` below 2 or with ``--name``/``--default``.
         RanetEdgeError: as :func:`ranet_edge.tasks.calibrate` (bundle, provider, data, a goal
             that cannot be met).
     """
     from ranet_edge.tasks import DataOptions, Goal
     from ranet_edge.tasks import calibrate as run_calibration
 
-    goals = [g for g in (p, target_accuracy, budget_mflops, budget_ms) if g is not None]
+    goals = [g for g in (p, target_accuracy, budget_mflops, budget_ms, ladder) if g is not None]
     if len(goals) != 1:
-        raise click.UsageError("give exactly one of --p, --target-accuracy, --budget-mflops, --budget-ms")
+        raise click.UsageError("give exactly one of --p, --target-accuracy, --budget-mflops, --budget-ms, --ladder")
+    if ladder is not None:
+        _calibrate_ladder(bundle, ladder, DataOptions(data_path, holdout, seed, val_size), temperature, name,
+                          make_default, provider, threads, as_json)
+        return
     res = run_calibration(bundle, Goal(p, target_accuracy, budget_mflops, budget_ms),
                           DataOptions(data_path, holdout, seed, val_size), temperature=temperature, name=name,
                           make_default=make_default, provider=provider, threads=threads, progress=_progress)
@@ -68,6 +75,27 @@ def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, bu
         click.echo(json.dumps(res.to_dict(), indent=2, allow_nan=False))
         return
     echo_calibrated(res)
+
+
+def _calibrate_ladder(bundle, n, data, temperature, name, make_default, provider, threads, as_json) -> None:
+    from ranet_edge.ladder import calibrate_ladder
+
+    if n < 2:
+        raise click.UsageError(f"--ladder {n}: a ladder needs at least 2 rungs; pass --ladder 2 or more")
+    if name is not None or make_default:
+        raise click.UsageError("--ladder names its points ladder-0 .. ladder-(N-1) and keeps the default; "
+                               "drop --name and --default")
+    res = calibrate_ladder(bundle, n, data, temperature=temperature, provider=provider, threads=threads,
+                           progress=_progress)
+    if as_json:
+        click.echo(json.dumps(res.to_dict(), indent=2, allow_nan=False))
+        return
+    click.echo(f"ladder of {n} operating points saved to {res.path} (fitted on {res.val_images} images; "
+               f"default stays {res.default!r})")
+    click.echo(f"{'name':>10} {'val acc':>8} {'MFLOPs':>7} {'exp ms':>7}  exit counts")
+    for name_i, point, out in zip(res.names, res.points, res.outcomes, strict=True):
+        click.echo(f"{name_i:>10} {100 * point.val_accuracy:>7.2f}% {point.expected_flops / 1e6:>7.2f} "
+                   f"{point.expected_ms:>7.3f}  {out.exit_counts.tolist()}")
 
 
 def echo_calibrated(res) -> None:

@@ -6,6 +6,7 @@ do:
 
 - :mod:`.calibration`: thresholds for budgeted batch classification (the paper's family,
   the cheapest for an accuracy, the most accurate within a budget), temperatures, ECE.
+- :mod:`.ladder`: N operating points at even steps of expected cost (``calibrate --ladder``).
 - :mod:`.evaluate`: every exit's logits on a labelled set, anytime and budgeted-batch rows.
 - :mod:`.latency`: the one per-stage latency measurement and timed passes of ``predict``.
 - :mod:`.timing`: the one timing primitive under every ms figure (:func:`interleaved`).
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         paper_thresholds,
     )
     from .evaluate import PAPER_P, ExitOutputs, anytime, budgeted, collect, plot
+    from .ladder import fit_ladder, ladder_names
     from .latency import Latency, LatencyMeter, TimedPass, cached_inputs, measure_latency, timed_passes
     from .timing import CaseStats, Timings, interleaved
 
@@ -43,15 +45,16 @@ _MODULES = {  # module -> its public names
     ".evaluate": ("PAPER_P", "ExitOutputs", "anytime", "budgeted", "collect", "plot"),
     ".latency": ("Latency", "LatencyMeter", "TimedPass", "cached_inputs", "measure_latency", "timed_passes"),
     ".timing": ("CaseStats", "Timings", "interleaved"),
+    ".ladder": ("fit_ladder", "ladder_names"),
     ".bench": ("BenchOptions", "run_bench"),
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "PAPER_P", "BenchOptions", "CaseStats", "ExitOutputs", "Latency", "LatencyMeter", "Outcome", "TimedPass", "Timings",
-    "anytime", "budgeted", "cached_inputs", "collect", "exit_index", "expected_calibration_error", "fit_temperatures",
-    "for_accuracy", "for_budget", "interleaved", "measure_latency", "outcome", "paper_thresholds", "plot", "run_bench",
-    "timed_passes",
+    "anytime", "budgeted", "cached_inputs", "collect", "exit_index", "expected_calibration_error", "fit_ladder",
+    "fit_temperatures", "for_accuracy", "for_budget", "interleaved", "ladder_names", "measure_latency", "outcome",
+    "paper_thresholds", "plot", "run_bench", "timed_passes",
 ]
 
 
