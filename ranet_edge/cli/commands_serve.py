@@ -30,6 +30,10 @@ from .commands_runtime import provider_option
 @click.option("--timeout-s", type=float, default=30.0, show_default=True,
               help="a request not answered this long after it arrived gets 504 (408 if its body is still arriving)")
 @click.option("--operating-point", default=None, help="stored point for requests that name none [default: the bundle's]")
+@click.option("--slo-ms", type=float, default=None,
+              help="latency objective: requests naming no point get the most accurate ladder rung predicted to "
+                   "answer within S ms (needs `calibrate --ladder N`); past the floor, 503")
+@click.option("--min-point", default=None, help="--slo-ms: the cheapest ladder rung used [default: ladder-0]")
 @provider_option
 @click.option("--graph", type=click.Choice(["chain", "monolithic"]), default="chain", show_default=True,
               help="monolithic: serve the whole-model graph (no early exit), the baseline")
@@ -50,7 +54,7 @@ from .commands_runtime import provider_option
               help="--ray: HAProxy instead of Serve's Python proxy, talking to the replicas directly (local Ray "
                    "only; its stats ports 8404/9101 listen on all interfaces)")
 def serve(bundle, host, port, max_batch, batch_wait_ms, stage_batching, device_io, max_queue, timeout_s, operating_point,
-          provider, threads, graph, max_body_bytes, model_name, grpc_port, access_log, use_ray, replicas, address,
+          slo_ms, min_point, provider, threads, graph, max_body_bytes, model_name, grpc_port, access_log, use_ray, replicas, address,
           haproxy) -> None:
     """Serve BUNDLE (default: the shipped model) over HTTP: /v1 and the Open Inference Protocol
     (/v2), survivors batched across requests graph by graph, early answers, Prometheus metrics.
@@ -82,7 +86,7 @@ def serve(bundle, host, port, max_batch, batch_wait_ms, stage_batching, device_i
                              threads=threads or 1, replicas=replicas, max_batch=max_batch,
                              batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes,
                              stage_batching=stage_batching, max_queue=max_queue, timeout_s=timeout_s,
-                             device_io=device_io)
+                             device_io=device_io, slo_ms=slo_ms, min_point=min_point)
     logging.getLogger("ranet_edge.serve.access").setLevel(logging.INFO if access_log else logging.WARNING)
     if use_ray:
         from ranet_edge.serve.ray_lifecycle import run_ray

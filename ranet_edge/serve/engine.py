@@ -18,6 +18,7 @@ from ranet_edge.runtime.operating_points import select
 from ranet_edge.runtime.providers import open_session, session_options
 
 from .settings import ServeSettings
+from .slo import ladder_of
 
 
 class ServedModel:
@@ -30,6 +31,7 @@ class ServedModel:
     Raises:
         BundleError: a bundle that does not load, or ``graph="monolithic"`` without a monolithic graph.
         CalibrationError: an operating point the bundle does not store.
+        ConfigError: ``slo_ms`` on a bundle without a ladder, or a ``min_point`` that is not a rung.
         ProviderError: ``settings.provider`` is not available here, or took no node of a graph.
         InputError: options the chain refuses (``max_batch``).
     """
@@ -43,6 +45,8 @@ class ServedModel:
                                     device_io=settings.device_io, max_batch=settings.max_batch)
         self.default_point = settings.operating_point or self.chain.default_operating_point
         self.check_point(self.default_point)
+        #: ``--slo-ms``: the ladder rungs the server moves along, floor first ([]: fixed points)
+        self.ladder = ladder_of(self.chain.operating_points, settings.slo_ms, settings.min_point)
         m = self.chain.manifest
         if self.chain.preprocess_spec is None:  # the server decodes images; text bundles run in Python
             raise BundleError(f"bundle {self.bundle} takes named inputs, not images: the server serves image bundles; "
@@ -87,4 +91,5 @@ class ServedModel:
             "session_providers": sorted({p[0] for p in self.chain.session_providers}), "threads": s.threads,
             "executor": self.executor.kind,
             "max_batch": s.max_batch, "batch_wait_ms": s.batch_wait_ms, "max_body_bytes": s.max_body_bytes,
+            **({"slo_ms": s.slo_ms, "ladder": self.ladder} if self.ladder else {}),
         }

@@ -107,6 +107,9 @@ def infer_response(req: oip.InferRequest, answer: oip.Answer, model_name: str) -
     for wanted, datatype, arr in oip.output_tensors(req, answer):
         resp.outputs.add(name=wanted.name, datatype=datatype, shape=list(arr.shape))
         resp.raw_output_contents.append(arr.tobytes())
+    point = getattr(answer, "operating_point", None)
+    if point is not None:  # the stored point its images ran at
+        resp.parameters[oip.POINT_PARAMETER].string_param = point
     return resp
 
 
@@ -183,7 +186,7 @@ class InferenceService:
         resp = infer_response(req, answer, self.name)
         self._log("ModelInfer", grpc.StatusCode.OK, start)
         if self.metrics is not None:
-            self.metrics.exits_of(answer.exits)
+            self.metrics.of_answer(answer)
         return resp
 
     async def _classify(self, req: oip.InferRequest, start: float) -> Any:

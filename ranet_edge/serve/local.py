@@ -241,6 +241,9 @@ def print_summary(routes: Routes, sock: socket.socket, grpc_port: int | None, to
          f", up to {settings.max_batch} images, waiting {settings.batch_wait_ms:g} ms; queue {settings.max_queue} "
          f"images; bodies up to {settings.max_body_bytes} bytes; {settings.timeout_s:g} s per request")
     echo(f"operating points: {', '.join(points) or 'none stored: every image runs to the last exit'}")
+    if engine.slo is not None:
+        echo(f"objective  {settings.slo_ms:g} ms (--slo-ms): requests naming no point move along "
+             f"{', '.join(r.name for r in engine.slo.rungs)}; past {engine.slo.rungs[0].name}, 503")
     echo(f"  POST {url}/v1/classify   image/jpeg or image/png body, or a JSON list of base64 images; "
          "?operating_point=NAME")
     echo(f"  GET  {url}/v1/model, {url}/v1/health")

@@ -16,7 +16,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .stage_engine import StageEngine
@@ -27,7 +27,8 @@ disable_created_metrics()  # no *_created series: half the text for nothing a da
 
 
 class _Queues:
-    """ranet_queue_images (accepted, not decided) and ranet_graph_queue_rows{graph} at scrape time."""
+    """ranet_queue_images (accepted, not decided) and ranet_graph_queue_rows{graph} at scrape time;
+    with ``--slo-ms``, the time below the default point and the rung chosen last."""
 
     def __init__(self, engine: StageEngine):
         self.engine = engine
@@ -39,6 +40,16 @@ class _Queues:
         for k, n in enumerate(self.engine.queued):
             rows.add_metric([str(k)], n)
         yield rows
+        slo = self.engine.slo
+        if slo is not None:
+            yield CounterMetricFamily("ranet_slo_below_default_seconds", "seconds the --slo-ms controller ran "
+                                      "graph-0 batches at a ladder rung cheaper than the default point",
+                                      value=slo.time_below_default())
+            rung = GaugeMetricFamily("ranet_slo_operating_point", "1 for the ladder rung --slo-ms chose last",
+                                     labels=["operating_point"])
+            for i, r in enumerate(slo.rungs):
+                rung.add_metric([r.name], float(i == slo.current))
+            yield rung
 
 
 class Metrics:
@@ -52,6 +63,8 @@ class Metrics:
         self.latency = Histogram("ranet_request_seconds", "seconds from a request's arrival to its answer",
                                  ["route"], buckets=LATENCY_S, registry=r)
         self.exits = Counter("ranet_exit_images", "images classified, by the exit they left at", ["exit"], registry=r)
+        self.points = Counter("ranet_answers", "requests answered, by the operating point their images ran at",
+                              ["operating_point"], registry=r)
         bounds = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if b < max_batch] + [max_batch]
         self.batch = Histogram("ranet_graph_batch_rows", "rows per run of each graph", ["graph"],
                                buckets=bounds, registry=r)
@@ -68,6 +81,13 @@ class Metrics:
         """Count one answered request of ``route`` and observe its latency (arrival to answer)."""
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+
+    def of_answer(self, answer) -> None:
+        """Count one answer (a ``stage_engine.Answer``): its images by exit, itself by operating point."""
+        self.exits_of(answer.exits)
+        point = getattr(answer, "operating_point", None)
+        if point is not None:
+            self.points.labels(point).inc()
 
     def exits_of(self, exits: np.ndarray) -> None:
         """Count the images of one answer by the exit they left at."""

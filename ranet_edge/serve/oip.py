@@ -80,6 +80,7 @@ class Answer(Protocol):
     exits: np.ndarray  # int64 (n,)
     confidences: np.ndarray  # float32 (n,)
     logits: np.ndarray  # float32 (n, classes)
+    operating_point: str | None  # the stored point its images ran at, named in the response's parameters
 
 
 # ---------------------------------------------------------------------------- metadata
@@ -285,6 +286,8 @@ def rest_infer_response(req: InferRequest, answer: Answer, model_name: str,
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if req.id is not None:
         doc["id"] = req.id
+    if getattr(answer, "operating_point", None) is not None:  # the stored point its images ran at
+        doc["parameters"] = {POINT_PARAMETER: answer.operating_point}
     doc["outputs"] = outputs
     header = json.dumps(doc, separators=(",", ":")).encode()
     if not chunks:

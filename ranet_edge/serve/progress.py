@@ -184,7 +184,7 @@ async def wait(engine: Any, req: Request) -> Answer:
         req.dropped = True  # its rows still queued are discarded
         engine._live.discard(req)
     return Answer(best.labels, best.exits, best.confidences, best.logits,
-                  (time.perf_counter() - req.start) * 1e3, ~best.final | best.cut)
+                  (time.perf_counter() - req.start) * 1e3, ~best.final | best.cut, req.point)
 
 
 def deadline_cut(answer: Any) -> np.ndarray:

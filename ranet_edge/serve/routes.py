@@ -133,7 +133,8 @@ class Routes:
         return Reply.json({**self._summary, "replica": self.replica})
 
     async def _v1_classify(self, query, headers, read_body, start) -> Reply:
-        point = self.model.check_point(query.get("operating_point"))
+        point = query.get("operating_point")  # None: the server's (with --slo-ms, a ladder rung)
+        self.model.check_point(point)
         deadline_s = parse_deadline(query.get(DEADLINE_PARAMETER), f"query parameter {DEADLINE_PARAMETER}")
         data = await self._read(read_body, start)
         args = (headers.get("content-type"), data, self.model.chain.preprocess_spec, self.settings.max_batch)
@@ -147,7 +148,7 @@ class Routes:
         if deadline_s is not None:
             for p, cut in zip(preds, deadline_cut(answer).tolist()):
                 p["deadline_cut"] = cut
-        return Reply.json({"predictions": preds, "operating_point": point, "graph": self.settings.graph,
+        return Reply.json({"predictions": preds, "operating_point": answer.operating_point, "graph": self.settings.graph,
                            "replica": self.replica})
 
     # ------------------------------------------------------------------ /v2 (Open Inference Protocol)
@@ -218,7 +219,7 @@ class Routes:
         except asyncio.TimeoutError:
             raise RequestError(504, f"the request was not answered within {self.settings.timeout_s:g} s "
                                     "(timeout_s); the server is too busy: send fewer images or retry") from None
-        self.metrics.exits_of(answer.exits)
+        self.metrics.of_answer(answer)
         return answer
 
 

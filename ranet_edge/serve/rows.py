@@ -26,6 +26,7 @@ class Answer:
     logits: np.ndarray  # float32 (n, classes): the logits of the exit each image left at
     server_ms: float  # arrival -> last image decided
     deadline_cut: np.ndarray | None = None  # bool (n,): images a deadline stopped (None: no deadline)
+    operating_point: str | None = None  # the stored point its images ran at (None: thresholds given)
 
 
 class Overloaded(RequestError):
@@ -39,7 +40,8 @@ class Overloaded(RequestError):
 class Request:
     """One classify call as the model thread fills it."""
 
-    __slots__ = ("n", "left", "labels", "exits", "conf", "logits", "future", "loop", "start", "dropped", "watch")
+    __slots__ = ("n", "left", "labels", "exits", "conf", "logits", "future", "loop", "start", "dropped", "watch",
+                 "point", "auto", "rung")
 
     def __init__(self, n: int, num_classes: int, future: asyncio.Future, loop: asyncio.AbstractEventLoop):
         self.n = self.left = n
@@ -51,6 +53,9 @@ class Request:
         self.start = time.perf_counter()
         self.dropped = False  # the caller gave up (timeout, disconnect): its rows are discarded
         self.watch = None  # progress.Watch: a deadline or a progress callback (see progress.py)
+        self.point: str | None = None  # the stored operating point it runs at (named in its answer)
+        self.auto = False  # --slo-ms picks its point (a ladder rung) when its first rows start
+        self.rung = -1  # that rung's index in the controller, once picked
 
 
 class Rows:

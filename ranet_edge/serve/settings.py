@@ -10,7 +10,7 @@ from ranet_edge.errors import ConfigError
 
 GRAPHS = ("chain", "monolithic")
 _NUMBERS = {"threads": int, "replicas": int, "max_batch": int, "max_body_bytes": int, "batch_wait_ms": float,
-            "max_queue": int, "timeout_s": float}
+            "max_queue": int, "timeout_s": float, "slo_ms": float}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -35,6 +35,8 @@ class ServeSettings:
     max_queue: int = 1024  # images accepted and not yet decided; a request beyond it gets 503
     timeout_s: float = 30.0  # a request not answered this long after it arrived gets 504
     device_io: bool | None = None  # feature maps stay in device memory (None: on for GPU providers)
+    slo_ms: float | None = None  # latency objective: requests naming no point move along the ladder (slo.py)
+    min_point: str | None = None  # with slo_ms: the cheapest ladder rung used (None: ladder-0)
 
     def __post_init__(self) -> None:
         if self.graph not in GRAPHS:
@@ -50,6 +52,9 @@ class ServeSettings:
             raise ConfigError(f"timeout_s must be a number of seconds > 0, got {self.timeout_s!r}")
         if not isinstance(self.stage_batching, bool):
             raise ConfigError(f"stage_batching must be true or false, got {self.stage_batching!r}")
+        if self.slo_ms is not None and (isinstance(self.slo_ms, bool) or not isinstance(self.slo_ms, (int, float))
+                                        or not 0 < self.slo_ms < float("inf")):
+            raise ConfigError(f"slo_ms (--slo-ms) must be a number of milliseconds > 0, got {self.slo_ms!r}")
         if self.device_io is not None and not isinstance(self.device_io, bool):
             raise ConfigError(f"device_io must be true, false or unset, got {self.device_io!r}")
 

@@ -37,6 +37,7 @@ from ranet_edge.runtime.deadline import StageTimes
 from ranet_edge.runtime.decision import decide
 
 from . import progress
+from . import slo as slo_control
 from .api import RequestError
 from .engine import ServedModel
 from .rows import RETRY_AFTER_S, Answer, Overloaded, Request, Rows, fail_future, resolve
@@ -86,6 +87,8 @@ class StageEngine:
         #: expected seconds per graph run (deadlines): the chain's, measured at load, refreshed here
         self.times = model.chain.stage_times if self.executor is model.chain.executor else StageTimes(len(self.stages))
         self._watched = 0  # live requests with a deadline or a progress callback (progress.py)
+        #: ``--slo-ms``: picks a ladder rung per graph-0 batch for requests naming no point (slo.py)
+        self.slo = slo_control.build(model, self.executor, self.max_batch)
 
     # ------------------------------------------------------------------ asyncio side
     async def start(self) -> None:
@@ -151,10 +154,15 @@ class StageEngine:
         if self._pending + n > self.max_queue:
             raise Overloaded(f"the server is at capacity ({self._pending} images queued, max_queue "
                              f"{self.max_queue}); retry after {RETRY_AFTER_S} s")
+        auto = self.slo is not None and point is None
+        if auto and not self.slo.admits(n, self._queued):
+            raise Overloaded(f"the server cannot answer {n} more images within its objective of {self.slo.slo_ms:g} "
+                             f"ms (--slo-ms), even at {self.slo.rungs[0].name}; retry after {RETRY_AFTER_S} s")
         if self._thread is None:
             await self.start()
         loop = asyncio.get_running_loop()
         req = Request(n, self.model.num_classes, loop.create_future(), loop)
+        req.auto, req.point = auto, None if auto else self.model.check_point(point)
         if deadline is not None or on_progress is not None:
             req.watch = progress.Watch(n, deadline, on_progress)
         rows = Rows([req], np.zeros(n, np.intp), np.arange(n), np.broadcast_to(thr, (n, len(thr))),
@@ -211,10 +219,10 @@ class StageEngine:
                 continue
             try:
                 if self.stage_batching:
-                    self._run(k, rows)
+                    self._timed(k, rows, True)
                 else:  # the whole batch, graph after graph, before the next batch
                     while rows is not None:
-                        rows = self._run(k, rows, hand_on=False)
+                        rows = self._timed(k, rows, False)
                         k += 1
             except Exception as exc:  # the model failed: every request of the batch gets an answer
                 log.exception("graph %s failed", self.stages[k].path)
@@ -246,7 +254,17 @@ class StageEngine:
             keep = ~np.array([r.dropped for r in rows.reqs])[rows.owner]
             self._pending -= int(len(keep) - keep.sum())
             rows = rows.select(self.executor, np.flatnonzero(keep), rows.env, rows.since) if keep.any() else None
+        if k == 0 and self.slo is not None and rows is not None:
+            slo_control.assign(self.slo, rows, q, self._queued, time.perf_counter())
         return rows
+
+    def _timed(self, k: int, rows: Rows, hand_on: bool) -> Rows | None:
+        """:meth:`_run`, its whole time handed to the ``--slo-ms`` controller."""
+        t = time.perf_counter()
+        out = self._run(k, rows, hand_on)
+        if self.slo is not None:
+            self.slo.observe_graph(k, len(rows), time.perf_counter() - t)
+        return out
 
     def _run(self, k: int, rows: Rows, hand_on: bool = True) -> Rows | None:
         """Run graph ``k`` on ``rows``, answer the requests it completes; the rows that go on
@@ -297,7 +315,9 @@ class StageEngine:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Answer]]] = {}
         for req in done:
             answer = Answer(req.labels, req.exits, req.conf, req.logits, (now - req.start) * 1e3,
-                            None if req.watch is None else req.watch.cut)
+                            None if req.watch is None else req.watch.cut, req.point)
+            if self.slo is not None:
+                self.slo.observe_exits(req.rung if req.rung >= 0 else None, req.exits)
             by_loop.setdefault(req.loop, []).append((req.future, answer))
         for loop, items in by_loop.items():
             try:

@@ -1,0 +1,231 @@
+"""A latency objective instead of a growing queue (``ranet-edge serve --slo-ms S``).
+
+The bundle's ladder (``calibrate --ladder N``: ``ladder-0``, every image at exit 0, ..
+``ladder-(N-1)``, the most accurate) is the menu. Each batch the stage engine takes for
+graph 0 gets the most accurate rung whose predicted completion fits the objective, for the
+requests that name no operating point (a request that names one keeps it). The prediction,
+in ms, for rung ``i`` with cost ``c_i`` per image::
+
+    work ahead W = sum over deeper queues k of rows_k * (ms per row of graphs k.. the rows still reach)
+    head = waited(oldest row of the batch)   + W + rows(batch)   * c_i
+    tail = waited(youngest row of queue 0)   + W + rows(queue 0) * c_i
+    fits when max(head, tail) <= HEADROOM * S
+
+``c_i`` is the share of images of rung ``i`` reaching each graph times that graph's ms per
+row. The ms per row are timed at load (each graph at ``max_batch`` rows) and then follow the
+engine's own graph runs; the shares follow the answers given at each rung, once a rung has
+answered ``MIN_SEEN`` images (before: the rung's stored expected ms, in units of exit 0's).
+Below the floor (``--min-point``, default ``ladder-0``) nothing is cheaper: a request whose
+predicted completion at the floor does not fit is refused with 503 and ``Retry-After``, as
+a full queue is. The controller takes an injectable clock, so tests drive it exactly.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranet_edge.errors import CalibrationError, ConfigError
+from ranet_edge.runtime.evaluation.ladder import ladder_names
+from ranet_edge.runtime.operating_points import OperatingPoint
+
+HEADROOM = 0.8  # the share of the objective the model thread may use; the rest is for the HTTP side
+MIN_SEEN = 64  # images a rung answers before its observed exit shares replace its stored cost
+ALPHA = 0.1  # weight of each new graph timing in its running mean
+WINDOW = 512.0  # images over which the observed exit shares follow a change
+MAX_GAP_S = 1.0  # a gap between two choices counts at most this long in the time below the default
+
+
+def ladder_of(points: Mapping[str, OperatingPoint], slo_ms: float | None, min_point: str | None) -> list[str]:
+    """The rungs ``--slo-ms`` moves along, from the floor up ([] without ``slo_ms``).
+
+    Raises:
+        ConfigError: ``slo_ms`` not above 0, ``min_point`` without ``slo_ms``, a bundle with no
+            ladder, or a ``min_point`` that is not one of its rungs.
+    """
+    if slo_ms is None:
+        if min_point is not None:
+            raise ConfigError("--min-point is the floor of --slo-ms; add --slo-ms S")
+        return []
+    if isinstance(slo_ms, bool) or not isinstance(slo_ms, (int, float)) or not slo_ms > 0 or math.isinf(slo_ms):
+        raise ConfigError(f"--slo-ms must be a number of milliseconds > 0, got {slo_ms!r}")
+    try:
+        names = ladder_names(points)
+    except CalibrationError as exc:
+        raise ConfigError(str(exc)) from None
+    if not names:
+        raise ConfigError("--slo-ms moves along the bundle's ladder, and this bundle has none; write one with "
+                          "`ranet-edge calibrate BUNDLE --ladder 8`")
+    floor = names[0] if min_point is None else min_point
+    if floor not in names:
+        raise ConfigError(f"--min-point {floor!r} is not a rung of the ladder; give one of {', '.join(names)}")
+    return names[names.index(floor):]
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rung as the engine applies it."""
+
+    name: str
+    thr: np.ndarray  # float32 (exits,)
+    temps: np.ndarray  # float32 (exits,)
+    ratio: float  # stored expected ms over the cheapest rung's (exit 0 alone): the cost before any is seen
+    below_default: bool  # fewer expected FLOPs than the server's default point
+
+
+def measure_graph_ms(executor, shape: Sequence[int], batch: int, repeats: int = 3) -> list[float]:
+    """ms per row of each graph of ``executor``, run in turn on ``batch`` zero images (the
+    best of ``repeats``)."""
+    best = [math.inf] * len(executor.graphs)
+    x = np.zeros((batch, *shape), np.float32)
+    for _ in range(repeats):
+        env = executor.feed(x)
+        for k in range(len(best)):
+            t = time.perf_counter()
+            _, env = executor.run(k, env)
+            best[k] = min(best[k], (time.perf_counter() - t) * 1e3 / batch)
+    return best
+
+
+class SloController:
+    """Chooses a rung per graph-0 batch and decides admission (see the module doc).
+
+    ``graph_of_exit[e]`` is the graph that computes exit ``e``; ``graph_ms`` the load-time ms
+    per row of each graph. Rungs are cheapest first; ``rungs[0]`` is the floor.
+    """
+
+    def __init__(self, rungs: Sequence[Rung], slo_ms: float, graph_of_exit: Sequence[int],
+                 graph_ms: Sequence[float], clock: Callable[[], float] = time.perf_counter):
+        self.rungs = list(rungs)
+        self.thr_table = np.stack([r.thr for r in self.rungs])  # (rungs, exits) float32
+        self.temps_table = np.stack([r.temps for r in self.rungs])
+        self.slo_ms = float(slo_ms)
+        self.clock = clock
+        self.graph_of_exit = np.asarray(graph_of_exit, np.intp)
+        self.graph_ms = np.asarray(graph_ms, np.float64)
+        g = len(self.graph_ms)
+        self.reach = np.zeros((len(self.rungs), g))  # share of each rung's images reaching each graph
+        self.seen = np.zeros(len(self.rungs))  # images each rung answered
+        self.all_reach = np.ones(g)  # over every answer (pessimistic until some are seen)
+        self.current = len(self.rungs) - 1
+        self.batches = [0] * len(self.rungs)  # graph-0 batches given each rung
+        self.below_default_s = 0.0
+        self._last = clock()
+
+    # ------------------------------------------------------------------ predictions
+    def cost_ms(self, i: int) -> float:
+        """Expected model-thread ms per image of rung ``i``, from graph 0 to its exit."""
+        if self.seen[i] >= MIN_SEEN:
+            return float(self.reach[i] @ self.graph_ms)
+        return self.rungs[i].ratio * float(self.graph_ms[0])
+
+    def ahead_ms(self, queued: Sequence[int]) -> float:
+        """The work queued for graphs 1.. (rows already past graph 0), in ms."""
+        w = 0.0
+        for k in range(1, len(queued)):
+            if queued[k]:
+                share = self.all_reach[k:] / max(self.all_reach[k], 1e-9)
+                w += queued[k] * float(np.minimum(share, 1.0) @ self.graph_ms[k:])
+        return w
+
+    def choose(self, queued: Sequence[int], batch: int, head_wait_ms: float, tail_wait_ms: float) -> int:
+        """The rung for a batch of ``batch`` rows taken from queue 0 (``queued``: rows in each
+        queue, the batch still counted in queue 0; waits: of its oldest row and of queue 0's
+        youngest); the floor when none fits."""
+        now = self.clock()
+        if self.rungs[self.current].below_default:
+            self.below_default_s += min(now - self._last, MAX_GAP_S)
+        self._last = now
+        w = self.ahead_ms(queued)
+        budget = HEADROOM * self.slo_ms
+        pick = 0
+        for i in range(len(self.rungs) - 1, 0, -1):
+            c = self.cost_ms(i)
+            if max(head_wait_ms + w + batch * c, tail_wait_ms + w + queued[0] * c) <= budget:
+                pick = i
+                break
+        self.current = pick
+        self.batches[pick] += 1
+        return pick
+
+    def admits(self, n: int, queued: Sequence[int]) -> bool:
+        """Whether ``n`` more images, queued behind ``queued``, are predicted to be answered
+        within the objective at the floor."""
+        return self.ahead_ms(queued) + (queued[0] + n) * self.cost_ms(0) <= HEADROOM * self.slo_ms
+
+    def time_below_default(self) -> float:
+        """Seconds the rung chosen last was below the default point, up to now."""
+        extra = min(self.clock() - self._last, MAX_GAP_S) if self.rungs[self.current].below_default else 0.0
+        return self.below_default_s + extra
+
+    # ------------------------------------------------------------------ the engine's timings
+    def observe_graph(self, k: int, rows: int, seconds: float) -> None:
+        """Graph ``k`` ran ``rows`` rows in ``seconds`` (its run, exit decisions and answers)."""
+        if rows > 0:
+            self.graph_ms[k] += ALPHA * (seconds * 1e3 / rows - self.graph_ms[k])
+
+    def observe_exits(self, i: int | None, exits: np.ndarray) -> None:
+        """One answer's images left at ``exits``; ``i``: its rung (None: a point the request named)."""
+        graphs = self.graph_of_exit[exits]
+        reached = (np.arange(len(self.graph_ms))[None, :] <= graphs[:, None]).mean(axis=0)
+        w = min(1.0, len(exits) / WINDOW)
+        self.all_reach += w * (reached - self.all_reach)
+        if i is not None:
+            self.reach[i] = reached if self.seen[i] == 0 else self.reach[i] + w * (reached - self.reach[i])
+            self.seen[i] += len(exits)
+
+
+def build(model, executor, max_batch: int, clock: Callable[[], float] = time.perf_counter) -> SloController | None:
+    """The controller of a served model (``model.ladder`` from :func:`ladder_of`); None without ``--slo-ms``."""
+    if not getattr(model, "ladder", None):
+        return None
+    points = model.chain.operating_points
+    cheapest = points["ladder-0"]  # every image at exit 0: what graph 0 alone costs
+    one_graph = len(executor.graphs) == 1  # the monolithic graph: every rung costs the same
+    default = points.get(model.default_point) if model.default_point else None
+    rungs = []
+    for name in model.ladder:
+        p = points[name]
+        thr, temps = model.chain.resolve_thresholds(name)
+        if one_graph:
+            ratio = 1.0
+        elif p.expected_ms is not None and cheapest.expected_ms:
+            ratio = p.expected_ms / cheapest.expected_ms
+        else:
+            ratio = p.expected_flops / cheapest.expected_flops
+        below = default is not None and p.expected_flops < default.expected_flops
+        rungs.append(Rung(name, np.asarray(thr, np.float32), np.asarray(temps, np.float32), ratio, below))
+    graph_of_exit = np.zeros(model.chain.num_exits, np.intp)
+    for k, g in enumerate(executor.graphs):
+        graph_of_exit[list(g.exits)] = k
+    graph_ms = measure_graph_ms(executor, model.chain.input_shape, max_batch)
+    return SloController(rungs, model.settings.slo_ms, graph_of_exit, graph_ms, clock)
+
+
+def assign(ctrl: SloController, rows, queue, queued: Sequence[int], now: float) -> None:
+    """Give the rows of a batch just taken for graph 0 (``rows``, a ``rows.Rows``) their
+    rung: the one :meth:`SloController.choose` picks, for requests naming no point; a request
+    whose first rows already got a rung keeps it, so each answer names one point. ``queue``
+    and ``queued`` are the engine's queue 0 (what is left of it) and row counts per queue."""
+    reqs = rows.reqs
+    if not any(r.auto for r in reqs):
+        return
+    left = list(queued)
+    left[0] += len(rows)  # the batch still counts as queue 0's
+    tail = (now - queue[-1].since) * 1e3 if queue else 0.0
+    i = ctrl.choose(left, len(rows), (now - rows.since) * 1e3, tail)
+    by_req = np.full(len(reqs), -1, np.intp)
+    for j, req in enumerate(reqs):
+        if req.auto:
+            if req.rung < 0:
+                req.rung, req.point = i, ctrl.rungs[i].name
+            by_req[j] = req.rung
+    row_rung = by_req[rows.owner]
+    auto = row_rung >= 0
+    thr = ctrl.thr_table[np.maximum(row_rung, 0)]
+    temps = ctrl.temps_table[np.maximum(row_rung, 0)]
+    rows.thr = np.where(auto[:, None], thr, rows.thr)
+    rows.temps = np.where(auto[:, None], temps, rows.temps)

@@ -1,0 +1,230 @@
+"""`serve --slo-ms`: the controller on an injected clock and fake timings (exact), the engine
+moving requests along the shipped ladder, bad flags refused in one line, and (slow) a real
+server overloaded until it answers at cheaper rungs and says so in its answers and /metrics."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import json
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
+from ranet_edge.errors import ConfigError
+from ranet_edge.runtime.evaluation.ladder import ladder_names
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("prometheus_client") is None,
+                                reason="serving needs the serve extra: pip install 'ranet-edge[serve]'")
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _controller(clock=None, slo_ms=10.0, below=(True, True, False)):
+    from ranet_edge.serve.slo import Rung, SloController
+
+    z = np.zeros(3, np.float32)
+    rungs = [Rung(f"ladder-{i}", z + i / 10, z, ratio, b) for i, (ratio, b) in enumerate(zip((1.0, 2.0, 4.0), below))]
+    # 3 exits on 3 graphs; graph 0 costs 0.1 ms per row, graphs 1 and 2 0.2 ms each
+    return SloController(rungs, slo_ms, [0, 1, 2], [0.1, 0.2, 0.2], clock or Clock())
+
+
+def test_controller_picks_the_most_accurate_rung_that_fits():
+    c = _controller()
+    # before any answer, rung i costs ratio * graph 0's ms: 0.1, 0.2, 0.4 ms per image; budget 0.8 * 10 = 8 ms
+    assert [c.cost_ms(i) for i in range(3)] == pytest.approx([0.1, 0.2, 0.4])
+    assert c.choose([10, 0, 0], 10, 1.0, 0.5) == 2  # 1 + 10 * 0.4 = 5 ms
+    assert c.choose([30, 0, 0], 30, 1.0, 0.5) == 1  # top: 1 + 12 = 13 > 8; rung 1: 1 + 6 = 7
+    assert c.choose([64, 0, 0], 64, 0.0, 0.0) == 0  # rung 1: 12.8 ms; nothing fits: the floor
+    # the youngest row of a long queue 0 counts too: the batch alone would fit at the top
+    assert c.choose([41, 0, 0], 8, 0.0, 0.0) == 0 and c.choose([15, 0, 0], 8, 0.0, 0.0) == 2
+    # work already past graph 0 is ahead of every batch: 12 rows at graph 1 cost 12 * (0.2 + 0.2) ms
+    assert c.ahead_ms([0, 12, 0]) == pytest.approx(4.8)
+    assert c.choose([10, 12, 0], 10, 0.0, 0.0) == 1
+    assert c.batches == [2, 2, 2]
+
+
+def test_controller_follows_the_engines_timings_and_answers():
+    c = _controller()
+    c.observe_graph(0, 10, 10 * 0.3e-3)  # graph 0 now takes 0.3 ms per row: the running mean moves a tenth
+    assert c.graph_ms[0] == pytest.approx(0.1 + 0.1 * 0.2)
+    assert c.cost_ms(1) == pytest.approx(2 * 0.12)
+    # rung 1 answers 64 images: half leave at exit 0, half at exit 2 -> reach [1, .5, .5]
+    c.observe_exits(1, np.array([0, 2] * 32))
+    assert c.seen[1] == 64 and c.reach[1] == pytest.approx([1, 0.5, 0.5])
+    assert c.cost_ms(1) == pytest.approx(0.12 + 0.5 * 0.2 + 0.5 * 0.2)
+    assert c.cost_ms(2) == pytest.approx(4 * 0.12)  # rung 2 not seen yet: still its stored ratio
+    c.observe_exits(None, np.array([2] * 512))  # a request that named a point: only the mix ahead learns
+    assert c.seen[2] == 0 and c.all_reach == pytest.approx([1, 1, 1])
+
+
+def test_admission_and_time_below_default():
+    clock = Clock()
+    c = _controller(clock)
+    assert c.admits(80, [0, 0, 0]) and not c.admits(81, [0, 0, 0])  # 80 * 0.1 ms = 8 ms at the floor
+    assert not c.admits(1, [80, 0, 0]) and c.admits(1, [79, 0, 0])
+    c.choose([64, 0, 0], 64, 0.0, 0.0)  # -> floor (below the default)
+    clock.t += 0.25
+    assert c.time_below_default() == pytest.approx(0.25)
+    c.choose([1, 0, 0], 1, 0.0, 0.0)  # -> top (not below): the 0.25 s are counted, no more after
+    clock.t += 5.0
+    assert c.time_below_default() == pytest.approx(0.25)
+    c.choose([64, 0, 0], 64, 0.0, 0.0)
+    clock.t += 30.0  # an idle server: a gap counts at most MAX_GAP_S
+    assert c.time_below_default() == pytest.approx(1.25)
+
+
+def test_ladder_of_refuses_bad_settings(tmp_path):
+    from ranet_edge.runtime import OperatingPoint
+    from ranet_edge.serve.settings import ServeSettings
+    from ranet_edge.serve.slo import ladder_of
+
+    p = OperatingPoint([0.5, -np.inf], "t", 0.5, 1.0, 0.1)
+    ladder = {"ladder-0": p, "ladder-1": p, "ladder-2": p, "iso": p}
+    assert ladder_of(ladder, None, None) == []
+    assert ladder_of(ladder, 20.0, None) == ["ladder-0", "ladder-1", "ladder-2"]
+    assert ladder_of(ladder, 20.0, "ladder-1") == ["ladder-1", "ladder-2"]
+    for args, msg in [((ladder, 20.0, "iso"), "--min-point 'iso' is not a rung"),
+                      (({"iso": p}, 20.0, None), "this bundle has none"), ((ladder, None, "ladder-1"), "add --slo-ms"),
+                      ((ladder, -1.0, None), "> 0")]:
+        with pytest.raises(ConfigError, match=msg):
+            ladder_of(*args)
+    with pytest.raises(ConfigError, match="slo_ms"):
+        ServeSettings(slo_ms=0)
+    assert ServeSettings.from_dict({"slo-ms": "25", "min-point": "ladder-2"}).slo_ms == 25.0
+
+
+def _assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("error:") and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[-1], result.output
+
+
+def test_serve_refuses_bad_slo_flags(run, tmp_path):
+    no_ladder = tmp_path / "b"
+    shutil.copytree(DEFAULT_BUNDLE, no_ladder, ignore=shutil.ignore_patterns("thresholds.json"))
+    _assert_one_line_error(run("serve", "--slo-ms", "0"), "--slo-ms", "> 0")
+    _assert_one_line_error(run("serve", "--slo-ms", "20", "--min-point", "iso-accuracy"), "not a rung of the ladder")
+    _assert_one_line_error(run("serve", "--min-point", "ladder-1"), "add --slo-ms")
+    _assert_one_line_error(run("serve", no_ladder, "--slo-ms", "20"), "has none", "--ladder 8")
+
+
+def test_engine_moves_auto_requests_along_the_ladder_and_keeps_named_points():
+    """The real engine on the shipped bundle applies the rung its controller picks (scripted
+    here) to requests naming no point; a request naming a point keeps it; every answer
+    names its point and equals predict at that point."""
+    from ranet_edge.serve.engine import ServedModel
+    from ranet_edge.serve.settings import ServeSettings
+    from ranet_edge.serve.stage_engine import StageEngine
+
+    model = ServedModel(ServeSettings(slo_ms=1000.0, max_batch=16, max_queue=4096))
+    names = ladder_names(model.chain.operating_points)
+    with np.load(SAMPLE_IMAGES) as z:
+        x = model.chain.preprocess(z["x"][:64])
+
+    async def go():
+        engine = StageEngine(model)
+        want = [0]
+        engine.slo.choose = lambda queued, batch, head, tail: want[0]  # the controller is tested above
+        slow = await asyncio.gather(*(engine.classify(x[i:i + 4], None) for i in range(0, 64, 4)))
+        seen = engine.slo.seen.copy()
+        want[0] = len(names) - 1
+        fast = await engine.classify(x[:8], None)
+        named = await engine.classify(x[:8], "p0.5")
+        await engine.close(5)
+        return slow, fast, named, seen
+
+    slow, fast, named, seen = asyncio.run(go())
+    assert {a.operating_point for a in slow} == {names[0]} and seen[0] == 64  # the answers fed the controller
+    assert all(a.exits.max() == 0 for a in slow)
+    assert fast.operating_point == names[-1] and named.operating_point == "p0.5"
+    for a, xs in [(slow[0], x[:4]), (fast, x[:8]), (named, x[:8])]:
+        ref = model.chain.predict(xs, a.operating_point)
+        np.testing.assert_array_equal(a.exits, ref.exits)
+        np.testing.assert_array_equal(a.labels, ref.labels)
+
+
+def test_v2_and_grpc_responses_name_the_point():
+    from ranet_edge.serve import oip
+    from ranet_edge.serve.rows import Answer
+
+    answer = Answer(np.array([3]), np.array([0]), np.array([0.9], np.float32), np.zeros((1, 10), np.float32), 1.0,
+                    operating_point="ladder-2")
+    req = oip.InferRequest(None, np.zeros((1, 3, 32, 32), np.float32), None, (oip.RequestedOutput("label", False),))
+    body, _ = oip.rest_infer_response(req, answer, "ranet-edge")
+    assert json.loads(body)["parameters"] == {"operating_point": "ladder-2"}
+    pytest.importorskip("grpc")
+    from ranet_edge.serve.grpc_service import infer_response
+
+    assert infer_response(req, answer, "ranet-edge").parameters["operating_point"].string_param == "ladder-2"
+
+
+# --------------------------------------------------------------------------- a real server, overloaded
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts processes through /proc")
+def test_overloaded_server_moves_to_cheaper_points_and_names_them(tmp_path):
+    from serve_harness import running_server
+
+    with np.load(SAMPLE_IMAGES) as z:
+        ims = z["x"][:16]
+    body = json.dumps([base64.b64encode(cv2.imencode(".png", im[..., ::-1])[1].tobytes()).decode()
+                       for im in ims]).encode()
+    cmd = lambda *a: [str(Path(sys.executable).with_name("ranet-edge")), "serve", *a]  # noqa: E731
+    names = ladder_names(__import__("ranet_edge.runtime", fromlist=["ExitChain"]).ExitChain.load(
+        DEFAULT_BUNDLE).operating_points)
+    with running_server(tmp_path, cmd, "--slo-ms", "40", "--no-access-log") as srv:
+        head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+
+        def one_round(n: int) -> list[bytes]:
+            socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=60) for _ in range(n)]
+            try:
+                for s in socks:
+                    s.sendall(head + body)
+                out = []
+                for s in socks:
+                    data = b""
+                    while chunk := s.recv(65536):
+                        data += chunk
+                    out.append(data)
+                return out
+            finally:
+                for s in socks:
+                    s.close()
+
+        quiet = one_round(1)[0]
+        assert json.loads(quiet.split(b"\r\n\r\n", 1)[1])["operating_point"] == names[-1]
+        answers = [a for _ in range(3) for a in one_round(60)]
+        statuses = [int(a.split(b" ", 2)[1]) for a in answers]
+        points = [json.loads(a.split(b"\r\n\r\n", 1)[1])["operating_point"] for a in answers
+                  if a.startswith(b"HTTP/1.1 200")]
+        assert set(statuses) <= {200, 503} and points, statuses
+        cheaper = [p for p in points if names.index(p) < len(names) - 1]
+        assert cheaper, points  # 960 images at once: the top rung cannot answer them all within 40 ms
+        for a in answers:
+            if a.startswith(b"HTTP/1.1 503"):
+                assert b"retry-after: 1\r\n" in a.lower() and b"--slo-ms" in a
+        time.sleep(0.2)
+        import urllib.request
+
+        text = urllib.request.urlopen(f"{srv.url}/metrics", timeout=30).read().decode()
+        for p in set(points):
+            line = next(ln for ln in text.splitlines() if ln.startswith(f'ranet_answers_total{{operating_point="{p}"}}'))
+            assert float(line.split()[-1]) == points.count(p) + (p == names[-1]), line
+        below = next(ln for ln in text.splitlines() if ln.startswith("ranet_slo_below_default_seconds_total"))
+        assert float(below.split()[-1]) > 0, below
