@@ -38,14 +38,14 @@ def _controller(clock=None, slo_ms=10.0, below=(True, True, False)):
 
     z = np.zeros(3, np.float32)
     rungs = [Rung(f"ladder-{i}", z + i / 10, z, ratio, b) for i, (ratio, b) in enumerate(zip((1.0, 2.0, 4.0), below))]
-    # 3 exits on 3 graphs; graph 0 costs 0.1 ms per row, graphs 1 and 2 0.2 ms each
-    return SloController(rungs, slo_ms, [0, 1, 2], [0.1, 0.2, 0.2], clock or Clock())
+    # 3 exits on 3 graphs; graph 0 costs 0.1 ms per row, graphs 1 and 2 0.2 ms each, nothing per run
+    return SloController(rungs, slo_ms, [0, 1, 2], [0.0, 0.0, 0.0], [0.1, 0.2, 0.2], 64, clock or Clock())
 
 
 def test_controller_picks_the_most_accurate_rung_that_fits():
     c = _controller()
     # before any answer, rung i costs ratio * graph 0's ms: 0.1, 0.2, 0.4 ms per image; budget 0.8 * 10 = 8 ms
-    assert [c.cost_ms(i) for i in range(3)] == pytest.approx([0.1, 0.2, 0.4])
+    assert [c.rung_time(i, 1) for i in range(3)] == pytest.approx([0.1, 0.2, 0.4])
     assert c.choose([10, 0, 0], 10, 1.0, 0.5) == 2  # 1 + 10 * 0.4 = 5 ms
     assert c.choose([30, 0, 0], 30, 1.0, 0.5) == 1  # top: 1 + 12 = 13 > 8; rung 1: 1 + 6 = 7
     assert c.choose([64, 0, 0], 64, 0.0, 0.0) == 0  # rung 1: 12.8 ms; nothing fits: the floor
@@ -59,16 +59,30 @@ def test_controller_picks_the_most_accurate_rung_that_fits():
 
 def test_controller_follows_the_engines_timings_and_answers():
     c = _controller()
-    c.observe_graph(0, 10, 10 * 0.3e-3)  # graph 0 now takes 0.3 ms per row: the running mean moves a tenth
-    assert c.graph_ms[0] == pytest.approx(0.1 + 0.1 * 0.2)
-    assert c.cost_ms(1) == pytest.approx(2 * 0.12)
+    c.observe_graph(0, 10, 10 * 0.3e-3)  # graph 0 took 3x its prediction: its factor moves a tenth of the way
+    assert c.slow[0] == pytest.approx(1.2) and c.graph_time(0, 1) == pytest.approx(0.12)
+    assert c.rung_time(1, 1) == pytest.approx(2 * 0.12)
     # rung 1 answers 64 images: half leave at exit 0, half at exit 2 -> reach [1, .5, .5]
     c.observe_exits(1, np.array([0, 2] * 32))
     assert c.seen[1] == 64 and c.reach[1] == pytest.approx([1, 0.5, 0.5])
-    assert c.cost_ms(1) == pytest.approx(0.12 + 0.5 * 0.2 + 0.5 * 0.2)
-    assert c.cost_ms(2) == pytest.approx(4 * 0.12)  # rung 2 not seen yet: still its stored ratio
+    assert c.rung_time(1, 1) == pytest.approx(0.12 + 0.5 * 0.2 + 0.5 * 0.2)
+    assert c.rung_time(2, 1) == pytest.approx(4 * 0.12)  # rung 2 not seen yet: still its stored ratio
     c.observe_exits(None, np.array([2] * 512))  # a request that named a point: only the mix ahead learns
     assert c.seen[2] == 0 and c.all_reach == pytest.approx([1, 1, 1])
+
+
+def test_a_run_costs_once_per_batch():
+    """Graph time is a line in its rows, max_batch rows a run: full batches cost less per row."""
+    from ranet_edge.serve.slo import Rung, SloController
+
+    z = np.zeros(2, np.float32)
+    c = SloController([Rung("ladder-0", z, z, 1.0, True), Rung("ladder-1", z, z, 2.0, False)], 10.0, [0, 1],
+                      [1.0, 0.5], [0.1, 0.1], 64, Clock())
+    assert c.graph_time(0, 1) == pytest.approx(1.1) and c.graph_time(0, 64) == pytest.approx(7.4)
+    assert c.graph_time(0, 65) == pytest.approx(2 + 6.5)
+    assert c.admits(64, [0, 0]) and not c.admits(65, [0, 0])  # 8 ms of budget
+    c.observe_exits(1, np.array([1] * 64))  # rung 1: every image to graph 1
+    assert c.rung_time(1, 64) == pytest.approx(7.4 + 0.5 + 6.4)
 
 
 def test_admission_and_time_below_default():

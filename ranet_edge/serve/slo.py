@@ -4,17 +4,19 @@ The bundle's ladder (``calibrate --ladder N``: ``ladder-0``, every image at exit
 ``ladder-(N-1)``, the most accurate) is the menu. Each batch the stage engine takes for
 graph 0 gets the most accurate rung whose predicted completion fits the objective, for the
 requests that name no operating point (a request that names one keeps it). The prediction,
-in ms, for rung ``i`` with cost ``c_i`` per image::
+in ms, for rung ``i`` taking ``T_i(m)`` ms to run ``m`` images::
 
-    work ahead W = sum over deeper queues k of rows_k * (ms per row of graphs k.. the rows still reach)
-    head = waited(oldest row of the batch)   + W + rows(batch)   * c_i
-    tail = waited(youngest row of queue 0)   + W + rows(queue 0) * c_i
+    work ahead W = the time of the rows queued for graphs 1.. (with the shares that go on)
+    head = waited(oldest row of the batch)   + W + T_i(rows(batch))
+    tail = waited(youngest row of queue 0)   + W + T_i(rows(queue 0))
     fits when max(head, tail) <= HEADROOM * S
 
-``c_i`` is the share of images of rung ``i`` reaching each graph times that graph's ms per
-row. The ms per row are timed at load (each graph at ``max_batch`` rows) and then follow the
-engine's own graph runs; the shares follow the answers given at each rung, once a rung has
-answered ``MIN_SEEN`` images (before: the rung's stored expected ms, in units of exit 0's).
+``T_i(m)`` sums, over the graphs, the time of the rung's share of ``m`` reaching each: a
+graph's time is a line in its rows (ms per run + ms per row, ``max_batch`` rows a run, so
+larger batches cost less per row) timed at load on 1 and ``max_batch`` rows, times a factor
+that follows the engine's own runs of that graph (a busier machine: above 1). The shares
+follow the answers given at each rung, once a rung has answered ``MIN_SEEN`` images
+(before: graph 0's time times the rung's stored expected ms over exit 0's).
 Below the floor (``--min-point``, default ``ladder-0``) nothing is cheaper: a request whose
 predicted completion at the floor does not fit is refused with 503 and ``Retry-After``, as
 a full queue is. The controller takes an injectable clock, so tests drive it exactly.
@@ -34,7 +36,7 @@ from ranet_edge.runtime.operating_points import OperatingPoint
 
 HEADROOM = 0.8  # the share of the objective the model thread may use; the rest is for the HTTP side
 MIN_SEEN = 64  # images a rung answers before its observed exit shares replace its stored cost
-ALPHA = 0.1  # weight of each new graph timing in its running mean
+ALPHA = 0.1  # weight of each graph run in the running factor of observed over predicted time
 WINDOW = 512.0  # images over which the observed exit shares follow a change
 MAX_GAP_S = 1.0  # a gap between two choices counts at most this long in the time below the default
 
@@ -76,37 +78,49 @@ class Rung:
     below_default: bool  # fewer expected FLOPs than the server's default point
 
 
-def measure_graph_ms(executor, shape: Sequence[int], batch: int, repeats: int = 3) -> list[float]:
-    """ms per row of each graph of ``executor``, run in turn on ``batch`` zero images (the
-    best of ``repeats``)."""
-    best = [math.inf] * len(executor.graphs)
-    x = np.zeros((batch, *shape), np.float32)
-    for _ in range(repeats):
-        env = executor.feed(x)
-        for k in range(len(best)):
-            t = time.perf_counter()
-            _, env = executor.run(k, env)
-            best[k] = min(best[k], (time.perf_counter() - t) * 1e3 / batch)
-    return best
+def measure_graphs(executor, shape: Sequence[int], batch: int, repeats: int = 3) -> tuple[list[float], list[float]]:
+    """(ms per run, ms per row) of each graph of ``executor``: the line through its time on 1
+    and on ``batch`` zero images (run in turn, the best of ``repeats`` each)."""
+    def times(n: int) -> list[float]:
+        best = [math.inf] * len(executor.graphs)
+        x = np.zeros((n, *shape), np.float32)
+        for _ in range(repeats):
+            env = executor.feed(x)
+            for k in range(len(best)):
+                t = time.perf_counter()
+                _, env = executor.run(k, env)
+                best[k] = min(best[k], (time.perf_counter() - t) * 1e3)
+        return best
+
+    one, full = times(1), times(batch)
+    per_row = [max((f - o) / max(batch - 1, 1), 1e-6) for o, f in zip(one, full, strict=True)]
+    return [max(o - r, 0.0) for o, r in zip(one, per_row, strict=True)], per_row
 
 
 class SloController:
     """Chooses a rung per graph-0 batch and decides admission (see the module doc).
 
-    ``graph_of_exit[e]`` is the graph that computes exit ``e``; ``graph_ms`` the load-time ms
-    per row of each graph. Rungs are cheapest first; ``rungs[0]`` is the floor.
+    Graph ``k`` running ``r`` rows is predicted to take ``slow[k] * (run_ms[k] + r * row_ms[k])``
+    ms, at most ``max_batch`` rows a run: ``run_ms`` and ``row_ms`` come from the load-time
+    measurement, ``slow`` follows the engine's own runs (1 at load; above 1 when the machine
+    is busier). ``graph_of_exit[e]`` is the graph that computes exit ``e``. Rungs are cheapest
+    first; ``rungs[0]`` is the floor.
     """
 
     def __init__(self, rungs: Sequence[Rung], slo_ms: float, graph_of_exit: Sequence[int],
-                 graph_ms: Sequence[float], clock: Callable[[], float] = time.perf_counter):
+                 run_ms: Sequence[float], row_ms: Sequence[float], max_batch: int,
+                 clock: Callable[[], float] = time.perf_counter):
         self.rungs = list(rungs)
         self.thr_table = np.stack([r.thr for r in self.rungs])  # (rungs, exits) float32
         self.temps_table = np.stack([r.temps for r in self.rungs])
         self.slo_ms = float(slo_ms)
         self.clock = clock
         self.graph_of_exit = np.asarray(graph_of_exit, np.intp)
-        self.graph_ms = np.asarray(graph_ms, np.float64)
-        g = len(self.graph_ms)
+        self.run_ms = np.asarray(run_ms, np.float64)
+        self.row_ms = np.asarray(row_ms, np.float64)
+        self.max_batch = max_batch
+        g = len(self.run_ms)
+        self.slow = np.ones(g)  # observed over predicted time of each graph's runs
         self.reach = np.zeros((len(self.rungs), g))  # share of each rung's images reaching each graph
         self.seen = np.zeros(len(self.rungs))  # images each rung answered
         self.all_reach = np.ones(g)  # over every answer (pessimistic until some are seen)
@@ -116,19 +130,28 @@ class SloController:
         self._last = clock()
 
     # ------------------------------------------------------------------ predictions
-    def cost_ms(self, i: int) -> float:
-        """Expected model-thread ms per image of rung ``i``, from graph 0 to its exit."""
+    def graph_time(self, k: int, rows: float) -> float:
+        """ms for graph ``k`` to run ``rows`` rows, ``max_batch`` a run."""
+        if rows <= 0:
+            return 0.0
+        runs = math.ceil(rows / self.max_batch - 1e-9)
+        return float(self.slow[k] * (runs * self.run_ms[k] + rows * self.row_ms[k]))
+
+    def rung_time(self, i: int, images: int) -> float:
+        """ms for ``images`` images to run at rung ``i``, from graph 0 to their exits."""
+        if images <= 0:
+            return 0.0
         if self.seen[i] >= MIN_SEEN:
-            return float(self.reach[i] @ self.graph_ms)
-        return self.rungs[i].ratio * float(self.graph_ms[0])
+            return sum(self.graph_time(k, images * r) for k, r in enumerate(self.reach[i]) if r > 0)
+        return self.rungs[i].ratio * self.graph_time(0, images)
 
     def ahead_ms(self, queued: Sequence[int]) -> float:
         """The work queued for graphs 1.. (rows already past graph 0), in ms."""
         w = 0.0
         for k in range(1, len(queued)):
             if queued[k]:
-                share = self.all_reach[k:] / max(self.all_reach[k], 1e-9)
-                w += queued[k] * float(np.minimum(share, 1.0) @ self.graph_ms[k:])
+                share = np.minimum(self.all_reach[k:] / max(self.all_reach[k], 1e-9), 1.0)
+                w += sum(self.graph_time(j, queued[k] * s) for j, s in zip(range(k, len(queued)), share, strict=True))
         return w
 
     def choose(self, queued: Sequence[int], batch: int, head_wait_ms: float, tail_wait_ms: float) -> int:
@@ -143,8 +166,7 @@ class SloController:
         budget = HEADROOM * self.slo_ms
         pick = 0
         for i in range(len(self.rungs) - 1, 0, -1):
-            c = self.cost_ms(i)
-            if max(head_wait_ms + w + batch * c, tail_wait_ms + w + queued[0] * c) <= budget:
+            if max(head_wait_ms + w + self.rung_time(i, batch), tail_wait_ms + w + self.rung_time(i, queued[0])) <= budget:
                 pick = i
                 break
         self.current = pick
@@ -154,7 +176,7 @@ class SloController:
     def admits(self, n: int, queued: Sequence[int]) -> bool:
         """Whether ``n`` more images, queued behind ``queued``, are predicted to be answered
         within the objective at the floor."""
-        return self.ahead_ms(queued) + (queued[0] + n) * self.cost_ms(0) <= HEADROOM * self.slo_ms
+        return self.ahead_ms(queued) + self.rung_time(0, queued[0] + n) <= HEADROOM * self.slo_ms
 
     def time_below_default(self) -> float:
         """Seconds the rung chosen last was below the default point, up to now."""
@@ -165,12 +187,13 @@ class SloController:
     def observe_graph(self, k: int, rows: int, seconds: float) -> None:
         """Graph ``k`` ran ``rows`` rows in ``seconds`` (its run, exit decisions and answers)."""
         if rows > 0:
-            self.graph_ms[k] += ALPHA * (seconds * 1e3 / rows - self.graph_ms[k])
+            predicted = self.run_ms[k] + rows * self.row_ms[k]
+            self.slow[k] += ALPHA * (seconds * 1e3 / predicted - self.slow[k])
 
     def observe_exits(self, i: int | None, exits: np.ndarray) -> None:
         """One answer's images left at ``exits``; ``i``: its rung (None: a point the request named)."""
         graphs = self.graph_of_exit[exits]
-        reached = (np.arange(len(self.graph_ms))[None, :] <= graphs[:, None]).mean(axis=0)
+        reached = (np.arange(len(self.run_ms))[None, :] <= graphs[:, None]).mean(axis=0)
         w = min(1.0, len(exits) / WINDOW)
         self.all_reach += w * (reached - self.all_reach)
         if i is not None:
@@ -201,8 +224,8 @@ def build(model, executor, max_batch: int, clock: Callable[[], float] = time.per
     graph_of_exit = np.zeros(model.chain.num_exits, np.intp)
     for k, g in enumerate(executor.graphs):
         graph_of_exit[list(g.exits)] = k
-    graph_ms = measure_graph_ms(executor, model.chain.input_shape, max_batch)
-    return SloController(rungs, model.settings.slo_ms, graph_of_exit, graph_ms, clock)
+    run_ms, row_ms = measure_graphs(executor, model.chain.input_shape, max_batch)
+    return SloController(rungs, model.settings.slo_ms, graph_of_exit, run_ms, row_ms, max_batch, clock)
 
 
 def assign(ctrl: SloController, rows, queue, queued: Sequence[int], now: float) -> None:
