@@ -59,8 +59,9 @@ def test_controller_picks_the_most_accurate_rung_that_fits():
 
 def test_controller_follows_the_engines_timings_and_answers():
     c = _controller()
-    c.observe_graph(0, 10, 10 * 0.3e-3)  # graph 0 took 3x its prediction: its factor moves a tenth of the way
-    assert c.slow[0] == pytest.approx(1.2) and c.graph_time(0, 1) == pytest.approx(0.12)
+    c.observe_graph(0, 10, 10 * 0.3e-3)  # graph 0 took 3x its prediction: its factor moves a tenth of the way (log)
+    assert c.slow[0] == pytest.approx(3 ** 0.1) and c.graph_time(0, 1) == pytest.approx(0.1 * 3 ** 0.1)
+    c.slow[0] = 1.2
     assert c.rung_time(1, 1) == pytest.approx(2 * 0.12)
     # rung 1 answers 64 images: half leave at exit 0, half at exit 2 -> reach [1, .5, .5]
     c.observe_exits(1, np.array([0, 2] * 32))
@@ -80,7 +81,7 @@ def test_a_run_costs_once_per_batch():
                       [1.0, 0.5], [0.1, 0.1], 64, Clock())
     assert c.graph_time(0, 1) == pytest.approx(1.1) and c.graph_time(0, 64) == pytest.approx(7.4)
     assert c.graph_time(0, 65) == pytest.approx(2 + 6.5)
-    assert c.admits(64, [0, 0]) and not c.admits(65, [0, 0])  # 8 ms of budget
+    assert c.admits(63, [1, 0]) and not c.admits(64, [1, 0])  # 8 ms of budget
     c.observe_exits(1, np.array([1] * 64))  # rung 1: every image to graph 1
     assert c.rung_time(1, 64) == pytest.approx(7.4 + 0.5 + 6.4)
 
@@ -88,8 +89,14 @@ def test_a_run_costs_once_per_batch():
 def test_admission_and_time_below_default():
     clock = Clock()
     c = _controller(clock)
-    assert c.admits(80, [0, 0, 0]) and not c.admits(81, [0, 0, 0])  # 80 * 0.1 ms = 8 ms at the floor
-    assert not c.admits(1, [80, 0, 0]) and c.admits(1, [79, 0, 0])
+    assert c.admits(1, [79, 0, 0]) and not c.admits(1, [80, 0, 0])  # 80 * 0.1 ms = 8 ms at the floor
+    assert not c.admits(1, [0, 40, 0])  # 40 rows at graph 1 cost 16 ms
+    c.slow[:] = 1000.0  # a factor learnt on a starved machine: an idle engine still admits, to learn again
+    assert c.admits(500, [0, 0, 0]) and not c.admits(1, [1, 0, 0])
+    for _ in range(200):
+        c.observe_graph(0, 1, 0.1e-3)  # runs as predicted: the factor comes back
+    assert c.slow[0] == pytest.approx(1.0, rel=1e-3)
+    c.slow[:] = 1.0
     c.choose([64, 0, 0], 64, 0.0, 0.0)  # -> floor (below the default)
     clock.t += 0.25
     assert c.time_below_default() == pytest.approx(0.25)
@@ -99,6 +106,23 @@ def test_admission_and_time_below_default():
     c.choose([64, 0, 0], 64, 0.0, 0.0)
     clock.t += 30.0  # an idle server: a gap counts at most MAX_GAP_S
     assert c.time_below_default() == pytest.approx(1.25)
+
+
+def test_precheck_sheds_before_decoding():
+    from types import SimpleNamespace
+
+    from ranet_edge.serve.slo import precheck
+    from ranet_edge.serve.stage_engine import Overloaded
+
+    engine = SimpleNamespace(slo=_controller(), queued=[0, 0, 0])
+    precheck(engine, None, 5.0)
+    precheck(engine, "p0.5", 50.0)  # a request naming a point is not the controller's
+    with pytest.raises(Overloaded, match="objective of 10 ms"):
+        precheck(engine, None, 10.0)  # waited the objective already
+    engine.queued = [80, 0, 0]  # 81 images at the floor: 8.1 ms > 8
+    with pytest.raises(Overloaded, match="even at ladder-0"):
+        precheck(engine, None, 0.0)
+    precheck(SimpleNamespace(slo=None, queued=[10 ** 6]), None, 1e9)  # without --slo-ms: nothing
 
 
 def test_ladder_of_refuses_bad_settings(tmp_path):

@@ -22,6 +22,7 @@ from .api import RequestError, error_body, parse_images
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .progress import DEADLINE_PARAMETER, deadline_cut, parse_deadline, within
+from .slo import precheck
 from .stage_engine import RETRY_AFTER_S, SHUTTING_DOWN, Overloaded, StageEngine
 
 log = logging.getLogger("ranet_edge.serve")
@@ -137,6 +138,7 @@ class Routes:
         self.model.check_point(point)
         deadline_s = parse_deadline(query.get(DEADLINE_PARAMETER), f"query parameter {DEADLINE_PARAMETER}")
         data = await self._read(read_body, start)
+        precheck(self.engine, point, (time.perf_counter() - start) * 1e3)  # --slo-ms: shed before decoding
         args = (headers.get("content-type"), data, self.model.chain.preprocess_spec, self.settings.max_batch)
         # a photo takes milliseconds to decode: off the event loop; a thumbnail costs less than the hop
         images = parse_images(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(parse_images, *args)

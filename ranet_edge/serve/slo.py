@@ -34,9 +34,11 @@ from ranet_edge.errors import CalibrationError, ConfigError
 from ranet_edge.runtime.evaluation.ladder import ladder_names
 from ranet_edge.runtime.operating_points import OperatingPoint
 
+from .rows import RETRY_AFTER_S, Overloaded
+
 HEADROOM = 0.8  # the share of the objective the model thread may use; the rest is for the HTTP side
 MIN_SEEN = 64  # images a rung answers before its observed exit shares replace its stored cost
-ALPHA = 0.1  # weight of each graph run in the running factor of observed over predicted time
+ALPHA = 0.1  # weight of each graph run in the running (geometric) factor of observed over predicted time
 WINDOW = 512.0  # images over which the observed exit shares follow a change
 MAX_GAP_S = 1.0  # a gap between two choices counts at most this long in the time below the default
 
@@ -175,7 +177,11 @@ class SloController:
 
     def admits(self, n: int, queued: Sequence[int]) -> bool:
         """Whether ``n`` more images, queued behind ``queued``, are predicted to be answered
-        within the objective at the floor."""
+        within the objective at the floor. An idle engine admits whatever the prediction says:
+        its runs are what corrects a prediction gone wrong (a factor learnt while the machine
+        was busier), and a server refusing everything would never learn again."""
+        if not any(queued):
+            return True
         return self.ahead_ms(queued) + self.rung_time(0, queued[0] + n) <= HEADROOM * self.slo_ms
 
     def time_below_default(self) -> float:
@@ -186,9 +192,9 @@ class SloController:
     # ------------------------------------------------------------------ the engine's timings
     def observe_graph(self, k: int, rows: int, seconds: float) -> None:
         """Graph ``k`` ran ``rows`` rows in ``seconds`` (its run, exit decisions and answers)."""
-        if rows > 0:
-            predicted = self.run_ms[k] + rows * self.row_ms[k]
-            self.slow[k] += ALPHA * (seconds * 1e3 / predicted - self.slow[k])
+        if rows > 0:  # a running geometric mean: one run preempted for 50 ms moves it by at most 8x ** ALPHA
+            ratio = min(max(seconds * 1e3 / (self.run_ms[k] + rows * self.row_ms[k]), 1 / 8), 8.0)
+            self.slow[k] = math.exp(math.log(self.slow[k]) + ALPHA * (math.log(ratio) - math.log(self.slow[k])))
 
     def observe_exits(self, i: int | None, exits: np.ndarray) -> None:
         """One answer's images left at ``exits``; ``i``: its rung (None: a point the request named)."""
@@ -252,3 +258,19 @@ def assign(ctrl: SloController, rows, queue, queued: Sequence[int], now: float) 
     temps = ctrl.temps_table[np.maximum(row_rung, 0)]
     rows.thr = np.where(auto[:, None], thr, rows.thr)
     rows.temps = np.where(auto[:, None], temps, rows.temps)
+
+
+def precheck(engine, point: str | None, waited_ms: float) -> None:
+    """Shed a request before its images are decoded (the HTTP side's share of the work):
+    with ``--slo-ms``, a request naming no point that has waited the objective already since
+    it arrived, or finds the queue predicted past it even at the floor for one more image.
+
+    Raises:
+        Overloaded: 503 with ``Retry-After``.
+    """
+    ctrl = engine.slo
+    if ctrl is None or point is not None:
+        return
+    if waited_ms >= ctrl.slo_ms or not ctrl.admits(1, engine.queued):
+        raise Overloaded(f"the server cannot answer within its objective of {ctrl.slo_ms:g} ms (--slo-ms), "
+                         f"even at {ctrl.rungs[0].name}; retry after {RETRY_AFTER_S} s")
