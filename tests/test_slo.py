@@ -246,7 +246,7 @@ def test_overloaded_server_moves_to_cheaper_points_and_names_them(tmp_path):
                     s.close()
 
         quiet = one_round(1)[0]
-        assert json.loads(quiet.split(b"\r\n\r\n", 1)[1])["operating_point"] == names[-1]
+        assert json.loads(quiet.split(b"\r\n\r\n", 1)[1])["operating_point"] == names[-1], quiet
         answers = [a for _ in range(3) for a in one_round(60)]
         statuses = [int(a.split(b" ", 2)[1]) for a in answers]
         points = [json.loads(a.split(b"\r\n\r\n", 1)[1])["operating_point"] for a in answers
@@ -255,8 +255,8 @@ def test_overloaded_server_moves_to_cheaper_points_and_names_them(tmp_path):
         cheaper = [p for p in points if names.index(p) < len(names) - 1]
         assert cheaper, points  # 960 images at once: the top rung cannot answer them all within 40 ms
         for a in answers:
-            if a.startswith(b"HTTP/1.1 503"):
-                assert b"retry-after: 1\r\n" in a.lower() and b"--slo-ms" in a
+            if a.startswith(b"HTTP/1.1 503"):  # the objective's refusal (or, as ever, a full --max-queue)
+                assert b"retry-after: 1\r\n" in a.lower() and (b"--slo-ms" in a or b"at capacity" in a), a
         time.sleep(0.2)
         import urllib.request
 
