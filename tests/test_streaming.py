@@ -66,7 +66,8 @@ def by_request(responses: list[tuple]) -> dict[str, list]:
 
 
 def params(result) -> dict:
-    return {k: v.bool_param for k, v in result.get_response().parameters.items()}
+    return {k: v.bool_param for k, v in result.get_response().parameters.items()
+            if v.WhichOneof("parameter_choice") == "bool_param"}  # operating_point is a string_param
 
 
 def check_refinements(seq: list[tuple[int, int, float, bool]], i: int, want, logits) -> None:
@@ -124,6 +125,7 @@ def test_grpc_stream_empty_final_response_plain_requests_and_errors(model, truth
     assert [int(r.as_numpy("exit")[0]) for r in empty[:-1]] == list(range(want.exits[0] + 1))
     (plain,) = answers["plain"]
     assert params(plain) == {"final": True, "triton_final_response": True}
+    assert plain.get_response().parameters["operating_point"].string_param == POINT  # the point it ran at
     np.testing.assert_array_equal(plain.as_numpy("label"), want.labels[:2])
     batch = answers["batch"]  # several images per request: per image, exits never go back
     exits = np.stack([r.as_numpy("exit") for r in batch])
