@@ -11,7 +11,10 @@ alike:
 
 - ``fixed``: the chain at the bundle's default operating point (fixed thresholds);
 - ``slo``: the same with ``--slo-ms S`` (moves along the bundle's ladder);
-- ``monolithic``: ``--graph monolithic`` (the whole model per image, no early exit).
+- ``monolithic``: ``--graph monolithic`` (the whole model per image, no early exit);
+- ``deadline``: a fixed-threshold server again, each request with ``?deadline_ms=D``
+  (``--deadline-ms``, default 0.8 x the objective: the share of it ``--slo-ms`` plans for,
+  leaving the rest to the HTTP side as the controller does).
 
 Capacity is the fixed-threshold server's closed-loop throughput (``--connections`` clients
 posting back to back), measured first and again just before each load level (the shared
@@ -58,7 +61,7 @@ TIMEOUT_S = 5  # every server's --timeout-s: an overloaded run drains in seconds
 MAX_CONNECTIONS = 4000  # open sockets at most; a request finding none free counts as a client drop
 
 
-def _requests(per_request: int) -> tuple[list[bytes], list[np.ndarray]]:
+def _requests(per_request: int, query: str = "") -> tuple[list[bytes], list[np.ndarray]]:
     """The 500 shipped images as /v1 requests of ``per_request`` images each (a PNG body for
     one, a JSON list of base64 PNGs for more), in turn, and each request's labels."""
     with np.load(SAMPLE_IMAGES) as z:
@@ -71,7 +74,7 @@ def _requests(per_request: int) -> tuple[list[bytes], list[np.ndarray]]:
             body, ctype = chunk[0], b"image/png"
         else:
             body, ctype = json.dumps([base64.b64encode(b).decode() for b in chunk]).encode(), b"application/json"
-        out.append(b"POST /v1/classify HTTP/1.1\r\nHost: bench\r\nContent-Type: " + ctype +
+        out.append(b"POST /v1/classify" + query.encode() + b" HTTP/1.1\r\nHost: bench\r\nContent-Type: " + ctype +
                    b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         labels.append(y[i:i + per_request])
     return out, labels
@@ -275,6 +278,7 @@ def main() -> None:
     ap.add_argument("--slo-ms", type=float, default=30.0)
     ap.add_argument("--loads", default="0.5,1,1.5,2,3")
     ap.add_argument("--connections", type=int, default=16, help="closed-loop clients measuring capacity")
+    ap.add_argument("--deadline-ms", type=float, default=None, help="of the deadline server's requests [0.8 x S]")
     ap.add_argument("--recheck-s", type=float, default=2.0, help="capacity measured again before each load level")
     ap.add_argument("--images-per-request", type=int, default=4, help="shipped images per request, in turn")
     ap.add_argument("--out", default="benchmarks/results/open_loop.json")
@@ -284,9 +288,13 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     bodies, labels = _requests(a.images_per_request)
+    deadline_ms = a.deadline_ms if a.deadline_ms is not None else 0.8 * a.slo_ms
+    with_deadline, _ = _requests(a.images_per_request, f"?deadline_ms={deadline_ms:g}")
     run = uvloop.run if uvloop is not None else asyncio.run
     loads = [float(v) for v in a.loads.split(",")]
-    configs = {"fixed": [], "slo": ["--slo-ms", f"{a.slo_ms:g}"], "monolithic": ["--graph", "monolithic"]}
+    configs = {"fixed": [], "slo": ["--slo-ms", f"{a.slo_ms:g}"], "monolithic": ["--graph", "monolithic"],
+               "deadline": []}  # a fixed-threshold server, each request with deadline_ms
+    requests = {name: with_deadline if name == "deadline" else bodies for name in configs}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         ports = {name: stack.enter_context(server(name, args, Path(tmp))) for name, args in configs.items()}
         for port in ports.values():  # warm up: sessions, arenas
@@ -303,7 +311,7 @@ def main() -> None:
             now_capacity = run(closed_loop(ports["fixed"], bodies, a.recheck_s, a.connections))
             for k in range(a.rounds):  # the servers in turn, round after round: drift hits them alike
                 for name, port in ports.items():
-                    parts[name].append(run(open_loop(port, bodies, labels, load * now_capacity, a.seconds,
+                    parts[name].append(run(open_loop(port, requests[name], labels, load * now_capacity, a.seconds,
                                                      a.slo_ms, seed=100 * j + k)))
             for name in configs:
                 r = summarize(parts[name], load * now_capacity, a.slo_ms)
@@ -312,7 +320,7 @@ def main() -> None:
                 print(f"{load:>4}x ({now_capacity:.0f} req/s) {name:>10}: goodput {r['goodput']:7.1f}/s  p50 {r['p50_ms'] or 0:7.2f}  "
                       f"p99 {r['p99_ms'] or 0:8.2f} ms  acc {r['accuracy'] or 0:.4f}  503 {r['share_503']:.3f}  "
                       f"lag p99 {r['client_lag_ms']['p99']:.2f} ms  {r['operating_points']}", flush=True)
-    results = {"slo_ms": a.slo_ms, "capacity_rps": capacity, "images_per_request": a.images_per_request, "loads": loads, "seconds": a.seconds,
+    results = {"slo_ms": a.slo_ms, "deadline_ms": deadline_ms, "capacity_rps": capacity, "images_per_request": a.images_per_request, "loads": loads, "seconds": a.seconds,
                "servers": {name: {"args": args, "default_operating_point": models[name]["default_operating_point"],
                                   "graph": models[name]["graph"]} for name, args in configs.items()},
                "cpus": os.cpu_count(), "runs": runs,
