@@ -47,15 +47,21 @@ from .commands_runtime import provider_option
               help="one line per request on stderr (logger ranet_edge.serve.access)")
 @click.option("--ray", "use_ray", is_flag=True,
               help="serve on Ray Serve (replicas, clusters) instead of this one process: needs the ray extra")
-@click.option("--replicas", type=int, default=1, show_default=True, help="--ray: model replicas, one process each")
+@click.option("--replicas", default="1", show_default=True,
+              help="--ray: model replicas, one process each; 'auto': as many as the load needs (Serve's autoscaling, "
+                   "between --min-replicas and --max-replicas)")
+@click.option("--min-replicas", type=int, default=1, show_default=True, help="--replicas auto: the fewest replicas")
+@click.option("--max-replicas", type=int, default=4, show_default=True, help="--replicas auto: the most replicas")
+@click.option("--target-ongoing-requests", type=float, default=4.0, show_default=True,
+              help="--replicas auto: add replicas while more requests than this are in flight per replica")
 @click.option("--address", default=None,
               help="--ray: join a running Ray cluster ('auto' on one of its nodes, or HEAD:PORT) instead of starting Ray")
 @click.option("--haproxy", is_flag=True,
               help="--ray: HAProxy instead of Serve's Python proxy, talking to the replicas directly (local Ray "
                    "only; its stats ports 8404/9101 listen on all interfaces)")
 def serve(bundle, host, port, max_batch, batch_wait_ms, stage_batching, device_io, max_queue, timeout_s, operating_point,
-          slo_ms, min_point, provider, threads, graph, max_body_bytes, model_name, grpc_port, access_log, use_ray, replicas, address,
-          haproxy) -> None:
+          slo_ms, min_point, provider, threads, graph, max_body_bytes, model_name, grpc_port, access_log, use_ray,
+          replicas, min_replicas, max_replicas, target_ongoing_requests, address, haproxy) -> None:
     """Serve BUNDLE (default: the shipped model) over HTTP: /v1 and the Open Inference Protocol
     (/v2), survivors batched across requests graph by graph, early answers, Prometheus metrics.
     \f
@@ -69,7 +75,7 @@ def serve(bundle, host, port, max_batch, batch_wait_ms, stage_batching, device_i
     from ranet_edge.serve import ServeSettings
 
     if not use_ray:
-        given = [flag for flag, on in (("--address", address), ("--replicas", replicas != 1), ("--haproxy", haproxy))
+        given = [flag for flag, on in (("--address", address), ("--replicas", replicas != "1"), ("--haproxy", haproxy))
                  if on]
         if given:
             raise click.UsageError(f"{', '.join(given)} apply to Ray Serve: add --ray (and the ray extra: "
@@ -82,8 +88,16 @@ def serve(bundle, host, port, max_batch, batch_wait_ms, stage_batching, device_i
             raise click.UsageError("--grpc-port is served by the one-process server; drop --ray, or --grpc-port")
         if port == 0:
             raise click.UsageError("--ray needs a fixed --port (Serve's proxy does not report one the OS picked)")
+    if replicas.strip().lower() == "auto":
+        replicas = "auto"
+    elif replicas.strip().isdigit():
+        replicas = int(replicas)
+    else:
+        raise click.BadParameter(f"{replicas!r} is neither a whole number nor 'auto'", param_hint="--replicas")
     settings = ServeSettings(bundle=bundle, graph=graph, operating_point=operating_point, provider=provider,
-                             threads=threads or 1, replicas=replicas, max_batch=max_batch,
+                             threads=threads or 1, replicas=replicas, min_replicas=min_replicas,
+                             max_replicas=max_replicas, target_ongoing_requests=target_ongoing_requests,
+                             max_batch=max_batch,
                              batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes,
                              stage_batching=stage_batching, max_queue=max_queue, timeout_s=timeout_s,
                              device_io=device_io, slo_ms=slo_ms, min_point=min_point)

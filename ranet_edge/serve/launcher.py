@@ -84,6 +84,7 @@ class Server:
         self.ray: LocalRay | None = None  # the private Ray, where its files are (local Ray)
         self._drain_dir: str | None = None  # local Ray: where the drain file goes (see close)
         self._replicas = 0  # of the applications deployed with ``deploy``, each watching the drain file
+        self._autoscaled: list[str] = []  # of those, the ones whose replicas Serve counts (replicas="auto")
         if haproxy and not self.local:
             raise InputError("HAProxy mode is chosen when the cluster starts: run `RAY_SERVE_ENABLE_HA_PROXY=1 "
                              "ray start ...` on its nodes instead of passing it with an address")
@@ -120,7 +121,10 @@ class Server:
                 raise ServeError(f"cannot reach the Ray cluster at {address!r}: {_first_line(exc)}; "
                                  "check `ray status` on the head node") from None
         try:
-            serve.start(http_options={"host": host, "port": port})
+            # a cluster: the proxy on the head node only, beside the retrying ingress (ray_ingress.py), so
+            # that losing another node loses no connection; its URL is the head's
+            serve.start(http_options={"host": host, "port": port}, proxy_location="EveryNode" if self.local
+                        else "HeadOnly")
             client = getattr(serve.context, "_get_global_client", None)  # no public API tells this
             if client is not None:  # a Serve already running on a cluster keeps its own options
                 self.host, self.port = client().http_config.host, client().http_config.port
@@ -134,10 +138,13 @@ class Server:
         return f"http://{self.host}:{self.port}"
 
     def deploy(self, settings: ServeSettings, name: str = "ranet-edge", route_prefix: str = "/",
-               summary: dict | None = None, model_name: str = "ranet-edge") -> Deployed:
+               summary: dict | None = None, model_name: str = "ranet-edge", retry: bool | None = None) -> Deployed:
         """Load the bundle here first (a bad bundle, provider or operating point fails fast,
         with its one-line error; ``summary`` says it was already loaded), then deploy it and
         wait until every replica is up.
+
+        ``retry`` (default: on a cluster) puts the replicas behind the retrying ingress of
+        :mod:`~ranet_edge.serve.ray_ingress`: a request whose replica died is tried once more.
 
         Raises:
             BundleError: the bundle does not load (not checked again when ``summary`` is given).
@@ -153,8 +160,12 @@ class Server:
             summary = ServedModel(settings).summary()
         if self.local and self._drain_dir is None:
             self._drain_dir = tempfile.mkdtemp(prefix="ranet-edge-drain-")
-        self.deploy_app(build_deployment(settings, name, self._drain_file, model_name), name, route_prefix)
-        self._replicas += settings.replicas
+        retry = not self.local if retry is None else retry
+        self.deploy_app(build_deployment(settings, name, self._drain_file, model_name, retry), name, route_prefix)
+        if settings.replicas == "auto":
+            self._autoscaled.append(name)
+        else:
+            self._replicas += settings.replicas
         return Deployed(name, self.base_url + route_prefix.rstrip("/"), summary)
 
     def deploy_app(self, app, name: str, route_prefix: str) -> None:
@@ -182,12 +193,15 @@ class Server:
     def _drain(self, seconds: float, hurry: Flag | None) -> bool:
         """Ask the replicas to drain (new requests 503, those in flight answered) and wait up to
         ``seconds`` until each says it holds none. True when all said so."""
-        if not self._drain_dir or not self._replicas:
+        from .deployment import running_replicas
+
+        replicas = self._replicas + running_replicas(self._autoscaled)
+        if not self._drain_dir or not replicas:
             return True
         with open(self._drain_file, "w"):
             pass
         deadline = time.monotonic() + seconds
-        while len(glob.glob(self._drain_file + ".*.idle")) < self._replicas:
+        while len(glob.glob(self._drain_file + ".*.idle")) < replicas:
             if time.monotonic() > deadline or (hurry and hurry.is_set()):
                 return False
             time.sleep(0.02)
@@ -277,7 +291,7 @@ def serve_bundle(settings: ServeSettings, address: str | None = None, host: str 
     from .engine import ServedModel
 
     summary = ServedModel(settings).summary()  # a bad bundle, provider or point fails before Ray starts
-    num_cpus = max(os.cpu_count() or 1, settings.replicas * settings.threads) if address is None else None
+    num_cpus = max(os.cpu_count() or 1, settings.most_replicas * settings.threads) if address is None else None
     server = Server(address, host, port, num_cpus=num_cpus, quiet=quiet, haproxy=haproxy)
     try:
         return server, server.deploy(settings, summary=summary, model_name=model_name)

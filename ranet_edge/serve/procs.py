@@ -67,6 +67,18 @@ def matching(text: str) -> set[Proc]:
             if state != "Z" and text in cmdline(pid)}
 
 
+def in_session(sid: int) -> set[Proc]:
+    """Every live process (zombies left out) of session ``sid``."""
+    found = set()
+    for pid, (_, start, state) in _table().items():
+        try:
+            if state != "Z" and os.getsid(pid) == sid:
+                found.add((pid, start))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
 def alive(procs: set[Proc]) -> set[Proc]:
     """Those of ``procs`` still running (same pid, same start time, not a zombie)."""
     out = set()

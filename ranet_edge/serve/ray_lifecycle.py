@@ -157,9 +157,16 @@ def print_summary(app: Deployed, server: Server, settings: ServeSettings, haprox
     echo(f"ranet-edge serving at {app.url}")
     echo(f"model      {s['bundle']}: {len(s['exits'])} exits, {s['num_classes']} classes, "
          f"input {s['input']['size']}x{s['input']['size']}, graph {s['graph']}")
-    echo(f"runs on    {settings.replicas} replica(s), provider {settings.provider} "
+    replicas = (f"{settings.min_replicas}-{settings.max_replicas} replicas (autoscaled: about "
+                f"{settings.target_ongoing_requests:g} requests in flight each)" if settings.replicas == "auto"
+                else f"{settings.replicas} replica(s)")
+    echo(f"runs on    {replicas}, provider {settings.provider} "
          f"({', '.join(s['session_providers'])}), {settings.threads} thread(s) each")
-    echo(f"ingress    {'HAProxy, direct to the replicas' if haproxy else 'Serve HTTP proxy'}")
+    ingress = "HAProxy, direct to the replicas" if haproxy else "Serve HTTP proxy"
+    if not server.local:
+        ingress += (" on the head node, then an ingress that sends a request whose replica was lost to "
+                    "another, once")
+    echo(f"ingress    {ingress}")
     echo(f"batching   {'survivors batched across requests graph by graph' if settings.stage_batching else 'batch by batch'}"
          f" in each replica, up to {settings.max_batch} images, waiting {settings.batch_wait_ms:g} ms; "
          f"bodies up to {settings.max_body_bytes} bytes")

@@ -9,7 +9,8 @@ from typing import Any
 from ranet_edge.errors import ConfigError
 
 GRAPHS = ("chain", "monolithic")
-_NUMBERS = {"threads": int, "replicas": int, "max_batch": int, "max_body_bytes": int, "batch_wait_ms": float,
+_NUMBERS = {"threads": int, "replicas": int, "min_replicas": int, "max_replicas": int,
+            "target_ongoing_requests": float, "max_batch": int, "max_body_bytes": int, "batch_wait_ms": float,
             "max_queue": int, "timeout_s": float, "slo_ms": float}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -27,7 +28,10 @@ class ServeSettings:
     operating_point: str | None = None  # stored point used when a request names none; None: bundle default
     provider: str = "cpu"  # ONNX Runtime execution provider (short or full name)
     threads: int = 1  # intra-op threads per session; also the CPUs Ray reserves per replica
-    replicas: int = 1  # copies of the model, each in its own process (on any node of the cluster)
+    replicas: int | str = 1  # copies of the model, each in its own process (on any node); "auto": autoscaled
+    min_replicas: int = 1  # replicas="auto": Serve's autoscaler keeps between these two counts,
+    max_replicas: int = 4  # ... adding replicas while more requests than this are in flight per replica
+    target_ongoing_requests: float = 4.0
     max_batch: int = 64  # most images one graph run takes (a request with more is refused)
     batch_wait_ms: float = 5.0  # longest that rows going on to graph k+1 wait for more rows to join them
     max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413
@@ -41,7 +45,15 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if self.graph not in GRAPHS:
             raise ConfigError(f"graph {self.graph!r} is not one of {', '.join(GRAPHS)}")
-        for field in ("threads", "replicas", "max_batch", "max_body_bytes", "max_queue"):
+        if self.replicas != "auto" and (not isinstance(self.replicas, int) or isinstance(self.replicas, bool)
+                                        or self.replicas < 1):
+            raise ConfigError(f"replicas must be a whole number >= 1 or 'auto', got {self.replicas!r}")
+        if self.max_replicas < self.min_replicas:
+            raise ConfigError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        if isinstance(self.target_ongoing_requests, bool) or not isinstance(self.target_ongoing_requests, (int, float)) \
+                or not self.target_ongoing_requests > 0:
+            raise ConfigError(f"target_ongoing_requests must be a number > 0, got {self.target_ongoing_requests!r}")
+        for field in ("threads", "min_replicas", "max_replicas", "max_batch", "max_body_bytes", "max_queue"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{field} must be a whole number >= 1, got {value!r}")
@@ -72,7 +84,9 @@ class ServeSettings:
             name = str(key).replace("-", "_")
             if name not in valid:
                 raise ConfigError(f"unknown serve setting {key!r}; valid settings: {', '.join(sorted(valid))}")
-            if isinstance(value, str) and name in _NUMBERS:  # `serve run ... max_batch=32` passes strings
+            if name == "replicas" and isinstance(value, str) and value.strip().lower() == "auto":
+                value = "auto"
+            elif isinstance(value, str) and name in _NUMBERS:  # `serve run ... max_batch=32` passes strings
                 try:
                     value = _NUMBERS[name](value)
                 except ValueError:
@@ -83,6 +97,11 @@ class ServeSettings:
                 value = _BOOLS[value.lower()]
             kwargs[name] = value
         return cls(**kwargs)
+
+    @property
+    def most_replicas(self) -> int:
+        """The most replicas this can run: ``replicas``, or ``max_replicas`` when autoscaled."""
+        return self.max_replicas if self.replicas == "auto" else int(self.replicas)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field by name: what ``from_dict`` reads back (and what a replica is sent)."""

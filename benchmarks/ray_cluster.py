@@ -1,0 +1,214 @@
+"""A Ray cluster of two nodes on this machine, `ranet-edge serve --ray --address HEAD` on it,
+steady load, and the worker node lost and brought back.
+
+    python benchmarks/ray_cluster.py [--clients 4] [--before-s 20] [--lost-s 20] [--after-s 40]
+                                     [--autoscale] [--out benchmarks/results/ray_cluster.json]
+
+A head node and a worker node (`ray start --head`, then `ray start --address`, one CPU
+each: ranet_edge/serve/ray_cluster.py), two replicas of one thread each (one per node, the
+CPUs force it), Serve's proxy and the retrying ingress on the head. Closed-loop clients
+(ranet_edge/serve/load_client.py: every answer's label checked, 503 + Retry-After honoured)
+post one PNG per request throughout:
+
+1. ``before``: 2 replicas on 2 nodes;
+2. the worker node is SIGKILLed (raylet, agents, replica at once); ``lost``: 1 replica;
+3. the node is started again (`ray start --address`); ``after``: until the end.
+
+Reported: the counts (sent, 200, retried by the ingress, 503 then sent again, failed), the
+throughput of each phase (the first 3 s after a change left out) with the CPU of the load
+generator, Serve's proxy, the ingress, the replicas and the rest of Ray beside it, the time
+from the node's `ray start` to its replica's first answer and to full throughput (a 2 s
+window at >= 90% of ``before``), and each process's RSS at the end against after warm-up.
+``--autoscale`` then redeploys with ``--replicas auto`` (1-2 replicas, 2 requests in flight
+per replica as the target) and records the replica count under 8 clients and after the load.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import write
+
+from ranet_edge.serve import procs
+from ranet_edge.serve.load_client import Load, sample_requests
+from ranet_edge.serve.ray_cluster import LocalCluster, free_port
+
+TICK = os.sysconf("SC_CLK_TCK")
+SETTLE_S = 3.0
+GROUPS = (("proxy", "ProxyActor"), ("ingress", "ranet-edge-ingress"), ("replicas", "ServeReplica:ranet-edge:ranet-edge"))
+
+
+def cpu_s(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except OSError:
+        return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def group_of(pid: int) -> str:
+    cmd = procs.cmdline(pid)
+    return next((name for name, key in GROUPS if key in cmd), "rest of Ray")
+
+
+class CpuMeter:
+    """CPU seconds by group (load generator, proxy, ingress, replicas, rest of Ray) between marks."""
+
+    def __init__(self, cluster: LocalCluster, serve_pid: int):
+        self.cluster, self.serve_pid = cluster, serve_pid
+
+    def sample(self) -> dict[int, tuple[str, float]]:
+        pids = {pid for pid, _ in self.cluster.processes()} | {self.serve_pid}
+        out = {pid: (group_of(pid) if pid != self.serve_pid else "serve command", cpu_s(pid)) for pid in pids}
+        out[os.getpid()] = ("load generator", cpu_s(os.getpid()))
+        return out
+
+    @staticmethod
+    def between(a: dict, b: dict, seconds: float) -> dict[str, float]:
+        """Cores used by each group between samples ``a`` and ``b`` (processes in both)."""
+        used: dict[str, float] = {}
+        for pid, (group, end) in b.items():
+            if pid in a:
+                used[group] = used.get(group, 0.0) + (end - a[pid][1]) / seconds
+        return {g: round(v, 3) for g, v in sorted(used.items())}
+
+
+def serve_cmd(cluster: LocalCluster, port: int, *extra: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("ranet-edge")), "serve", "--ray", "--address", cluster.address,
+            "--port", str(port), "--no-access-log", *extra]
+
+
+def start_serve(cluster: LocalCluster, port: int, log: Path, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen(serve_cmd(cluster, port, *extra), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**cluster.env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while "Press Ctrl-C to stop." not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"error: ranet-edge serve did not come up: {log.read_text()[-2000:]}")
+        time.sleep(0.3)
+    return proc
+
+
+def stop_serve(proc: subprocess.Popen) -> int:
+    os.killpg(proc.pid, signal.SIGINT)
+    return proc.wait(timeout=60)
+
+
+def phase(load: Load, meter: CpuMeter, seconds: float) -> dict:
+    time.sleep(SETTLE_S)
+    start, a = time.monotonic(), meter.sample()
+    time.sleep(seconds)
+    end, b = time.monotonic(), meter.sample()
+    return {"req_per_s": round(load.tally.rate(start, end), 1), "seconds": round(end - start, 1),
+            "cores_used": CpuMeter.between(a, b, end - start)}
+
+
+def recovery(load: Load, restarted: float, node_id: str, full: float) -> dict:
+    """Seconds from the node's restart to its replica's first answer and to a 2 s window at >= ``full``."""
+    first = next((t for t, r in load.tally.answers if t >= restarted and r.endswith("@" + node_id[:12])), None)
+    t, full_at = restarted, None
+    while t + 2 <= time.monotonic():
+        if load.tally.rate(t, t + 2) >= full:
+            full_at = t + 2
+            break
+        t += 0.5
+    return {"first_answer_from_the_node_s": round(first - restarted, 1) if first else None,
+            "full_throughput_s": round(full_at - restarted, 1) if full_at else None}
+
+
+def autoscale(cluster: LocalCluster, log_dir: Path, requests: list) -> dict:
+    """``--replicas auto`` under 8 clients, then idle: the replica count every 2 s."""
+    port = free_port()
+    proc = start_serve(cluster, port, log_dir / "serve-auto.log", "--replicas", "auto", "--max-replicas", "2",
+                       "--target-ongoing-requests", "2")
+
+    def count() -> int:
+        return sum(1 for pid, _ in cluster.processes()
+                   if procs.cmdline(pid).startswith("ray::ServeReplica:ranet-edge:ranet-edge"))
+
+    trace, t0 = [], time.monotonic()
+    load = Load(f"http://127.0.0.1:{port}", requests, clients=8).start()
+    while time.monotonic() - t0 < 40:
+        trace.append((round(time.monotonic() - t0), count(), "load"))
+        time.sleep(2)
+    tally = load.stop()
+    while time.monotonic() - t0 < 100 and count() > 1:
+        trace.append((round(time.monotonic() - t0), count(), "idle"))
+        time.sleep(2)
+    trace.append((round(time.monotonic() - t0), count(), "idle"))
+    return {"trace": trace, "counts": tally.counts(), "serve_exit": stop_serve(proc)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--before-s", type=float, default=20)
+    ap.add_argument("--lost-s", type=float, default=20)
+    ap.add_argument("--after-s", type=float, default=40)
+    ap.add_argument("--autoscale", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/ray_cluster.json")
+    args = ap.parse_args()
+    requests = sample_requests(64)
+    cluster = LocalCluster()
+    log_dir = Path(cluster.temp_dir)
+    result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} vCPUs, shared with other work (noisy)"}
+    try:
+        t = time.monotonic()
+        head = cluster.start(num_cpus=1)
+        worker = cluster.add_node(num_cpus=1)
+        result["cluster_start_s"] = round(time.monotonic() - t, 1)
+        port = free_port()
+        serve = start_serve(cluster, port, log_dir / "serve.log", "--replicas", "2")
+        meter = CpuMeter(cluster, serve.pid)
+        load = Load(f"http://127.0.0.1:{port}", requests, clients=args.clients).start()
+        time.sleep(5)  # warm-up
+        rss0 = {pid: (group, rss_mb(pid)) for pid, (group, _) in meter.sample().items()}
+        before = phase(load, meter, args.before_s)
+        cluster.kill(worker)
+        lost = phase(load, meter, args.lost_s)
+        restarted = time.monotonic()
+        back = cluster.add_node(num_cpus=1, name="worker-again")
+        result["node_restart_s"] = round(time.monotonic() - restarted, 1)
+        after = phase(load, meter, args.after_s)
+        tally = load.stop()
+        rss1 = {pid: rss_mb(pid) for pid in rss0}
+        growth = {f"{group} ({pid})": {"after_warmup_mb": round(mb, 1), "end_mb": round(rss1[pid], 1),
+                                       "growth_pct": round(100 * (rss1[pid] / mb - 1), 1)}
+                  for pid, (group, mb) in rss0.items() if mb > 0 and rss1[pid] > 0}
+        result.update({
+            "replicas": {"head": head.node_id()[:12], "worker": worker.node_id()[:12], "worker_again": back.node_id()[:12]},
+            "node_loss": tally.counts(), "errors": tally.errors,
+            "phases": {"before: 2 replicas on 2 nodes": before, "lost: 1 replica (the head's)": lost,
+                       "after: the node back": after},
+            "scaling_2_vs_1": round(before["req_per_s"] / max(lost["req_per_s"], 1e-9), 2),
+            "recovery": recovery(load, restarted, back.node_id(), 0.9 * before["req_per_s"]),
+            "rss": growth, "max_rss_growth_pct": max(v["growth_pct"] for v in growth.values()),
+            "serve_exit_on_ctrl_c": stop_serve(serve),
+            "cluster_alive_after_ctrl_c": head.proc.poll() is None and back.proc.poll() is None,
+        })
+        if args.autoscale:
+            result["autoscale"] = autoscale(cluster, log_dir, requests)
+        result["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    finally:
+        result["left_after_close"] = cluster.close()
+    print({k: v for k, v in result.items() if k not in ("rss",)})
+    write(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
