@@ -12,7 +12,10 @@ post one PNG per request throughout:
 
 1. ``before``: 2 replicas on 2 nodes;
 2. the worker node is SIGKILLed (raylet, agents, replica at once); ``lost``: 1 replica;
-3. the node is started again (`ray start --address`); ``after``: until the end.
+3. the node is started again (`ray start --address`) under a steady load at half the
+   ``lost`` rate (closed-loop clients on this one machine would take the CPU its start needs;
+   a real node has its own) until a replica placed on it answers;
+4. ``after``: closed-loop clients again, 2 replicas on 2 nodes.
 
 Reported: the counts (sent, 200, retried by the ingress, 503 then sent again, failed), the
 throughput of each phase (the first 3 s after a change left out) with the CPU of the load
@@ -118,28 +121,42 @@ def phase(load: Load, meter: CpuMeter, seconds: float) -> dict:
             "cores_used": CpuMeter.between(a, b, end - start)}
 
 
-def recovery(load: Load, restarted: float, node_id: str, full: float) -> dict:
-    """Seconds from the node's restart to its replica's first answer and to a 2 s window at >= ``full``."""
-    first = next((t for t, r in load.tally.answers if t >= restarted and r.endswith("@" + node_id[:12])), None)
-    t, full_at = restarted, None
+def full_after(tally, start: float, full: float) -> float | None:
+    """Seconds from ``start`` to the end of the first 2 s window answered at >= ``full`` req/s."""
+    t = start
     while t + 2 <= time.monotonic():
-        if load.tally.rate(t, t + 2) >= full:
-            full_at = t + 2
-            break
+        if tally.rate(t, t + 2) >= full:
+            return t + 2 - start
         t += 0.5
-    return {"first_answer_from_the_node_s": round(first - restarted, 1) if first else None,
-            "full_throughput_s": round(full_at - restarted, 1) if full_at else None}
+    return None
 
 
-def autoscale(cluster: LocalCluster, log_dir: Path, requests: list) -> dict:
-    """``--replicas auto`` under 8 clients, then idle: the replica count every 2 s."""
-    port = free_port()
+def node_returns(cluster: LocalCluster, url: str, requests: list, rate: float) -> tuple[object, dict, object]:
+    """Start the node again under a steady load of ``rate`` req/s until its replica answers:
+    (the node, the seconds it took, the load's tally)."""
+    steady = Load(url, requests, clients=4, rate=rate).start()
+    restarted = time.monotonic()
+    back = cluster.add_node(num_cpus=1, name="worker-again")
+    up = time.monotonic() - restarted
+    deadline = time.monotonic() + 120
+    while not any(r.endswith("@" + back.node_id()[:12]) for _, r in steady.tally.answers):
+        if time.monotonic() > deadline:
+            sys.exit("error: no replica was placed on the node that came back within 120 s")
+        time.sleep(0.1)
+    first = time.monotonic() - restarted
+    return back, {"node_up_s": round(up, 1), "first_answer_from_the_node_s": round(first, 1),
+                  "restarted": restarted}, steady.stop()
+
+
+def autoscale(cluster: LocalCluster, log_dir: Path, requests: list, port: int) -> dict:
+    """``--replicas auto`` under 8 clients, then idle: the replica count every 2 s. ``port``:
+    Serve's proxy, already running on the cluster, keeps the port it was started with."""
     proc = start_serve(cluster, port, log_dir / "serve-auto.log", "--replicas", "auto", "--max-replicas", "2",
                        "--target-ongoing-requests", "2")
 
     def count() -> int:
         return sum(1 for pid, _ in cluster.processes()
-                   if procs.cmdline(pid).startswith("ray::ServeReplica:ranet-edge:ranet-edge"))
+                   if procs.cmdline(pid).split(" ")[0] == "ray::ServeReplica:ranet-edge:ranet-edge")
 
     trace, t0 = [], time.monotonic()
     load = Load(f"http://127.0.0.1:{port}", requests, clients=8).start()
@@ -151,7 +168,7 @@ def autoscale(cluster: LocalCluster, log_dir: Path, requests: list) -> dict:
         trace.append((round(time.monotonic() - t0), count(), "idle"))
         time.sleep(2)
     trace.append((round(time.monotonic() - t0), count(), "idle"))
-    return {"trace": trace, "counts": tally.counts(), "serve_exit": stop_serve(proc)}
+    return {"trace": trace, "counts": tally.counts(), "errors": tally.errors, "serve_exit": stop_serve(proc)}
 
 
 def main() -> None:
@@ -171,6 +188,7 @@ def main() -> None:
         t = time.monotonic()
         head = cluster.start(num_cpus=1)
         worker = cluster.add_node(num_cpus=1)
+        ids = {"head": head.node_id()[:12], "worker": worker.node_id()[:12]}
         result["cluster_start_s"] = round(time.monotonic() - t, 1)
         port = free_port()
         serve = start_serve(cluster, port, log_dir / "serve.log", "--replicas", "2")
@@ -181,28 +199,37 @@ def main() -> None:
         before = phase(load, meter, args.before_s)
         cluster.kill(worker)
         lost = phase(load, meter, args.lost_s)
-        restarted = time.monotonic()
-        back = cluster.add_node(num_cpus=1, name="worker-again")
-        result["node_restart_s"] = round(time.monotonic() - restarted, 1)
-        after = phase(load, meter, args.after_s)
-        tally = load.stop()
+        tallies = [load.stop()]
+        url = f"http://127.0.0.1:{port}"
+        # the node comes back under a steady load at half the one-replica rate: its `ray start`
+        # needs CPU that closed-loop clients on this one machine would take (a real node has its own)
+        back, times, steady = node_returns(cluster, url, requests, 0.5 * lost["req_per_s"])
+        tallies.append(steady)
+        closed = Load(url, requests, clients=args.clients).start()
+        closed_at = time.monotonic()
+        after = phase(closed, meter, args.after_s)
+        tallies.append(closed.stop())
+        full = full_after(closed.tally, closed_at, 0.9 * before["req_per_s"])
+        times["full_throughput_s"] = round(closed_at - times.pop("restarted") + full, 1) if full else None
+        counts = {k: sum(t.counts()[k] for t in tallies) for k in tallies[0].counts()}
         rss1 = {pid: rss_mb(pid) for pid in rss0}
         growth = {f"{group} ({pid})": {"after_warmup_mb": round(mb, 1), "end_mb": round(rss1[pid], 1),
                                        "growth_pct": round(100 * (rss1[pid] / mb - 1), 1)}
                   for pid, (group, mb) in rss0.items() if mb > 0 and rss1[pid] > 0}
         result.update({
-            "replicas": {"head": head.node_id()[:12], "worker": worker.node_id()[:12], "worker_again": back.node_id()[:12]},
-            "node_loss": tally.counts(), "errors": tally.errors,
+            "nodes": {**ids, "worker_again": back.node_id()[:12]},
+            "node_loss": counts, "errors": [e for t in tallies for e in t.errors],
             "phases": {"before: 2 replicas on 2 nodes": before, "lost: 1 replica (the head's)": lost,
                        "after: the node back": after},
             "scaling_2_vs_1": round(before["req_per_s"] / max(lost["req_per_s"], 1e-9), 2),
-            "recovery": recovery(load, restarted, back.node_id(), 0.9 * before["req_per_s"]),
-            "rss": growth, "max_rss_growth_pct": max(v["growth_pct"] for v in growth.values()),
+            "recovery": times,
+            "rss": growth, "max_rss_growth_pct_of_the_server": max(v["growth_pct"] for k, v in growth.items()
+                                                     if not k.startswith("load generator")),
             "serve_exit_on_ctrl_c": stop_serve(serve),
             "cluster_alive_after_ctrl_c": head.proc.poll() is None and back.proc.poll() is None,
         })
         if args.autoscale:
-            result["autoscale"] = autoscale(cluster, log_dir, requests)
+            result["autoscale"] = autoscale(cluster, log_dir, requests, port)
         result["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         result["left_after_close"] = cluster.close()
