@@ -135,7 +135,7 @@ def node_returns(cluster: LocalCluster, url: str, requests: list, rate: float) -
     """Start the node again under a steady load of ``rate`` req/s until its replica answers:
     (the node, the seconds it took, the load's tally)."""
     steady = Load(url, requests, clients=4, rate=rate).start()
-    restarted = time.monotonic()
+    restarted, wall = time.monotonic(), time.time()
     back = cluster.add_node(num_cpus=1, name="worker-again")
     up = time.monotonic() - restarted
     deadline = time.monotonic() + 120
@@ -143,9 +143,25 @@ def node_returns(cluster: LocalCluster, url: str, requests: list, rate: float) -
         if time.monotonic() > deadline:
             sys.exit("error: no replica was placed on the node that came back within 120 s")
         time.sleep(0.1)
-    first = time.monotonic() - restarted
-    return back, {"node_up_s": round(up, 1), "first_answer_from_the_node_s": round(first, 1),
-                  "restarted": restarted}, steady.stop()
+    first = min(t for t, r in steady.tally.answers if r.endswith("@" + back.node_id()[:12])) - restarted
+    started = replica_started(cluster, back.node_id())
+    return back, {"node_up_s": round(up, 1),
+                  "replica_started_s (Serve's controller log)": round(started - wall, 1) if started else None,
+                  "first_answer_from_the_node_s": round(first, 1), "restarted": restarted}, steady.stop()
+
+
+def replica_started(cluster: LocalCluster, node_id: str) -> float | None:
+    """When Serve's controller logged a replica started on ``node_id`` (epoch seconds)."""
+    import datetime
+    import glob
+    import re
+
+    for path in glob.glob(f"{cluster.temp_dir}/session_latest/logs/serve/controller_*.log"):
+        for line in open(path, errors="replace"):
+            m = re.match(r"INFO (\S+ \S+) .*started successfully on node '" + node_id, line)
+            if m:
+                return datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
 
 
 def autoscale(cluster: LocalCluster, log_dir: Path, requests: list, port: int) -> dict:
@@ -155,8 +171,9 @@ def autoscale(cluster: LocalCluster, log_dir: Path, requests: list, port: int) -
                        "--target-ongoing-requests", "2")
 
     def count() -> int:
-        return sum(1 for pid, _ in cluster.processes()
-                   if procs.cmdline(pid).split(" ")[0] == "ray::ServeReplica:ranet-edge:ranet-edge")
+        # a replica's process title gains the method it runs (".handle"): match the start only
+        return sum(1 for pid, _ in cluster.processes() if (t := procs.cmdline(pid).split(" ")[0])
+                   .startswith("ray::ServeReplica:ranet-edge:ranet-edge") and "-ingress" not in t)
 
     trace, t0 = [], time.monotonic()
     load = Load(f"http://127.0.0.1:{port}", requests, clients=8).start()

@@ -34,6 +34,7 @@ DRAIN_POLL_S = 0.05  # how often a replica looks for the drain file
 # let it add replicas within seconds of a queue building up and remove them half a minute after
 UPSCALE_DELAY_S = 5.0
 DOWNSCALE_DELAY_S = 30.0
+LOOK_BACK_S = 10.0  # the window the requests in flight are averaged over (Serve's default: 30 s)
 
 
 class RanetServer:
@@ -140,7 +141,8 @@ def replica_options(settings: ServeSettings) -> dict:
     return {"num_replicas": "auto", "autoscaling_config": {
         "min_replicas": settings.min_replicas, "initial_replicas": settings.min_replicas,
         "max_replicas": settings.max_replicas, "target_ongoing_requests": settings.target_ongoing_requests,
-        "upscale_delay_s": UPSCALE_DELAY_S, "downscale_delay_s": DOWNSCALE_DELAY_S}}
+        "upscale_delay_s": UPSCALE_DELAY_S, "downscale_delay_s": DOWNSCALE_DELAY_S,
+        "look_back_period_s": LOOK_BACK_S}}
 
 
 def build_deployment(settings: ServeSettings, name: str = "ranet-edge", drain_file: str | None = None,
