@@ -23,7 +23,9 @@ generator, Serve's proxy, the ingress, the replicas and the rest of Ray beside i
 from the node's `ray start` to its replica's first answer and to full throughput (a 2 s
 window at >= 90% of ``before``), and each process's RSS at the end against after warm-up.
 ``--autoscale`` then redeploys with ``--replicas auto`` (1-2 replicas, 2 requests in flight
-per replica as the target) and records the replica count under 8 clients and after the load.
+per replica as the target) and records the replica count under 8 clients sending 16 images
+per request (so that the replicas, not the proxy, are what they wait on) and after the load;
+``--autoscale-only`` does only that (``--out benchmarks/results/ray_cluster_autoscale.json``).
 """
 from __future__ import annotations
 
@@ -138,12 +140,13 @@ def node_returns(cluster: LocalCluster, url: str, requests: list, rate: float) -
     restarted, wall = time.monotonic(), time.time()
     back = cluster.add_node(num_cpus=1, name="worker-again")
     up = time.monotonic() - restarted
-    deadline = time.monotonic() + 120
-    while not any(r.endswith("@" + back.node_id()[:12]) for _, r in steady.tally.answers):
+    deadline, mark, seen = time.monotonic() + 120, "@" + back.node_id()[:12], 0
+    while not any(r.endswith(mark) for _, r in steady.tally.answers[seen:]):
+        seen = max(0, len(steady.tally.answers) - 8)
         if time.monotonic() > deadline:
             sys.exit("error: no replica was placed on the node that came back within 120 s")
         time.sleep(0.1)
-    first = min(t for t, r in steady.tally.answers if r.endswith("@" + back.node_id()[:12])) - restarted
+    first = min(t for t, r in steady.tally.answers if r.endswith(mark)) - restarted
     started = replica_started(cluster, back.node_id())
     return back, {"node_up_s": round(up, 1),
                   "replica_started_s (Serve's controller log)": round(started - wall, 1) if started else None,
@@ -176,7 +179,8 @@ def autoscale(cluster: LocalCluster, log_dir: Path, requests: list, port: int) -
                    .startswith("ray::ServeReplica:ranet-edge:ranet-edge") and "-ingress" not in t)
 
     trace, t0 = [], time.monotonic()
-    load = Load(f"http://127.0.0.1:{port}", requests, clients=8).start()
+    # 16 images per request: the replicas, not Serve's proxy and the ingress, are what the load waits on
+    load = Load(f"http://127.0.0.1:{port}", sample_requests(32, per_request=16), clients=8).start()
     while time.monotonic() - t0 < 40:
         trace.append((round(time.monotonic() - t0), count(), "load"))
         time.sleep(2)
@@ -195,6 +199,7 @@ def main() -> None:
     ap.add_argument("--lost-s", type=float, default=20)
     ap.add_argument("--after-s", type=float, default=40)
     ap.add_argument("--autoscale", action="store_true")
+    ap.add_argument("--autoscale-only", action="store_true", help="only the --autoscale part, on a cluster of its own")
     ap.add_argument("--out", default="benchmarks/results/ray_cluster.json")
     args = ap.parse_args()
     requests = sample_requests(64)
@@ -208,6 +213,9 @@ def main() -> None:
         ids = {"head": head.node_id()[:12], "worker": worker.node_id()[:12]}
         result["cluster_start_s"] = round(time.monotonic() - t, 1)
         port = free_port()
+        if args.autoscale_only:
+            result["autoscale"] = autoscale(cluster, log_dir, requests, port)
+            return
         serve = start_serve(cluster, port, log_dir / "serve.log", "--replicas", "2")
         meter = CpuMeter(cluster, serve.pid)
         load = Load(f"http://127.0.0.1:{port}", requests, clients=args.clients).start()
@@ -250,8 +258,8 @@ def main() -> None:
         result["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         result["left_after_close"] = cluster.close()
-    print({k: v for k, v in result.items() if k not in ("rss",)})
-    write(args.out, result)
+        print({k: v for k, v in result.items() if k not in ("rss",)})
+        write(args.out, result)
 
 
 if __name__ == "__main__":
