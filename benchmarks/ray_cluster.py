@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -258,6 +259,8 @@ def main() -> None:
         result["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         result["left_after_close"] = cluster.close()
+        if not result["left_after_close"]:
+            shutil.rmtree(cluster.temp_dir, ignore_errors=True)  # Ray's logs of the run
         print({k: v for k, v in result.items() if k not in ("rss",)})
         write(args.out, result)
 
