@@ -78,7 +78,9 @@ class RanetServer:
     async def handle(self, method: str, path: str, query: dict, headers: dict, body: bytes,
                      over: bool) -> tuple[int, dict, bytes]:
         """One request read by the :class:`~ranet_edge.serve.ray_ingress.RetryingIngress`:
-        (status, headers, body) of the answer. ``over``: the body went past the ingress's limit."""
+        (status, headers, body) of the answer. ``over``: the body went past the ingress's limit.
+        A streamed answer (server-sent events) is gathered whole here: behind the retrying
+        ingress its events arrive together, once the last is out."""
         await self.engine.start()
 
         async def read_body(limit: int) -> bytes:
@@ -87,6 +89,8 @@ class RanetServer:
             return body
 
         reply = await self.routes.handle(method, path, query, headers, read_body)
+        if reply.stream is not None:
+            return reply.status, reply.headers, b"".join([chunk async for chunk in reply.stream])
         return reply.status, reply.headers, reply.body
 
     async def __call__(self, request: Request) -> Response:
