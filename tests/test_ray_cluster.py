@@ -11,7 +11,9 @@ cluster left once it is closed. The fast tests check the retry rule and the argu
 """
 from __future__ import annotations
 
+import base64
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -103,6 +105,20 @@ def _wait(cond, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def _streamed_through_the_ingress(url: str, png: bytes, want: list[int]) -> None:
+    """infer_stream's server-sent events come back through the retrying ingress, all at once."""
+    body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                   "data": [base64.b64encode(png).decode()]}], "parameters": {"anytime": True}})
+    req = urllib.request.Request(f"{url}/v2/models/ranet-edge/infer_stream", data=body.encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+        blocks = [dict(line.split(": ", 1) for line in b.splitlines()) for b in r.read().decode().strip().split("\n\n")]
+    assert [b["event"] for b in blocks][-1] == "final" and len(blocks) >= 1
+    final = {o["name"]: o["data"] for o in json.loads(blocks[-1]["data"])["outputs"]}
+    assert final["label"] == want
+
+
 @pytest.mark.slow  # two Ray nodes, a deployment, ~40 s of load: 90-150 s here
 def test_a_node_lost_under_load_loses_no_request(tmp_path, monkeypatch):
     from serve_harness import running_server
@@ -122,9 +138,11 @@ def test_a_node_lost_under_load_loses_no_request(tmp_path, monkeypatch):
                           "--no-access-log", *a]
         with running_server(tmp_path, cmd) as srv:
             assert "then an ingress that sends a request whose replica was lost to another" in srv.stdout()
-            load = Load(srv.url, sample_requests(32), clients=4, rate=20).start()  # steady: 20 requests/s
+            requests = sample_requests(32)
+            load = Load(srv.url, requests, clients=4, rate=20).start()  # steady: 20 requests/s
             _wait(lambda: len(_nodes_of(load.tally)) == 2, 60, "answers from replicas on both nodes")
             assert _nodes_of(load.tally) == {head.node_id()[:12], worker.node_id()[:12]}
+            _streamed_through_the_ingress(srv.url, *requests[0])
 
             lost = worker.node_id()[:12]
             # and a burst of 32-image requests, so that some are surely in flight on the node at the kill

@@ -151,11 +151,9 @@ class LocalCluster:
 
     def kill(self, node: Node) -> None:
         """SIGKILL every process of ``node`` at once (its raylet and workers: a lost machine)."""
-        for _ in range(3):  # a process forked while the others were being killed
-            left = node.processes()
-            if not left:
-                break
-            for pid, _ in left:
+        deadline = time.monotonic() + 10.0  # a killed process takes a moment to go, on a loaded machine
+        while (left := node.processes()) and time.monotonic() < deadline:
+            for pid, _ in left:  # again for one forked while the others were being killed
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
