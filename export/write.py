@@ -99,7 +99,7 @@ def build_manifest(traced: Traced, stages: Sequence[Stage], files: Mapping[str, 
                 "logits": f"logits_{k}", "cache_outputs": st.cache_outputs,
                 "flops": costs.flops[k], "stage_flops": costs.exit_flops[k], "dead_flops": costs.dead_flops[k],
                 "run_flops": costs.run_flops[st.index], "params": costs.params[k],
-                "cache_bytes_per_sample": cache_bytes,
+                "cache_bytes_per_sample": cache_bytes, "num_classes": int(values[f"logits_{k}"].shape[1]),
             })
     mono = None
     if MONOLITHIC in files:

@@ -57,9 +57,9 @@ class Snapshot:
 
 
 def snapshots(chain: Any, x: np.ndarray, thr: np.ndarray, temps: np.ndarray,
-              budget: Budget | None) -> Iterator[Snapshot]:
-    """The snapshots of routing the checked batch ``x`` through ``chain`` (see the module doc):
-    one per graph run, and one more for each deadline cut (no graph runs for it)."""
+              budget: Budget | None, rule: str = "max_prob") -> Iterator[Snapshot]:
+    """The snapshots of routing the checked batch ``x`` through ``chain`` (see the module doc)
+    by exit rule ``rule``: one per graph run, and one more for each deadline cut (no graph runs for it)."""
     n = len(x)
     labels = np.full(n, -1, np.int64)
     exits = np.full(n, -1, np.int64)
@@ -76,7 +76,7 @@ def snapshots(chain: Any, x: np.ndarray, thr: np.ndarray, temps: np.ndarray,
         seen.append((g, k, rows.copy(), labels_g, conf_g))
 
     last = (0, 0)
-    for part in chain._stages(x, thr, temps, budget, watch):
+    for part in chain._stages(x, thr, temps, budget, watch, rule):
         running = np.zeros(n, bool)
         if part is not None and part.cut:
             g, k = last

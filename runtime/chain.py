@@ -25,14 +25,15 @@ from .deadline import Budget, StageTimes, check_deadline, predict_within
 from .decision import decide, softmax  # noqa: F401  (softmax: re-exported)
 from .executors.base import Executor
 from .executors.buckets import Buckets
+from .exit_rules import cached, resolve, resolve_rule
 from .graphs import GraphInfo
 from .inputs import NamedBatch, check_inputs
 from .loading import DEFAULT_MAX_BATCH, LoadReport, load  # noqa: F401  (DEFAULT_MAX_BATCH: re-exported)
 from .manifest import Manifest
-from .operating_points import OperatingPoint, resolve
+from .operating_points import OperatingPoint
 from .placement import describe_row
 from .preprocess import check_batch, preprocess
-from .results import Prediction, Results, StageRows
+from .results import Prediction, Results, StageRows, exit_column, in_order, widen
 
 
 class ExitChain:
@@ -57,6 +58,8 @@ class ExitChain:
         self.input_shape = pre.sample_shape if pre is not None else manifest.inputs[0].sample_shape
         self.num_exits = manifest.num_exits
         self.class_names = None if manifest.class_names is None else list(manifest.class_names)
+        self.exit_classes = tuple(e.num_classes for e in manifest.exits)  # probabilities: the widest's columns
+        self._width = max(self.exit_classes)
         #: The most samples one graph run sees; larger arrays go in chunks. Fixed at load.
         self.max_batch = int(max_batch)
         self._resolved: dict = {}
@@ -160,29 +163,28 @@ class ExitChain:
         return check_batch(x, self.input_shape, self.max_batch)
 
     def resolve_thresholds(self, thresholds: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """(thresholds, temperatures), each one value per exit; the last threshold is -inf.
-
-        Values lie in [0, 1]; ``inf`` is also accepted and means "nobody leaves here" (what
-        calibration stores for an exit the paper's procedure gives no share). See
-        :func:`ranet_edge.runtime.operating_points.resolve`.
+        """(thresholds, temperatures) of the ``max_prob`` rule, one per exit (the last -inf; ``inf``:
+        nobody leaves there), as :func:`~.exit_rules.resolve`; :meth:`resolve_rule` for every rule.
 
         Raises:
-            CalibrationError: a name the bundle does not store, or a value out of range.
+            CalibrationError: an unknown name, a point of another rule, or a value out of range.
         """
         return resolve(thresholds, self.num_exits, self.operating_points, self.default_operating_point)
 
-    def _thresholds_cached(self, thresholds: Any) -> tuple[np.ndarray, np.ndarray]:
-        """resolve_thresholds, memoised for the hashable forms (a name, a value, a tuple/list)."""
-        key = tuple(thresholds) if isinstance(thresholds, list) else thresholds
-        try:
-            hit = self._resolved.get(key)
-        except TypeError:  # unhashable (an array): resolve every time
-            return self.resolve_thresholds(thresholds)
-        if hit is None:
-            hit = self.resolve_thresholds(thresholds)
-            if len(self._resolved) < 256:
-                self._resolved[key] = hit
-        return hit
+    def resolve_rule(self, thresholds: Any = None, rule: str | None = None,
+                     patience: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """(thresholds, temperatures, rule) of predict's arguments (:func:`~.exit_rules.resolve_rule`).
+
+        Raises:
+            CalibrationError: an unknown rule or name, a point of another rule, a bad ``patience``.
+        """
+        return resolve_rule(thresholds, self.num_exits, self.operating_points, self.default_operating_point,
+                            rule, patience)
+
+    def _thresholds_cached(self, thresholds: Any, rule: str | None = None, patience: Any = None) -> tuple:
+        """:meth:`resolve_rule`, memoised (``exit_rules.cached``)."""
+        return cached(self._resolved, thresholds, rule, patience, self.num_exits, self.operating_points,
+                      self.default_operating_point)
 
     # ------------------------------------------------------------------ running
     def _chunks(self, n: int) -> list[int]:
@@ -205,12 +207,15 @@ class ExitChain:
                 parts.append(ex.run_every(ex.feed(x[start:start + self.max_batch], scratch=True)))
         return parts[0] if len(parts) == 1 else [np.concatenate(col) for col in zip(*parts)]
 
-    def predict(self, x: Any, thresholds: Any = None, deadline_ms: float | None = None) -> Prediction:
-        """Route each sample through the graphs until an exit is confident enough (in chunks
-        of at most ``max_batch`` samples).
+    def predict(self, x: Any, thresholds: Any = None, deadline_ms: float | None = None, *,
+                rule: str | None = None, patience: int | None = None) -> Prediction:
+        """Route each sample through the graphs until its exit rule takes it (in chunks of at
+        most ``max_batch`` samples).
 
-        ``thresholds``: None (the bundle's default operating point), a stored point's name, one
-        value for every exit, or one value per exit but the last.
+        ``thresholds``: None (the bundle's default operating point), a stored point's name (its
+        rule comes with it), one value for every exit, or one value per exit but the last.
+        ``rule``: ``"max_prob"`` (default), ``"entropy"`` (max entropies) or ``"patience"``
+        (``patience=t``: PABEE's rule), as :mod:`ranet_edge.runtime.decision` says.
 
         ``deadline_ms``: time for the whole call, from now, on :attr:`clock`. A graph whose
         expected time (:attr:`stage_times`) would overrun it is not started; the samples still
@@ -221,27 +226,29 @@ class ExitChain:
         Raises:
             InputError: ``x`` is not what the bundle takes (see :meth:`check_input`), or a
                 ``deadline_ms`` that is not a finite number > 0.
-            CalibrationError: thresholds that do not resolve (an unknown name, a value out of range).
+            CalibrationError: thresholds that do not resolve (an unknown name or rule, a point
+                of another rule, a value out of range, a bad ``patience``).
         """
         if deadline_ms is not None:
-            return predict_within(self, x, thresholds, deadline_ms)
+            return predict_within(self, x, thresholds, deadline_ms, rule, patience)
         x = self.check_input(x)
-        thr, temps = self._thresholds_cached(thresholds)
+        thr, temps, rule = self._thresholds_cached(thresholds, rule, patience)
         n = len(x)
-        parts = self._route(x, 0, thr, temps) if n <= self.max_batch and not self.executor.exclusive \
-            else self._stages(x, thr, temps)
+        parts = self._route(x, 0, thr, temps, rule=rule) if n <= self.max_batch and not self.executor.exclusive \
+            else self._stages(x, thr, temps, rule=rule)
         out = None
         for part in parts:
             if part is None:
                 continue
             if out is None:
-                if len(part.rows) == n and _in_order(part.rows):  # every row at once (batch 1 mostly)
+                if len(part.rows) == n and in_order(part.rows):  # every row at once (batch 1 mostly)
                     return Prediction(part.labels, part.exits, part.confidences, part.probabilities)
                 out = Results(n)
             out.fill(part)
         return out.prediction()
 
-    def anytime(self, x: Any, thresholds: Any = None, deadline_ms: float | None = None) -> Iterator[Snapshot]:
+    def anytime(self, x: Any, thresholds: Any = None, deadline_ms: float | None = None, *,
+                rule: str | None = None, patience: int | None = None) -> Iterator[Snapshot]:
         """predict() as answers that refine: after each graph run, yield a
         :class:`~ranet_edge.runtime.anytime.Snapshot` of every sample's answer so far (the
         running samples' label and confidence at this graph's exit) and the mask of answers
@@ -255,37 +262,39 @@ class ExitChain:
             CalibrationError: thresholds that do not resolve.
         """
         budget = None if deadline_ms is None else Budget(check_deadline(deadline_ms), self.clock, self.stage_times)
-        return snapshots(self, self.check_input(x), *self._thresholds_cached(thresholds), budget)
+        thr, temps, rule = self._thresholds_cached(thresholds, rule, patience)
+        return snapshots(self, self.check_input(x), thr, temps, budget, rule)
 
-    def predict_stages(self, x: Any, thresholds: Any = None) -> Iterator[StageRows]:
+    def predict_stages(self, x: Any, thresholds: Any = None, *, rule: str | None = None,
+                       patience: int | None = None) -> Iterator[StageRows]:
         """predict() one graph at a time: after each graph, yield the samples it decided.
 
         Yields one :class:`StageRows` per graph run, in graph order (possibly with no rows),
         per chunk of ``max_batch`` samples, and stops after the graph that decides the last
         sample, so a caller can answer the samples that left early while later graphs still
         run. Rows are positions in ``x``; over the whole run every position appears exactly
-        once, with the values ``predict(x, thresholds)`` gives it. Input and thresholds are
-        checked at the call.
+        once, with the values ``predict(x, thresholds, rule=, patience=)`` gives it. Input and
+        thresholds are checked at the call.
 
         Raises:
             InputError: ``x`` is not what the bundle takes (see :meth:`check_input`).
             CalibrationError: thresholds that do not resolve.
         """
-        empty = StageRows.concat([], self.manifest.num_classes)
-        return (empty if part is None else part for part in self._stages(self.check_input(x),
-                                                                         *self._thresholds_cached(thresholds)))
+        empty = StageRows.concat([], self._width)
+        thr, temps, rule = self._thresholds_cached(thresholds, rule, patience)
+        return (empty if part is None else part for part in self._stages(self.check_input(x), thr, temps, rule=rule))
 
     def _stages(self, x: np.ndarray, thr: np.ndarray, temps: np.ndarray, budget: Budget | None = None,
-                watch: Any = None) -> Iterator[StageRows | None]:
+                watch: Any = None, rule: str = "max_prob") -> Iterator[StageRows | None]:
         """The routing loop over every chunk of ``x`` (None: a graph run that decided nobody)."""
         if self.executor.exclusive:  # calls take turns on the executor's buffers: run it all now
             with self.executor.lock:
                 return iter([part for start in self._chunks(len(x))
-                             for part in self._route(x, start, thr, temps, budget, watch)])
-        return (part for start in self._chunks(len(x)) for part in self._route(x, start, thr, temps, budget, watch))
+                             for part in self._route(x, start, thr, temps, budget, watch, rule)])
+        return (part for start in self._chunks(len(x)) for part in self._route(x, start, thr, temps, budget, watch, rule))
 
     def _route(self, x: np.ndarray, start: int, thr: np.ndarray, temps: np.ndarray, budget: Budget | None = None,
-               watch: Any = None) -> Iterator[StageRows | None]:
+               watch: Any = None, rule: str = "max_prob") -> Iterator[StageRows | None]:
         """The routing loop: rows ``start .. start + max_batch`` of ``x`` through the graphs,
         each row leaving at the first exit whose rule takes it. Yields, per graph run, the rows
         it decided (None when it decided none).
@@ -293,18 +302,19 @@ class ExitChain:
         ``budget`` (a deadline call): before graph ``g > 0`` it may stop the rows still running;
         they are yielded once more, cut at the last exit of graph ``g - 1`` (no graph run).
         ``watch(g, rows, logits)`` sees every graph run's logits before its rows are decided
-        (``anytime``)."""
+        (``anytime``). ``patience`` carries each row's ``decision.Streak``, cut to the rows that go on."""
         ex = self.executor
         chunk = x[start:start + self.max_batch]
         n = len(chunk)
         env = ex.feed(chunk, scratch=n == 1)
         rows = np.arange(start, start + n)  # input positions of the rows still running
         last = None  # with a budget: the running rows' logits at the deepest exit computed
+        state = None  # the patience rule's per-row streak
         for g, graph in enumerate(ex.graphs):
             if budget is not None:
                 if g and not budget.allows(g, len(rows)):
                     k = ex.graphs[g - 1].exits[-1]
-                    yield budget.cut(rows, last, k, temps[k])
+                    yield widen(budget.cut(rows, last, k, temps[k]), self._width)
                     return
                 budget.started()
             logits, env = ex.run(g, env)
@@ -316,15 +326,17 @@ class ExitChain:
             alive = None  # rows of this graph's batch that have not exited yet (None: all)
             parts = []
             for k, z in zip(graph.exits, logits):
-                d = decide(z, thr[k], temps[k], alive)
+                d = decide(z, thr[k], temps[k], alive, rule, state)
+                state = d.state
                 if d.every:  # every row still running leaves here
-                    yield StageRows(rows, d.labels, _exit_column(k, len(rows)), d.confidences, d.probabilities)
+                    yield widen(StageRows(rows, d.labels, exit_column(k, len(rows)), d.confidences, d.probabilities),
+                                self._width)
                     return
                 if d.any:
-                    parts.append(StageRows(rows[d.take], d.labels, _exit_column(k, len(d.labels)),
-                                           d.confidences, d.probabilities))
+                    parts.append(widen(StageRows(rows[d.take], d.labels, exit_column(k, len(d.labels)),
+                                                 d.confidences, d.probabilities), self._width))
                     alive = ~d.take if alive is None else alive & ~d.take
-            yield StageRows.concat(parts, self.manifest.num_classes) if parts else None
+            yield StageRows.concat(parts, self._width) if parts else None
             if alive is None:
                 continue
             if not alive.any():
@@ -334,14 +346,5 @@ class ExitChain:
             if last is not None:
                 last = last[keep]
             env = ex.take(env, keep)
+            state = None if state is None else state.take(keep)
 
-
-def _in_order(rows: np.ndarray) -> bool:
-    """Whether distinct row positions are ascending (a graph with two exits lists the rows of
-    its first exit, then those of its second)."""
-    return len(rows) == 1 or bool((rows[:-1] < rows[1:]).all())
-
-
-def _exit_column(k: int, n: int) -> np.ndarray:
-    """int64 ``(n,)`` of exit ``k`` (``np.full`` costs a microsecond more for the one row of batch 1)."""
-    return np.array([k], np.int64) if n == 1 else np.full(n, k, np.int64)

@@ -153,18 +153,20 @@ class Budget:
         return StageRows(rows, d.labels, np.full(len(rows), k, np.int64), d.confidences, d.probabilities, cut=True)
 
 
-def predict_within(chain: Any, x: Any, thresholds: Any, deadline_ms: Any) -> Prediction:
-    """``chain.predict(x, thresholds, deadline_ms=...)``: the routing loop with a :class:`Budget`
-    that starts now.
+def predict_within(chain: Any, x: Any, thresholds: Any, deadline_ms: Any, rule: str | None = None,
+                   patience: int | None = None) -> Prediction:
+    """``chain.predict(x, thresholds, deadline_ms=..., rule=..., patience=...)``: the routing
+    loop with a :class:`Budget` that starts now.
 
     Raises:
         InputError: a bad ``deadline_ms`` or input.
-        CalibrationError: thresholds that do not resolve.
+        CalibrationError: thresholds, a rule or a patience that do not resolve.
     """
     budget = Budget(check_deadline(deadline_ms), chain.clock, chain.stage_times)
     x = chain.check_input(x)
     out = Results(len(x))
-    for part in chain._stages(x, *chain._thresholds_cached(thresholds), budget):
+    thr, temps, rule = chain._thresholds_cached(thresholds, rule, patience)
+    for part in chain._stages(x, thr, temps, budget, rule=rule):
         if part is not None:
             out.fill(part)
     return out.prediction()

@@ -102,6 +102,7 @@ class ExitEntry:
     # that no classifier reads), cumulative. The official counter counts it; the graphs do
     # not hold it, so no chain pays it. 0 in bundles written before the field existed.
     dead_flops: int = 0
+    num_classes: int | None = None  # its logits' width (a manifest that records none: the top-level num_classes)
 
 
 @dataclass(frozen=True)
@@ -238,8 +239,8 @@ def load_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
     inputs = parse_inputs(mpath, data.get("inputs"), pre)
     if not exits_raw or [k for g in graphs for k in g.exits] != list(range(len(exits_raw))):
         raise BundleError(f"{mpath}: graphs must carry exits 0..{len(exits_raw) - 1} in order")
-    exits = _exits(mpath, exits_raw, graphs)
     num_classes = top("num_classes", positive, "a whole number >= 1")
+    exits = _exits(mpath, exits_raw, graphs, num_classes)
     names = top("class_names", or_none(strings), "null or a list of names", None)
     if names is not None and len(names) != num_classes:
         raise BundleError(f"{mpath}: class_names has {len(names)} names for num_classes={num_classes}; "
@@ -297,7 +298,7 @@ def _compiled(mpath: Path, raw: dict, i: int) -> tuple[CompiledGraph, ...]:
     return tuple(out)
 
 
-def _exits(mpath: Path, exits: list, graphs: tuple[GraphEntry, ...]) -> tuple[ExitEntry, ...]:
+def _exits(mpath: Path, exits: list, graphs: tuple[GraphEntry, ...], num_classes: int) -> tuple[ExitEntry, ...]:
     """``exits[k]`` repeats what ``graphs`` says of the graph carrying exit k (its path,
     sha256, inputs, cached outputs, logits name): a driver may read either, so every copy
     present must agree with ``graphs``, the one the runtime uses. The costs are its own."""
@@ -314,7 +315,10 @@ def _exits(mpath: Path, exits: list, graphs: tuple[GraphEntry, ...]) -> tuple[Ex
                                   f"{short(want)}; the manifest contradicts itself: re-export the bundle")
         costs = [f(name, count, "a whole number >= 0") for name in _COSTS]
         optional = [f(name, count, "a whole number >= 0", 0) for name in _OPTIONAL_COSTS]
-        entry = ExitEntry(k, g.path, g.logits[j], *costs, *optional)
+        classes = f("num_classes", positive, "a whole number >= 1", num_classes)
+        if k == len(exits) - 1 and classes != num_classes:
+            raise BundleError(f"{mpath}: the last exit has {classes} classes, num_classes says {num_classes}; re-export")
+        entry = ExitEntry(k, g.path, g.logits[j], *costs, *optional, classes)
         if entry.dead_flops > entry.flops:
             raise BundleError(f"{mpath}: exits[{k}].dead_flops is {entry.dead_flops}, more than its flops "
                               f"{entry.flops}; the manifest contradicts itself: re-export the bundle")

@@ -1,5 +1,5 @@
-"""Operating points: named per-exit thresholds (and optional temperatures), stored beside the
-manifest in ``thresholds.json``.
+"""Operating points: named per-exit thresholds (and optional temperatures), with the exit rule
+they are for, stored beside the manifest in ``thresholds.json``.
 
 This module owns them: the typed :class:`OperatingPoint`, reading and writing the file
 (strict JSON, written to a temporary path and renamed), choosing the thresholds a call asks
@@ -23,11 +23,13 @@ import numpy as np
 from ranet_edge.errors import BundleError, CalibrationError
 
 from ._fields import Fields, is_num, is_str, or_none
+from .decision import RULES
+from .exit_rules import RANGES, check_rule, check_thresholds, resolve, resolve_rule, select  # noqa: F401  (re-exported)
 from .files import write_json_atomic
 
 __all__ = [
-    "FILE", "FORMAT", "NEVER", "OperatingPoint", "check_thresholds", "load_points", "resolve", "save_point",
-    "save_points", "select", "thresholds_from_json", "thresholds_to_json",
+    "FILE", "FORMAT", "NEVER", "OperatingPoint", "check_thresholds", "load_points", "resolve", "resolve_rule",
+    "save_point", "save_points", "select", "thresholds_from_json", "thresholds_to_json",
 ]
 
 FILE = "thresholds.json"
@@ -35,44 +37,35 @@ FORMAT = "ranet-edge-operating-points"
 NEVER = 1e8  # stored for "nobody leaves here" (the paper's value): no softmax confidence reaches it
 
 
-def check_thresholds(values: Sequence[float], what: str = "thresholds") -> None:
-    """Every threshold but the last lies in [0, 1] or is +-inf (inf: nobody leaves there);
-    the last is not checked (the last exit accepts every sample whatever it holds).
-
-    Raises:
-        CalibrationError: when one of them is NaN or a finite value outside [0, 1]; the
-            message names ``what``.
-    """
-    head = [float(v) for v in values[:-1]]
-    if any(math.isnan(t) or (math.isfinite(t) and not 0.0 <= t <= 1.0) for t in head):
-        raise CalibrationError(f"{what} must lie in [0, 1], got {head}")
-
-
 @dataclass(frozen=True)
 class OperatingPoint:
     """Per-exit thresholds and what they did on the split they were fitted on.
 
     Thresholds and temperatures are stored as tuples of floats whatever sequence was given.
+    ``rule`` says which exit rule the thresholds are for (:mod:`~ranet_edge.runtime.decision`):
+    for ``patience`` each threshold is the number of agreeing exits that exit asks for.
 
     Raises:
-        CalibrationError: when the last threshold is not -inf, another lies outside [0, 1]
-            (inf aside), or the temperatures are not one finite value > 0 per exit.
+        CalibrationError: when the rule is unknown, the last threshold is not -inf, another is
+            out of the rule's range (inf aside), or the temperatures are not one finite value
+            > 0 per exit.
     """
 
-    thresholds: tuple[float, ...]  # one per exit in [0, 1] (inf: nobody leaves); the last is -inf
+    thresholds: tuple[float, ...]  # one per exit, in the rule's range (inf: nobody leaves); the last is -inf
     method: str  # how it was chosen, e.g. "paper p=0.5" or "most accurate within 10 MFLOPs"
     val_accuracy: float  # on the validation split it was fitted on (fraction)
     expected_flops: float  # per image, on that split (official cumulative counts)
     expected_ms: float | None  # per image, from measured cumulative stage latency
     temperatures: tuple[float, ...] | None = None  # per-exit softmax temperatures, if fitted
     provider: str | None = None  # where expected_ms was measured
+    rule: str = "max_prob"  # the exit rule (decision.RULES); bundles that store none: max_prob
 
     def __post_init__(self) -> None:
         thresholds = tuple(float(t) for t in self.thresholds)
         if len(thresholds) < 1 or thresholds[-1] != -math.inf:
             raise CalibrationError(f"an operating point's last threshold must be -inf (the last exit accepts "
                                    f"every sample), got {list(thresholds)}")
-        check_thresholds(thresholds)
+        check_thresholds(thresholds, rule=self.rule)
         object.__setattr__(self, "thresholds", thresholds)
         if self.temperatures is not None:
             temps = tuple(float(t) for t in self.temperatures)
@@ -83,9 +76,11 @@ class OperatingPoint:
     @classmethod
     def fitted(cls, thresholds: Sequence[float], exit_counts: Sequence[int], flops: Sequence[float],
                exit_ms: Sequence[float], *, method: str, val_accuracy: float,
-               temperatures: Sequence[float] | None = None, provider: str | None = None) -> OperatingPoint:
+               temperatures: Sequence[float] | None = None, provider: str | None = None,
+               rule: str = "max_prob") -> OperatingPoint:
         """The point of calibration's ``thresholds`` (its 1e8 "nobody" read as inf, the last
         set to -inf), its expected cost weighted by how many images left at each exit.
+        ``rule="entropy"``: ``thresholds`` are max entropies, as calibration returns them.
 
         Args:
             thresholds: one per exit, as :mod:`~ranet_edge.runtime.evaluation.calibration`
@@ -99,7 +94,7 @@ class OperatingPoint:
         """
         counts = np.asarray(exit_counts)
         return cls(
-            thresholds=[float(t) if t < 1e7 else math.inf for t in thresholds[:-1]] + [-math.inf],
+            thresholds=[float(t) if t < 1e7 else math.inf for t in thresholds[:-1]] + [-math.inf], rule=rule,
             method=method, val_accuracy=float(val_accuracy),
             expected_flops=float(counts @ np.asarray(flops, np.float64) / counts.sum()),
             expected_ms=float(counts @ np.asarray(exit_ms, np.float64) / counts.sum()),
@@ -107,11 +102,12 @@ class OperatingPoint:
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form (strict JSON: see :func:`thresholds_to_json`)."""
-        return {"thresholds": thresholds_to_json(self.thresholds), "method": self.method,
-                "val_accuracy": self.val_accuracy, "expected_flops": self.expected_flops,
-                "expected_ms": self.expected_ms,
-                "temperatures": None if self.temperatures is None else list(self.temperatures),
-                "provider": self.provider}
+        d = {"thresholds": thresholds_to_json(self.thresholds, self.rule), "method": self.method,
+             "val_accuracy": self.val_accuracy, "expected_flops": self.expected_flops,
+             "expected_ms": self.expected_ms,
+             "temperatures": None if self.temperatures is None else list(self.temperatures),
+             "provider": self.provider}
+        return d if self.rule == "max_prob" else {**d, "rule": self.rule}  # older files: max_prob
 
     @classmethod
     def from_dict(cls, d: Any, path: Path | str = FILE, name: str = "?") -> OperatingPoint:
@@ -128,8 +124,10 @@ class OperatingPoint:
         if unknown:
             raise BundleError(f"{path}: points[{name!r}] has unknown fields {unknown} (valid: {', '.join(valid)}); {fix}")
         try:
+            rule = f("rule", lambda v: v in RULES, f"one of {', '.join(RULES)}", "max_prob")
             return cls(
-                thresholds=thresholds_from_json(f("thresholds", _stored_thresholds, "a list of numbers (null: -inf)")),
+                thresholds=thresholds_from_json(f("thresholds", _stored_thresholds, "a list of numbers (null: -inf)"),
+                                                rule), rule=rule,
                 method=f("method", is_str, "a description"), val_accuracy=f("val_accuracy", is_num, "a fraction"),
                 expected_flops=f("expected_flops", is_num, "FLOPs per image"),
                 expected_ms=f("expected_ms", or_none(is_num), "null or ms per image", None),
@@ -144,15 +142,19 @@ def _stored_thresholds(v: Any) -> bool:
     return isinstance(v, list) and all(t is None or is_num(t) for t in v)
 
 
-def thresholds_to_json(thresholds: Sequence[float]) -> list[float | None]:
+def thresholds_to_json(thresholds: Sequence[float], rule: str = "max_prob") -> list[float | None]:
     """Strict-JSON thresholds: ``inf`` ("nobody leaves here") -> 1e8, which a driver in any
-    language compares like any other number; ``-inf`` (the last exit accepts all) -> null."""
-    return [None if t == float("-inf") else (NEVER if t > 1.0 else float(t)) for t in thresholds]
+    language compares like any other number (for ``max_prob``, anything above 1); ``-inf`` (the
+    last exit accepts all) -> null."""
+    top = 1.0 if rule == "max_prob" else NEVER
+    return [None if t == float("-inf") else (NEVER if t > top or t == math.inf else float(t)) for t in thresholds]
 
 
-def thresholds_from_json(values: Sequence[float | None]) -> list[float]:
-    """Inverse of :func:`thresholds_to_json` (older files that hold Infinity read the same)."""
-    return [float("-inf") if t is None else (float("inf") if float(t) > 1.0 else float(t)) for t in values]
+def thresholds_from_json(values: Sequence[float | None], rule: str = "max_prob") -> list[float]:
+    """Inverse of :func:`thresholds_to_json` (older files that hold Infinity read the same):
+    null -> -inf; above 1 (``max_prob``) or from 1e8 on (the other rules) -> inf."""
+    never = (lambda t: t > 1.0) if rule == "max_prob" else (lambda t: t >= NEVER)
+    return [float("-inf") if t is None else (float("inf") if never(float(t)) else float(t)) for t in values]
 
 
 def _read(bundle: Path) -> dict:
@@ -235,58 +237,3 @@ def save_points(bundle: str | os.PathLike, points: Mapping[str, OperatingPoint],
                                "point the default first (`ranet-edge calibrate ... --default`)")
     write_json_atomic(bundle / FILE, data)
     return bundle / FILE
-
-
-def select(points: Mapping[str, OperatingPoint], name: str) -> OperatingPoint:
-    """The stored point ``name``.
-
-    Raises:
-        CalibrationError: when no point is called ``name`` (the message lists the stored ones).
-    """
-    try:
-        return points[name]
-    except KeyError:
-        stored = ", ".join(sorted(points)) or "none (run `ranet-edge calibrate`)"
-        raise CalibrationError(f"unknown operating point {name!r}; stored: {stored}") from None
-
-
-def resolve(spec: Any, num_exits: int, points: Mapping[str, OperatingPoint],
-            default: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(thresholds float64, temperatures float32) for what a predict call passed, one value
-    per exit each; the last threshold is -inf.
-
-    ``spec``: None (the default point, or no early exit when there is none), a stored
-    point's name, one number for every exit but the last, or ``num_exits - 1`` or
-    ``num_exits`` numbers. Numbers lie in [0, 1]; ``inf`` means "nobody leaves here".
-    Temperatures are 1 unless a stored point carries its own.
-
-    Raises:
-        CalibrationError: when ``spec`` names no stored point, is not a number or a list of
-            numbers, has the wrong count, or holds a value outside [0, 1].
-    """
-    k = num_exits
-    temps = np.ones(k, np.float32)
-    if spec is None:
-        if default is None:
-            return np.r_[np.full(k - 1, np.inf), -np.inf], temps
-        spec = default
-    if isinstance(spec, str):
-        point = select(points, spec)
-        if point.temperatures:
-            temps = np.asarray(point.temperatures, np.float32)
-        spec = point.thresholds
-    if np.ndim(spec) == 0 and not isinstance(spec, bool):  # one value (numpy scalars too)
-        try:
-            spec = [float(spec)] * (k - 1)
-        except (TypeError, ValueError):
-            raise CalibrationError(f"threshold {spec!r} must be a number in [0, 1]") from None
-    try:
-        t = np.asarray(list(spec), np.float64)
-    except (TypeError, ValueError):
-        raise CalibrationError(f"thresholds {spec!r} must be numbers in [0, 1]") from None
-    if t.ndim != 1 or len(t) not in (k - 1, k):
-        raise CalibrationError(f"give {k - 1} or {k} thresholds (one per exit, the last always "
-                               f"accepts), got {len(t) if t.ndim == 1 else t.shape}")
-    head = t[: k - 1]
-    check_thresholds([*head.tolist(), -math.inf])
-    return np.r_[head, -np.inf], temps
