@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from .data import LabelledImages, load_labelled, split_val
-from .errors import InputError
+from .errors import CalibrationError, InputError
 from .info import bundle_info, dead_work_note
 from .runtime import ExitChain, OperatingPoint, save_point
 from .runtime.evaluation import PAPER_P, LatencyMeter, anytime, budgeted, collect, measure_latency
 from .runtime.evaluation import calibration as cal
+from .runtime.operating_points import check_rule
 
 __all__ = [  # bundle_info and dead_work_note live in .info; they are part of this API all the same
     "Benchmark", "Calibrated", "DataOptions", "EarlyExit", "Evaluation", "ExitRow", "Goal", "Progress", "bench",
@@ -85,17 +86,21 @@ class Calibrated:
     path: Path  # the thresholds file written
     ece_before: float | None = None  # mean expected calibration error, with --temperature
     ece_after: float | None = None
+    patience: list[dict] | None = None  # rule "patience": each t's accuracy, costs and exit counts
 
     def to_dict(self) -> dict:
         """The JSON ``calibrate --json`` prints (the ECE pair only with ``--temperature``)."""
         from .runtime.operating_points import thresholds_to_json
 
-        out = {"name": self.name, "thresholds": thresholds_to_json(self.point.thresholds),
+        out = {"name": self.name, "rule": self.point.rule,
+               "thresholds": thresholds_to_json(self.point.thresholds, self.point.rule),
                "val_accuracy": self.outcome.accuracy, "expected_flops": self.point.expected_flops,
                "expected_ms": self.point.expected_ms, "exit_counts": self.outcome.exit_counts.tolist(),
                "val_images": self.val_images, "data": self.source, "temperatures": self.point.temperatures}
         if self.ece_before is not None:
             out["ece_before"], out["ece_after"] = self.ece_before, self.ece_after
+        if self.patience is not None:
+            out["patience"] = self.patience
         return out
 
 
@@ -127,16 +132,22 @@ def choose(conf: np.ndarray, correct: np.ndarray, flops: np.ndarray, exit_ms: np
 def calibrate(bundle: str | os.PathLike, goal: Goal, data: DataOptions = DataOptions(), *,
               temperature: bool = False, name: str | None = None, make_default: bool = False,
               provider: str = "cpu", threads: int | None = None,
-              progress: Progress = no_progress) -> Calibrated:
+              progress: Progress = no_progress, rule: str = "max_prob") -> Calibrated:
     """Fit exit thresholds for ``goal`` on labelled images and store them in the bundle as
-    ``name`` (default: from the goal), the bundle's default when ``make_default``.
+    ``name`` (default: from the goal, prefixed with the rule unless ``max_prob``), the bundle's
+    default when ``make_default``. ``rule="entropy"`` fits max entropies as ``max_prob`` fits
+    confidences; ``rule="patience"`` evaluates every ``t`` (``Calibrated.patience``) and
+    stores the one the goal picks (``p`` does not apply).
 
     Raises:
         BundleError: ``bundle`` is missing, malformed or tampered with.
         ProviderError: ``provider`` is not offered by the installed onnxruntime.
         DataError: the images cannot be read, or ``data.val_size`` does not fit them.
-        CalibrationError: as :func:`choose`.
+        CalibrationError: as :func:`choose`; an unknown rule, or ``p`` with ``patience``.
     """
+    if check_rule(rule) == "patience" and goal.p is not None:
+        raise CalibrationError("--p is the paper's threshold procedure; with --rule patience give "
+                               "--target-accuracy, --budget-mflops or --budget-ms")
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
     labelled = data.load()
     images = labelled.images
@@ -145,21 +156,29 @@ def calibrate(bundle: str | os.PathLike, goal: Goal, data: DataOptions = DataOpt
     with progress("running every exit", len(fit_idx)) as update:
         outs = collect(chain, images[fit_idx], labelled.labels[fit_idx], progress=update)
     temps = cal.fit_temperatures(outs.logits, outs.labels) if temperature else None
-    conf, correct = outs.conf_correct(temps)
+    conf, correct = outs.conf_correct(temps, rule)
     flops = np.asarray(chain.manifest.exit_costs("flops"), np.float64)
     latency = measure_latency(chain, chain.preprocess(images[:1]))  # batch 1: what --budget-ms means
     exit_ms = np.asarray(latency.exit_ms(per_image=True))
     session_provider = chain.session_providers[0][0]
-    res, method, default_name = choose(conf, correct, flops, exit_ms, goal, session_provider)
-    point = OperatingPoint.fitted(res.thresholds, res.exit_counts, flops, exit_ms, method=method,
-                                  val_accuracy=res.accuracy, temperatures=temps, provider=session_provider)
-    name = name or default_name
+    table = None
+    if rule == "patience":
+        target = goal.target_accuracy / 100 if (goal.target_accuracy or 0) > 1 else goal.target_accuracy
+        res, method, default_name, table = cal.choose_patience(outs.logits, correct, flops, exit_ms, temps, target,
+                                                               goal.budget_mflops, goal.budget_ms)
+    else:
+        res, method, default_name = choose(conf, correct, flops, exit_ms, goal, session_provider)
+    thresholds = cal.entropy_thresholds(res.thresholds) if rule == "entropy" else res.thresholds
+    point = OperatingPoint.fitted(thresholds, res.exit_counts, flops, exit_ms, method=method if rule == "max_prob" else f"{rule}: {method}",
+                                  val_accuracy=res.accuracy, temperatures=temps, provider=session_provider, rule=rule)
+    name = name or (default_name if rule in ("max_prob", "patience") else f"{rule}-{default_name}")
     path = save_point(bundle, name, point, default=make_default)
     ece = (None, None)
     if temperature:
         ece = tuple(float(np.mean([cal.expected_calibration_error(pk, outs.labels) for pk in outs.probs(t)]))
                     for t in (None, temps))
-    return Calibrated(name, point, res, int(len(fit_idx)), labelled.source, path, *ece)
+    return Calibrated(name, point, res, int(len(fit_idx)), labelled.source, path, *ece, patience=table)
+
 
 
 @dataclass(frozen=True)

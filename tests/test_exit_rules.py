@@ -257,3 +257,119 @@ def test_a_manifest_without_exit_class_counts_means_all_equal(tiny_copy):
     edit_manifest(tiny_copy, drop)
     chain = ExitChain.load(tiny_copy, warmup=False)
     assert chain.exit_classes == (chain.manifest.num_classes,) * chain.num_exits
+
+
+# ------------------------------------------------------------------ calibration
+@pytest.fixture
+def shipped_copy(tmp_path):
+    import shutil
+
+    from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
+
+    if not (DEFAULT_BUNDLE / "manifest.json").exists():
+        pytest.skip("this install ships no default bundle")
+    bundle = shutil.copytree(DEFAULT_BUNDLE, tmp_path / "bundle")
+    with np.load(SAMPLE_IMAGES) as z:
+        return bundle, z["x"], z["y"].astype(np.int64)
+
+
+def test_entropy_thresholds_fitted_by_calibration_route_as_it_predicts(shipped_copy):
+    """calibration's functions (what `calibrate --rule entropy` runs, without its latency
+    measurement): the stored point routes every sample where calibration says, ties included."""
+    from ranet_edge.runtime.evaluation import ExitOutputs
+    from ranet_edge.runtime.evaluation import calibration as cal
+
+    bundle, images, labels = shipped_copy
+    chain = ExitChain.load(bundle, threads=1, warmup=False)
+    x = chain.preprocess(images[:256])
+    logits = chain.run_all(x)
+    outs = ExitOutputs(logits, labels[:256])
+    scores, correct = outs.conf_correct(rule="entropy")
+    flops = chain.manifest.exit_costs("flops")
+    for fitted in (cal.paper_thresholds(scores, 0.7), cal.for_accuracy(scores, correct, flops, 0.8).thresholds):
+        res = cal.outcome(scores, correct, flops, fitted)
+        point = OperatingPoint.fitted(cal.entropy_thresholds(fitted), res.exit_counts, flops, [0.0] * len(flops),
+                                      method="test", val_accuracy=res.accuracy, rule="entropy")
+        save_point(bundle, "e", point)
+        chain = ExitChain.load(bundle, threads=1, warmup=False)
+        want = cal.exit_index(scores, fitted)
+        np.testing.assert_array_equal(want, ref_entropy_exits(logits, list(point.thresholds[:-1])))
+        np.testing.assert_array_equal(chain.predict(x, "e").exits, want)
+    ties = [k for k, t in enumerate(point.thresholds[:-1]) if (scores[k] == -np.float32(t)).any()]
+    assert ties, "for_accuracy's thresholds here sit on a sample's entropy: that sample ties"
+
+
+def test_patience_outcomes_are_what_the_chain_does(shipped_copy):
+    from ranet_edge.runtime.evaluation import ExitOutputs
+    from ranet_edge.runtime.evaluation import calibration as cal
+
+    bundle, images, labels = shipped_copy
+    chain = ExitChain.load(bundle, threads=1, warmup=False)
+    x = chain.preprocess(images[:128])
+    logits = chain.run_all(x)
+    _, correct = ExitOutputs(logits, labels[:128]).conf_correct()
+    flops = np.asarray(chain.manifest.exit_costs("flops"), np.float64)
+    res, method, name, table = cal.choose_patience(logits, correct, flops, flops / 1e9, budget_mflops=9.0)
+    for row in table:
+        got = chain.predict(x, patience=row["t"])
+        counts = np.bincount(got.exits, minlength=chain.num_exits)
+        assert row["exit_counts"] == counts.tolist() == ref_patience_counts(logits, row["t"])
+        assert row["accuracy"] == pytest.approx((got.labels == labels[:128]).mean())
+        assert row["expected_flops"] == pytest.approx(counts @ flops / len(x))
+    best = max((r for r in table if r["expected_flops"] <= 9e6), key=lambda r: (r["accuracy"], -r["expected_flops"]))
+    assert name == f"patience{best['t']}" and res.exit_counts.tolist() == best["exit_counts"]
+    with pytest.raises(CalibrationError, match="no patience fits the budget 0.001"):
+        cal.choose_patience(logits, correct, flops, flops, budget_ms=0.001)
+
+
+def ref_patience_counts(logits, t):
+    return np.bincount(ref_patience_exits(logits, t), minlength=len(logits)).tolist()
+
+
+@pytest.mark.slow
+def test_calibrated_entropy_thresholds_route_as_calibration_predicts(shipped_copy):
+    from ranet_edge.runtime.evaluation import ExitOutputs
+    from ranet_edge.runtime.evaluation import calibration as cal
+    from ranet_edge.tasks import DataOptions, Goal, calibrate
+
+    bundle, images, labels = shipped_copy
+    res = calibrate(bundle, Goal(p=0.5), DataOptions(), rule="entropy", threads=1)
+    assert res.name == "entropy-p0.5" and res.point.rule == "entropy"
+    chain = ExitChain.load(bundle, threads=1, warmup=False)
+    x = chain.preprocess(images)
+    logits = chain.run_all(x)
+    scores, _ = ExitOutputs(logits, labels).conf_correct(rule="entropy")
+    fitted = cal.paper_thresholds(scores, 0.5)
+    stored = list(chain.operating_points[res.name].thresholds)
+    np.testing.assert_array_equal(stored[:-1], [-t if t < 1e7 else np.inf for t in fitted[:-1]])
+    ties = [k for k, t in enumerate(stored[:-1]) if np.isfinite(t) and (scores[k] == -np.float32(t)).any()]
+    assert ties, "the paper's thresholds sit on a sample's entropy: that sample ties"
+    want = cal.exit_index(scores, fitted)
+    np.testing.assert_array_equal(want, ref_entropy_exits(logits, stored[:-1]))
+    got = chain.predict(x, res.name)
+    np.testing.assert_array_equal(got.exits, want)
+    assert np.bincount(want, minlength=chain.num_exits).tolist() == res.outcome.exit_counts.tolist()
+
+
+@pytest.mark.slow
+def test_patience_calibration_reports_every_t(shipped_copy):
+    from ranet_edge.tasks import DataOptions, Goal, calibrate
+
+    bundle, images, labels = shipped_copy
+    with pytest.raises(CalibrationError, match="--p is the paper's"):
+        calibrate(bundle, Goal(p=0.5), DataOptions(), rule="patience", threads=1)
+    res = calibrate(bundle, Goal(target_accuracy=0.5), DataOptions(), rule="patience", threads=1)
+    chain = ExitChain.load(bundle, threads=1, warmup=False)
+    x = chain.preprocess(images)
+    assert [r["t"] for r in res.patience] == list(range(1, chain.num_exits))
+    flops = np.asarray(chain.manifest.exit_costs("flops"), np.float64)
+    for row in res.patience:
+        got = chain.predict(x, patience=row["t"])
+        counts = np.bincount(got.exits, minlength=chain.num_exits)
+        assert row["exit_counts"] == counts.tolist()
+        assert row["accuracy"] == pytest.approx((got.labels == labels).mean())
+        assert row["expected_flops"] == pytest.approx(counts @ flops / len(x))
+    # the cheapest t reaching 50%: t=1 on this bundle
+    assert res.name == "patience1" and chain.operating_points["patience1"].thresholds[:-1] == (1.0,) * 5
+    np.testing.assert_array_equal(chain.predict(x, "patience1").exits, chain.predict(x, patience=1).exits)
+    assert json.loads(json.dumps(res.to_dict()))["rule"] == "patience"

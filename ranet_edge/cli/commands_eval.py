@@ -44,12 +44,15 @@ def _progress(label: str, length: int):
               help="write N points ladder-0 (all at exit 0) .. ladder-(N-1) (most accurate) at even steps of "
                    "expected ms, for `serve --slo-ms`")
 @click.option("--temperature", is_flag=True, help="fit per-exit softmax temperatures first")
+@click.option("--rule", type=click.Choice(["max_prob", "entropy", "patience"]), default="max_prob", show_default=True,
+              help="exit rule: max softmax probability, softmax entropy (DeeBERT), or patience (PABEE: every t "
+                   "is reported, the goal picks one)")
 @click.option("--name", default=None, help="operating point name [default: derived from the goal]")
 @click.option("--default", "make_default", is_flag=True, help="make it the bundle's default operating point")
 @provider_option
 @click.option("--json", "as_json", is_flag=True)
 def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, budget_mflops, budget_ms, ladder,
-              temperature, name, make_default, provider, threads, as_json) -> None:
+              temperature, rule, name, make_default, provider, threads, as_json) -> None:
     """Fit exit thresholds on labelled images and store them in the bundle as an operating point.
     \f
     Raises:
@@ -65,12 +68,15 @@ def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, bu
     if len(goals) != 1:
         raise click.UsageError("give exactly one of --p, --target-accuracy, --budget-mflops, --budget-ms, --ladder")
     if ladder is not None:
+        if rule != "max_prob":
+            raise click.UsageError(f"--ladder fits max_prob points; drop --rule {rule}")
         _calibrate_ladder(bundle, ladder, DataOptions(data_path, holdout, seed, val_size), temperature, name,
                           make_default, provider, threads, as_json)
         return
     res = run_calibration(bundle, Goal(p, target_accuracy, budget_mflops, budget_ms),
                           DataOptions(data_path, holdout, seed, val_size), temperature=temperature, name=name,
-                          make_default=make_default, provider=provider, threads=threads, progress=_progress)
+                          make_default=make_default, provider=provider, threads=threads, progress=_progress,
+                          rule=rule)
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2, allow_nan=False))
         return
@@ -102,7 +108,13 @@ def echo_calibrated(res) -> None:
     """Print a :class:`ranet_edge.tasks.Calibrated` as `ranet-edge calibrate` does."""
     point, thresholds = res.point, res.point.thresholds
     click.echo(f"operating point {res.name!r} ({point.method}) saved to {res.path}")
-    click.echo(f"  thresholds   {', '.join('inf' if not np.isfinite(t) else f'{t:.4f}' for t in thresholds[:-1])}")
+    if res.patience is not None:
+        click.echo(f"  {'t':>3} {'accuracy':>9} {'MFLOPs':>8} {'ms':>7}  exits")
+        for r in res.patience:
+            click.echo(f"  {r['t']:>3} {100 * r['accuracy']:>8.2f}% {r['expected_flops'] / 1e6:>8.2f} "
+                       f"{r['expected_ms']:>7.3f}  {r['exit_counts']}")
+    click.echo(f"  thresholds   {', '.join('inf' if not np.isfinite(t) else f'{t:.4f}' for t in thresholds[:-1])}"
+               + ("" if point.rule == "max_prob" else f" ({point.rule})"))
     click.echo(f"  val accuracy {100 * res.outcome.accuracy:.2f}% on {res.val_images} images")
     click.echo(f"  expected     {point.expected_flops / 1e6:.2f} MFLOPs, {point.expected_ms:.3f} ms per image")
     click.echo(f"  exit counts  {res.outcome.exit_counts.tolist()}")

@@ -1,9 +1,13 @@
 """Thresholds for budgeted batch classification (numpy only, vectorised over samples).
 
-Inputs are per-exit confidences ``conf`` (K, n) -- the max softmax of each exit, as
-``decision.confidence`` computes it (``ExitOutputs.conf_correct``) -- and
-per-exit correctness ``correct`` (K, n) on a labelled validation set, plus the cost of
-leaving at each exit (cumulative FLOPs, or measured cumulative milliseconds).
+Inputs are per-exit scores ``conf`` (K, n) -- the max softmax of each exit, as
+``decision.confidence`` computes it, or for the ``entropy`` rule the negated entropy
+(``ExitOutputs.conf_correct(rule=...)``): a sample leaves where its score reaches the
+threshold -- and per-exit correctness ``correct`` (K, n) on a labelled validation set, plus
+the cost of leaving at each exit (cumulative FLOPs, or measured cumulative milliseconds).
+:func:`entropy_thresholds` turns thresholds on negated entropies into the max entropies an
+``entropy`` operating point stores. The ``patience`` rule has no threshold to fit: each
+``t`` is evaluated (:func:`patience_outcomes`) with the runtime's own ``decide``.
 """
 from __future__ import annotations
 
@@ -13,11 +17,12 @@ import numpy as np
 
 from ranet_edge.errors import CalibrationError
 
-from ..decision import reaches
+from ..decision import decide, reaches
 
 __all__ = [
-    "EVERYBODY", "NOBODY", "Outcome", "exit_index", "expected_calibration_error", "fit_temperatures",
-    "for_accuracy", "for_budget", "outcome", "paper_thresholds",
+    "EVERYBODY", "NOBODY", "Outcome", "choose_patience", "entropy_thresholds", "exit_index", "expected_calibration_error",
+    "fit_temperatures", "for_accuracy", "for_budget", "outcome", "paper_thresholds", "patience_outcomes",
+    "pick", "rule_exits",
 ]
 
 NOBODY = 1e8  # the paper's "no sample exits here" threshold
@@ -82,9 +87,12 @@ def exit_index(conf: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 def outcome(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, thresholds: np.ndarray) -> Outcome:
     """What ``thresholds`` do on the labelled set: accuracy, mean cost per sample (``costs``
     per exit, cumulative) and how many samples leave at each exit."""
-    idx = exit_index(conf, thresholds)
-    n = conf.shape[1]
-    counts = np.bincount(idx, minlength=conf.shape[0])
+    return _outcome_of(exit_index(conf, thresholds), correct, costs, thresholds)
+
+
+def _outcome_of(idx: np.ndarray, correct: np.ndarray, costs: np.ndarray, thresholds: np.ndarray) -> Outcome:
+    n = correct.shape[1]
+    counts = np.bincount(idx, minlength=correct.shape[0])
     acc = float(correct[idx, np.arange(n)].mean())
     cost = float(counts @ np.asarray(costs, np.float64) / n)
     return Outcome(np.asarray(thresholds, np.float64), acc, cost, counts)
@@ -150,12 +158,94 @@ def for_budget(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, budget:
     cands = _candidates(conf)
     acc, cost = _evaluate_all(conf, correct, costs, cands)
     ok = cost <= budget + 1e-9
-    if not ok.any():
-        cands = np.r_[cands, np.r_[np.zeros(conf.shape[0] - 1), EVERYBODY][None]]
+    if not ok.any():  # a threshold every score reaches (0 for confidences)
+        floor = min(0.0, float(conf.min()))
+        cands = np.r_[cands, np.r_[np.full(conf.shape[0] - 1, floor), EVERYBODY][None]]
         return outcome(conf, correct, costs, cands[-1])
     best = np.flatnonzero(ok)
     i = best[np.lexsort((cost[best], -acc[best]))[0]]
     return outcome(conf, correct, costs, cands[i])
+
+
+def entropy_thresholds(thresholds: np.ndarray) -> np.ndarray:
+    """Thresholds fitted on negated entropies as the max entropies of the ``entropy`` rule:
+    ``-t`` (exact in float32, so ties stay ties), ``NOBODY`` and ``EVERYBODY`` kept."""
+    t = np.asarray(thresholds, np.float64)
+    return np.where(np.abs(t) < 1e7, -t, t)
+
+
+def rule_exits(logits: list[np.ndarray], thresholds: np.ndarray, temperatures: np.ndarray | None,
+               rule: str) -> np.ndarray:
+    """(n,) the exit each sample takes under ``rule``, decided by the runtime's own
+    :func:`~ranet_edge.runtime.decision.decide` exit after exit (the ``patience`` streak carried)."""
+    n, last = len(logits[0]), len(logits) - 1
+    out, alive, state = np.full(n, last), np.ones(n, bool), None
+    for k, z in enumerate(logits):
+        d = decide(z, thresholds[k], 1.0 if temperatures is None else float(temperatures[k]), alive, rule, state)
+        out[d.take], state = k, d.state
+        alive &= ~d.take
+    return out
+
+
+def patience_outcomes(logits: list[np.ndarray], correct: np.ndarray, costs: np.ndarray,
+                      temperatures: np.ndarray | None = None) -> list[Outcome]:
+    """What the ``patience`` rule does for each ``t`` in 1 .. K-1 (larger ``t`` sends every
+    sample to the last exit): accuracy, mean cost per sample and exit counts; each outcome's
+    thresholds are ``[t] * (K - 1) + [-inf]``, an operating point's form."""
+    k = len(logits)
+    out = []
+    for t in range(1, k):
+        thr = np.r_[np.full(k - 1, float(t)), -np.inf]
+        out.append(_outcome_of(rule_exits(logits, thr, temperatures, "patience"), correct, costs, thr))
+    return out
+
+
+def pick(outcomes: list[Outcome], target: float | None = None, budget: float | None = None) -> Outcome:
+    """Of fixed outcomes (:func:`patience_outcomes`): the cheapest reaching accuracy ``target``,
+    or the most accurate within ``budget`` (in the outcomes' cost units); ties go to the cheaper.
+
+    Raises:
+        CalibrationError: none reaches ``target``, or none fits ``budget`` (the message gives
+            the best accuracy, or the lowest cost).
+    """
+    if target is not None:
+        ok = [o for o in outcomes if o.accuracy >= target - 1e-12]
+        if not ok:
+            raise CalibrationError(f"no patience reaches accuracy {target:.4f} on the validation set (best is "
+                                   f"{max(o.accuracy for o in outcomes):.4f}); lower --target-accuracy")
+        return min(ok, key=lambda o: o.expected_cost)
+    ok = [o for o in outcomes if o.expected_cost <= budget + 1e-9]
+    if not ok:
+        raise CalibrationError(f"no patience fits the budget {budget:g} (the cheapest costs "
+                               f"{min(o.expected_cost for o in outcomes):g}); raise the budget")
+    return min(ok, key=lambda o: (-o.accuracy, o.expected_cost))
+
+
+def choose_patience(logits: list[np.ndarray], correct: np.ndarray, flops: np.ndarray, exit_ms: np.ndarray,
+                    temperatures: np.ndarray | None = None, target: float | None = None,
+                    budget_mflops: float | None = None,
+                    budget_ms: float | None = None) -> tuple[Outcome, str, str, list[dict]]:
+    """The ``patience`` t for one goal (exactly one of ``target``, ``budget_mflops``,
+    ``budget_ms``) by :func:`pick`, as (its outcome with FLOPs as cost, method, default name,
+    every t's row: ``t``, ``accuracy``, ``expected_flops``, ``expected_ms``, ``exit_counts``).
+
+    Raises:
+        CalibrationError: as :func:`pick`.
+    """
+    by_flops = patience_outcomes(logits, correct, flops, temperatures)
+    by_ms = patience_outcomes(logits, correct, exit_ms, temperatures)
+    table = [{"t": t, "accuracy": f.accuracy, "expected_flops": f.expected_cost, "expected_ms": m.expected_cost,
+              "exit_counts": f.exit_counts.tolist()} for t, (f, m) in enumerate(zip(by_flops, by_ms), 1)]
+    if target is not None:
+        res, method = pick(by_flops, target=target), f"cheapest with val accuracy >= {target:.4f}"
+    elif budget_mflops is not None:
+        res = pick([Outcome(o.thresholds, o.accuracy, o.expected_cost / 1e6, o.exit_counts) for o in by_flops],
+                   budget=budget_mflops)
+        method = f"most accurate within {budget_mflops:g} MFLOPs"
+    else:
+        res, method = pick(by_ms, budget=budget_ms), f"most accurate within {budget_ms:g} ms"
+    t = int(res.thresholds[0])
+    return by_flops[t - 1], f"t={t}, {method}", f"patience{t}", table
 
 
 def fit_temperatures(logits: list[np.ndarray], labels: np.ndarray) -> np.ndarray:

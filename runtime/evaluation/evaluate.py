@@ -9,7 +9,7 @@ import numpy as np
 from ranet_edge.errors import CalibrationError
 
 from ..chain import ExitChain
-from ..decision import softmax
+from ..decision import entropy, softmax
 from .calibration import paper_thresholds
 from .latency import LatencyMeter, timed_passes
 
@@ -32,11 +32,17 @@ class ExitOutputs:
         t = np.ones(len(self.logits)) if temperatures is None else temperatures
         return np.stack([softmax(z, float(tk)) for z, tk in zip(self.logits, t)])
 
-    def conf_correct(self, temperatures: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(K, n) float32 confidences -- exactly what the chain compares with thresholds --
-        and whether each exit's top-1 is right."""
+    def conf_correct(self, temperatures: np.ndarray | None = None,
+                     rule: str = "max_prob") -> tuple[np.ndarray, np.ndarray]:
+        """(K, n) float32 confidences -- exactly what the chain compares with thresholds;
+        for ``rule="entropy"`` the negated entropies, exactly what it compares, negated, with
+        max entropies -- and whether each exit's top-1 is right."""
         p = self.probs(temperatures)  # the largest probability is exactly decision.confidence
-        return p.max(axis=2), p.argmax(axis=2) == self.labels[None, :]
+        correct = p.argmax(axis=2) == self.labels[None, :]
+        if rule == "entropy":
+            t = np.ones(len(self.logits)) if temperatures is None else temperatures
+            return -np.stack([entropy(z, float(tk)) for z, tk in zip(self.logits, t)]), correct
+        return p.max(axis=2), correct
 
 
 def collect(chain: ExitChain, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
