@@ -373,3 +373,44 @@ def test_patience_calibration_reports_every_t(shipped_copy):
     assert res.name == "patience1" and chain.operating_points["patience1"].thresholds[:-1] == (1.0,) * 5
     np.testing.assert_array_equal(chain.predict(x, "patience1").exits, chain.predict(x, patience=1).exits)
     assert json.loads(json.dumps(res.to_dict()))["rule"] == "patience"
+
+
+# ------------------------------------------------------------------ the serving engine's rows
+def test_rows_of_several_rules_decide_as_predict_does(shipped_copy):
+    """The stage engine's rows carry each request's rule and the patience streak: rows of
+    max_prob, entropy and patience requests decided together, exit after exit, cut to the rows
+    that go on and merged again, leave where predict sends them."""
+    from ranet_edge.serve.rows import RULE_CODE, Rows
+
+    class Keep:  # Rows.select asks the executor to cut tensors: there are none here
+        def take(self, env, keep):
+            return env
+
+        def concat(self, envs):
+            return None
+
+    bundle, images, _ = shipped_copy
+    chain = ExitChain.load(bundle, threads=1, warmup=False)
+    x = chain.preprocess(images[:90])
+    logits = chain.run_all(x)
+    asks = [(0.6, "max_prob", None), (0.9, "entropy", None), (None, "patience", 1), (None, "patience", 2)]
+    thr, temps, codes = [], [], []
+    for i in range(len(x)):
+        t, tm, r = chain.resolve_rule(*asks[i % 4])
+        thr.append(t), temps.append(tm), codes.append(RULE_CODE[r])
+    n = len(x)
+    rows = Rows([], np.zeros(n, np.intp), np.arange(n), np.asarray(thr, np.float32), np.asarray(temps, np.float32),
+                None, 0.0, np.asarray(codes, np.int8))
+    exits = np.full(n, -1)
+    for k, z in enumerate(logits):
+        alive = np.ones(len(rows), bool)
+        take, _, _ = rows.decide(k, z[rows.slot], alive)
+        exits[rows.slot[take]] = k
+        keep = np.flatnonzero(~take)
+        if not len(keep):
+            break
+        half = len(keep) // 2  # cut in two and merge back: the streak must follow its rows
+        a, b = rows.select(Keep(), keep[:half], None, 0.0), rows.select(Keep(), keep[half:], None, 0.0)
+        rows = Rows.merge(Keep(), [b, a])
+    for j, (t, rule, pat) in enumerate(asks):
+        np.testing.assert_array_equal(exits[j::4], chain.predict(x[j::4], t, rule, pat).exits)

@@ -119,6 +119,18 @@ def test_preprocessed_input_logits_id_and_point(client, model, images):
     assert len(seen) > 1  # the points route these images differently
 
 
+def test_rule_and_patience_parameters(client, model, images):
+    x = model.chain.preprocess(images)
+    t = tritongrpc.InferInput("input", list(x.shape), "FP32").set_data_from_numpy(x)
+    names = ("label", "exit", "confidence")
+    for params in ({"patience": 1}, {"rule": "patience", "patience": 3}, {"rule": "max_prob"}):
+        result = client.infer(NAME, [t], outputs=outputs(*names), parameters=params, client_timeout=WAIT_S)
+        assert_answers(result, model.chain.predict(x, None, params.get("rule"), params.get("patience")), names)
+    with pytest.raises(InferenceServerException) as e:
+        client.infer(NAME, [t], parameters={"patience": 0}, client_timeout=WAIT_S)
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "patience must be a whole number" in e.value.message()
+
+
 def test_typed_contents(channel, model, images):
     """bytes_contents (one file per element) and fp32_contents instead of raw_input_contents."""
     req = messages["ModelInferRequest"](model_name=NAME)

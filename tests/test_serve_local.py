@@ -151,6 +151,51 @@ def infer_binary_images(images: list[bytes], point: str | None) -> tuple[bytes, 
     return header + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
 
 
+def test_rule_and_patience_parameters_on_v1_and_v2(server, sample, chain):
+    """`rule` and `patience` (issue 30): per request, mixed in one server with max_prob requests
+    (rows of several rules share graph runs), answers equal predict's; bad ones are one-line 400s."""
+    asks = [({"rule": "patience", "patience": 1}, None), ({"patience": 2}, None), ({}, None),
+            ({"rule": "max_prob"}, "p0.5")]
+    requests, meta = [], []
+    for i in range(24):
+        params, point = asks[i % len(asks)]
+        idx = [i, i + 50, i + 100] if i % 3 == 0 else [i]
+        if i % 2:  # /v1: query string
+            q = "&".join(f"{k}={v}" for k, v in {**params, **({"operating_point": point} if point else {})}.items())
+            body = json.dumps([base64.b64encode(png(sample[k])).decode() for k in idx]).encode()
+            requests.append(("POST", f"{server.url}/v1/classify?{q}", body, {"Content-Type": "application/json"}))
+        else:  # /v2: request parameters
+            doc = json.loads(infer_json(chain.preprocess(sample[idx]), point))
+            doc.setdefault("parameters", {}).update(params)
+            requests.append(("POST", f"{server.url}/v2/models/ranet-edge/infer", json.dumps(doc).encode(),
+                             {"Content-Type": "application/json"}))
+        meta.append((idx, params, point, bool(i % 2)))
+    seen = set()
+    for (status, _, raw), (idx, params, point, v1) in zip(send_all(requests), meta):
+        body = json.loads(raw)
+        assert status == 200, body
+        want = chain.predict(chain.preprocess(sample[idx]), point, params.get("rule"), params.get("patience"))
+        if v1:
+            got_labels, got_exits = [p["label"] for p in body["predictions"]], [p["exit"] for p in body["predictions"]]
+        else:
+            out = {o["name"]: o["data"] for o in body["outputs"]}
+            got_labels, got_exits = out["label"], out["exit"]
+        assert got_labels == want.labels.tolist() and got_exits == want.exits.tolist(), (params, point)
+        seen.add((params.get("patience"), tuple(want.exits.tolist())))
+    assert {k for k, _ in seen} == {None, 1, 2}
+    bad = [("?patience=0", "patience must be a whole number >= 1"), ("?rule=fast", "rule must be one of"),
+           ("?rule=entropy", "'iso-accuracy' is for the 'max_prob' rule, not 'entropy'"),
+           ("?patience=2&rule=entropy", "goes with rule='patience'")]
+    for q, fragment in bad:
+        status, _, raw = request("POST", f"{server.url}/v1/classify{q}", png(sample[0]), {"Content-Type": "image/png"})
+        assert status == 400 and fragment in json.loads(raw)["error"] and "\n" not in json.loads(raw)["error"], raw
+    doc = json.loads(infer_json(chain.preprocess(sample[:1]), None))
+    doc["parameters"] = {"patience": "two"}
+    status, _, raw = request("POST", f"{server.url}/v2/models/ranet-edge/infer", json.dumps(doc).encode(),
+                             {"Content-Type": "application/json"})
+    assert status == 400 and "patience must be a whole number >= 1" in json.loads(raw)["error"], raw
+
+
 def test_v2_metadata_and_health(server):
     meta = json.loads(request("GET", f"{server.url}/v2")[2])
     assert meta["name"] == "ranet-edge" and "binary_tensor_data" in meta["extensions"]

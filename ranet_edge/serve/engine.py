@@ -8,7 +8,9 @@ rule (``runtime/decision.py``).
 """
 from __future__ import annotations
 
-from ranet_edge.errors import BundleError
+import numpy as np
+
+from ranet_edge.errors import BundleError, RanetEdgeError
 from ranet_edge.runtime import ExitChain
 from ranet_edge.runtime.executors.base import Executor
 from ranet_edge.runtime.executors.host import HostExecutor
@@ -17,6 +19,8 @@ from ranet_edge.runtime.manifest import GraphEntry
 from ranet_edge.runtime.operating_points import select
 from ranet_edge.runtime.providers import open_session, session_options
 
+from .api import RequestError
+from .rows import RULE_CODE
 from .settings import ServeSettings
 from .slo import ladder_of
 
@@ -47,6 +51,7 @@ class ServedModel:
         self.check_point(self.default_point)
         #: ``--slo-ms``: the ladder rungs the server moves along, floor first ([]: fixed points)
         self.ladder = ladder_of(self.chain.operating_points, settings.slo_ms, settings.min_point)
+        self._decisions: dict[tuple, tuple[np.ndarray, np.ndarray, np.int8]] = {}
         m = self.chain.manifest
         if self.chain.preprocess_spec is None:  # the server decodes images; text bundles run in Python
             raise BundleError(f"bundle {self.bundle} takes named inputs, not images: the server serves image bundles; "
@@ -77,6 +82,29 @@ class ServedModel:
         select(self.chain.operating_points, name)
         return name
 
+    def decision_of(self, point: str | None, rule: str | None = None,
+                    patience: int | None = None) -> tuple[np.ndarray, np.ndarray, np.int8]:
+        """float32 (thresholds, temperatures) per exit of a stored point (None: the serving
+        default) and the code of its exit rule (``rows.RULE_CODE``); ``rule`` / ``patience`` as
+        ``ExitChain.predict`` takes them (``patience=t`` needs no point).
+
+        Raises:
+            RequestError: 400, a name the bundle does not store, a point of another rule, a bad
+                rule or patience.
+        """
+        key = (point, rule, patience)
+        hit = self._decisions.get(key)
+        if hit is None:
+            try:
+                name = None if patience is not None else self.check_point(point)
+                thr, temps, rule = self.chain.resolve_rule(name, rule, patience)
+            except RanetEdgeError as exc:
+                raise RequestError(400, str(exc)) from None
+            hit = (np.asarray(thr, np.float32), np.asarray(temps, np.float32), RULE_CODE[rule])
+            if len(self._decisions) < 256:  # requests choose the keys: keep it bounded
+                self._decisions[key] = hit
+        return hit
+
     def summary(self) -> dict:
         """What GET /v1/model reports."""
         s = self.settings
@@ -86,7 +114,8 @@ class ServedModel:
                                                        "resize": self.chain.preprocess_spec.resize},
             "exits": [{"exit": e.index, "mflops": round(e.flops / 1e6, 3)} for e in self.chain.manifest.exits],
             "operating_points": {name: {"val_accuracy": p.val_accuracy, "expected_mflops": round(p.expected_flops / 1e6, 3),
-                                        "method": p.method} for name, p in sorted(self.chain.operating_points.items())},
+                                        "method": p.method, "rule": p.rule}
+                                 for name, p in sorted(self.chain.operating_points.items())},
             "default_operating_point": self.default_point, "provider": s.provider,
             "session_providers": sorted({p[0] for p in self.chain.session_providers}), "threads": s.threads,
             "executor": self.executor.kind,

@@ -194,8 +194,8 @@ class InferenceService:
         left = self.timeout_s - (time.perf_counter() - start)
         try:
             deadline = within(req.deadline_s, start, self.timeout_s)
-            call = self.engine.classify(req.x, req.point) if deadline is None else \
-                self.engine.classify(req.x, req.point, deadline=deadline)
+            asked = {"deadline": deadline, "rule": req.rule, "patience": req.patience}
+            call = self.engine.classify(req.x, req.point, **{k: v for k, v in asked.items() if v is not None})
             return await asyncio.wait_for(call, max(left, 0.001))
         except asyncio.TimeoutError:
             raise RequestError(504, f"the request was not answered within {self.timeout_s:g} s (timeout_s); "

@@ -17,7 +17,8 @@ It answers ``label`` ``INT64 [-1]``, ``exit`` ``INT64 [-1]``, ``confidence`` ``F
 and, when asked for, ``logits`` ``FP32 [-1, classes]``. The request parameter
 ``operating_point`` picks a stored operating point; ``deadline_ms`` (a number) asks for the
 deepest exit reached that many ms after arrival, and adds ``deadline_cut`` ``BOOL [-1]`` (the
-images it stopped) to the default outputs. Every refusal is a
+images it stopped) to the default outputs; ``rule`` and ``patience`` pick the exit rule as
+``ExitChain.predict`` takes them (``patience=2``: PABEE's rule). Every refusal is a
 :class:`~ranet_edge.serve.api.RequestError` with a 4xx status and a one-line message.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .api import RequestError
 from .engine import ServedModel
 from .oip_tensors import IMAGE, INPUT, TensorIn, accepted, decode_input, input_shape, kind, show
 from .progress import DEADLINE_PARAMETER, deadline_cut, parse_deadline
+from .rules import PATIENCE_PARAMETER, RULE_PARAMETER, parse_rule
 
 SERVER_NAME = "ranet-edge"
 DEFAULT_MODEL_NAME = "ranet-edge"
@@ -71,6 +73,8 @@ class InferRequest:
     point: str | None  # parameters.operating_point; None: the server's default
     outputs: tuple[RequestedOutput, ...]  # in the order the response lists them
     deadline_s: float | None = None  # parameters.deadline_ms, in seconds; None: no deadline
+    rule: str | None = None  # parameters.rule; None: the point's
+    patience: int | None = None  # parameters.patience (rule "patience")
 
 
 class Answer(Protocol):
@@ -229,6 +233,8 @@ def build_request(request_id: str | None, inputs: Sequence[TensorIn], parameters
         except RanetEdgeError as exc:
             raise RequestError(400, f"parameter {POINT_PARAMETER}: {exc}") from None
     deadline_s = parse_deadline(parameters.get(DEADLINE_PARAMETER))
+    rule, patience = parse_rule(parameters.get(RULE_PARAMETER), parameters.get(PATIENCE_PARAMETER))
+    model.decision_of(point, rule, patience)  # 400 for a rule or patience that does not go with the point
     requested, seen = [], set()
     for name, params in outputs:
         if name not in OUTPUTS:
@@ -254,7 +260,7 @@ def build_request(request_id: str | None, inputs: Sequence[TensorIn], parameters
         raise RequestError(400, f"the request gives {what}; {accepted(model)}, exactly one")
     tensor = inputs[0]
     x = decode_input(tensor, model, max_images)
-    return InferRequest(request_id or None, x, point, tuple(requested), deadline_s)
+    return InferRequest(request_id or None, x, point, tuple(requested), deadline_s, rule, patience)
 
 
 # ---------------------------------------------------------------------------- responses

@@ -137,7 +137,7 @@ def after_graph(engine: Any, k: int, rows: Rows, last: np.ndarray, alive: np.nda
         for j, r in enumerate(going.tolist()):
             req = rows.reqs[rows.owner[r]]
             s, w = rows.slot[r], req.watch
-            req.labels[s], req.exits[s], req.conf[s], req.logits[s] = labels[j], k_exit, conf[j], z[j]
+            req.labels[s], req.exits[s], req.conf[s], req.logits[s, :z.shape[1]] = labels[j], k_exit, conf[j], z[j]
             if w.deadline is not None and now + nxt > w.deadline:
                 alive[r] = False
                 w.cut[s] = w.final[s] = True

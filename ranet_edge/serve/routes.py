@@ -23,6 +23,7 @@ from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .progress import DEADLINE_PARAMETER, deadline_cut, parse_deadline, within
 from .slo import precheck
+from .rules import PATIENCE_PARAMETER, RULE_PARAMETER, parse_rule
 from .stage_engine import RETRY_AFTER_S, SHUTTING_DOWN, Overloaded, StageEngine
 
 log = logging.getLogger("ranet_edge.serve")
@@ -137,12 +138,14 @@ class Routes:
         point = query.get("operating_point")  # None: the server's (with --slo-ms, a ladder rung)
         self.model.check_point(point)
         deadline_s = parse_deadline(query.get(DEADLINE_PARAMETER), f"query parameter {DEADLINE_PARAMETER}")
+        rule, patience = parse_rule(query.get(RULE_PARAMETER), query.get(PATIENCE_PARAMETER))
+        self.model.decision_of(point, rule, patience)  # a bad combination: 400 before the body is read
         data = await self._read(read_body, start)
         precheck(self.engine, point, (time.perf_counter() - start) * 1e3)  # --slo-ms: shed before decoding
         args = (headers.get("content-type"), data, self.model.chain.preprocess_spec, self.settings.max_batch)
         # a photo takes milliseconds to decode: off the event loop; a thumbnail costs less than the hop
         images = parse_images(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(parse_images, *args)
-        answer = await self._classify(self.model.chain.preprocess(images), point, start, deadline_s)
+        answer = await self._classify(self.model.chain.preprocess(images), point, start, deadline_s, rule, patience)
         names = self.model.class_names
         ms = round(answer.server_ms, 3)
         preds = [{"label": label, "class": names[label], "exit": e, "confidence": round(c, 6), "server_ms": ms}
@@ -182,7 +185,7 @@ class Routes:
         req = oip.parse_rest_infer(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(
             oip.parse_rest_infer, *args)
         self.model.check_point(req.point)
-        answer = await self._classify(req.x, req.point, start, req.deadline_s)
+        answer = await self._classify(req.x, req.point, start, req.deadline_s, req.rule, req.patience)
         body, extra = oip.rest_infer_response(req, answer, self.model_name)
         return Reply(200, body, {k.lower(): v for k, v in extra.items()})
 
@@ -211,12 +214,11 @@ class Routes:
             raise RequestError(408, f"the request body did not arrive within {self.settings.timeout_s:g} s "
                                     "(timeout_s); send it faster or raise --timeout-s") from None
 
-    async def _classify(self, x, point, start, deadline_s=None):
+    async def _classify(self, x, point, start, deadline_s=None, rule=None, patience=None):
         left = self.settings.timeout_s - (time.perf_counter() - start)
         try:
-            deadline = within(deadline_s, start, self.settings.timeout_s)
-            call = self.engine.classify(x, point) if deadline is None else \
-                self.engine.classify(x, point, deadline=deadline)
+            asked = {"deadline": within(deadline_s, start, self.settings.timeout_s), "rule": rule, "patience": patience}
+            call = self.engine.classify(x, point, **{k: v for k, v in asked.items() if v is not None})
             answer = await asyncio.wait_for(call, max(left, 0.001))
         except asyncio.TimeoutError:
             raise RequestError(504, f"the request was not answered within {self.settings.timeout_s:g} s "

@@ -1,5 +1,6 @@
-"""The stage engine's bookkeeping: requests as the model thread fills them, rows in queues, and
-what a request is answered (:class:`Answer`, or :class:`Overloaded`)."""
+"""The stage engine's bookkeeping: requests as the model thread fills them, rows in queues (each
+row with its request's exit rule and, for ``patience``, its streak so far), and what a request is
+answered (:class:`Answer`, or :class:`Overloaded`)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,11 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ranet_edge.runtime.decision import RULES, Streak, decide
 from ranet_edge.runtime.executors.base import Env, Executor
 
 from .api import RequestError
 
 RETRY_AFTER_S = 1  # what an overloaded or draining server asks a client to wait
+RULE_CODE = {r: np.int8(i) for i, r in enumerate(RULES)}  # a row's rule, as Rows.rule holds it
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Request:
         self.labels = np.empty(n, np.int64)
         self.exits = np.empty(n, np.int64)
         self.conf = np.empty(n, np.float32)
-        self.logits = np.empty((n, num_classes), np.float32)
+        self.logits = np.zeros((n, num_classes), np.float32)  # zero beyond an exit's own class count
         self.future, self.loop = future, loop
         self.start = time.perf_counter()
         self.dropped = False  # the caller gave up (timeout, disconnect): its rows are discarded
@@ -59,13 +62,14 @@ class Request:
 
 
 class Rows:
-    """Rows waiting for one graph: whose they are, their thresholds, and their tensors as the
-    executor holds them (an :class:`~ranet_edge.runtime.executors.base.Env`)."""
+    """Rows waiting for one graph: whose they are, their thresholds and exit rule, and their
+    tensors as the executor holds them (an :class:`~ranet_edge.runtime.executors.base.Env`)."""
 
-    __slots__ = ("reqs", "owner", "slot", "thr", "temps", "env", "since")
+    __slots__ = ("reqs", "owner", "slot", "thr", "temps", "env", "since", "rule", "streak")
 
     def __init__(self, reqs: list[Request], owner: np.ndarray, slot: np.ndarray, thr: np.ndarray,
-                 temps: np.ndarray, env: Env, since: float):
+                 temps: np.ndarray, env: Env, since: float, rule: np.ndarray | None = None,
+                 streak: Streak | None = None):
         self.reqs = reqs  # the requests the rows belong to
         self.owner = owner  # int (m,): index into reqs of each row
         self.slot = slot  # int (m,): position of each row in its request
@@ -73,6 +77,8 @@ class Rows:
         self.temps = temps  # float32 (m, exits): each row's temperatures
         self.env = env  # what this graph and later ones read, for these m rows
         self.since = since  # when the oldest of these rows joined this queue (perf_counter)
+        self.rule = np.zeros(len(owner), np.int8) if rule is None else rule  # int8 (m,): RULE_CODE of each row
+        self.streak = streak  # the patience rule's state of every row (None: no patience row decided yet)
 
     def __len__(self) -> int:
         return len(self.owner)
@@ -80,7 +86,30 @@ class Rows:
     def select(self, ex: Executor, keep: np.ndarray, env: Env, since: float) -> Rows:
         """The rows ``keep`` (sorted positions) with tensors ``env`` (still of all rows)."""
         return Rows(self.reqs, self.owner[keep], self.slot[keep], self.thr[keep], self.temps[keep],
-                    env if len(keep) == len(self) else ex.take(env, keep), since)
+                    env if len(keep) == len(self) else ex.take(env, keep), since, self.rule[keep],
+                    None if self.streak is None else self.streak.take(keep))
+
+    def decide(self, e: int, z: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exit ``e``'s decision for these rows, each by its own rule and thresholds
+        (:func:`~ranet_edge.runtime.decision.decide` once per rule present): (take (m,), labels
+        and confidences of the leaving rows, in row order). Keeps the patience streak."""
+        codes = self.rule
+        if (codes == codes[0]).all():  # the usual case: one rule
+            groups = [(RULES[codes[0]], None)]
+        else:
+            groups = [(RULES[c], codes == c) for c in np.unique(codes)]
+        take = np.zeros(len(codes), bool)
+        labels, conf = np.empty(len(codes), np.int64), np.empty(len(codes), np.float32)
+        for rule, mine in groups:
+            d = decide(z, self.thr[:, e], self.temps[:, e], alive if mine is None else alive & mine, rule,
+                       self.streak if rule == "patience" else None)
+            if d.state is not None:
+                self.streak = d.state
+            if mine is None:
+                return d.take, d.labels, d.confidences
+            take |= d.take
+            labels[d.take], conf[d.take] = d.labels, d.confidences
+        return take, labels[take], conf[take]
 
     def cut(self, ex: Executor, t: int) -> tuple[Rows, Rows]:
         """The first ``t`` rows and the rest."""
@@ -103,9 +132,16 @@ class Rows:
         for p in parts:
             owners.append(p.owner + len(reqs))
             reqs.extend(p.reqs)
+        streak = None
+        known = next((p.streak for p in parts if p.streak is not None), None)
+        if known is not None:  # rows no patience decision has seen yet agree with nothing (label -1)
+            labels = [np.full(len(p), -1, np.int64) if p.streak is None else p.streak.labels for p in parts]
+            counts = [np.zeros(len(p), np.int64) if p.streak is None else p.streak.count for p in parts]
+            streak = Streak(np.concatenate(labels), np.concatenate(counts), known.classes)
         return Rows(reqs, np.concatenate(owners), np.concatenate([p.slot for p in parts]),
                     np.concatenate([p.thr for p in parts]), np.concatenate([p.temps for p in parts]),
-                    ex.concat([p.env for p in parts]), min(p.since for p in parts))
+                    ex.concat([p.env for p in parts]), min(p.since for p in parts),
+                    np.concatenate([p.rule for p in parts]), streak)
 
 
 def resolve(items: list[tuple[asyncio.Future, object]]) -> None:

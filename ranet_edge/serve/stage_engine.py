@@ -32,9 +32,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ranet_edge.errors import InputError, RanetEdgeError
+from ranet_edge.errors import InputError
 from ranet_edge.runtime.deadline import StageTimes
-from ranet_edge.runtime.decision import decide
 
 from . import progress
 from . import slo as slo_control
@@ -75,7 +74,6 @@ class StageEngine:
                              "load the chain without capture=True to serve it")
         self.stages = self.executor.graphs  # what runs: .path, .exits, per graph
         self._shape = tuple(model.chain.input_shape)
-        self._points: dict[str | None, tuple[np.ndarray, np.ndarray]] = {}
         self._queues: list[collections.deque[Rows]] = [collections.deque() for _ in self.stages]
         self._queued = [0] * len(self.stages)  # rows in each queue
         self._pending = 0  # images accepted and not yet decided (or discarded)
@@ -107,26 +105,12 @@ class StageEngine:
         """Rows waiting in each graph's queue (not running)."""
         return list(self._queued)
 
-    def thresholds(self, point: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """float32 (thresholds, temperatures) per exit of a stored point (None: the default).
-
-        Raises:
-            RequestError: 400, a name the bundle does not store.
-        """
-        hit = self._points.get(point)
-        if hit is None:
-            try:
-                name = self.model.check_point(point)
-                thr, temps = self.model.chain.resolve_thresholds(name)
-            except RanetEdgeError as exc:
-                raise RequestError(400, str(exc)) from None
-            hit = self._points[point] = (np.asarray(thr, np.float32), np.asarray(temps, np.float32))
-        return hit
-
     async def classify(self, x: np.ndarray, point: str | None, deadline: float | None = None,
-                       on_progress: Callable[[progress.Progress], None] | None = None) -> Answer:
+                       on_progress: Callable[[progress.Progress], None] | None = None, *,
+                       rule: str | None = None, patience: int | None = None) -> Answer:
         """Labels, exits, confidences and logits of the float32 (n, C, H, W) images ``x``
-        (preprocessed) under the stored operating point ``point`` (None: the server's default).
+        (preprocessed) under the stored operating point ``point`` (None: the server's default),
+        or ``rule`` / ``patience`` (:meth:`ServedModel.decision_of`).
         Cancelling the call discards its rows still queued. ``deadline`` (``time.perf_counter``
         seconds): answer by then with the deepest exit each image reached; ``on_progress``:
         called on this loop after each graph run with a :class:`~.progress.Progress` (see ``progress.py``).
@@ -137,7 +121,7 @@ class StageEngine:
                 still unanswered when :meth:`close` gives up).
             RuntimeError: a graph run failed on this request's rows ("the model failed: ...").
         """
-        thr, temps = self.thresholds(point)
+        thr, temps, code = self.model.decision_of(point, rule, patience)
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 1 + len(self._shape) \
                 or tuple(x.shape[1:]) != self._shape or x.shape[0] < 1:
             what = f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
@@ -154,19 +138,19 @@ class StageEngine:
         if self._pending + n > self.max_queue:
             raise Overloaded(f"the server is at capacity ({self._pending} images queued, max_queue "
                              f"{self.max_queue}); retry after {RETRY_AFTER_S} s")
-        auto = self.slo is not None and point is None
+        auto = self.slo is not None and point is None and rule is None and patience is None  # a ladder rung
         if auto and not self.slo.admits(n, self._queued):
             raise Overloaded(f"the server cannot answer {n} more images within its objective of {self.slo.slo_ms:g} "
                              f"ms (--slo-ms), even at {self.slo.rungs[0].name}; retry after {RETRY_AFTER_S} s")
         if self._thread is None:
             await self.start()
         loop = asyncio.get_running_loop()
-        req = Request(n, self.model.num_classes, loop.create_future(), loop)
+        req = Request(n, max(self.model.chain.exit_classes), loop.create_future(), loop)
         req.auto, req.point = auto, None if auto else self.model.check_point(point)
         if deadline is not None or on_progress is not None:
             req.watch = progress.Watch(n, deadline, on_progress)
         rows = Rows([req], np.zeros(n, np.intp), np.arange(n), np.broadcast_to(thr, (n, len(thr))),
-                    np.broadcast_to(temps, (n, len(temps))), self.executor.feed(x), req.start)
+                    np.broadcast_to(temps, (n, len(temps))), self.executor.feed(x), req.start, np.full(n, code))
         with self._cond:
             self._pending += n
             self._watched += req.watch is not None
@@ -278,17 +262,18 @@ class StageEngine:
         done: list[Request] = []
         decided = 0
         for e, z in zip(self.stages[k].exits, logits):
-            d = decide(z, rows.thr[:, e], rows.temps[:, e], alive)
-            if not d.any:
+            take, labels, conf = rows.decide(e, z, alive)  # each row by its request's rule
+            if not len(labels):
                 continue
-            alive &= ~d.take
-            idx = np.flatnonzero(d.take)
+            alive &= ~take
+            idx = np.flatnonzero(take)
             decided += len(idx)
             zt = np.asarray(z, np.float32)[idx]
+            width = zt.shape[1]  # this exit's class count (Request.logits: the widest exit's)
             for i, r in enumerate(idx.tolist()):
                 req = rows.reqs[rows.owner[r]]
                 s = rows.slot[r]
-                req.labels[s], req.exits[s], req.conf[s], req.logits[s] = d.labels[i], e, d.confidences[i], zt[i]
+                req.labels[s], req.exits[s], req.conf[s], req.logits[s, :width] = labels[i], e, conf[i], zt[i]
                 req.left -= 1
                 if req.left == 0:
                     done.append(req)
