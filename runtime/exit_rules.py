@@ -125,7 +125,7 @@ def resolve_rule(spec: Any, num_exits: int, points: Mapping[str, OperatingPoint]
         point = select(points, spec)
         if rule is not None and rule != point.rule:
             raise CalibrationError(f"operating point {spec!r} is for the {point.rule!r} rule, not {rule!r}; "
-                                   f"give {rule} thresholds or name a {rule} point")
+                                   f"give {rule} thresholds or name a point stored for {rule}")
         rule = point.rule
         if point.temperatures:
             temps = np.asarray(point.temperatures, np.float32)

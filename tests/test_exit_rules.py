@@ -414,3 +414,26 @@ def test_rows_of_several_rules_decide_as_predict_does(shipped_copy):
         rows = Rows.merge(Keep(), [b, a])
     for j, (t, rule, pat) in enumerate(asks):
         np.testing.assert_array_equal(exits[j::4], chain.predict(x[j::4], t, rule, pat).exits)
+
+
+# ------------------------------------------------------------------ the command line
+def test_predict_command_takes_rule_and_patience(run, shipped_copy, tmp_path):
+    import cv2
+
+    bundle, images, _ = shipped_copy
+    files = []
+    for i in range(6):
+        files.append(tmp_path / f"img{i}.png")
+        cv2.imwrite(str(files[-1]), np.ascontiguousarray(images[i][..., ::-1]))
+    chain = ExitChain.load(bundle, threads=1, warmup=False)
+    x = chain.preprocess(images[:6])
+    for args, kw in ((["--patience", "2"], {"patience": 2}),
+                     (["--rule", "entropy", "--thresholds", "0.4"], {"rule": "entropy", "thresholds": 0.4})):
+        res = run("predict", bundle, *files, *args, "--json")
+        assert res.exit_code == 0, res.output
+        got = json.loads(res.output)
+        want = chain.predict(x, **kw)
+        assert [r["exit"] for r in got] == want.exits.tolist() and [r["label"] for r in got] == want.labels.tolist()
+    res = run("predict", bundle, files[0], "--rule", "entropy")
+    assert res.exit_code == 2 and res.output.startswith("error: operating point 'iso-accuracy' is for the 'max_prob'")
+    assert len(res.output.strip().splitlines()) == 1

@@ -177,6 +177,7 @@ def test_rule_and_patience_parameters_on_v1_and_v2(server, sample, chain):
         want = chain.predict(chain.preprocess(sample[idx]), point, params.get("rule"), params.get("patience"))
         if v1:
             got_labels, got_exits = [p["label"] for p in body["predictions"]], [p["exit"] for p in body["predictions"]]
+            assert body["operating_point"] == (None if params.get("patience") else (point or "iso-accuracy"))
         else:
             out = {o["name"]: o["data"] for o in body["outputs"]}
             got_labels, got_exits = out["label"], out["exit"]

@@ -89,16 +89,21 @@ def parse_thresholds(spec: str | None):
 @click.argument("images", nargs=-1, required=True)
 @provider_option
 @click.option("--thresholds", default=None, help="one value, a comma list per exit, or an operating point name")
+@click.option("--rule", type=click.Choice(["max_prob", "entropy", "patience"]), default=None,
+              help="exit rule [default: the operating point's, else max_prob]; entropy thresholds are max entropies")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="PABEE's t: leave once t exits in a row agree with this one's label (rule patience)")
 @json_option
 def predict(bundle: str, images: tuple[str, ...], provider: str, threads: int | None,
-            thresholds: str | None, as_json: bool) -> None:
-    """Classify image files; each stops at the first exit confident enough.
+            thresholds: str | None, rule: str | None, patience: int | None, as_json: bool) -> None:
+    """Classify image files; each stops at the first exit its exit rule takes it at.
     \f
     Raises:
         InputError: an image file does not exist.
         BundleError: BUNDLE is missing, malformed or tampered with.
         ProviderError: the provider is not offered by the installed onnxruntime.
-        CalibrationError: ``--thresholds`` is malformed or names no stored operating point.
+        CalibrationError: ``--thresholds`` is malformed or names no stored operating point, or
+            does not go with ``--rule`` / ``--patience``.
     """
     from ranet_edge.runtime import ExitChain, read_image
 
@@ -111,9 +116,10 @@ def predict(bundle: str, images: tuple[str, ...], provider: str, threads: int | 
         if not Path(path).is_file():
             raise InputError(f"image {path} does not exist")
         arrays.append(read_image(path))
-    res = chain.predict(chain.preprocess(arrays), parse_thresholds(thresholds))
-    names = chain.class_names
-    rows = [{"image": p, "label": int(lab), "class": names[lab] if names else str(lab), "exit": int(e),
+    res = chain.predict(chain.preprocess(arrays), parse_thresholds(thresholds), rule, patience)
+    names, counts = chain.class_names, chain.exit_classes  # class names name the last exit's classes
+    rows = [{"image": p, "label": int(lab), "class": names[lab] if names and counts[e] == len(names) else str(lab),
+             "exit": int(e),
              "confidence": round(float(c), 6)}
             for p, lab, e, c in zip(images, res.labels, res.exits, res.confidences)]
     if as_json:

@@ -22,8 +22,8 @@ from .api import RequestError, error_body, parse_images
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .progress import DEADLINE_PARAMETER, deadline_cut, parse_deadline, within
-from .slo import precheck
 from .rules import PATIENCE_PARAMETER, RULE_PARAMETER, parse_rule
+from .slo import precheck
 from .stage_engine import RETRY_AFTER_S, SHUTTING_DOWN, Overloaded, StageEngine
 
 log = logging.getLogger("ranet_edge.serve")
@@ -146,14 +146,16 @@ class Routes:
         # a photo takes milliseconds to decode: off the event loop; a thumbnail costs less than the hop
         images = parse_images(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(parse_images, *args)
         answer = await self._classify(self.model.chain.preprocess(images), point, start, deadline_s, rule, patience)
-        names = self.model.class_names
-        ms = round(answer.server_ms, 3)
-        preds = [{"label": label, "class": names[label], "exit": e, "confidence": round(c, 6), "server_ms": ms}
+        names, counts = self.model.class_names, self.model.chain.exit_classes
+        ms = round(answer.server_ms, 3)  # class names name the last exit's classes: an exit of another count has none
+        preds = [{"label": label, "class": names[label] if counts[e] == len(names) else str(label), "exit": e,
+                  "confidence": round(c, 6), "server_ms": ms}
                  for label, e, c in zip(answer.labels.tolist(), answer.exits.tolist(), answer.confidences.tolist())]
         if deadline_s is not None:
             for p, cut in zip(preds, deadline_cut(answer).tolist()):
                 p["deadline_cut"] = cut
-        return Reply.json({"predictions": preds, "operating_point": answer.operating_point, "graph": self.settings.graph,
+        return Reply.json({"predictions": preds, "operating_point": None if patience else answer.operating_point,
+                           "graph": self.settings.graph,
                            "replica": self.replica})
 
     # ------------------------------------------------------------------ /v2 (Open Inference Protocol)

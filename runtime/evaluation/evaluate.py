@@ -28,9 +28,12 @@ class ExitOutputs:
     labels: np.ndarray
 
     def probs(self, temperatures: np.ndarray | None = None) -> np.ndarray:
-        """(K, n, C) float32 softmax of every exit, by the runtime's rule."""
+        """(K, n, C) float32 softmax of every exit, by the runtime's rule (exits of fewer classes
+        than the widest: zero beyond their own, as ``Prediction.probabilities``)."""
         t = np.ones(len(self.logits)) if temperatures is None else temperatures
-        return np.stack([softmax(z, float(tk)) for z, tk in zip(self.logits, t)])
+        width = max(z.shape[1] for z in self.logits)
+        return np.stack([np.pad(softmax(z, float(tk)), ((0, 0), (0, width - z.shape[1])))
+                         for z, tk in zip(self.logits, t)])
 
     def conf_correct(self, temperatures: np.ndarray | None = None,
                      rule: str = "max_prob") -> tuple[np.ndarray, np.ndarray]:
