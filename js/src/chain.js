@@ -1,8 +1,8 @@
 /**
  * ExitChain: a bundle's graphs run in order, chained by tensor names, each sample leaving at
- * the first exit confident enough (the Python runtime's ExitChain, runtime/chain.py).
+ * the first exit its exit rule takes it at (the Python runtime's ExitChain, runtime/chain.py).
  */
-import { argmaxRow, Results, softmaxRow } from './decide.js';
+import { argmaxRow, Results, softmaxRow, Streak } from './decide.js';
 import { BundleError, InputError, ProviderError } from './errors.js';
 import { ELEM_TYPES, gatherModel } from './gather.js';
 import { MANIFEST, parseManifest } from './manifest.js';
@@ -77,6 +77,8 @@ export class ExitChain {
       preprocessSpec: specFrom(pre), inputName: manifest.inputName,
       inputShape: Array.isArray(pre.shape) ? pre.shape.slice(1).map(Number) : [3, Number(pre.size), Number(pre.size)],
       numExits: manifest.numExits, numClasses: Number(manifest.data.num_classes),
+      // each exit's class count (a manifest that records none: num_classes for every exit)
+      exitClasses: manifest.data.exits.map((/** @type {any} */ e) => Number(e.num_classes ?? manifest.data.num_classes)),
       classNames: Array.isArray(manifest.data.class_names) ? manifest.data.class_names : null,
       staticBatch: Number.isInteger(batch) && batch > 0 ? batch : null,
     });
@@ -123,7 +125,7 @@ export class ExitChain {
   }
 
   /**
-   * One threshold (the last is -Infinity) and one temperature per exit.
+   * One threshold (the last is -Infinity) and one temperature per exit, and the exit rule.
    * @param {import('./operating_points.js').ThresholdOptions} [options]
    */
   resolveThresholds(options = {}) {
@@ -236,20 +238,24 @@ export class ExitChain {
   }
 
   /**
-   * Route each sample through the graphs until an exit is confident enough. Only the rows of
-   * the samples that go on are handed to the next graph; tensors no later graph reads are
-   * dropped; results come back in input order.
+   * Route each sample through the graphs until its exit rule takes it (options.rule: max_prob,
+   * entropy or patience, see decide.js). Only the rows of the samples that go on (with their
+   * patience streak) are handed to the next graph; tensors no later graph reads are dropped;
+   * results come back in input order. When exits differ in class count, `probabilities` rows
+   * have the widest exit's width, zero beyond the class count of the exit taken.
    * @param {any} x float32 tensor (N, ...inputShape)
    * @param {import('./operating_points.js').ThresholdOptions} [options] default: the bundle's default operating point
    * @returns {Promise<import('./index.js').Prediction>}
    */
   async predict(x, options = {}) {
-    const { thresholds, temperatures } = this.resolveThresholds(options);
+    const { thresholds, temperatures, rule } = this.resolveThresholds(options);
+    const width = Math.max(...this.exitClasses);
     return this._serial(async () => {
       const input = this.checkInput(x);
       const n = input.dims[0];
-      const results = new Results(n, this.numClasses);
+      const results = new Results(n, width);
       let rows = Int32Array.from({ length: n }, (_, i) => i);
+      let streak = new Streak(n);
       let env = new Map([[this.inputName, input]]);
       try {
         for (const g of this.graphs) {
@@ -258,8 +264,8 @@ export class ExitChain {
           let left = rows.length;
           g.exits.forEach((k, j) => {
             const z = out[g.logits[j]];
-            if (z.dims[1] !== this.numClasses) throw new BundleError(`exit ${k} gives ${z.dims[1]} classes, the manifest says ${this.numClasses}; re-export the bundle`);
-            left = results.decide(z.data, k, thresholds[k], temperatures[k], rows, alive);
+            if (z.dims[1] !== this.exitClasses[k]) throw new BundleError(`exit ${k} gives ${z.dims[1]} classes, the manifest says ${this.exitClasses[k]}; re-export the bundle`);
+            left = results.decide(z.data, k, thresholds[k], temperatures[k], rows, alive, rule, streak, z.dims[1]);
           });
           env = this._advance(g, env, out, input);
           if (left === 0) break;
@@ -267,6 +273,7 @@ export class ExitChain {
             const keep = new Int32Array(left);
             for (let r = 0, j = 0; r < rows.length; r++) if (alive[r]) keep[j++] = r;
             rows = keep.map((r) => rows[r]);
+            if (rule === 'patience') streak = streak.take(keep);
             env = await this._gatherRows(env, keep, input);
           }
         }
@@ -274,7 +281,7 @@ export class ExitChain {
         this._release(env, input);
       }
       return { labels: results.labels, exits: results.exits, confidences: results.confidences,
-        probabilities: results.probabilities, numClasses: this.numClasses };
+        probabilities: results.probabilities, numClasses: width };
     });
   }
 
@@ -290,16 +297,17 @@ export class ExitChain {
    * @returns {AsyncGenerator<import('./index.js').Snapshot>}
    */
   async *anytime(x, options = {}) {
-    const { thresholds, temperatures } = this.resolveThresholds(options);
+    const { thresholds, temperatures, rule } = this.resolveThresholds(options);
     const input = this.checkInput(x);
     const n = input.dims[0];
-    const C = this.numClasses;
-    const results = new Results(n, C);
+    const width = Math.max(...this.exitClasses);
+    const results = new Results(n, width);
+    let streak = new Streak(n);
     const labels = new Int32Array(n).fill(-1);
     const exits = new Int32Array(n).fill(-1);
     const confidences = new Float32Array(n);
     const final = new Uint8Array(n);
-    const p = new Float32Array(C);
+    const p = new Float32Array(width);
     let rows = Int32Array.from({ length: n }, (_, i) => i);
     let env = new Map([[this.inputName, input]]);
     try {
@@ -308,10 +316,12 @@ export class ExitChain {
         const alive = new Uint8Array(rows.length).fill(1);
         let left = rows.length;
         g.exits.forEach((k, j) => {
-          left = results.decide(out[g.logits[j]].data, k, thresholds[k], temperatures[k], rows, alive);
+          const zk = out[g.logits[j]];
+          left = results.decide(zk.data, k, thresholds[k], temperatures[k], rows, alive, rule, streak, zk.dims[1]);
         });
         const k = g.exits[g.exits.length - 1];
         const z = out[g.logits[g.logits.length - 1]].data;
+        const C = this.exitClasses[k];
         const running = new Uint8Array(n);
         for (let r = 0; r < rows.length; r++) {
           const i = rows[r];
@@ -333,6 +343,7 @@ export class ExitChain {
           const keep = new Int32Array(left);
           for (let r = 0, j = 0; r < rows.length; r++) if (alive[r]) keep[j++] = r;
           rows = keep.map((r) => rows[r]);
+          if (rule === 'patience') streak = streak.take(keep);
           const from = env;
           env = await this._serial(() => this._gatherRows(from, keep, input));
         }

@@ -20,7 +20,8 @@
  * @property {Int32Array} exits 0-based exit index each sample left at
  * @property {Float32Array} confidences max softmax probability at the exit taken
  * @property {Float32Array} probabilities (N, numClasses) softmax at the exit taken, row-major
- * @property {number} numClasses
+ *   (exits of fewer classes: zero beyond their count, chain.exitClasses[exit])
+ * @property {number} numClasses the widest exit's class count
  *
  * @typedef {object} Snapshot an anytime() call after one graph run (arrays: one entry per sample)
  * @property {number} graph index of the graph that just ran
@@ -37,4 +38,4 @@ export { BundleError, CalibrationError, InputError, ProviderError, RanetEdgeErro
 export { parseManifest } from './manifest.js';
 export { parsePoints, resolveThresholds } from './operating_points.js';
 export { fitImage, normalize, preprocess, specFrom } from './preprocess.js';
-export { softmaxRow } from './decide.js';
+export { RULES, softmaxRow } from './decide.js';

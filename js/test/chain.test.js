@@ -221,6 +221,40 @@ describe('inputs and thresholds', () => {
     assert.ok(Math.abs(t.temperatures[0] - 1.1387886) < 1e-6);
   });
 
+  test('exit rules: entropy and patience, their errors, and points that store a rule', async () => {
+    const x = chain.preprocess(images);
+    const refusals = [
+      [{ rule: 'margin' }, /unknown exit rule "margin"; use one of max_prob, entropy, patience/],
+      [{ rule: 'patience' }, /is for the 'max_prob' rule, not 'patience'/],
+      [{ patience: 0 }, /patience=0 must be a whole number >= 1/],
+      [{ patience: 2, rule: 'entropy' }, /goes with rule='patience', not 'entropy'/],
+      [{ patience: 2, thresholds: 0.5 }, /not both/],
+      [{ rule: 'entropy', thresholds: -1 }, /thresholds of the entropy rule must each be a max entropy >= 0/],
+      [{ rule: 'entropy', operatingPoint: 'p0.5' }, /'p0\.5' is for the 'max_prob' rule, not 'entropy'/],
+    ];
+    for (const [opt, re] of refusals) {
+      await assert.rejects(chain.predict(x, /** @type {any} */ (opt)), (/** @type {any} */ e) => e instanceof CalibrationError && re.test(e.message), String(re));
+    }
+    // entropy: Infinity keeps everyone to the last exit, a large finite value lets everyone go at exit 0
+    assert.deepEqual(Array.from((await chain.predict(x, { rule: 'entropy', thresholds: Infinity })).exits), images.map(() => 5));
+    assert.deepEqual(Array.from((await chain.predict(x, { rule: 'entropy', thresholds: 100 })).exits), images.map(() => 0));
+    // patience t never leaves before exit t
+    const p2 = await chain.predict(x, { patience: 2 });
+    assert.ok(Array.from(p2.exits).every((e) => e >= 2));
+    // a stored point with a rule: thresholds.json's 1e8 is "nobody leaves" for every rule
+    const dir = copyBundle('rules');
+    const points = JSON.parse(readFileSync(join(dir, 'thresholds.json'), 'utf8'));
+    points.points.calm = { ...points.points['p0.5'], rule: 'entropy', thresholds: [0.4, 1e8, 0.4, 0.4, 0.4, null] };
+    writeFileSync(join(dir, 'thresholds.json'), JSON.stringify(points));
+    const c = await ExitChain.load(dir, { ort });
+    assert.deepEqual(Array.from(c.resolveThresholds({ operatingPoint: 'calm' }).thresholds), [0.4, Infinity, 0.4, 0.4, 0.4, -Infinity]);
+    const stored = await c.predict(x, { operatingPoint: 'calm' });
+    const direct = await c.predict(x, { rule: 'entropy', thresholds: [0.4, Infinity, 0.4, 0.4, 0.4] });
+    assert.deepEqual(stored.exits, direct.exits);
+    assert.ok(!Array.from(stored.exits).includes(1));
+    await c.release();
+  });
+
   test('a threshold a sample meets exactly takes it (>=)', async () => {
     const x = chain.preprocess(images.slice(0, 1));
     const all = await chain.runAll(x);

@@ -76,9 +76,11 @@ export function relativeError(a, b) {
   return diff / scale;
 }
 
-/** The predict() options of a vectors key ('p0.5', '0.9', '0.95,0.9,...'). @param {any} p */
+/** The predict() options of a vectors key ('p0.5', '0.9', '0.95,0.9,...', 'entropy:0.5', 'patience:2'). @param {any} p */
 export function optionsOf(p) {
-  return p.operating_point !== undefined ? { operatingPoint: p.operating_point } : { thresholds: p.thresholds };
+  if (p.patience !== undefined) return { patience: p.patience };
+  const given = p.operating_point !== undefined ? { operatingPoint: p.operating_point } : { thresholds: p.thresholds };
+  return p.rule && p.rule !== 'max_prob' ? { ...given, rule: p.rule } : given;
 }
 
 // The bundle contract as JSON Schema, the very files the Python package ships

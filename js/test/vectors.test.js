@@ -10,7 +10,7 @@ import { before, describe, test } from 'node:test';
 import * as ort from 'onnxruntime-web';
 
 import { ExitChain } from '../src/index.js';
-import { Results } from '../src/decide.js';
+import { Results, Streak } from '../src/decide.js';
 import { BUNDLE, FIXTURES, VECTORS, optionsOf, pythonLogits, relativeError, shippedImages } from './helpers.js';
 
 ort.env.wasm.numThreads = 1;
@@ -108,12 +108,14 @@ describe('against the Python runtime', () => {
 
   test('the JS exit rule on the Python logits reproduces every Python decision', () => {
     for (const [key, p] of Object.entries(VECTORS.predictions)) {
-      const { thresholds, temperatures } = chain.resolveThresholds(optionsOf(p));
+      const { thresholds, temperatures, rule } = chain.resolveThresholds(optionsOf(p));
+      assert.equal(rule, p.rule, key);
       const n = images.length;
       const results = new Results(n, 10);
       const rows = Int32Array.from({ length: n }, (_, i) => i);
       const alive = new Uint8Array(n).fill(1);
-      refLogits.forEach((z, k) => results.decide(z, k, thresholds[k], temperatures[k], rows, alive));
+      const streak = new Streak(n);
+      refLogits.forEach((z, k) => results.decide(z, k, thresholds[k], temperatures[k], rows, alive, rule, streak));
       assert.deepEqual(Array.from(results.exits), p.exits, key);
       assert.deepEqual(Array.from(results.labels), p.labels, key);
       // numpy's vectorised float32 exp (a few units in the last place) and pairwise sum round

@@ -28,6 +28,9 @@ FIXTURES = JS / "test" / "fixtures"
 
 #: Threshold specs checked besides every stored operating point (as `--thresholds` takes them).
 EXTRA_SPECS = ["0.9", "0.95,0.9,0.85,0.8,0.75"]
+#: The other exit rules (issue 30): key -> (thresholds spec, rule, patience), as predict takes them.
+RULE_SPECS = {"entropy:0.5": ("0.5", "entropy", None), "entropy:1.2,0.9,0.6,0.4,0.3": ("1.2,0.9,0.6,0.4,0.3", "entropy", None),
+              "patience:1": (None, "patience", 1), "patience:2": (None, "patience", 2)}
 #: A sample whose confidence lies this close to a threshold it meets may leave elsewhere in a
 #: backend whose logits differ within the tolerance; the vectors count such samples.
 MARGIN = 1e-5
@@ -43,33 +46,45 @@ def _spec_value(spec: str):
     return parse_thresholds(spec)
 
 
-def _route(logits: list[np.ndarray], thr: np.ndarray, temps: np.ndarray) -> tuple[np.ndarray, ...]:
+def _route(logits: list[np.ndarray], thr: np.ndarray, temps: np.ndarray,
+           rule: str = "max_prob") -> tuple[np.ndarray, ...]:
     """Each sample's exit, label and confidence from every exit's logits, by the runtime's one
-    exit rule (``ranet_edge.runtime.decision.decide``) applied exit after exit: what the
-    JavaScript driver must reproduce."""
+    exit rule (``ranet_edge.runtime.decision.decide``) applied exit after exit (the patience
+    streak carried): what the JavaScript driver must reproduce."""
     from ranet_edge.runtime.decision import decide
 
     n = len(logits[0])
     exits, labels, conf = np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n, np.float32)
     alive = np.ones(n, bool)
+    state = None
     for k, z in enumerate(logits):
-        d = decide(z, thr[k], temps[k], alive)
+        d = decide(z, thr[k], temps[k], alive, rule, state)
+        state = d.state
         taken = np.flatnonzero(d.take)
         exits[taken], labels[taken], conf[taken] = k, d.labels, d.confidences
         alive &= ~d.take
     return exits, labels, conf
 
 
-def _margins(logits: list[np.ndarray], thr: np.ndarray, temps: np.ndarray, exits: np.ndarray) -> np.ndarray:
-    """Per sample: the smallest |confidence - threshold| over the exits it was judged at."""
+def _margins(logits: list[np.ndarray], thr: np.ndarray, temps: np.ndarray, exits: np.ndarray,
+             rule: str = "max_prob") -> np.ndarray:
+    """Per sample: the smallest distance to flipping a decision over the exits it was judged at:
+    |confidence - threshold| (max_prob), |entropy - threshold| (entropy), or the gap between
+    the two largest probabilities, which could swap its label (patience, every exit)."""
+    from ranet_edge.runtime.decision import entropy
+
     out = np.full(len(exits), np.inf)
-    for k in range(len(logits) - 1):
+    for k in range(len(logits) if rule == "patience" else len(logits) - 1):
         z = logits[k] / np.float32(temps[k]) if temps[k] != 1.0 else logits[k]
         e = np.exp(z - z.max(axis=1, keepdims=True))
-        conf = (1.0 / e.sum(axis=1)).astype(np.float64)
         judged = exits >= k
+        if rule == "patience":
+            top2 = np.sort(e / e.sum(axis=1, keepdims=True), axis=1)[:, -2:].astype(np.float64)
+            out[judged] = np.minimum(out[judged], top2[judged, 1] - top2[judged, 0])
+            continue
+        score = (1.0 / e.sum(axis=1)) if rule == "max_prob" else entropy(logits[k], float(temps[k]))
         if np.isfinite(thr[k]):
-            out[judged] = np.minimum(out[judged], np.abs(conf[judged] - thr[k]))
+            out[judged] = np.minimum(out[judged], np.abs(score.astype(np.float64)[judged] - thr[k]))
     return out
 
 
@@ -152,18 +167,22 @@ def build(out: Path = FIXTURES) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "logits.f32").write_bytes(np.stack(logits).astype("<f4").tobytes())
 
-    specs = {name: name for name in sorted(chain.operating_points)} | {s: _spec_value(s) for s in EXTRA_SPECS}
+    specs = {name: (name, None, None) for name in sorted(chain.operating_points)} \
+        | {s: (_spec_value(s), None, None) for s in EXTRA_SPECS} \
+        | {key: (None if s is None else _spec_value(s), r, t) for key, (s, r, t) in RULE_SPECS.items()}
     predictions = {}
-    for key, value in specs.items():
-        thr, temps = chain.resolve_thresholds(value)
-        exits, labels, confidences = _route(logits, thr, temps)
-        res = chain.predict(x, value)  # the chain's routing loop must say the same
+    for key, (value, rule, patience) in specs.items():
+        thr, temps, rule = chain.resolve_rule(value, rule, patience)
+        exits, labels, confidences = _route(logits, thr, temps, rule)
+        res = chain.predict(x, value, rule, patience)  # the chain's routing loop must say the same
         if not (np.array_equal(res.exits, exits) and np.array_equal(res.labels, labels)
                 and np.array_equal(res.confidences, confidences)):
             raise RuntimeError(f"{key}: ExitChain.predict disagrees with the exit rule applied to run_all's logits")
-        margin = _margins(logits, thr, temps, exits)
+        margin = _margins(logits, thr, temps, exits, rule)
+        given = {"patience": patience} if patience is not None else \
+            {"operating_point" if isinstance(value, str) else "thresholds": value}
         predictions[key] = {
-            "operating_point" if isinstance(value, str) else "thresholds": value,
+            **given, "rule": rule,
             "exits": exits.tolist(), "labels": labels.tolist(),
             "confidences": [float(c) for c in confidences],
             "exit_counts": np.bincount(exits, minlength=chain.num_exits).tolist(),

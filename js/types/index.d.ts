@@ -38,7 +38,14 @@ export interface ThresholdOptions {
   thresholds?: number | number[];
   /** A name stored in the bundle's thresholds.json. */
   operatingPoint?: string;
+  /** The exit rule (default: the operating point's, else max_prob); entropy thresholds are max entropies. */
+  rule?: ExitRule;
+  /** PABEE's t (rule 'patience'): a sample leaves once its label equals that of the t exits before. */
+  patience?: number;
 }
+
+export type ExitRule = 'max_prob' | 'entropy' | 'patience';
+export const RULES: ExitRule[];
 
 export interface OperatingPoint {
   /** One per exit; the last is -Infinity (accept everything). */
@@ -49,6 +56,8 @@ export interface OperatingPoint {
   expected_flops: number;
   expected_ms: number | null;
   provider: string | null;
+  /** The exit rule the thresholds are for ('max_prob' when the file says none). */
+  rule: ExitRule;
 }
 
 /** Per-sample results, in input order. */
@@ -58,8 +67,9 @@ export interface Prediction {
   exits: Int32Array;
   /** Max softmax probability at the exit taken. */
   confidences: Float32Array;
-  /** (N, numClasses) softmax at the exit taken, row-major. */
+  /** (N, numClasses) softmax at the exit taken, row-major; zero beyond the class count of the exit taken. */
   probabilities: Float32Array;
+  /** The widest exit's class count. */
   numClasses: number;
 }
 
@@ -110,6 +120,8 @@ export class ExitChain {
   readonly manifest: Record<string, any>;
   readonly numExits: number;
   readonly numClasses: number;
+  /** Each exit's class count. */
+  readonly exitClasses: number[];
   readonly classNames: string[] | null;
   /** (C, H, W) of one input image. */
   readonly inputShape: number[];
@@ -131,7 +143,7 @@ export class ExitChain {
   /** The input as a checked tensor; throws InputError naming the problem. */
   checkInput(x: InputTensor): Tensor;
   /** One threshold (the last is -Infinity) and one temperature per exit. */
-  resolveThresholds(options?: ThresholdOptions): { thresholds: Float64Array; temperatures: Float32Array };
+  resolveThresholds(options?: ThresholdOptions): { thresholds: Float64Array; temperatures: Float32Array; rule: ExitRule };
   /** Every exit's logits for every sample: one CPU tensor (N, classes) per exit. */
   runAll(x: InputTensor): Promise<Tensor[]>;
   /** Each sample stops at the first exit confident enough (default: the bundle's default operating point). */
@@ -154,11 +166,12 @@ export class ProviderError extends RanetEdgeError {}
 export function parseManifest(text: string, where: string): { data: any; graphs: any[]; numExits: number; inputName: string };
 export function parsePoints(text: string | null, where: string): { points: Record<string, OperatingPoint>; default: string | null };
 export function resolveThresholds(k: number, points: Record<string, OperatingPoint>, defaultName: string | null, options?: ThresholdOptions):
-  { thresholds: Float64Array; temperatures: Float32Array };
+  { thresholds: Float64Array; temperatures: Float32Array; rule: ExitRule };
 export function specFrom(preprocessing: Record<string, any>): PreprocessSpec;
 /** One image to spec.size square uint8 RGB (HWC), resized with OpenCV's geometry. */
 export function fitImage(image: Pixels, spec: PreprocessSpec, index?: number): Uint8Array;
 export function normalize(fitted: Uint8Array[], spec: PreprocessSpec): Float32Array;
 export function preprocess(images: Pixels | Pixels[], spec: PreprocessSpec): { data: Float32Array; dims: number[] };
-/** Softmax of one row in float32 into `probs`; returns the max probability. */
-export function softmaxRow(z: ArrayLike<number>, offset: number, classes: number, temperature: number, probs: Float32Array): number;
+/** Softmax of one row in float32 into `probs`; returns the max probability (and with `out`, sets its entropy). */
+export function softmaxRow(z: ArrayLike<number>, offset: number, classes: number, temperature: number, probs: Float32Array,
+  out?: { entropy: number }): number;
