@@ -189,6 +189,21 @@ def test_patience_on_the_shipped_trained_ranet(t):
     check_against(chain, x, logits, want, patience=t)
 
 
+def test_every_executor_routes_the_rules_alike(shipped_copy):
+    bundle, images, _ = shipped_copy
+    x = None
+    runs = {}
+    for options in ({}, {"device_io": True}, {"capture": True, "buckets": [1, 8, 32]}):
+        chain = ExitChain.load(bundle, threads=1, **options)
+        x = chain.preprocess(images[:40]) if x is None else x
+        runs[chain.executor.kind] = [chain.predict(x, **kw).exits for kw in
+                                     ({"patience": 2}, {"rule": "entropy", "thresholds": 0.4})]
+    assert set(runs) == {"host", "device", "captured"}
+    for got in runs.values():
+        for a, b in zip(got, runs["host"]):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"rule": "patience"}, "needs patience=t"),
     ({"patience": 0}, "whole number >= 1"),

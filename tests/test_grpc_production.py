@@ -102,7 +102,7 @@ class StalledEngine:
         self.model = model
         self.closing = False
 
-    async def classify(self, x, point):
+    async def classify(self, x, point, rule=None, patience=None):
         await asyncio.Event().wait()
 
 
