@@ -17,8 +17,10 @@ class Prediction:
 
     labels: np.ndarray  # int64 (N,)
     exits: np.ndarray  # int64 (N,), 0-based exit index
-    confidences: np.ndarray  # float32 (N,), max softmax probability at the exit taken
-    probabilities: np.ndarray  # float32 (N, classes), softmax at the exit taken
+    confidences: np.ndarray  # float32 (N,), max softmax probability at the exit taken (every rule)
+    # float32 (N, classes), softmax at the exit taken; when exits differ in class count, classes is
+    # the widest exit's and a row is zero beyond its exit's count (ExitChain.exit_classes)
+    probabilities: np.ndarray
     cut: np.ndarray | None = field(default=None, repr=False)  # see deadline_cut (None: nobody cut)
 
     @property

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * ranet-edge for Node: `ranet-edge predict BUNDLE IMAGE... [--thresholds SPEC] [--json]`, the
+ * ranet-edge for Node: `ranet-edge predict BUNDLE IMAGE... [--thresholds SPEC] [--rule R] [--patience T] [--json]`, the
  * Python CLI's `predict` on onnxruntime-web's WebAssembly backend, with the same output.
  */
 import { readFileSync } from 'node:fs';
@@ -9,12 +9,15 @@ import { ExitChain, RanetEdgeError } from '../src/index.js';
 import { readImage } from '../src/node.js';
 import { pyFixed, pyJson, pyRound } from '../src/pyjson.js';
 
-const USAGE = `Usage: ranet-edge predict BUNDLE IMAGE... [--thresholds SPEC] [--threads N] [--json]
+const USAGE = `Usage: ranet-edge predict BUNDLE IMAGE... [--thresholds SPEC] [--rule R] [--patience T] [--threads N] [--json]
 
-  Classify PNG or JPEG files; each stops at the first exit confident enough.
+  Classify PNG or JPEG files; each stops at the first exit its exit rule takes it at.
 
   --thresholds SPEC  one value, a comma list per exit, or an operating point name
                      [default: the bundle's default operating point]
+  --rule R           max_prob, entropy (thresholds are max entropies) or patience
+                     [default: the operating point's, else max_prob]
+  --patience T       PABEE's t: leave once t exits in a row agree with this one's label
   --threads N        WebAssembly threads [default: 1]
   --json             print machine-readable JSON (as \`ranet-edge predict --json\`)`;
 
@@ -41,7 +44,7 @@ export function parseThresholds(spec) {
 
 /** @param {string[]} argv */
 function parseArgs(argv) {
-  /** @type {{positional: string[], json: boolean, thresholds?: string, threads: number, help: boolean, version: boolean}} */
+  /** @type {{positional: string[], json: boolean, thresholds?: string, rule?: string, patience?: number, threads: number, help: boolean, version: boolean}} */
   const out = { positional: [], json: false, threads: 1, help: false, version: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -55,6 +58,12 @@ function parseArgs(argv) {
     else if (a === '-h' || a === '--help') out.help = true;
     else if (a === '--version') out.version = true;
     else if (a === '--thresholds' || a.startsWith('--thresholds=')) out.thresholds = value();
+    else if (a === '--rule' || a.startsWith('--rule=')) out.rule = value();
+    else if (a === '--patience' || a.startsWith('--patience=')) {
+      const v = value();
+      out.patience = Number(v);
+      if (!/^\d+$/.test(v) || out.patience < 1) throw new UsageError(`--patience ${v} must be a whole number >= 1`);
+    }
     else if (a === '--threads' || a.startsWith('--threads=')) {
       const v = value();
       out.threads = Number(v);
@@ -87,14 +96,16 @@ async function main(argv) {
   ort.env.wasm.numThreads = args.threads;
   ort.env.logLevel = 'error';
   const chain = await ExitChain.load(bundle, { ort, warmup: false }); // one call: nothing to warm up for
-  const options = parseThresholds(args.thresholds);
+  const options = { ...parseThresholds(args.thresholds), ...(args.rule ? { rule: args.rule } : {}),
+    ...(args.patience ? { patience: args.patience } : {}) };
   chain.resolveThresholds(options); // a bad spec fails before any image is read
   const pixels = [];
   for (const path of images) pixels.push(await readImage(path));
   const res = await chain.predict(chain.preprocess(pixels), options);
-  const names = chain.classNames;
+  const names = chain.classNames; // they name the last exit's classes
+  const named = (/** @type {number} */ i) => names && chain.exitClasses[res.exits[i]] === names.length;
   const rows = images.map((image, i) => ({
-    image, label: res.labels[i], class: names ? names[res.labels[i]] : String(res.labels[i]),
+    image, label: res.labels[i], class: named(i) ? /** @type {string[]} */ (names)[res.labels[i]] : String(res.labels[i]),
     exit: res.exits[i], confidence: pyRound(res.confidences[i], 6),
   }));
   if (args.json) {

@@ -87,6 +87,8 @@ describe('errors: one line, exit code 2', () => {
     [['predict', 'no-such-dir', png], /^error: no-such-dir is not a bundle \(no manifest\.json\); create one with `ranet-edge export`$/],
     [['predict', bundle, png, '--provider', 'cuda'], /^error: no such option --provider; see ranet-edge --help$/],
     [['predict', bundle, png, '--threads', '0'], /^error: --threads 0 must be a positive integer$/],
+    [['predict', bundle, png, '--patience', '0'], /^error: --patience 0 must be a whole number >= 1$/],
+    [['predict', bundle, png, '--rule', 'entropy'], /^error: operating point 'iso-accuracy' is for the 'max_prob' rule, not 'entropy'/],
     [['predict', bundle], /^error: missing argument IMAGE\.\.\./],
     [['train'], /^error: no such command 'train'; this CLI has: predict$/],
   ];
@@ -99,6 +101,17 @@ describe('errors: one line, exit code 2', () => {
       assert.match(stderr.trim(), /** @type {RegExp} */ (re));
     });
   }
+
+  test('--patience and --rule route as the Python vectors say', async () => {
+    const file = 'test/fixtures/images/val103-exit3-bird.png'; // image 103 of the shipped sample, PNG: lossless
+    for (const [args, key] of [[['--patience', '2'], 'patience:2'], [['--rule', 'entropy', '--thresholds', '0.5'], 'entropy:0.5']]) {
+      const { code, stdout, stderr } = await cli(['predict', bundle, file, ...args, '--json']);
+      assert.equal(code, 0, stderr);
+      const [row] = JSON.parse(stdout);
+      assert.equal(row.exit, VECTORS.predictions[key].exits[103], key);
+      assert.equal(row.label, VECTORS.predictions[key].labels[103], key);
+    }
+  });
 
   test('--help and --version', async () => {
     const help = await cli(['--help']);
