@@ -428,7 +428,7 @@ def test_rows_of_several_rules_decide_as_predict_does(shipped_copy):
         a, b = rows.select(Keep(), keep[:half], None, 0.0), rows.select(Keep(), keep[half:], None, 0.0)
         rows = Rows.merge(Keep(), [b, a])
     for j, (t, rule, pat) in enumerate(asks):
-        np.testing.assert_array_equal(exits[j::4], chain.predict(x[j::4], t, rule, pat).exits)
+        np.testing.assert_array_equal(exits[j::4], chain.predict(x[j::4], t, rule=rule, patience=pat).exits)
 
 
 # ------------------------------------------------------------------ the command line
@@ -452,3 +452,20 @@ def test_predict_command_takes_rule_and_patience(run, shipped_copy, tmp_path):
     res = run("predict", bundle, files[0], "--rule", "entropy")
     assert res.exit_code == 2 and res.output.startswith("error: operating point 'iso-accuracy' is for the 'max_prob'")
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_deadlines_and_anytime_take_the_rules(shipped_copy):
+    """predict(deadline_ms=...) and anytime() route by the same rule as predict (issue 31's
+    paths): a deadline that never bites changes nothing, and anytime's last answers are predict's."""
+    bundle, images, _ = shipped_copy
+    chain = ExitChain.load(bundle, threads=1)
+    x = chain.preprocess(images[:48])
+    for kw in ({"patience": 2}, {"thresholds": 0.4, "rule": "entropy"}):
+        want = chain.predict(x, **kw)
+        late = chain.predict(x, deadline_ms=1e7, **kw)
+        np.testing.assert_array_equal(late.exits, want.exits)
+        assert not late.deadline_cut.any()
+        snaps = list(chain.anytime(x, **kw))
+        assert snaps[-1].done
+        np.testing.assert_array_equal(snaps[-1].exits, want.exits)
+        np.testing.assert_array_equal(snaps[-1].labels, want.labels)

@@ -102,7 +102,7 @@ class StalledEngine:
         self.model = model
         self.closing = False
 
-    async def classify(self, x, point, rule=None, patience=None):
+    async def classify(self, x, point):
         await asyncio.Event().wait()
 
 

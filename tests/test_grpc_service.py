@@ -125,7 +125,7 @@ def test_rule_and_patience_parameters(client, model, images):
     names = ("label", "exit", "confidence")
     for params in ({"patience": 1}, {"rule": "patience", "patience": 3}, {"rule": "max_prob"}):
         result = client.infer(NAME, [t], outputs=outputs(*names), parameters=params, client_timeout=WAIT_S)
-        assert_answers(result, model.chain.predict(x, None, params.get("rule"), params.get("patience")), names)
+        assert_answers(result, model.chain.predict(x, None, rule=params.get("rule"), patience=params.get("patience")), names)
     with pytest.raises(InferenceServerException) as e:
         client.infer(NAME, [t], parameters={"patience": 0}, client_timeout=WAIT_S)
     assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "patience must be a whole number" in e.value.message()

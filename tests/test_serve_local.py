@@ -174,7 +174,7 @@ def test_rule_and_patience_parameters_on_v1_and_v2(server, sample, chain):
     for (status, _, raw), (idx, params, point, v1) in zip(send_all(requests), meta):
         body = json.loads(raw)
         assert status == 200, body
-        want = chain.predict(chain.preprocess(sample[idx]), point, params.get("rule"), params.get("patience"))
+        want = chain.predict(chain.preprocess(sample[idx]), point, rule=params.get("rule"), patience=params.get("patience"))
         if v1:
             got_labels, got_exits = [p["label"] for p in body["predictions"]], [p["exit"] for p in body["predictions"]]
             assert body["operating_point"] == (None if params.get("patience") else (point or "iso-accuracy"))

@@ -174,7 +174,7 @@ def build(out: Path = FIXTURES) -> dict:
     for key, (value, rule, patience) in specs.items():
         thr, temps, rule = chain.resolve_rule(value, rule, patience)
         exits, labels, confidences = _route(logits, thr, temps, rule)
-        res = chain.predict(x, value, rule, patience)  # the chain's routing loop must say the same
+        res = chain.predict(x, value, rule=rule, patience=patience)  # the chain's routing loop must say the same
         if not (np.array_equal(res.exits, exits) and np.array_equal(res.labels, labels)
                 and np.array_equal(res.confidences, confidences)):
             raise RuntimeError(f"{key}: ExitChain.predict disagrees with the exit rule applied to run_all's logits")

@@ -116,7 +116,7 @@ def predict(bundle: str, images: tuple[str, ...], provider: str, threads: int | 
         if not Path(path).is_file():
             raise InputError(f"image {path} does not exist")
         arrays.append(read_image(path))
-    res = chain.predict(chain.preprocess(arrays), parse_thresholds(thresholds), rule, patience)
+    res = chain.predict(chain.preprocess(arrays), parse_thresholds(thresholds), rule=rule, patience=patience)
     names, counts = chain.class_names, chain.exit_classes  # class names name the last exit's classes
     rows = [{"image": p, "label": int(lab), "class": names[lab] if names and counts[e] == len(names) else str(lab),
              "exit": int(e),
