@@ -16,10 +16,6 @@ from ranet_edge.errors import CalibrationError
 
 from .decision import RULES
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from .operating_points import OperatingPoint
-
 __all__ = ["RANGES", "cached", "check_rule", "check_thresholds", "resolve", "resolve_rule", "select"]
 
 #: What a finite threshold is, per rule (``inf``: nobody leaves there, ``-inf``: everybody).
@@ -56,7 +52,7 @@ def check_thresholds(values: Sequence[float], what: str = "thresholds", rule: st
                                f"there), got {head}")
 
 
-def select(points: Mapping[str, OperatingPoint], name: str) -> OperatingPoint:
+def select(points: Mapping[str, Any], name: str) -> Any:
     """The stored point ``name``.
 
     Raises:
@@ -69,7 +65,7 @@ def select(points: Mapping[str, OperatingPoint], name: str) -> OperatingPoint:
         raise CalibrationError(f"unknown operating point {name!r}; stored: {stored}") from None
 
 
-def resolve(spec: Any, num_exits: int, points: Mapping[str, OperatingPoint],
+def resolve(spec: Any, num_exits: int, points: Mapping[str, Any],
             default: str | None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`resolve_rule` for callers that decide by ``max_prob`` only: (thresholds,
     temperatures).
@@ -85,7 +81,7 @@ def resolve(spec: Any, num_exits: int, points: Mapping[str, OperatingPoint],
     return thr, temps
 
 
-def resolve_rule(spec: Any, num_exits: int, points: Mapping[str, OperatingPoint], default: str | None,
+def resolve_rule(spec: Any, num_exits: int, points: Mapping[str, Any], default: str | None,
                  rule: str | None = None, patience: Any = None) -> tuple[np.ndarray, np.ndarray, str]:
     """(thresholds float64, temperatures float32, rule) for what a predict call passed, one
     value per exit each; the last threshold is -inf.
@@ -149,7 +145,7 @@ def resolve_rule(spec: Any, num_exits: int, points: Mapping[str, OperatingPoint]
 
 
 def cached(cache: dict, spec: Any, rule: str | None, patience: Any, num_exits: int,
-           points: Mapping[str, OperatingPoint], default: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+           points: Mapping[str, Any], default: str | None) -> tuple[np.ndarray, np.ndarray, str]:
     """:func:`resolve_rule`, memoised in ``cache`` for the hashable forms (a name, a value, a
     tuple/list; at most 256 of them).
 
