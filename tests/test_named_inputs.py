@@ -8,10 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from text_models import SEQUENCE, EarlyExitBert, text_batch
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch")  # the export extra: skipped in the lean install
 pytest.importorskip("onnx")
+
+from text_models import SEQUENCE, EarlyExitBert, text_batch  # noqa: E402
 
 from ranet_edge.errors import InputError  # noqa: E402
 from ranet_edge.export import ExportSpec, export_model  # noqa: E402
