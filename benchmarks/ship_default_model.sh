@@ -4,7 +4,7 @@
 # 1. best.pt without optimizer state -> ranet_edge/assets/default.pt
 # 2. export with --monolithic -> ranet_edge/assets/default-bundle, with operating points
 #    calibrated on the run's 5,000-image validation split, and a ladder of 8 (`calibrate --ladder 8`)
-#    on the shipped 500 labelled images
+#    on the same split
 # 3. benchmarks/run_all.sh and the docs tables (benchmarks/readme_tables.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,9 @@ FINAL=$($BIN/python -c "import torch; print(torch.load('ranet_edge/assets/defaul
 $BIN/ranet-edge calibrate "$B" --data "$DATA" --holdout 5000 --p 0.5 --name p0.5 > /dev/null
 $BIN/ranet-edge calibrate "$B" --data "$DATA" --holdout 5000 --target-accuracy "$FINAL" --name iso-accuracy-t --temperature
 $BIN/ranet-edge calibrate "$B" --data "$DATA" --holdout 5000 --target-accuracy "$FINAL" --name iso-accuracy --default
-# the ladder `serve --slo-ms` moves along: fitted on the shipped 500 labelled images (no --data)
-$BIN/ranet-edge calibrate "$B" --ladder 8
+# the ladder `serve --slo-ms` moves along, fitted on the same split: fitted on the shipped 500 images,
+# its thresholds would sit exactly on some of their confidences, and the JS driver's float math
+# (not numpy's float32 exp) could not be checked against Python on those ties
+$BIN/ranet-edge calibrate "$B" --data "$DATA" --holdout 5000 --ladder 8
 bash benchmarks/run_all.sh "$DATA"
 $BIN/python benchmarks/readme_tables.py

@@ -54,7 +54,7 @@ describe('loading', () => {
     assert.deepEqual(chain.inputShape, [3, 32, 32]);
     assert.equal(chain.classNames[3], 'cat');
     assert.equal(chain.defaultOperatingPoint, 'iso-accuracy');
-    assert.deepEqual(Object.keys(chain.operatingPoints).sort(), ['iso-accuracy', 'iso-accuracy-t', 'p0.5']);
+    assert.deepEqual(Object.keys(chain.operatingPoints).sort(), ['iso-accuracy', 'iso-accuracy-t', 'ladder-0', 'ladder-1', 'ladder-2', 'ladder-3', 'ladder-4', 'ladder-5', 'ladder-6', 'ladder-7', 'p0.5']);
     assert.equal(chain.operatingPoints['p0.5'].thresholds[5], -Infinity);
     assert.deepEqual(chain.executionProviders, ['wasm']);
   });
@@ -200,7 +200,7 @@ describe('inputs and thresholds', () => {
   test('thresholds: the Python rules and messages', async () => {
     const x = chain.preprocess(images);
     const refusals = [
-      [{ operatingPoint: 'fast' }, /unknown operating point "fast"; stored: iso-accuracy, iso-accuracy-t, p0\.5/],
+      [{ operatingPoint: 'fast' }, /unknown operating point "fast"; stored: iso-accuracy, iso-accuracy-t, ladder-0, ladder-1, ladder-2, ladder-3, ladder-4, ladder-5, ladder-6, ladder-7, p0\.5/],
       [{ thresholds: [0.5, 0.5] }, /give 5 or 6 thresholds \(one per exit, the last always accepts\), got 2/],
       [{ thresholds: 1.5 }, /thresholds must lie in \[0, 1\], got \[1\.5, 1\.5, 1\.5, 1\.5, 1\.5\]/],
       [{ thresholds: [0.5, 0.5, NaN, 0.5, 0.5] }, /thresholds must lie in \[0, 1\]/],

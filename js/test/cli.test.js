@@ -81,7 +81,7 @@ describe('errors: one line, exit code 2', () => {
     [['predict', bundle, 'nope.png'], /^error: image nope\.png does not exist$/],
     [['predict', bundle, corrupt], /^error: cannot decode image .*corrupt\.png: the file is corrupt or not an image/],
     [['predict', bundle, text], /^error: cannot decode image .*notes\.png: not a PNG or JPEG file; convert it to PNG or JPEG$/],
-    [['predict', bundle, png, '--thresholds', 'fast'], /^error: unknown operating point "fast"; stored: iso-accuracy, iso-accuracy-t, p0\.5$/],
+    [['predict', bundle, png, '--thresholds', 'fast'], /^error: unknown operating point "fast"; stored: iso-accuracy, iso-accuracy-t, ladder-0, ladder-1, ladder-2, ladder-3, ladder-4, ladder-5, ladder-6, ladder-7, p0\.5$/],
     [['predict', bundle, png, '--thresholds', '1.5'], /^error: thresholds must lie in \[0, 1\]/],
     [['predict', bundle, png, '--thresholds', '0.5,0.5'], /^error: give 5 or 6 thresholds/],
     [['predict', 'no-such-dir', png], /^error: no-such-dir is not a bundle \(no manifest\.json\); create one with `ranet-edge export`$/],

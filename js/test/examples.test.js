@@ -23,7 +23,7 @@ const pick = python.filter((/** @type {any} */ r) => r.image.endsWith('.png') &&
 test('examples/node.mjs prints what `ranet-edge predict` prints in Python', async () => {
   const { stdout } = await promisify(execFile)(process.execPath, ['examples/node.mjs', relative(JS, BUNDLE), ...pick.map((/** @type {any} */ r) => r.image)], { cwd: JS });
   const lines = stdout.trim().split('\n');
-  assert.equal(lines[0], '6 exits, operating points: iso-accuracy, iso-accuracy-t, p0.5');
+  assert.equal(lines[0], '6 exits, operating points: iso-accuracy, iso-accuracy-t, ladder-0, ladder-1, ladder-2, ladder-3, ladder-4, ladder-5, ladder-6, ladder-7, p0.5');
   assert.deepEqual(lines.slice(1), pick.map((/** @type {any} */ r) => `${r.image}: ${r.class}, exit ${r.exit}, confidence ${pyFixed(r.confidence, 3)}`));
 });
 
