@@ -116,7 +116,7 @@ def _export(model: torch.nn.Module, example: tuple[torch.Tensor, ...], ex: Examp
     with guarded_export(ex, static_batch, notes):
         torch.onnx.export(model, example, buf, dynamo=dynamo, input_names=list(ex.names),
                           output_names=names, dynamic_axes=axes or None, opset_version=opset,
-                          do_constant_folding=True)
+                          do_constant_folding=True, verbose=False)
     m = onnx.load_from_string(buf.getvalue())
     m.graph.name = "multi_exit"
     m.producer_name, m.producer_version = "ranet-edge", __version__
