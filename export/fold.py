@@ -106,27 +106,35 @@ _METADATA = {"dim", "size", "numel", "__get__", "stride", "is_contiguous", "is_f
 
 
 class _Reads(TorchFunctionMode):
-    """Counts, per watched tensor, the torch calls that read its values (not its metadata)."""
+    """Counts, per watched tensor, the torch calls that read its values (not its metadata),
+    and notes each call's name in ``funcs`` (conv weights: read by ``conv2d`` alone?)."""
 
-    def __init__(self, watched: dict[int, Any], reads: Counter):
+    def __init__(self, watched: dict[int, Any], reads: Counter, weights: dict[int, Any], funcs: dict[int, list]):
         super().__init__()
-        self.watched, self.reads = watched, reads
+        self.watched, self.reads, self.weights, self.funcs = watched, reads, weights, funcs
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") not in _METADATA:
+        name = getattr(func, "__name__", "")
+        if name not in _METADATA:
             for leaf in tree_leaves((args, kwargs or {})):
                 if isinstance(leaf, torch.Tensor) and id(leaf) in self.watched:
                     self.reads[id(leaf)] += 1
+                if isinstance(leaf, torch.Tensor) and id(leaf) in self.weights:
+                    self.funcs.setdefault(id(leaf), []).append(name)
         return func(*args, **(kwargs or {}))
 
 
 def conv_bn_pairs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[tuple[nn.Module, nn.Module]]:
     """(conv, batch norm) pairs of ``model`` run once on ``example``: the batch norm's input
-    is the convolution's output, read by nothing else, and each module ran once."""
+    is the convolution's output, read by nothing else, each module ran once, and the conv's
+    weight went straight into one ``conv2d`` (not a ``Conv2d`` subclass that transforms it
+    first, as timm's weight-standardized ``StdConv2d`` does: scaling it would be undone)."""
     calls: Counter = Counter()
     outputs: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # id(conv output) -> (conv, output kept alive)
     inputs: dict[nn.Module, int] = {}  # batch norm -> id(its input)
     reads: Counter = Counter()
+    weights = {id(m.weight): m for m in model.modules() if isinstance(m, nn.Conv2d)}
+    funcs: dict[int, list] = {}  # id(conv weight) -> the torch calls that read it
     hooks = []
     for m in model.modules():
         hooks.append(m.register_forward_pre_hook(lambda mod, args: calls.update([mod])))
@@ -136,7 +144,7 @@ def conv_bn_pairs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[t
             hooks.append(m.register_forward_pre_hook(
                 lambda mod, args: inputs.__setitem__(mod, id(args[0])) if args else None))
     try:
-        with torch.no_grad(), _Reads(outputs, reads):
+        with torch.no_grad(), _Reads(outputs, reads, weights, funcs):
             model(*example)
     finally:
         for h in hooks:
@@ -144,7 +152,8 @@ def conv_bn_pairs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[t
     pairs = []
     for bn, tid in inputs.items():
         conv = outputs.get(tid, (None,))[0]
-        if conv is not None and calls[conv] == 1 and calls[bn] == 1 and reads[tid] == 1 and _foldable(conv, bn):
+        if conv is not None and calls[conv] == 1 and calls[bn] == 1 and reads[tid] == 1 and _foldable(conv, bn) \
+                and funcs.get(id(conv.weight)) == ["conv2d"]:
             pairs.append((conv, bn))
     return pairs
 

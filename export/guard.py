@@ -7,7 +7,8 @@ as one line.
 - The tracer's warnings are read, not silenced: a ``Converting a tensor to a Python boolean``
   warning means ``forward`` branches on a tensor, and tracing keeps the one path the example
   took. Where the source line it points to reads no size (``.shape``, ``size()``, ``len()``),
-  the branch is on values: refused, naming that line. The tracer's other warnings on values
+  the branch is on values: refused, naming that line (unless the line is torch's own, such as
+  ``nn.MultiheadAttention``'s size checks: a note). The tracer's other warnings on values
   (a tensor turned into a Python number) become notes; those on sizes pass. Validation on a
   second input, of other sizes along every dynamic axis, catches what changes the result.
 - Every exception of ``torch.onnx.export`` is one :class:`~ranet_edge.errors.ExportError`
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import linecache
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -38,8 +40,12 @@ _FORM = ("give inputs as a (C, H, W) image shape, or as a dict name -> example t
          "a mask...) in forward's argument order")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch.export colours its messages
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+
 def _one_line(exc: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(_ANSI.sub("", str(exc)).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
@@ -85,7 +91,9 @@ def count_exits(model: torch.nn.Module, ex: ExampleInputs, second: dict[str, np.
 
 def _explain(exc: BaseException, ex: ExampleInputs, static_batch: int | None) -> str:
     text = str(exc)
-    if "adaptive pool" in text or "output_size is not constant" in text:
+    if type(exc).__name__ == "TorchExportError":  # the dynamo path: torch.export could not trace forward
+        fix = "export with exporter='torchscript' (ExportSpec(exporter='torchscript'), --exporter torchscript)"
+    elif "adaptive pool" in text or "output_size is not constant" in text:
         fix = ("give the pool a constant output size (e.g. nn.AdaptiveAvgPool2d((1, 1)) or a fixed kernel), or "
                "export with a static batch size (ExportSpec(batch_size=N), --batch-size N)")
     elif "scalar types: Long, Int" in text or "'indices'" in text:
@@ -123,7 +131,7 @@ def guarded_export(ex: ExampleInputs, static_batch: int | None, notes: list[str]
         first = str(w.message).split(". ")[0]
         if _on_shapes(w.filename, w.lineno):
             continue  # a size: the same at every validated size, or validation says otherwise
-        if "Python boolean" in first:
+        if "Python boolean" in first and not w.filename.startswith(_TORCH_DIR):  # torch's own checks: a note
             raise ExportError(f"the model's forward branches on a tensor's value at {w.filename}:{w.lineno} "
                               f"(tracer: {first}); tracing keeps only the path the example took, so the bundle "
                               "would be wrong: compute every exit and return them all, without data-dependent if")

@@ -111,10 +111,12 @@ def _export(model: torch.nn.Module, example: tuple[torch.Tensor, ...], ex: Examp
         axes = {**(axes or {}), **{n: {0: BATCH} for n in names}}
     buf = io.BytesIO()
     dynamo = use_dynamo(exporter, opset)
+    if dynamo and static_batch is None:  # torch.export fixes an axis of size 1 to 1: trace the batch at 2
+        example = tuple(t.expand(2, *t.shape[1:]).clone() if t.shape[0] == 1 else t for t in example)
     with guarded_export(ex, static_batch, notes):
         torch.onnx.export(model, example, buf, dynamo=dynamo, input_names=list(ex.names),
                           output_names=names, dynamic_axes=axes or None, opset_version=opset,
-                          do_constant_folding=True)
+                          do_constant_folding=True, verbose=False)
     m = onnx.load_from_string(buf.getvalue())
     m.graph.name = "multi_exit"
     m.producer_name, m.producer_version = "ranet-edge", __version__

@@ -20,7 +20,7 @@ import pytest
 pytest_plugins = ["quick_loop"]
 
 DATA = Path(__file__).parent / "data"
-EXTRA_OF = {"torch": "export", "onnx": "export", "onnxsim": "export", "matplotlib": "plot"}
+EXTRA_OF = {"torch": "export", "onnx": "export", "onnxsim": "export", "matplotlib": "plot", "onnxscript": "dynamo"}
 
 
 def pytest_runtest_setup(item):

@@ -154,9 +154,11 @@ def default_checkpoint() -> Path:
               help="one graph per exit, or one per RANet sub-network")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="max |diff| / max |logit| allowed at every exit")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="torch.onnx.export's path (dynamo: the 'dynamo' extra, --opset 18 or later)")
 @click.option("--force", is_flag=True, help="replace a non-empty output directory")
 def export(ckpt: str | None, out: str | None, opset: int, batch_size: int | None, no_simplify: bool,
-           monolithic: bool, granularity: str, tolerance: float, force: bool, **kwargs) -> None:
+           monolithic: bool, granularity: str, tolerance: float, exporter: str, force: bool, **kwargs) -> None:
     """Export a checkpoint to a bundle of chained per-exit ONNX graphs, validated against PyTorch.
     \f
     Raises:
@@ -193,7 +195,7 @@ def export(ckpt: str | None, out: str | None, opset: int, batch_size: int | None
     config, source, arch = resolve_arch(preset, flags)
     out = out or (Path(ckpt).name.split(".")[0] + ".bundle")
     spec = ExportSpec(opset=opset, batch_size=batch_size, simplify=not no_simplify, monolithic=monolithic,
-                      granularity=granularity, tolerance=tolerance)
+                      granularity=granularity, tolerance=tolerance, exporter=exporter)
     t0 = time.perf_counter()
     result = export_checkpoint(ckpt, out, spec, config, source, force=force,
                                arch=arch)
