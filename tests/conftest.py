@@ -173,3 +173,19 @@ def tiny_copy(tiny, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny[1], tmp_path / "bundle"))
+
+
+@pytest.fixture
+def shipped_copy(tmp_path):
+    """(bundle, images, labels): a writable copy of the shipped bundle and its 500 labelled images."""
+    import shutil
+
+    import numpy as np
+
+    from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
+
+    if not (DEFAULT_BUNDLE / "manifest.json").exists():
+        pytest.skip("this install ships no default bundle")
+    bundle = shutil.copytree(DEFAULT_BUNDLE, tmp_path / "bundle")
+    with np.load(SAMPLE_IMAGES) as z:
+        return bundle, z["x"], z["y"].astype(np.int64)

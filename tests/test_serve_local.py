@@ -14,17 +14,12 @@ import json
 import socket
 import struct
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from email.message import Message
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from serve_harness import Running, assert_stopped_cleanly, refused_upload, running_server, stop_with
+from serve_harness import Running
+from serve_local_support import LIMIT, local_server, png, request, send_all
 
 from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import ExitChain
@@ -35,21 +30,7 @@ if importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("prom
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts processes through /proc")
 
-START_S = 60.0  # healthy in well under a second here; a busy 2-core machine may take longer
-LIMIT = 1024 * 1024  # --max-body-bytes of the module's server (JSON floats of 5 images fit)
 POINTS = [None, "p0.5", "iso-accuracy-t"]
-
-
-def serve_cmd(*args: str) -> list[str]:
-    """The command line of the one-process `ranet-edge serve`."""
-    return [str(Path(sys.executable).with_name("ranet-edge")), "serve", *args]
-
-
-@contextlib.contextmanager
-def local_server(tmp_path: Path, *args: str) -> Iterator[Running]:
-    with running_server(tmp_path, serve_cmd, *args, start_s=START_S) as srv:
-        yield srv
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Running]:
@@ -66,29 +47,6 @@ def sample() -> np.ndarray:
 @pytest.fixture(scope="module")
 def chain() -> ExitChain:
     return ExitChain.load(DEFAULT_BUNDLE)
-
-
-def png(rgb: np.ndarray) -> bytes:
-    return cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes()
-
-
-def request(method: str, url: str, body: bytes | None = None, headers: dict | None = None
-            ) -> tuple[int, Message, bytes]:
-    """(status, headers (names case-insensitive), body)."""
-    if body is not None and len(body) > LIMIT:
-        return refused_upload(method, url, body, headers or {})
-    req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers, exc.read()
-
-
-def send_all(requests: list[tuple], threads: int = 16) -> list[tuple[int, Message, bytes]]:
-    """All requests (method, url, body, headers) from ``threads`` threads at once; answers in order."""
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda r: request(*r), requests))
 
 
 # --------------------------------------------------------------------------- /v1
@@ -337,36 +295,6 @@ def test_body_over_the_limit_without_content_length(server):
     assert b"limit of" in data
 
 
-def test_overload_gets_503_with_retry_after(tmp_path, sample):
-    """40 requests of 16 images at once against a queue of 32 images: some are refused at once
-    with 503 and Retry-After, the others answered; a request larger than the queue gets 413."""
-    body = json.dumps([base64.b64encode(png(im)).decode() for im in sample[:16]]).encode()
-    with local_server(tmp_path, "--max-queue", "32", "--no-access-log") as srv:
-        socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=60) for _ in range(40)]
-        try:
-            head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-            for s in socks:
-                s.sendall(head + body)
-            answers = []
-            for s in socks:
-                data = b""
-                while chunk := s.recv(65536):
-                    data += chunk
-                answers.append(data)
-        finally:
-            for s in socks:
-                s.close()
-        statuses = [int(a.split(b" ", 2)[1]) for a in answers]
-        assert set(statuses) == {200, 503}, statuses
-        for a in answers:
-            if a.startswith(b"HTTP/1.1 503"):
-                assert b"retry-after: 1\r\n" in a.lower() and b"at capacity" in a
-        status, _, raw = request("POST", f"{srv.url}/v1/classify", json.dumps(
-            [base64.b64encode(png(im)).decode() for im in sample[:33]]).encode(), {"Content-Type": "application/json"})
-        assert status == 413, raw
-
-
 # --------------------------------------------------------------------------- metrics, logs
 def test_metrics_and_access_log(server, sample):
     request("POST", f"{server.url}/v1/classify", png(sample[3]), {"Content-Type": "image/png"})
@@ -380,15 +308,3 @@ def test_metrics_and_access_log(server, sample):
     assert 'ranet_requests_total{route="v1/classify",status="200"}' in text and 'exit="0"' in text
     assert 'graph="5"' in text
     assert "POST /v1/classify 200 " in server.stderr()  # the access log (logger ranet_edge.serve.access)
-
-
-# --------------------------------------------------------------------------- stopping
-@pytest.mark.parametrize("how", ["group", pytest.param("main-int", marks=pytest.mark.slow),
-                                 pytest.param("main-term", marks=pytest.mark.slow)])
-def test_drains_on_signals_with_requests_in_flight(tmp_path, how):
-    with local_server(tmp_path, "--no-access-log") as srv:
-        printed = srv.stdout()
-        assert f"ranet-edge serving at {srv.url}\n" in printed and "Press Ctrl-C to stop." in printed
-        slow_status, _, took = stop_with(srv, how)
-        assert slow_status == 200, slow_status  # in flight at the signal: answered, not dropped
-        assert_stopped_cleanly(srv)
