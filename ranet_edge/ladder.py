@@ -12,13 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import split_val
 from .runtime import ExitChain, OperatingPoint
 from .runtime.evaluation import calibration as cal
-from .runtime.evaluation import collect, measure_latency
 from .runtime.evaluation.ladder import fit_ladder, is_rung, ladder_name
 from .runtime.operating_points import save_points
-from .tasks import DataOptions, Progress, no_progress
+from .tasks import DataOptions, Progress, fitting_run, no_progress
 
 __all__ = ["Ladder", "calibrate_ladder"]
 
@@ -63,16 +61,7 @@ def calibrate_ladder(bundle: str | os.PathLike, n: int, data: DataOptions = Data
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
     if n < 2:  # before the long run
         fit_ladder(np.zeros((2, 1)), np.zeros((2, 1), bool), np.arange(1.0, 3.0), n)
-    labelled = data.load()
-    images = labelled.images
-    fit_idx, _ = split_val(len(images), data.val_size if data.val_size is not None else len(images),
-                           data.seed, False)
-    with progress("running every exit", len(fit_idx)) as update:
-        outs = collect(chain, images[fit_idx], labelled.labels[fit_idx], progress=update)
-    temps = cal.fit_temperatures(outs.logits, outs.labels) if temperature else None
-    conf, correct = outs.conf_correct(temps)
-    flops = np.asarray(chain.manifest.exit_costs("flops"), np.float64)
-    exit_ms = np.asarray(measure_latency(chain, chain.preprocess(images[:1])).exit_ms(per_image=True))
+    labelled, fit_idx, _, temps, conf, correct, flops, exit_ms = fitting_run(chain, data, temperature, progress)
     rungs = fit_ladder(conf, correct, exit_ms, n)
     provider_name = chain.session_providers[0][0]
     names = [ladder_name(i) for i in range(n)]

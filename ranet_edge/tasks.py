@@ -129,6 +129,22 @@ def choose(conf: np.ndarray, correct: np.ndarray, flops: np.ndarray, exit_ms: np
             f"most accurate within {goal.budget_ms:g} ms on {provider}", f"ms{goal.budget_ms:g}")
 
 
+def fitting_run(chain: ExitChain, data: DataOptions, temperature: bool, progress: Progress, rule: str = "max_prob"):
+    """What fitting thresholds (a goal or a ladder) reads: (the labelled images, the indices fitted on,
+    every exit's outputs there, fitted temperatures or None, the confidences and correctness the rule
+    compares, each exit's FLOPs and its ms per image measured at batch 1, what ``--budget-ms`` means)."""
+    labelled = data.load()
+    images = labelled.images
+    fit_idx, _ = split_val(len(images), data.val_size if data.val_size is not None else len(images), data.seed, False)
+    with progress("running every exit", len(fit_idx)) as update:
+        outs = collect(chain, images[fit_idx], labelled.labels[fit_idx], progress=update)
+    temps = cal.fit_temperatures(outs.logits, outs.labels) if temperature else None
+    conf, correct = outs.conf_correct(temps, rule)
+    flops = np.asarray(chain.manifest.exit_costs("flops"), np.float64)
+    exit_ms = np.asarray(measure_latency(chain, chain.preprocess(images[:1])).exit_ms(per_image=True))
+    return labelled, fit_idx, outs, temps, conf, correct, flops, exit_ms
+
+
 def calibrate(bundle: str | os.PathLike, goal: Goal, data: DataOptions = DataOptions(), *,
               temperature: bool = False, name: str | None = None, make_default: bool = False,
               provider: str = "cpu", threads: int | None = None,
@@ -149,17 +165,7 @@ def calibrate(bundle: str | os.PathLike, goal: Goal, data: DataOptions = DataOpt
         raise CalibrationError("--p is the paper's threshold procedure; with --rule patience give "
                                "--target-accuracy, --budget-mflops or --budget-ms")
     chain = ExitChain.load(bundle, provider=provider, threads=threads)
-    labelled = data.load()
-    images = labelled.images
-    fit_idx, _ = split_val(len(images), data.val_size if data.val_size is not None else len(images),
-                           data.seed, False)
-    with progress("running every exit", len(fit_idx)) as update:
-        outs = collect(chain, images[fit_idx], labelled.labels[fit_idx], progress=update)
-    temps = cal.fit_temperatures(outs.logits, outs.labels) if temperature else None
-    conf, correct = outs.conf_correct(temps, rule)
-    flops = np.asarray(chain.manifest.exit_costs("flops"), np.float64)
-    latency = measure_latency(chain, chain.preprocess(images[:1]))  # batch 1: what --budget-ms means
-    exit_ms = np.asarray(latency.exit_ms(per_image=True))
+    labelled, fit_idx, outs, temps, conf, correct, flops, exit_ms = fitting_run(chain, data, temperature, progress, rule)
     session_provider = chain.session_providers[0][0]
     table = None
     if rule == "patience":
