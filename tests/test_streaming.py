@@ -171,9 +171,17 @@ def sse(url: str, body: bytes) -> tuple[int, str, str]:
         return exc.code, exc.headers["Content-Type"], exc.read().decode()
 
 
+def answers_at(url: str, point: str) -> float:
+    """ranet_answers_total{operating_point=point} of the server's /metrics (0 before the first)."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+    prefix = f'ranet_answers_total{{operating_point="{point}"}} '
+    return next((float(ln[len(prefix):]) for ln in text.splitlines() if ln.startswith(prefix)), 0.0)
+
+
 def test_server_sent_events_and_the_grpc_stream_of_ranet_edge_serve(server, truth):
     srv, grpc_port = server
     images, want, logits = truth
+    counted = answers_at(srv.url, POINT)
     url = f"{srv.url}/v2/models/ranet-edge/infer_stream"
     for i in range(N):
         status, ctype, text = sse(url, infer_body(images[i:i + 1], anytime=True, operating_point=POINT))
@@ -192,6 +200,7 @@ def test_server_sent_events_and_the_grpc_stream_of_ranet_edge_serve(server, trut
                                         parameters={"anytime": True, "operating_point": POINT})])
     seq = by_request(responses)["x"]
     assert [int(r.as_numpy("exit")[0]) for r in seq] == list(range(want.exits[3] + 1))
+    assert answers_at(srv.url, POINT) - counted == N + 2  # streamed answers count like the others
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")

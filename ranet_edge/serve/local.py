@@ -184,7 +184,7 @@ async def _serve(model: ServedModel, sock: socket.socket, model_name: str, grpc_
             from .grpc_service import build_grpc_server
 
             host = sock.getsockname()[0]
-            grpc_server, grpc_port = build_grpc_server(engine, model_name, host, grpc_port)
+            grpc_server, grpc_port = build_grpc_server(engine, model_name, host, grpc_port, metrics=metrics)
             await grpc_server.start()
         serving = asyncio.ensure_future(server.serve(sockets=[sock]))
         while not server.started and not serving.done() and not stop.is_set():

@@ -121,7 +121,7 @@ def stream_handler(service: Any) -> Callable:
                 resp.parameters["triton_final_response"].bool_param = final and not empty
                 out.put_nowait(reply_cls(infer_response=resp))
                 if final and service.metrics is not None:
-                    service.metrics.exits_of(item.exits)
+                    service.metrics.of_answer(item)
             if empty:
                 last = messages["ModelInferResponse"](model_name=service.name, model_version=oip.MODEL_VERSION,
                                                       id=req.id or "")
@@ -187,7 +187,7 @@ async def sse_events(engine: Any, req: oip.InferRequest, anytime: bool, model_na
             doc["parameters"] = {"final": final}
             yield f"event: {'final' if final else 'exit'}\ndata: {json.dumps(doc, separators=(',', ':'))}\n\n".encode()
             if final and metrics is not None:
-                metrics.exits_of(item.exits)
+                metrics.of_answer(item)
     except RequestError as exc:
         yield f"event: error\ndata: {json.dumps(error_body(exc.message))}\n\n".encode()
     except Exception as exc:  # the model failed: the stream ends with one line
