@@ -2,6 +2,7 @@
 steady load, and the worker node lost and brought back.
 
     python benchmarks/ray_cluster.py [--clients 4] [--before-s 20] [--lost-s 20] [--after-s 40]
+                                     [--warmup-s 5] [--rss-every-s 30]
                                      [--autoscale] [--out benchmarks/results/ray_cluster.json]
 
 A head node and a worker node (`ray start --head`, then `ray start --address`, one CPU
@@ -21,7 +22,9 @@ Reported: the counts (sent, 200, retried by the ingress, 503 then sent again, fa
 throughput of each phase (the first 3 s after a change left out) with the CPU of the load
 generator, Serve's proxy, the ingress, the replicas and the rest of Ray beside it, the time
 from the node's `ray start` to its replica's first answer and to full throughput (a 2 s
-window at >= 90% of ``before``), and each process's RSS at the end against after warm-up.
+window at >= 90% of ``before``), and each process's RSS (named: its Ray actor, program or
+script), sampled every ``--rss-every-s`` from the end of ``--warmup-s`` of load: its growth
+over the run and over the run's second half (a leak keeps growing; a cache that fills does not).
 ``--autoscale`` then redeploys with ``--replicas auto`` (1-2 replicas, 2 requests in flight
 per replica as the target) and records the replica count under 8 clients sending 16 images
 per request (so that the replicas, not the proxy, are what they wait on) and after the load;
@@ -36,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,6 +69,55 @@ def rss_mb(pid: int) -> float:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
     except (OSError, StopIteration):
         return 0.0
+
+
+def short_name(pid: int) -> str:
+    """What a process is: its Ray actor or task (``ray::X``), else its program (raylet,
+    gcs_server) or the Python script it runs (log_monitor.py, dashboard.py, ...)."""
+    cmd = procs.cmdline(pid).split()
+    if not cmd:
+        return "gone"
+    if cmd[0].startswith("ray::"):
+        return cmd[0]
+    script = next((Path(a).name for a in cmd[1:4] if a.endswith(".py")), None)
+    return script or Path(cmd[0]).name
+
+
+class RssSeries(threading.Thread):
+    """The RSS of each process in ``pids`` every ``every`` seconds, until :meth:`stop`."""
+
+    def __init__(self, pids: list[int], every: float):
+        super().__init__(daemon=True)
+        self.pids, self.every, self.done = pids, every, threading.Event()
+        self.rows: list[tuple[float, list[float]]] = []
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        while True:
+            self.rows.append((round(time.monotonic() - self.t0, 1), [round(rss_mb(p), 1) for p in self.pids]))
+            if self.done.wait(self.every):
+                return
+
+    def stop(self) -> list[tuple[float, list[float]]]:
+        self.done.set()
+        self.join()
+        return self.rows
+
+
+def rss_report(groups: dict[int, str], rows: list[tuple[float, list[float]]]) -> dict:
+    """Per process: RSS after warm-up, at the run's middle and at its end, the growth over the
+    whole run and over its second half, and the series (MB every sample)."""
+    out = {}
+    mid = rows[len(rows) // 2][1]
+    for j, (pid, group) in enumerate(groups.items()):
+        first, half, end = rows[0][1][j], mid[j], rows[-1][1][j]
+        if first > 0 and end > 0:
+            out[f"{group} ({pid}, {short_name(pid)})"] = {
+                "after_warmup_mb": first, "middle_mb": half, "end_mb": end,
+                "growth_pct": round(100 * (end / first - 1), 1),
+                "second_half_growth_pct": round(100 * (end / half - 1), 1) if half > 0 else None,
+                "series_mb": [r[1][j] for r in rows]}
+    return out
 
 
 def group_of(pid: int) -> str:
@@ -199,6 +252,8 @@ def main() -> None:
     ap.add_argument("--before-s", type=float, default=20)
     ap.add_argument("--lost-s", type=float, default=20)
     ap.add_argument("--after-s", type=float, default=40)
+    ap.add_argument("--warmup-s", type=float, default=5, help="of load before the RSS baseline")
+    ap.add_argument("--rss-every-s", type=float, default=30, help="RSS of every process sampled this often")
     ap.add_argument("--autoscale", action="store_true")
     ap.add_argument("--autoscale-only", action="store_true", help="only the --autoscale part, on a cluster of its own")
     ap.add_argument("--out", default="benchmarks/results/ray_cluster.json")
@@ -220,8 +275,10 @@ def main() -> None:
         serve = start_serve(cluster, port, log_dir / "serve.log", "--replicas", "2")
         meter = CpuMeter(cluster, serve.pid)
         load = Load(f"http://127.0.0.1:{port}", requests, clients=args.clients).start()
-        time.sleep(5)  # warm-up
-        rss0 = {pid: (group, rss_mb(pid)) for pid, (group, _) in meter.sample().items()}
+        time.sleep(args.warmup_s)
+        groups = {pid: group for pid, (group, _) in meter.sample().items()}
+        series = RssSeries(list(groups), args.rss_every_s)
+        series.start()
         before = phase(load, meter, args.before_s)
         cluster.kill(worker)
         lost = phase(load, meter, args.lost_s)
@@ -238,10 +295,7 @@ def main() -> None:
         full = full_after(closed.tally, closed_at, 0.9 * before["req_per_s"])
         times["full_throughput_s"] = round(closed_at - times.pop("restarted") + full, 1) if full else None
         counts = {k: sum(t.counts()[k] for t in tallies) for k in tallies[0].counts()}
-        rss1 = {pid: rss_mb(pid) for pid in rss0}
-        growth = {f"{group} ({pid})": {"after_warmup_mb": round(mb, 1), "end_mb": round(rss1[pid], 1),
-                                       "growth_pct": round(100 * (rss1[pid] / mb - 1), 1)}
-                  for pid, (group, mb) in rss0.items() if mb > 0 and rss1[pid] > 0}
+        growth = rss_report(groups, series.stop())
         result.update({
             "nodes": {**ids, "worker_again": back.node_id()[:12]},
             "node_loss": counts, "errors": [e for t in tallies for e in t.errors],
@@ -249,8 +303,11 @@ def main() -> None:
                        "after: the node back": after},
             "scaling_2_vs_1": round(before["req_per_s"] / max(lost["req_per_s"], 1e-9), 2),
             "recovery": times,
-            "rss": growth, "max_rss_growth_pct_of_the_server": max(v["growth_pct"] for k, v in growth.items()
-                                                     if not k.startswith("load generator")),
+            "rss_warmup_s": args.warmup_s, "rss": growth,
+            "max_rss_growth_pct_of_the_server": max(v["growth_pct"] for k, v in growth.items()
+                                                    if not k.startswith("load generator")),
+            "max_rss_second_half_growth_pct_of_the_server": max(
+                (v["second_half_growth_pct"] or 0) for k, v in growth.items() if not k.startswith("load generator")),
             "serve_exit_on_ctrl_c": stop_serve(serve),
             "cluster_alive_after_ctrl_c": head.proc.poll() is None and back.proc.poll() is None,
         })

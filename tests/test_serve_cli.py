@@ -59,20 +59,30 @@ def test_serve_stops_on_every_signal_with_requests_in_flight(tmp_path, ingress, 
 
 @pytest.mark.slow  # a Ray server
 def test_serve_command_starts_answers_and_stops_on_ctrl_c(tmp_path):
-    """--haproxy, SIGINT to the main process: also what it prints and answers."""
-    with running_ray_server(tmp_path, "--max-batch", "16", "--haproxy", "--max-body-bytes", "20000") as srv:
+    """--haproxy, SIGINT to the main process: also what it prints and answers; --slo-ms on
+    the replicas (each moves along the ladder on its own)."""
+    with running_ray_server(tmp_path, "--max-batch", "16", "--haproxy", "--max-body-bytes", "20000",
+                            "--slo-ms", "2000") as srv:
         printed = srv.stdout()
         assert f"ranet-edge serving at {srv.url}\n" in printed
         assert "6 exits, 10 classes" in printed and "iso-accuracy (default)" in printed
         assert f"POST {srv.url}/v1/classify" in printed and "ingress    HAProxy" in printed
         model = json.loads(urllib.request.urlopen(f"{srv.url}/v1/model", timeout=30).read())
         assert model["max_batch"] == 16 and model["graph"] == "chain"
+        assert model["slo_ms"] == 2000 and model["ladder"][0] == "ladder-0"
         with np.load(SAMPLE_IMAGES) as z:
             rgb = z["x"][7]
         chain = ExitChain.load(DEFAULT_BUNDLE)
+        png = cv2.imencode(".png", rgb[..., ::-1].copy())[1].tobytes()
+        status, body = post(f"{srv.url}/v1/classify", png)  # a request naming no point: a ladder rung
+        assert status == 200 and body["operating_point"] in model["ladder"]
+        want = chain.predict(chain.preprocess(rgb[None]), body["operating_point"])
+        assert body["predictions"][0]["label"] == int(want.labels[0])
+        assert body["predictions"][0]["exit"] == int(want.exits[0])
+        status, body = post(f"{srv.url}/v1/classify?operating_point=iso-accuracy", png)  # a named point keeps it
         want = chain.predict(chain.preprocess(rgb[None]))
-        status, body = post(f"{srv.url}/v1/classify", cv2.imencode(".png", rgb[..., ::-1].copy())[1].tobytes())
-        assert status == 200 and body["predictions"][0]["label"] == int(want.labels[0])
+        assert status == 200 and body["operating_point"] == "iso-accuracy"
+        assert body["predictions"][0]["label"] == int(want.labels[0])
         assert body["predictions"][0]["exit"] == int(want.exits[0])
         status, body = post(f"{srv.url}/v1/classify", b"\0" * 20001)
         assert status == 413 and "limit of 20000 bytes" in body["error"]

@@ -125,6 +125,26 @@ def test_precheck_sheds_before_decoding():
     precheck(SimpleNamespace(slo=None, queued=[10 ** 6]), None, 1e9)  # without --slo-ms: nothing
 
 
+def test_the_event_loops_lag_comes_out_of_the_budget():
+    """The one-process server hands the controller its event loop's lag (loop_lag.py): a
+    request waits about that long before its handler and again after its answer."""
+    from types import SimpleNamespace
+
+    from ranet_edge.serve.slo import precheck
+    from ranet_edge.serve.stage_engine import Overloaded
+
+    c = _controller()
+    assert c.choose([10, 0, 0], 10, 1.0, 0.5) == 2 and c.admits(1, [79, 0, 0])  # 8 ms for the engine
+    c.loop_lag_ms = 2.0  # 8 - 2 * 2 = 4 ms left
+    assert c.budget_ms() == pytest.approx(4.0)
+    assert c.choose([10, 0, 0], 10, 1.0, 0.5) == 1  # top: 1 + 4 = 5 > 4; rung 1: 1 + 2 = 3
+    assert c.admits(1, [39, 0, 0]) and not c.admits(1, [40, 0, 0])
+    engine = SimpleNamespace(slo=c, queued=[0, 0, 0])
+    precheck(engine, None, 7.9)
+    with pytest.raises(Overloaded):
+        precheck(engine, None, 8.0)  # 8 ms since the handler ran, 2 ms before it: the objective
+
+
 def test_ladder_of_refuses_bad_settings(tmp_path):
     from ranet_edge.runtime import OperatingPoint
     from ranet_edge.serve.settings import ServeSettings

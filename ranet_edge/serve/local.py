@@ -27,6 +27,7 @@ from ranet_edge.errors import InputError, require
 
 from .api import RequestError
 from .engine import ServedModel
+from .loop_lag import LoopLag
 from .metrics import Metrics
 from .routes import Reply, Routes, too_big
 from .settings import ServeSettings
@@ -166,6 +167,9 @@ async def _serve(model: ServedModel, sock: socket.socket, model_name: str, grpc_
     engine.on_batch = metrics.on_batch
     await engine.start()
     routes = Routes(engine, metrics, model_name, replica=f"{socket.gethostname()}:{os.getpid()}")
+    routes.loop_lag = LoopLag(lambda: routes.in_flight > 0,
+                              None if engine.slo is None else lambda ms: setattr(engine.slo, "loop_lag_ms", ms))
+    watching = asyncio.ensure_future(routes.loop_lag.run())
     config = uvicorn.Config(App(routes), lifespan="off", access_log=False, log_level="warning", loop="none",
                             timeout_graceful_shutdown=int(CLOSE_S), timeout_keep_alive=5, backlog=BACKLOG)
     server = Server(config)
@@ -205,6 +209,7 @@ async def _serve(model: ServedModel, sock: socket.socket, model_name: str, grpc_
         echo("stopped" if clean else "stopped (requests still unanswered at the drain's end got 503)", err=True)
         return 0
     finally:
+        watching.cancel()
         for s in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(s)
         if not engine.closing:

@@ -80,6 +80,9 @@ class Routes:
         self.replica = replica
         self.draining = False
         self.in_flight = 0
+        #: the event loop's lag (loop_lag.LoopLag), where the server measures it: a deadline
+        #: counts from the handler's start less this, the request's wait for the loop
+        self.loop_lag = None
         self._summary = self.model.summary()
 
     async def handle(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
@@ -219,7 +222,9 @@ class Routes:
     async def _classify(self, x, point, start, deadline_s=None, rule=None, patience=None):
         left = self.settings.timeout_s - (time.perf_counter() - start)
         try:
-            asked = {"deadline": within(deadline_s, start, self.settings.timeout_s), "rule": rule, "patience": patience}
+            arrived = start - (self.loop_lag.ms / 1e3 if self.loop_lag is not None else 0.0)
+            asked = {"deadline": within(deadline_s, arrived, self.settings.timeout_s), "rule": rule,
+                     "patience": patience}
             call = self.engine.classify(x, point, **{k: v for k, v in asked.items() if v is not None})
             answer = await asyncio.wait_for(call, max(left, 0.001))
         except asyncio.TimeoutError:

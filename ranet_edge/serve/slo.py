@@ -9,7 +9,11 @@ in ms, for rung ``i`` taking ``T_i(m)`` ms to run ``m`` images::
     work ahead W = the time of the rows queued for graphs 1.. (with the shares that go on)
     head = waited(oldest row of the batch)   + W + T_i(rows(batch))
     tail = waited(youngest row of queue 0)   + W + T_i(rows(queue 0))
-    fits when max(head, tail) <= HEADROOM * S
+    fits when max(head, tail) <= HEADROOM * S - 2 * L
+
+``L`` is the event loop's lag (``loop_lag.LoopLag``, set by the one-process server): a
+request waits about that long before its handler runs and again after its answer, time the
+engine's queues do not show (0 where nothing measures it).
 
 ``T_i(m)`` sums, over the graphs, the time of the rung's share of ``m`` reaching each: a
 graph's time is a line in its rows (ms per run + ms per row, ``max_batch`` rows a run, so
@@ -130,8 +134,15 @@ class SloController:
         self.batches = [0] * len(self.rungs)  # graph-0 batches given each rung
         self.below_default_s = 0.0
         self._last = clock()
+        #: the event loop's lag in ms (loop_lag.LoopLag writes it from the loop, the engine reads it)
+        self.loop_lag_ms = 0.0
 
     # ------------------------------------------------------------------ predictions
+    def budget_ms(self) -> float:
+        """The engine's share of the objective: ``HEADROOM`` of it, less the event loop's lag
+        twice (before a request's handler runs, and after its answer is ready)."""
+        return HEADROOM * self.slo_ms - 2.0 * self.loop_lag_ms
+
     def graph_time(self, k: int, rows: float) -> float:
         """ms for graph ``k`` to run ``rows`` rows, ``max_batch`` a run."""
         if rows <= 0:
@@ -165,7 +176,7 @@ class SloController:
             self.below_default_s += min(now - self._last, MAX_GAP_S)
         self._last = now
         w = self.ahead_ms(queued)
-        budget = HEADROOM * self.slo_ms
+        budget = self.budget_ms()
         pick = 0
         for i in range(len(self.rungs) - 1, 0, -1):
             if max(head_wait_ms + w + self.rung_time(i, batch), tail_wait_ms + w + self.rung_time(i, queued[0])) <= budget:
@@ -182,7 +193,7 @@ class SloController:
         was busier), and a server refusing everything would never learn again."""
         if not any(queued):
             return True
-        return self.ahead_ms(queued) + self.rung_time(0, queued[0] + n) <= HEADROOM * self.slo_ms
+        return self.ahead_ms(queued) + self.rung_time(0, queued[0] + n) <= self.budget_ms()
 
     def time_below_default(self) -> float:
         """Seconds the rung chosen last was below the default point, up to now."""
@@ -262,8 +273,9 @@ def assign(ctrl: SloController, rows, queue, queued: Sequence[int], now: float) 
 
 def precheck(engine, point: str | None, waited_ms: float) -> None:
     """Shed a request before its images are decoded (the HTTP side's share of the work):
-    with ``--slo-ms``, a request naming no point that has waited the objective already since
-    it arrived, or finds the queue predicted past it even at the floor for one more image.
+    with ``--slo-ms``, a request naming no point that has waited the objective already (since
+    its handler ran, plus the event loop's lag before it), or finds the queue predicted past
+    it even at the floor for one more image.
 
     Raises:
         Overloaded: 503 with ``Retry-After``.
@@ -271,6 +283,6 @@ def precheck(engine, point: str | None, waited_ms: float) -> None:
     ctrl = engine.slo
     if ctrl is None or point is not None:
         return
-    if waited_ms >= ctrl.slo_ms or not ctrl.admits(1, engine.queued):
+    if waited_ms + ctrl.loop_lag_ms >= ctrl.slo_ms or not ctrl.admits(1, engine.queued):
         raise Overloaded(f"the server cannot answer within its objective of {ctrl.slo_ms:g} ms (--slo-ms), "
                          f"even at {ctrl.rungs[0].name}; retry after {RETRY_AFTER_S} s")
