@@ -174,3 +174,11 @@ def load_tokenizer(chain: ExitChain, max_length: int) -> tuple[Any, str | None]:
         return Tokenizer.from_bundle(chain, max_length=max_length), None
     except MissingExtraError as exc:
         return None, str(exc)
+
+
+def input_words(summary: dict) -> str:
+    """What a served model takes, for the lines ``ranet-edge serve`` prints (from :meth:`ServedModel.summary`)."""
+    if "inputs" not in summary:
+        return f"input {summary['input']['size']}x{summary['input']['size']}"
+    names = ", ".join(f"{i['name']} {i['dtype']}" for i in summary["inputs"])
+    return f"inputs {names} (texts on /v1: {'tokenizer.json' if summary['tokenizer'] else 'no tokenizer'})"

@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 from ranet_edge.errors import InputError, require
 
 from .api import RequestError
-from .engine import ServedModel
+from .engine import ServedModel, input_words
 from .metrics import Metrics
 from .routes import Reply, Routes, too_big
 from .settings import ServeSettings
@@ -233,7 +233,7 @@ def print_summary(routes: Routes, sock: socket.socket, grpc_port: int | None, to
     points = [f"{name}{' (default)' if name == s['default_operating_point'] else ''}" for name in s["operating_points"]]
     echo(f"ranet-edge serving at {url}")
     echo(f"model      {s['bundle']}: {len(s['exits'])} exits, {s['num_classes']} classes, "
-         f"input {s['input']['size']}x{s['input']['size']}, graph {s['graph']}; Open Inference Protocol name "
+         f"{input_words(s)}, graph {s['graph']}; Open Inference Protocol name "
          f"{routes.model_name!r}")
     echo(f"runs on    one process, provider {settings.provider} ({', '.join(s['session_providers'])}), "
          f"{settings.threads} thread(s) per graph; healthy {took_s:.2f} s after start")

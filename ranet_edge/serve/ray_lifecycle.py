@@ -152,11 +152,13 @@ def _stop(server: Server | None, local: bool, hurry: Flag) -> bool:
 def print_summary(app: Deployed, server: Server, settings: ServeSettings, haproxy: bool, echo: Echo = _echo,
                   model_name: str = "ranet-edge") -> None:
     """What ``ranet-edge serve`` prints once it answers: URL, model, replicas, ingress, routes."""
+    from .engine import input_words
+
     s = app.summary
     points = [f"{name}{' (default)' if name == s['default_operating_point'] else ''}" for name in s["operating_points"]]
     echo(f"ranet-edge serving at {app.url}")
     echo(f"model      {s['bundle']}: {len(s['exits'])} exits, {s['num_classes']} classes, "
-         f"input {s['input']['size']}x{s['input']['size']}, graph {s['graph']}")
+         f"{input_words(s)}, graph {s['graph']}")
     replicas = (f"{settings.min_replicas}-{settings.max_replicas} replicas (autoscaled: about "
                 f"{settings.target_ongoing_requests:g} requests in flight each)" if settings.replicas == "auto"
                 else f"{settings.replicas} replica(s)")

@@ -1,0 +1,213 @@
+"""The stage engine and the routes on a text bundle, in this process (conftest's
+``text_bundle``): rows of different sequence lengths never share a graph run while rows of
+one length from several requests do; a request whose ids the model refuses fails alone, with
+a one-line 400, when its rows had been merged with others'; a bundle without a tokenizer
+refuses texts on /v1 naming /v2; gRPC typed contents (``int64_contents``) are read. The slow
+test sends a mixed load over HTTP to `ranet-edge serve` and checks every answer."""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+from text_models import text_batch
+
+pytest.importorskip("uvicorn")
+
+from ranet_edge.runtime import ExitChain  # noqa: E402
+from ranet_edge.serve.api import RequestError  # noqa: E402
+from ranet_edge.serve.engine import ServedModel  # noqa: E402
+from ranet_edge.serve.settings import ServeSettings  # noqa: E402
+from ranet_edge.serve.stage_engine import StageEngine  # noqa: E402
+
+
+def batch(n: int, length: int, seed: int) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in text_batch(n, length, seed=seed).items()}
+
+
+@pytest.fixture(scope="module")
+def model(text_bundle) -> ServedModel:
+    return ServedModel(ServeSettings(bundle=str(text_bundle[1]), max_batch=16))
+
+
+def spy(monkeypatch, model: ServedModel, hold_first_s: float = 0.0) -> list[tuple[int, int, set, bool]]:
+    """Record every graph run of ``model``'s executor: (graph, rows, the sequence lengths of the
+    ids and mask it reads, whether it raised); rows of two lengths could not even be concatenated. The first run sleeps ``hold_first_s`` first, so
+    the requests sent meanwhile queue up together."""
+    runs: list[tuple[int, int, set, bool]] = []
+    real = model.executor.run
+
+    def run(g, env):
+        if not runs and hold_first_s:
+            time.sleep(hold_first_s)
+        lengths = {v.shape[1] for name, v in env.values.items() if name in ("input_ids", "attention_mask")}
+        try:
+            out = real(g, env)
+        except Exception:
+            runs.append((g, env.rows, lengths, True))
+            raise
+        runs.append((g, env.rows, lengths, False))
+        return out
+
+    monkeypatch.setattr(model.executor, "run", run)
+    return runs
+
+
+def test_rows_share_graph_runs_only_with_rows_of_their_length(model, monkeypatch):
+    runs = spy(monkeypatch, model, hold_first_s=0.3)
+    xs = [batch(3, (5, 11)[i % 2], seed=i) for i in range(8)]
+    kwargs = [{}, {"point": "ent"}, {"patience": 1}, {}] * 2
+
+    async def go():
+        engine = StageEngine(model, batch_wait_ms=50)
+        try:
+            warm = asyncio.ensure_future(engine.classify(batch(1, 7, seed=99), None))
+            await asyncio.sleep(0.05)  # the warm request holds the model thread while the others queue
+            answers = await asyncio.gather(*[engine.classify(x, kw.get("point"), patience=kw.get("patience"))
+                                             for x, kw in zip(xs, kwargs)])
+            await warm
+            return answers
+        finally:
+            await engine.close(5)
+
+    answers = asyncio.run(go())
+    for x, kw, got in zip(xs, kwargs, answers):
+        want = model.chain.predict(x, kw.get("point"), patience=kw.get("patience"))
+        np.testing.assert_array_equal(got.labels, want.labels)
+        np.testing.assert_array_equal(got.exits, want.exits)
+        np.testing.assert_allclose(got.confidences, want.confidences, atol=2e-6)
+    assert all(len(lengths) == 1 for _, _, lengths, _ in runs), runs
+    assert {next(iter(lengths)) for g, _, lengths, _ in runs if g == 0} == {5, 7, 11}
+    assert max(rows for g, rows, _, _ in runs if g == 0) == 12  # the 4 requests of one length, in one run
+
+
+def test_a_request_the_model_refuses_fails_alone(model, monkeypatch):
+    """Ids past the vocabulary (64) make ONNX Runtime refuse graph 0. The bad request's rows
+    were merged with two good requests' rows: the merged run fails, each request's rows run
+    again alone, and only the bad request is refused."""
+    runs = spy(monkeypatch, model, hold_first_s=0.3)
+    good = batch(3, 5, seed=1)
+    bad = batch(2, 5, seed=2)
+    bad["input_ids"][1, 0] = 1000
+
+    async def go():
+        engine = StageEngine(model, batch_wait_ms=50)
+        try:
+            warm = asyncio.ensure_future(engine.classify(batch(1, 7, seed=99), None))
+            await asyncio.sleep(0.05)
+            out = await asyncio.gather(engine.classify(good, None), engine.classify(bad, None),
+                                       engine.classify(good, None), return_exceptions=True)
+            await warm
+            return out
+        finally:
+            await engine.close(5)
+
+    first, refused, second = asyncio.run(go())
+    want = model.chain.predict(good)
+    for got in (first, second):
+        assert not isinstance(got, Exception), got
+        np.testing.assert_array_equal(got.labels, want.labels)
+        np.testing.assert_array_equal(got.exits, want.exits)
+    assert isinstance(refused, RequestError) and refused.status == 400
+    assert "the model refused these inputs: indices element out of data bounds, idx=1000" in refused.message
+    assert (0, 8, {5}, True) in runs and (0, 2, {5}, True) in runs  # merged, failed; then alone, failed
+
+
+def test_a_bundle_without_a_tokenizer_takes_tensors_and_refuses_texts(text_bundle, tmp_path):
+    from ranet_edge.serve.metrics import Metrics
+    from ranet_edge.serve.routes import Routes
+
+    bundle = shutil.copytree(text_bundle[1], tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["assets"]["tokenizer.json"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (bundle / "tokenizer.json").unlink()
+    model = ServedModel(ServeSettings(bundle=str(bundle), max_batch=16))
+    assert model.tokenizer is None and model.summary()["tokenizer"] is False
+    x = batch(4, 6, seed=3)
+    v2 = json.dumps({"inputs": [{"name": k, "datatype": "INT64", "shape": list(v.shape), "data": v.tolist()}
+                                for k, v in x.items()]}).encode()
+
+    async def go():
+        engine = StageEngine(model)
+        routes = Routes(engine, Metrics(engine, 16))
+        headers = {"content-type": "application/json"}
+
+        async def body(data):
+            async def read(_limit):
+                return data
+            return read
+
+        try:
+            texts = await routes.handle("POST", "/v1/classify", {}, headers, await body(b'{"texts": ["a b"]}'))
+            tensors = await routes.handle("POST", "/v2/models/ranet-edge/infer", {}, headers, await body(v2))
+            return texts, tensors
+        finally:
+            await engine.close(5)
+
+    texts, tensors = asyncio.run(go())
+    assert texts.status == 400
+    assert json.loads(texts.body) == {"error": "this bundle carries no tokenizer.json, so /v1/classify takes no "
+                                               "texts; send the tensors (input_ids int64 (batch, sequence), "
+                                               "attention_mask int64 (batch, sequence)) to POST "
+                                               "/v2/models/ranet-edge/infer"}
+    assert tensors.status == 200, tensors.body
+    out = {o["name"]: o["data"] for o in json.loads(tensors.body)["outputs"]}
+    want = ExitChain.load(bundle).predict(x)
+    assert out["label"] == want.labels.tolist() and out["exit"] == want.exits.tolist()
+
+
+def test_grpc_typed_int64_contents_are_read(model):
+    pytest.importorskip("tritonclient.grpc")
+    import grpc
+    from grpc_support import grpc_server, rpc
+
+    from ranet_edge.serve.grpc_service import messages
+
+    x = batch(5, 8, seed=4)
+    want = model.chain.predict(x, patience=1)
+    with grpc_server(model) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        req = messages["ModelInferRequest"](model_name="ranet-edge")
+        req.parameters["patience"].int64_param = 1
+        for name, v in x.items():
+            req.inputs.add(name=name, datatype="INT64", shape=list(v.shape)).contents.int64_contents.extend(
+                v.ravel().tolist())
+        resp = rpc(channel, "ModelInfer", req)
+        req.inputs[1].datatype = "BOOL"
+        with pytest.raises(grpc.RpcError) as err:
+            rpc(channel, "ModelInfer", req)
+    got = {o.name: np.frombuffer(raw, "<i8" if o.datatype == "INT64" else "<f4")
+           for o, raw in zip(resp.outputs, resp.raw_output_contents)}
+    np.testing.assert_array_equal(got["label"], want.labels)
+    np.testing.assert_array_equal(got["exit"], want.exits)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == ("input 'attention_mask' has datatype 'BOOL'; this model takes INT64 [-1, -1] "
+                                   "(from its manifest)")
+
+
+@pytest.mark.slow
+def test_a_mixed_load_over_http_gets_predict_answers(text_bundle, tmp_path):
+    """300 requests of 1 to 4 samples at 6 sequence lengths and 3 rules, 16 at a time."""
+    from serve_local_support import local_server, send_all
+
+    chain = ExitChain.load(text_bundle[1])
+    rng = np.random.default_rng(0)
+    cases, reqs = [], []
+    with local_server(tmp_path, str(text_bundle[1]), "--max-batch", "16") as srv:
+        for i in range(300):
+            x = batch(int(rng.integers(1, 5)), int(rng.choice([3, 5, 8, 12, 20, 31])), seed=1000 + i)
+            params = [{}, {"operating_point": "ent"}, {"patience": 1}][i % 3]
+            doc = {"inputs": [{"name": k, "datatype": "INT64", "shape": list(v.shape), "data": v.tolist()}
+                              for k, v in x.items()], "parameters": params}
+            cases.append((x, params))
+            reqs.append(("POST", f"{srv.url}/v2/models/ranet-edge/infer", json.dumps(doc).encode(),
+                         {"Content-Type": "application/json"}))
+        answers = send_all(reqs, threads=16)
+    for (status, _, raw), (x, params) in zip(answers, cases):
+        assert status == 200, raw
+        out = {o["name"]: o["data"] for o in json.loads(raw)["outputs"]}
+        want = chain.predict(x, params.get("operating_point"), patience=params.get("patience"))
+        assert out["label"] == want.labels.tolist() and out["exit"] == want.exits.tolist()
