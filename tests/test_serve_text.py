@@ -171,6 +171,20 @@ def test_deadlines_answer_at_the_deepest_exit_reached(served):
         assert out["deadline_cut"].tolist() == cut.tolist()
 
 
+def test_streamed_answers_refine_to_predict(served):
+    """``/infer_stream`` with ``anytime``: one event per exit reached, the last is predict's."""
+    srv, _, chain = served
+    x = batch(5, 8, seed=8)
+    want = chain.predict(x)
+    status, _, raw = request("POST", f"{srv.url}/v2/models/{NAME}/infer_stream",
+                             v2_body(x, {"anytime": True}, logits=False), JSON_TYPE)
+    assert status == 200, raw
+    events = re.findall(r"event: (\w+)\ndata: (.*)\n", raw.decode())
+    assert [e for e, _ in events][-1] == "final" and len(events) == 1 + max(want.exits.tolist())
+    final = {o["name"]: np.asarray(o["data"]) for o in json.loads(events[-1][1])["outputs"]}
+    check(final, want)
+
+
 def test_v1_tokenizes_texts_with_the_bundle_tokenizer(served):
     from ranet_edge.runtime.text import Tokenizer
 
@@ -270,7 +284,9 @@ def test_the_guides_text_curl_example_runs(served, guide):
     got = json.loads(out)
     doc = json.loads(re.search(r"-d '(.*?)'", cmd).group(1))
     x = {t["name"]: np.asarray(t["data"], np.int64).reshape(t["shape"]) for t in doc["inputs"]}
-    want = chain.predict(x)
-    assert {o["name"]: o["data"] for o in got["outputs"]}["exit"] == want.exits.tolist()
+    params = doc.get("parameters", {})
+    want = chain.predict(x, params.get("operating_point"), rule=params.get("rule"), patience=params.get("patience"))
+    answer = {o["name"]: o["data"] for o in got["outputs"]}
     assert [o["name"] for o in got["outputs"]] == [o["name"] for o in shown["outputs"]]
-    assert {o["name"]: o["data"] for o in got["outputs"]}["label"] == want.labels.tolist()
+    assert answer["label"] == want.labels.tolist() and answer["exit"] == want.exits.tolist()
+    np.testing.assert_allclose(answer["confidence"], want.confidences, atol=2e-6)

@@ -160,6 +160,13 @@ def test_a_bundle_without_a_tokenizer_takes_tensors_and_refuses_texts(text_bundl
     assert out["label"] == want.labels.tolist() and out["exit"] == want.exits.tolist()
 
 
+def test_slo_ms_is_refused_for_a_text_bundle(text_bundle):
+    from ranet_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--slo-ms measures graphs on images; serve this named-input bundle"):
+        ServedModel(ServeSettings(bundle=str(text_bundle[1]), slo_ms=20))
+
+
 def test_grpc_typed_int64_contents_are_read(model):
     pytest.importorskip("tritonclient.grpc")
     import grpc

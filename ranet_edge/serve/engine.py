@@ -182,3 +182,10 @@ def input_words(summary: dict) -> str:
         return f"input {summary['input']['size']}x{summary['input']['size']}"
     names = ", ".join(f"{i['name']} {i['dtype']}" for i in summary["inputs"])
     return f"inputs {names} (texts on /v1: {'tokenizer.json' if summary['tokenizer'] else 'no tokenizer'})"
+
+
+def v1_body(summary: dict) -> str:
+    """What ``POST /v1/classify`` takes, for the route lines ``ranet-edge serve`` prints."""
+    if "inputs" not in summary:
+        return "image/jpeg or image/png body, or a JSON list of base64 images"
+    return '{"texts": [...]} (JSON)' if summary["tokenizer"] else "no texts (no tokenizer.json): send tensors to /v2"

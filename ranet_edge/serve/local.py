@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 from ranet_edge.errors import InputError, require
 
 from .api import RequestError
-from .engine import ServedModel, input_words
+from .engine import ServedModel, input_words, v1_body
 from .metrics import Metrics
 from .routes import Reply, Routes, too_big
 from .settings import ServeSettings
@@ -244,7 +244,7 @@ def print_summary(routes: Routes, sock: socket.socket, grpc_port: int | None, to
     if engine.slo is not None:
         echo(f"objective  {settings.slo_ms:g} ms (--slo-ms): requests naming no point move along "
              f"{', '.join(r.name for r in engine.slo.rungs)}; past {engine.slo.rungs[0].name}, 503")
-    echo(f"  POST {url}/v1/classify   image/jpeg or image/png body, or a JSON list of base64 images; "
+    echo(f"  POST {url}/v1/classify   {v1_body(s)}; "
          "?operating_point=NAME")
     echo(f"  GET  {url}/v1/model, {url}/v1/health")
     echo(f"  POST {url}/v2/models/{routes.model_name}/infer   Open Inference Protocol (KServe v2), JSON or binary tensors")
