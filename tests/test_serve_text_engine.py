@@ -160,6 +160,26 @@ def test_a_bundle_without_a_tokenizer_takes_tensors_and_refuses_texts(text_bundl
     assert out["label"] == want.labels.tolist() and out["exit"] == want.exits.tolist()
 
 
+def test_the_monolithic_graph_serves_the_same_answers(text_bundle):
+    """``--graph monolithic``: one stage that takes every named input, the same exits chosen."""
+    mono = ServedModel(ServeSettings(bundle=str(text_bundle[1]), graph="monolithic", max_batch=16))
+    x = batch(6, 9, seed=5)
+
+    async def go():
+        engine = StageEngine(mono)
+        try:
+            return await asyncio.gather(engine.classify(x, None), engine.classify(x, "ent"))
+        finally:
+            await engine.close(5)
+
+    for got, point in zip(asyncio.run(go()), (None, "ent")):
+        want = mono.chain.predict(x, point)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        np.testing.assert_array_equal(got.exits, want.exits)
+        np.testing.assert_allclose(got.confidences, want.confidences, atol=2e-6)
+    assert len(mono.executor.graphs) == 1
+
+
 def test_slo_ms_is_refused_for_a_text_bundle(text_bundle):
     from ranet_edge.errors import ConfigError
 
