@@ -18,7 +18,8 @@ with different operating points share graph runs: thresholds are per row.
 
 ``stage_batching=False`` is the baseline: each batch runs through all its graphs before the
 next batch starts (its requests still answered graph by graph). The monolithic graph is one
-stage. The asyncio side only queues rows and awaits futures; the model thread resolves them
+stage. Rows of a named-input (text) bundle share a run only with rows of their own sequence
+length (``Rows.take``). The asyncio side only queues rows and awaits futures; the model thread resolves them
 through ``loop.call_soon_threadsafe``, one call per graph run.
 """
 from __future__ import annotations
@@ -122,7 +123,8 @@ class StageEngine:
             RequestError: 400 for a bad point or array (or named input), 413 for more images than ``max_queue``.
             Overloaded: 503, the queue is full or the server is draining (also for a request
                 still unanswered when :meth:`close` gives up).
-            RuntimeError: a graph run failed on this request's rows ("the model failed: ...").
+            RuntimeError: a graph run failed on this request's rows ("the model failed: ..."; a
+                named-input bundle whose graph refused the values: RequestError 400, rows.GraphFailed).
         """
         thr, temps, code = self.model.decision_of(point, rule, patience)
         key = None  # images all share their shape; named inputs batch only with rows of their sizes
