@@ -238,3 +238,31 @@ def test_a_mixed_load_over_http_gets_predict_answers(text_bundle, tmp_path):
         out = {o["name"]: o["data"] for o in json.loads(raw)["outputs"]}
         want = chain.predict(x, params.get("operating_point"), patience=params.get("patience"))
         assert out["label"] == want.labels.tolist() and out["exit"] == want.exits.tolist()
+
+
+@pytest.mark.parametrize("dtype, datatype, values", [
+    ("bool", "BOOL", [[True, False, True]]), ("int32", "INT32", [[1, -2, 3]]), ("uint8", "UINT8", [[0, 7, 255]]),
+    ("float16", "FP16", [[0.5, -1.0, 2.0]]), ("float32", "FP32", [[0.25, 1, -3.5]])])
+def test_every_input_datatype_is_read_from_json_and_binary(dtype, datatype, values):
+    """The tensor codec (oip_named) on inputs of each dtype a manifest may declare: JSON data
+    and little-endian binary give the same array; a value of another kind is one line."""
+    from ranet_edge.runtime.tensors import InputInfo
+    from ranet_edge.serve.oip_named import DATATYPES, decode_tensor
+    from ranet_edge.serve.oip_tensors import TensorIn
+
+    info = InputInfo("x", dtype, (None, None), ("batch", "sequence"))
+    want = np.asarray(values, dtype)
+    from_json = decode_tensor(TensorIn("x", datatype, (1, 3), data=values), info, 16)
+    from_raw = decode_tensor(TensorIn("x", datatype, (1, 3), raw=want.astype(DATATYPES[dtype][1]).tobytes()), info, 16)
+    for got in (from_json, from_raw):
+        assert got.dtype == want.dtype and got.flags.writeable
+        np.testing.assert_array_equal(got, want)
+    wrong = [["a", 1, 1]] if dtype != "bool" else [[1, 0, 1]]
+    with pytest.raises(RequestError, match=rf"input 'x': every value must be .* \({datatype}\), got a"):
+        decode_tensor(TensorIn("x", datatype, (1, 3), data=wrong), info, 16)
+    if dtype == "bool":
+        with pytest.raises(RequestError, match="BOOL bytes must be 0 or 1"):
+            decode_tensor(TensorIn("x", datatype, (1, 3), raw=bytes([1, 2, 0])), info, 16)
+    if dtype == "uint8":
+        with pytest.raises(RequestError, match="out of the range of UINT8"):
+            decode_tensor(TensorIn("x", datatype, (1, 3), data=[[0, 256, 1]]), info, 16)

@@ -102,11 +102,18 @@ def decode_named(tensors: Sequence[TensorIn], model: ServedModel, max_rows: int)
     missing = [name for name in infos if name not in seen]
     if missing:
         raise RequestError(400, f"the request lacks input {missing[0]!r}; {accepted(model)}")
-    arrays = {name: _array(seen[name], info, max_rows) for name, info in infos.items()}
+    arrays = {name: decode_tensor(seen[name], info, max_rows) for name, info in infos.items()}
     return model.check_named(arrays)
 
 
-def _array(t: TensorIn, info: InputInfo, max_rows: int) -> np.ndarray:
+def decode_tensor(t: TensorIn, info: InputInfo, max_rows: int) -> np.ndarray:
+    """One input tensor ``t`` as the array ``info`` declares (a writable copy in its dtype).
+
+    Raises:
+        RequestError: 400 for another datatype, rank or fixed axis, no sample, contents that
+            disagree with the shape, or values of another kind or out of the datatype's range;
+            413 for more than ``max_rows`` samples.
+    """
     datatype, wire = DATATYPES[info.dtype]
     want = f"this model takes {signature(info)} (from its manifest)"
     if t.datatype != datatype:
