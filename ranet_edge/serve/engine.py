@@ -8,6 +8,7 @@ rule (``runtime/decision.py``).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from ranet_edge.runtime.inputs import NamedBatch
 from ranet_edge.runtime.manifest import GraphEntry
 from ranet_edge.runtime.operating_points import select
 from ranet_edge.runtime.providers import open_session, session_options
+from ranet_edge.runtime.tensors import InputInfo
 
 from .api import RequestError
 from .rows import RULE_CODE
@@ -105,18 +107,26 @@ class ServedModel:
         except InputError as exc:
             raise RequestError(400, str(exc)) from None
         for info in self.chain.inputs:
-            a = batch.arrays[info.name]
-            for axis, (size, label) in enumerate(zip(info.shape[1:], info.axes[1:]), 1):
-                if size is not None:
-                    continue
-                if a.shape[axis] == 0:
-                    raise RequestError(400, f"input {info.name} has {label or f'axis {axis}'} 0; send at least one "
-                                            "element on every axis")
-                if a.shape[axis] > self.settings.max_length:
-                    raise RequestError(413, f"input {info.name} has {label or f'axis {axis}'} {a.shape[axis]}, more "
-                                            f"than this server takes (max_length {self.settings.max_length}); "
-                                            "send shorter inputs")
+            self.check_sizes(info, batch.arrays[info.name].shape)
         return batch
+
+    def check_sizes(self, info: InputInfo, shape: Sequence[int]) -> None:
+        """The dynamic axes but the batch of a ``shape`` sent for input ``info``: at least 1, at
+        most ``max_length`` (checked before a request's contents are decoded, too).
+
+        Raises:
+            RequestError: 400 for an axis of size 0, 413 for one longer than ``max_length``.
+        """
+        for axis, (size, label) in enumerate(zip(info.shape[1:], info.axes[1:]), 1):
+            if size is not None or axis >= len(shape):
+                continue
+            if shape[axis] == 0:
+                raise RequestError(400, f"input {info.name} has {label or f'axis {axis}'} 0; send at least one "
+                                        "element on every axis")
+            if shape[axis] > self.settings.max_length:
+                raise RequestError(413, f"input {info.name} has {label or f'axis {axis}'} {shape[axis]}, more "
+                                        f"than this server takes (max_length {self.settings.max_length}); "
+                                        "send shorter inputs")
 
     def decision_of(self, point: str | None, rule: str | None = None,
                     patience: int | None = None) -> tuple[np.ndarray, np.ndarray, np.int8]:

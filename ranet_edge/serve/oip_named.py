@@ -12,6 +12,7 @@ and sequence sizes, ``max_length``). :func:`decode_inputs` picks this or the ima
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,6 +103,8 @@ def decode_named(tensors: Sequence[TensorIn], model: ServedModel, max_rows: int)
     missing = [name for name in infos if name not in seen]
     if missing:
         raise RequestError(400, f"the request lacks input {missing[0]!r}; {accepted(model)}")
+    for name, info in infos.items():  # sizes first: a sequence past max_length is not decoded
+        model.check_sizes(info, seen[name].shape)
     arrays = {name: decode_tensor(seen[name], info, max_rows) for name, info in infos.items()}
     return model.check_named(arrays)
 
@@ -130,7 +133,7 @@ def decode_tensor(t: TensorIn, info: InputInfo, max_rows: int) -> np.ndarray:
     if n > max_rows:
         raise RequestError(413, f"{n} samples in one request, this server takes at most {max_rows} "
                                 "(its max batch); split the request")
-    size = int(np.prod(t.shape))
+    size = math.prod(t.shape)  # Python ints: a huge declared shape cannot wrap around
     if t.raw is not None:
         width = np.dtype(wire).itemsize
         if len(t.raw) != size * width:
