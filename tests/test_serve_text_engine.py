@@ -266,3 +266,62 @@ def test_every_input_datatype_is_read_from_json_and_binary(dtype, datatype, valu
     if dtype == "uint8":
         with pytest.raises(RequestError, match="out of the range of UINT8"):
             decode_tensor(TensorIn("x", datatype, (1, 3), data=[[0, 256, 1]]), info, 16)
+
+
+def test_fuzzed_text_requests_are_answered_or_refused_in_one_line(model):
+    """Whatever the tensors of a /v2 request to a text bundle (hypothesis, 300 examples), the
+    codec gives the engine checked arrays or refuses with a one-line 4xx, never anything else;
+    what it accepts, the engine answers or refuses (ids past the vocabulary) in one line too."""
+    hypothesis = pytest.importorskip("hypothesis", reason="needs hypothesis (the test extra)")
+    from hypothesis import strategies as st
+
+    from ranet_edge.serve import oip
+
+    ints = st.integers(-2**64, 2**64) | st.integers(0, 70)
+    values = st.recursive(st.none() | st.booleans() | ints | st.floats() | st.text(max_size=3),
+                          lambda inner: st.lists(inner, max_size=6), max_leaves=30)
+    tensor = st.fixed_dictionaries({
+        "name": st.sampled_from(["input_ids", "attention_mask", "image", "token_type_ids"]),
+        "datatype": st.sampled_from(["INT64", "INT32", "BOOL", "FP32", "BYTES"]),
+        "shape": st.lists(st.integers(0, 4), max_size=3) | st.sampled_from([[1, 3], [2, 2], [1, 10**12]]),
+        "data": values})
+    bodies = st.fixed_dictionaries({"inputs": st.lists(tensor, min_size=1, max_size=3)},
+                                   optional={"parameters": st.fixed_dictionaries(
+                                       {}, optional={"patience": st.integers(0, 3) | st.text(max_size=2)})})
+
+
+    @st.composite
+    def valid(draw):  # well-formed requests, ids up to 70 (the vocabulary is 64)
+        n, length = draw(st.integers(1, 3)), draw(st.integers(1, 6))
+        ids = draw(st.lists(st.lists(st.integers(0, 70), min_size=length, max_size=length), min_size=n, max_size=n))
+        mask = [[1] * length for _ in range(n)]
+        return {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [n, length], "data": ids},
+                           {"name": "attention_mask", "datatype": "INT64", "shape": [n, length], "data": mask}]}
+
+    answered = []
+
+    async def run(x):
+        engine = StageEngine(model)
+        try:
+            return await engine.classify(x, None)
+        finally:
+            await engine.close(5)
+
+    @hypothesis.settings(max_examples=300, deadline=None, database=None)
+    @hypothesis.given(valid() | bodies)
+    def fuzz(doc):
+        try:
+            req = oip.parse_rest_infer(json.dumps(doc).encode(), None, model, 16)
+        except RequestError as exc:
+            assert 400 <= exc.status < 500 and "\n" not in exc.message and exc.message
+            return
+        try:
+            got = asyncio.run(run(req.x))
+        except RequestError as exc:
+            assert exc.status == 400 and "the model refused these inputs" in exc.message
+            answered.append(0)
+            return
+        answered.append(len(got.labels))
+
+    fuzz()
+    assert 0 in answered and max(answered) > 0  # some refused by the model, some answered
