@@ -189,3 +189,25 @@ def shipped_copy(tmp_path):
     bundle = shutil.copytree(DEFAULT_BUNDLE, tmp_path / "bundle")
     with np.load(SAMPLE_IMAGES) as z:
         return bundle, z["x"], z["y"].astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def text_bundle(tmp_path_factory):
+    """(model, bundle) of the tests' BERT-like early-exit encoder (text_models.py: int64 ids and
+    mask, a dynamic sequence axis, exits after layers 2/4/6), exported with its monolithic graph, a ``tokenizer.json``
+    (text_serve_support.py) and two operating points fitted on its own random texts (so
+    samples leave at every exit): ``mp`` (max_prob, the default) and ``ent`` (entropy)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("tokenizers")
+    from text_models import SEQUENCE, EarlyExitBert, text_batch
+    from text_serve_support import build_tokenizer, store_points
+
+    from ranet_edge.export import ExportSpec, export_model
+
+    root = tmp_path_factory.mktemp("text")
+    model = EarlyExitBert().eval()
+    build_tokenizer(root / "tokenizer.json")
+    export_model(model, root / "bundle", text_batch(2, 12), ExportSpec(dynamic_axes=SEQUENCE, monolithic=True),
+                 assets={"tokenizer.json": root / "tokenizer.json"}, log=lambda _m: None)
+    store_points(root / "bundle")
+    return model, root / "bundle"

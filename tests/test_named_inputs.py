@@ -167,14 +167,15 @@ def test_a_carried_tokenizer_feeds_the_chain_and_is_sha256_checked(bert, tmp_pat
         ExitChain.load(bundle, warmup=False)
 
 
-def test_the_server_refuses_a_text_bundle_in_one_line(bert):
+def test_the_server_loads_a_text_bundle_with_its_named_inputs(bert):
+    """Serving text bundles is tested in tests/test_serve_text.py; here: the server takes it."""
     pytest.importorskip("uvicorn")
-    from ranet_edge.errors import BundleError
     from ranet_edge.serve.engine import ServedModel
     from ranet_edge.serve.settings import ServeSettings
 
-    with pytest.raises(BundleError, match="takes named inputs, not images: the server serves image bundles"):
-        ServedModel(ServeSettings(bundle=bert[1]))
+    model = ServedModel(ServeSettings(bundle=bert[1]))
+    assert model.named and model.tokenizer is None
+    assert [i["name"] for i in model.summary()["inputs"]] == ["input_ids", "attention_mask"]
 
 
 def test_an_image_bundle_without_inputs_reads_its_input_from_preprocessing():

@@ -41,6 +41,8 @@ from .commands_runtime import provider_option
               help="larger request bodies are refused with 413")
 @click.option("--model-name", default="ranet-edge", show_default=True,
               help="the model's name in the Open Inference Protocol (/v2/models/NAME)")
+@click.option("--max-length", type=click.IntRange(1), default=512, show_default=True,
+              help="text bundles: the longest sequence a request may send (texts on /v1 are truncated to it)")
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
               help="also serve the KServe GRPCInferenceService on this port (one-process server)")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
@@ -60,7 +62,7 @@ from .commands_runtime import provider_option
               help="--ray: HAProxy instead of Serve's Python proxy, talking to the replicas directly (local Ray "
                    "only; its stats ports 8404/9101 listen on all interfaces)")
 def serve(bundle, host, port, max_batch, batch_wait_ms, stage_batching, device_io, max_queue, timeout_s, operating_point,
-          slo_ms, min_point, provider, threads, graph, max_body_bytes, model_name, grpc_port, access_log, use_ray,
+          slo_ms, min_point, provider, threads, graph, max_body_bytes, model_name, max_length, grpc_port, access_log, use_ray,
           replicas, min_replicas, max_replicas, target_ongoing_requests, address, haproxy) -> None:
     """Serve BUNDLE (default: the shipped model) over HTTP: /v1 and the Open Inference Protocol
     (/v2), survivors batched across requests graph by graph, early answers, Prometheus metrics.
@@ -100,7 +102,7 @@ def serve(bundle, host, port, max_batch, batch_wait_ms, stage_batching, device_i
                              max_batch=max_batch,
                              batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes,
                              stage_batching=stage_batching, max_queue=max_queue, timeout_s=timeout_s,
-                             device_io=device_io, slo_ms=slo_ms, min_point=min_point)
+                             device_io=device_io, slo_ms=slo_ms, min_point=min_point, max_length=max_length)
     logging.getLogger("ranet_edge.serve.access").setLevel(logging.INFO if access_log else logging.WARNING)
     if use_ray:
         from ranet_edge.serve.ray_lifecycle import run_ray

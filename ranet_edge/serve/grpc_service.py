@@ -44,6 +44,11 @@ GRPC_CODES = {
 }
 
 
+#: datatype -> (its field of InferTensorContents, numpy dtype), for typed contents besides FP32 and BYTES
+TYPED = {"INT64": ("int64_contents", np.int64), "INT32": ("int_contents", np.int32), "BOOL": ("bool_contents", bool),
+         "UINT8": ("uint_contents", np.int64), "FP64": ("fp64_contents", np.float64)}
+
+
 def _message_classes() -> dict[str, type]:
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(_oip_descriptor.SERIALIZED)
@@ -92,6 +97,9 @@ def infer_request(msg: Any, model: Any, max_images: int) -> oip.InferRequest:
             tensors.append(oip.TensorIn(t.name, t.datatype, tuple(t.shape), raw=raw[i], parameters=params))
         elif t.datatype == "FP32":
             data = np.array(t.contents.fp32_contents, dtype=np.float32)
+            tensors.append(oip.TensorIn(t.name, t.datatype, tuple(t.shape), data=data, parameters=params))
+        elif t.datatype in TYPED:  # a named input (text): INT64 ids, a BOOL mask, ...
+            data = np.array(getattr(t.contents, TYPED[t.datatype][0]), dtype=TYPED[t.datatype][1])
             tensors.append(oip.TensorIn(t.name, t.datatype, tuple(t.shape), data=data, parameters=params))
         else:  # BYTES: one file per element; any other datatype is refused by name
             data = list(t.contents.bytes_contents)

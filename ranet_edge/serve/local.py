@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 from ranet_edge.errors import InputError, require
 
 from .api import RequestError
-from .engine import ServedModel
+from .engine import ServedModel, input_words, v1_body
 from .loop_lag import LoopLag
 from .metrics import Metrics
 from .routes import Reply, Routes, too_big
@@ -238,7 +238,7 @@ def print_summary(routes: Routes, sock: socket.socket, grpc_port: int | None, to
     points = [f"{name}{' (default)' if name == s['default_operating_point'] else ''}" for name in s["operating_points"]]
     echo(f"ranet-edge serving at {url}")
     echo(f"model      {s['bundle']}: {len(s['exits'])} exits, {s['num_classes']} classes, "
-         f"input {s['input']['size']}x{s['input']['size']}, graph {s['graph']}; Open Inference Protocol name "
+         f"{input_words(s)}, graph {s['graph']}; Open Inference Protocol name "
          f"{routes.model_name!r}")
     echo(f"runs on    one process, provider {settings.provider} ({', '.join(s['session_providers'])}), "
          f"{settings.threads} thread(s) per graph; healthy {took_s:.2f} s after start")
@@ -249,7 +249,7 @@ def print_summary(routes: Routes, sock: socket.socket, grpc_port: int | None, to
     if engine.slo is not None:
         echo(f"objective  {settings.slo_ms:g} ms (--slo-ms): requests naming no point move along "
              f"{', '.join(r.name for r in engine.slo.rungs)}; past {engine.slo.rungs[0].name}, 503")
-    echo(f"  POST {url}/v1/classify   image/jpeg or image/png body, or a JSON list of base64 images; "
+    echo(f"  POST {url}/v1/classify   {v1_body(s)}; "
          "?operating_point=NAME")
     echo(f"  GET  {url}/v1/model, {url}/v1/health")
     echo(f"  POST {url}/v2/models/{routes.model_name}/infer   Open Inference Protocol (KServe v2), JSON or binary tensors")

@@ -5,13 +5,16 @@ A codec, no server: the HTTP ingress calls :func:`parse_rest_infer` and
 and :func:`output_tensors`; both hand :attr:`InferRequest.x` to the engine. Ray-free. The
 input tensor itself is decoded and checked in ``oip_tensors.py``.
 
-The model takes exactly one input per request:
+An image bundle takes exactly one input per request:
 
 - ``image``, ``BYTES [-1]``: one encoded JPEG or PNG per element (OpenVINO Model Server's
   convention). In the JSON form each element is a base64 string; in binary (the binary
   tensor data extension, gRPC ``raw_input_contents``) each element is a 4-byte
   little-endian length followed by the file's bytes; gRPC ``bytes_contents`` holds the files.
 - ``input``, ``FP32 [-1, C, H, W]``: already preprocessed, C, H, W from the manifest.
+
+A bundle of named inputs (text) takes one tensor per input its manifest declares
+(``oip_named.py``: ``input_ids`` ``INT64 [-1, -1]`` ...).
 
 It answers ``label`` ``INT64 [-1]``, ``exit`` ``INT64 [-1]``, ``confidence`` ``FP32 [-1]``
 and, when asked for, ``logits`` ``FP32 [-1, classes]``. The request parameter
@@ -32,10 +35,12 @@ import numpy as np
 
 from ranet_edge import __version__
 from ranet_edge.errors import RanetEdgeError
+from ranet_edge.runtime.inputs import NamedBatch
 
 from .api import RequestError
 from .engine import ServedModel
-from .oip_tensors import IMAGE, INPUT, TensorIn, accepted, decode_input, input_shape, kind, show
+from .oip_named import accepted_any, decode_inputs, input_metadata
+from .oip_tensors import TensorIn, kind, show
 from .progress import DEADLINE_PARAMETER, deadline_cut, parse_deadline
 from .rules import PATIENCE_PARAMETER, RULE_PARAMETER, parse_rule
 
@@ -69,7 +74,7 @@ class InferRequest:
     """A parsed inference request, ready for ``engine.classify(x, point)``."""
 
     id: str | None  # echoed in the response when given
-    x: np.ndarray  # float32 (n, C, H, W), preprocessed
+    x: np.ndarray | NamedBatch  # float32 (n, C, H, W), preprocessed; or a named-input bundle's arrays
     point: str | None  # parameters.operating_point; None: the server's default
     outputs: tuple[RequestedOutput, ...]  # in the order the response lists them
     deadline_s: float | None = None  # parameters.deadline_ms, in seconds; None: no deadline
@@ -95,11 +100,8 @@ def server_metadata() -> dict:
 
 def model_metadata(model: ServedModel, name: str) -> dict:
     """``GET /v2/models/{name}`` (and gRPC ModelMetadata)."""
-    c, h, w = input_shape(model)
     return {
-        "name": name, "versions": [MODEL_VERSION], "platform": PLATFORM,
-        "inputs": [{"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
-                   {"name": INPUT, "datatype": "FP32", "shape": [-1, c, h, w]}],
+        "name": name, "versions": [MODEL_VERSION], "platform": PLATFORM, "inputs": input_metadata(model),
         "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},
                     {"name": "exit", "datatype": "INT64", "shape": [-1]},
                     {"name": "confidence", "datatype": "FP32", "shape": [-1]},
@@ -161,8 +163,7 @@ def parse_rest_infer(body: bytes, header_length: int | None, model: ServedModel,
     parameters = _object(doc.get("parameters"), "the request's parameters")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
-        raise RequestError(400, "the request needs a non-empty list `inputs`: one tensor named "
-                                f"{IMAGE!r} (BYTES) or {INPUT!r} (FP32)")
+        raise RequestError(400, f"the request needs a non-empty list `inputs`: {accepted_any(model)}")
     tensors, offset = [], 0
     for i, item in enumerate(inputs):
         if not isinstance(item, dict):
@@ -170,11 +171,11 @@ def parse_rest_infer(body: bytes, header_length: int | None, model: ServedModel,
         _only_keys(item, f"inputs[{i}]", ("name", "datatype", "shape", "parameters", "data"))
         name = item.get("name")
         if not isinstance(name, str):
-            raise RequestError(400, f"inputs[{i}] needs a string `name`: {IMAGE!r} or {INPUT!r}")
+            raise RequestError(400, f"inputs[{i}] needs a string `name`; {accepted_any(model)}")
         where = f"input {show(name)}"
         datatype = item.get("datatype")
         if not isinstance(datatype, str):
-            raise RequestError(400, f"{where} needs a string `datatype` (BYTES for {IMAGE!r}, FP32 for {INPUT!r})")
+            raise RequestError(400, f"{where} needs a string `datatype`; {accepted_any(model)}")
         shape = _shape(item.get("shape"), where)
         params = _object(item.get("parameters"), f"{where}'s parameters")
         _no_shared_memory(params, where)  # before binary_data_size: shared memory sets one too
@@ -248,18 +249,11 @@ def build_request(request_id: str | None, inputs: Sequence[TensorIn], parameters
     if not requested:
         requested = [RequestedOutput(name, binary_default) for name in DEFAULT_OUTPUTS
                      + ("deadline_cut",) * (deadline_s is not None)]
-    names = [t.name for t in inputs]
     for t in inputs:
-        if t.name not in (IMAGE, INPUT):
-            raise RequestError(400, f"unknown input {show(t.name)}; {accepted(model)}")
-        _no_shared_memory(t.parameters or {}, f"input {t.name!r}")
+        _no_shared_memory(t.parameters or {}, f"input {show(t.name)}")
         if any(d < 0 for d in t.shape):
-            raise RequestError(400, f"input {t.name!r} has shape {list(t.shape)}; dimensions are whole numbers >= 0")
-    if len(inputs) != 1:
-        what = "both" if set(names) == {IMAGE, INPUT} else f"{len(inputs)} inputs"
-        raise RequestError(400, f"the request gives {what}; {accepted(model)}, exactly one")
-    tensor = inputs[0]
-    x = decode_input(tensor, model, max_images)
+            raise RequestError(400, f"input {show(t.name)} has shape {list(t.shape)}; dimensions are whole numbers >= 0")
+    x = decode_inputs(inputs, model, max_images)
     return InferRequest(request_id or None, x, point, tuple(requested), deadline_s, rule, patience)
 
 

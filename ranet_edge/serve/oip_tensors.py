@@ -117,7 +117,7 @@ def _unpack_bytes(raw: bytes, n: int) -> list[bytes]:
 
 def _byte_elements(data: Any, n: int) -> list[bytes]:
     """BYTES in JSON (base64 strings) or in gRPC ``bytes_contents`` (the files themselves)."""
-    items = _flatten(data, IMAGE)
+    items = flatten(data, IMAGE)
     if len(items) != n:
         raise RequestError(400, f"input {IMAGE!r} has shape [{n}] but holds {len(items)} elements; "
                                 "fix the shape or the data")
@@ -166,7 +166,7 @@ def _numbers(data: Any, size: int, shape: tuple[int, ...]) -> np.ndarray:
     if isinstance(data, np.ndarray):  # gRPC fp32_contents, already float32
         x = data
     else:
-        items = _flatten(data, INPUT)
+        items = flatten(data, INPUT)
         if len(items) != size:
             raise RequestError(400, f"input {INPUT!r} has shape {list(shape)}, {size} values, but {len(items)} "
                                     "were sent; fix the shape or the data")
@@ -184,7 +184,7 @@ def _numbers(data: Any, size: int, shape: tuple[int, ...]) -> np.ndarray:
     return x
 
 
-def _flatten(data: Any, name: str) -> list:
+def flatten(data: Any, name: str) -> list:
     """JSON tensor data, flat or nested row-major, as one flat list."""
     if isinstance(data, np.ndarray):
         return list(data.ravel())

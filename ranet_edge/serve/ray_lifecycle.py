@@ -152,11 +152,13 @@ def _stop(server: Server | None, local: bool, hurry: Flag) -> bool:
 def print_summary(app: Deployed, server: Server, settings: ServeSettings, haproxy: bool, echo: Echo = _echo,
                   model_name: str = "ranet-edge") -> None:
     """What ``ranet-edge serve`` prints once it answers: URL, model, replicas, ingress, routes."""
+    from .engine import input_words, v1_body
+
     s = app.summary
     points = [f"{name}{' (default)' if name == s['default_operating_point'] else ''}" for name in s["operating_points"]]
     echo(f"ranet-edge serving at {app.url}")
     echo(f"model      {s['bundle']}: {len(s['exits'])} exits, {s['num_classes']} classes, "
-         f"input {s['input']['size']}x{s['input']['size']}, graph {s['graph']}")
+         f"{input_words(s)}, graph {s['graph']}")
     replicas = (f"{settings.min_replicas}-{settings.max_replicas} replicas (autoscaled: about "
                 f"{settings.target_ongoing_requests:g} requests in flight each)" if settings.replicas == "auto"
                 else f"{settings.replicas} replica(s)")
@@ -171,7 +173,7 @@ def print_summary(app: Deployed, server: Server, settings: ServeSettings, haprox
          f" in each replica, up to {settings.max_batch} images, waiting {settings.batch_wait_ms:g} ms; "
          f"bodies up to {settings.max_body_bytes} bytes")
     echo(f"operating points: {', '.join(points) or 'none stored: every image runs to the last exit'}")
-    echo(f"  POST {app.url}/v1/classify   image/jpeg or image/png body, or a JSON list of base64 images; "
+    echo(f"  POST {app.url}/v1/classify   {v1_body(s)}; "
          "?operating_point=NAME")
     echo(f"  GET  {app.url}/v1/model")
     echo(f"  GET  {app.url}/v1/health")

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 from ranet_edge.errors import RanetEdgeError
 
+from . import texts
 from .api import RequestError, error_body, parse_images
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
@@ -143,12 +144,20 @@ class Routes:
         deadline_s = parse_deadline(query.get(DEADLINE_PARAMETER), f"query parameter {DEADLINE_PARAMETER}")
         rule, patience = parse_rule(query.get(RULE_PARAMETER), query.get(PATIENCE_PARAMETER))
         self.model.decision_of(point, rule, patience)  # a bad combination: 400 before the body is read
+        if self.model.named and texts.no_texts(self.model, self.model_name):  # no tokenizer: 400 naming /v2
+            raise RequestError(400, texts.no_texts(self.model, self.model_name))
         data = await self._read(read_body, start)
         precheck(self.engine, point, (time.perf_counter() - start) * 1e3)  # --slo-ms: shed before decoding
-        args = (headers.get("content-type"), data, self.model.chain.preprocess_spec, self.settings.max_batch)
-        # a photo takes milliseconds to decode: off the event loop; a thumbnail costs less than the hop
-        images = parse_images(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(parse_images, *args)
-        answer = await self._classify(self.model.chain.preprocess(images), point, start, deadline_s, rule, patience)
+        if self.model.named:  # a text bundle: {"texts": [...]}, tokenized off the event loop (texts.py)
+            x = await asyncio.to_thread(texts.parse_texts, headers.get("content-type"), data, self.model,
+                                        self.settings.max_batch, self.model_name)
+        else:
+            args = (headers.get("content-type"), data, self.model.chain.preprocess_spec, self.settings.max_batch)
+            # a photo takes milliseconds to decode: off the event loop; a thumbnail costs less than the hop
+            images = parse_images(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(
+                parse_images, *args)
+            x = self.model.chain.preprocess(images)
+        answer = await self._classify(x, point, start, deadline_s, rule, patience)
         names, counts = self.model.class_names, self.model.chain.exit_classes
         ms = round(answer.server_ms, 3)  # class names name the last exit's classes: an exit of another count has none
         preds = [{"label": label, "class": names[label] if counts[e] == len(names) else str(label), "exit": e,

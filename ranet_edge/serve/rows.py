@@ -4,6 +4,7 @@ answered (:class:`Answer`, or :class:`Overloaded`)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,30 @@ class Overloaded(RequestError):
         self.retry_after_s = retry_after_s
 
 
+class GraphFailed(Exception):
+    """A graph run raised (ONNX Runtime refused the rows: a token id past the vocabulary, ...)
+    before anything was answered, so the rows may run again, each request's alone."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(str(cause))
+        self.cause = cause
+
+    @staticmethod
+    def answer(exc: Exception, named: bool) -> Exception:
+        """What the requests whose rows failed with ``exc`` get: a RuntimeError ("the model
+        failed: ...", a 500), or for a named-input bundle whose graph refused an argument
+        (ONNX Runtime's InvalidArgument: a token id past the vocabulary, a sequence past the
+        position table) a 400 naming the model's complaint; after a failed merged batch each
+        request's rows run alone, so only the request that sent them gets it."""
+        exc = exc.cause if isinstance(exc, GraphFailed) else exc
+        if named and type(exc).__name__ == "InvalidArgument":
+            text = str(exc)
+            why = text.split("Status Message:", 1)[-1].strip()[:200]
+            return RequestError(400, f"the model refused these inputs: {why}; check the values (token ids "
+                                     "within the vocabulary, the sequence within the model's positions)")
+        return RuntimeError(f"the model failed: {type(exc).__name__}: {exc}")
+
+
 class Request:
     """One classify call as the model thread fills it."""
 
@@ -65,11 +90,11 @@ class Rows:
     """Rows waiting for one graph: whose they are, their thresholds and exit rule, and their
     tensors as the executor holds them (an :class:`~ranet_edge.runtime.executors.base.Env`)."""
 
-    __slots__ = ("reqs", "owner", "slot", "thr", "temps", "env", "since", "rule", "streak")
+    __slots__ = ("reqs", "owner", "slot", "thr", "temps", "env", "since", "rule", "streak", "key")
 
     def __init__(self, reqs: list[Request], owner: np.ndarray, slot: np.ndarray, thr: np.ndarray,
                  temps: np.ndarray, env: Env, since: float, rule: np.ndarray | None = None,
-                 streak: Streak | None = None):
+                 streak: Streak | None = None, key: tuple | None = None):
         self.reqs = reqs  # the requests the rows belong to
         self.owner = owner  # int (m,): index into reqs of each row
         self.slot = slot  # int (m,): position of each row in its request
@@ -79,6 +104,9 @@ class Rows:
         self.since = since  # when the oldest of these rows joined this queue (perf_counter)
         self.rule = np.zeros(len(owner), np.int8) if rule is None else rule  # int8 (m,): RULE_CODE of each row
         self.streak = streak  # the patience rule's state of every row (None: no patience row decided yet)
+        #: what rows must share to run in one batch: the sizes of a named-input request's dynamic
+        #: axes (its sequence length); None for images, which all share their shape
+        self.key = key
 
     def __len__(self) -> int:
         return len(self.owner)
@@ -87,7 +115,7 @@ class Rows:
         """The rows ``keep`` (sorted positions) with tensors ``env`` (still of all rows)."""
         return Rows(self.reqs, self.owner[keep], self.slot[keep], self.thr[keep], self.temps[keep],
                     env if len(keep) == len(self) else ex.take(env, keep), since, self.rule[keep],
-                    None if self.streak is None else self.streak.take(keep))
+                    None if self.streak is None else self.streak.take(keep), self.key)
 
     def decide(self, e: int, z: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exit ``e``'s decision for these rows, each by its own rule and thresholds
@@ -111,6 +139,16 @@ class Rows:
             labels[d.take], conf[d.take] = d.labels, d.confidences
         return take, labels[take], conf[take]
 
+    def per_request(self, ex: Executor) -> list[Rows]:
+        """These rows split by request (a request may own several parts of them)."""
+        groups: dict[int, list[int]] = {}
+        for i, req in enumerate(self.reqs):
+            groups.setdefault(id(req), []).append(i)
+        if len(groups) == 1:
+            return [self]
+        return [self.select(ex, np.flatnonzero(np.isin(self.owner, owners)), self.env, self.since)
+                for owners in groups.values()]
+
     def cut(self, ex: Executor, t: int) -> tuple[Rows, Rows]:
         """The first ``t`` rows and the rest."""
         n = len(self)
@@ -118,9 +156,36 @@ class Rows:
                 self.select(ex, np.arange(t, n), self.env, self.since))
 
     @staticmethod
+    def take(queue: collections.deque[Rows], ex: Executor, most: int) -> tuple[list[Rows], int]:
+        """Up to ``most`` rows from the front of ``queue`` that can share one graph run (taken out
+        of it, cut where a part does not fit): the oldest part's, and every later part of the same
+        :attr:`Rows.key`, in queue order. Parts of another key stay queued in their order, so the
+        oldest rows always run next. Returns (the parts, their row count).
+
+        Rows of different sequence lengths are not padded to one: the server cannot know how a
+        model reads padding, and padded rows would not give ``ExitChain.predict``'s answers on the
+        request's own arrays (see docs/guides/serving.md, "Text bundles")."""
+        parts: list[Rows] = []
+        have = 0
+        key = queue[0].key if queue else None
+        skipped: list[Rows] = []
+        while queue and have < most:
+            part = queue.popleft()
+            if part.key != key:
+                skipped.append(part)
+                continue
+            if have + len(part) > most:
+                part, rest = part.cut(ex, most - have)
+                queue.appendleft(rest)
+            parts.append(part)
+            have += len(part)
+        queue.extendleft(reversed(skipped))  # back at the front, in their order
+        return parts, have
+
+    @staticmethod
     def merge(ex: Executor, parts: Sequence[Rows]) -> Rows:
         """One Rows of ``parts`` in order (requests of several batches, tensors concatenated
-        by ``ex``); ``since`` is the oldest part's.
+        by ``ex``; all of one :attr:`key`); ``since`` is the oldest part's.
 
         Raises:
             InputError: several parts and an executor that cannot merge rows (captured buffers).
@@ -141,7 +206,7 @@ class Rows:
         return Rows(reqs, np.concatenate(owners), np.concatenate([p.slot for p in parts]),
                     np.concatenate([p.thr for p in parts]), np.concatenate([p.temps for p in parts]),
                     ex.concat([p.env for p in parts]), min(p.since for p in parts),
-                    np.concatenate([p.rule for p in parts]), streak)
+                    np.concatenate([p.rule for p in parts]), streak, parts[0].key)
 
 
 def resolve(items: list[tuple[asyncio.Future, object]]) -> None:

@@ -11,7 +11,7 @@ from ranet_edge.errors import ConfigError
 GRAPHS = ("chain", "monolithic")
 _NUMBERS = {"threads": int, "replicas": int, "min_replicas": int, "max_replicas": int,
             "target_ongoing_requests": float, "max_batch": int, "max_body_bytes": int, "batch_wait_ms": float,
-            "max_queue": int, "timeout_s": float, "slo_ms": float}
+            "max_queue": int, "timeout_s": float, "slo_ms": float, "max_length": int}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -41,6 +41,7 @@ class ServeSettings:
     device_io: bool | None = None  # feature maps stay in device memory (None: on for GPU providers)
     slo_ms: float | None = None  # latency objective: requests naming no point move along the ladder (slo.py)
     min_point: str | None = None  # with slo_ms: the cheapest ladder rung used (None: ladder-0)
+    max_length: int = 512  # named inputs (text): longest dynamic axis but the batch (a sequence) a request may send
 
     def __post_init__(self) -> None:
         if self.graph not in GRAPHS:
@@ -53,7 +54,8 @@ class ServeSettings:
         if isinstance(self.target_ongoing_requests, bool) or not isinstance(self.target_ongoing_requests, (int, float)) \
                 or not self.target_ongoing_requests > 0:
             raise ConfigError(f"target_ongoing_requests must be a number > 0, got {self.target_ongoing_requests!r}")
-        for field in ("threads", "min_replicas", "max_replicas", "max_batch", "max_body_bytes", "max_queue"):
+        for field in ("threads", "min_replicas", "max_replicas", "max_batch", "max_body_bytes", "max_queue",
+                      "max_length"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{field} must be a whole number >= 1, got {value!r}")

@@ -18,7 +18,8 @@ with different operating points share graph runs: thresholds are per row.
 
 ``stage_batching=False`` is the baseline: each batch runs through all its graphs before the
 next batch starts (its requests still answered graph by graph). The monolithic graph is one
-stage. The asyncio side only queues rows and awaits futures; the model thread resolves them
+stage. Rows of a named-input (text) bundle share a run only with rows of their own sequence
+length (``Rows.take``). The asyncio side only queues rows and awaits futures; the model thread resolves them
 through ``loop.call_soon_threadsafe``, one call per graph run.
 """
 from __future__ import annotations
@@ -28,18 +29,19 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from ranet_edge.errors import InputError
 from ranet_edge.runtime.deadline import StageTimes
+from ranet_edge.runtime.inputs import NamedBatch
 
 from . import progress
 from . import slo as slo_control
 from .api import RequestError
 from .engine import ServedModel
-from .rows import RETRY_AFTER_S, Answer, Overloaded, Request, Rows, fail_future, resolve
+from .rows import RETRY_AFTER_S, Answer, GraphFailed, Overloaded, Request, Rows, fail_future, resolve
 
 log = logging.getLogger("ranet_edge.serve")
 
@@ -105,33 +107,40 @@ class StageEngine:
         """Rows waiting in each graph's queue (not running)."""
         return list(self._queued)
 
-    async def classify(self, x: np.ndarray, point: str | None, deadline: float | None = None,
+    async def classify(self, x: np.ndarray | Mapping | NamedBatch, point: str | None, deadline: float | None = None,
                        on_progress: Callable[[progress.Progress], None] | None = None, *,
                        rule: str | None = None, patience: int | None = None) -> Answer:
         """Labels, exits, confidences and logits of the float32 (n, C, H, W) images ``x``
-        (preprocessed) under the stored operating point ``point`` (None: the server's default),
-        or ``rule`` / ``patience`` (:meth:`ServedModel.decision_of`).
+        (preprocessed), or of a named-input bundle's n samples (``x`` a mapping name -> array
+        or a ``NamedBatch``, checked by :meth:`ServedModel.check_named`), under the stored
+        operating point ``point`` (None: the server's default), or ``rule`` / ``patience``
+        (:meth:`ServedModel.decision_of`).
         Cancelling the call discards its rows still queued. ``deadline`` (``time.perf_counter``
         seconds): answer by then with the deepest exit each image reached; ``on_progress``:
         called on this loop after each graph run with a :class:`~.progress.Progress` (see ``progress.py``).
 
         Raises:
-            RequestError: 400 for a bad point or array, 413 for more images than ``max_queue``.
+            RequestError: 400 for a bad point or array (or named input), 413 for more images than ``max_queue``.
             Overloaded: 503, the queue is full or the server is draining (also for a request
                 still unanswered when :meth:`close` gives up).
-            RuntimeError: a graph run failed on this request's rows ("the model failed: ...").
+            RuntimeError: a graph run failed on this request's rows ("the model failed: ..."; a
+                named-input bundle whose graph refused the values: RequestError 400, rows.GraphFailed).
         """
         thr, temps, code = self.model.decision_of(point, rule, patience)
-        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 1 + len(self._shape) \
+        key = None  # images all share their shape; named inputs batch only with rows of their sizes
+        if self.model.named:
+            x = self.model.check_named(x)
+            key = tuple(a.shape[1:] for a in x.arrays.values())
+        elif not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 1 + len(self._shape) \
                 or tuple(x.shape[1:]) != self._shape or x.shape[0] < 1:
             what = f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
             raise RequestError(400, f"the input is {what}; this model takes float32 [N, "
                                     f"{', '.join(map(str, self._shape))}] with N >= 1")
-        if not np.isfinite(x).all():
+        elif not np.isfinite(x).all():
             raise RequestError(400, "the input holds NaN or infinite values; send finite numbers")
         if self.closing:
             raise Overloaded(SHUTTING_DOWN)
-        n = x.shape[0]
+        n = len(x)
         if n > self.max_queue:
             raise RequestError(413, f"{n} images in one request, more than this server ever queues "
                                     f"(max_queue {self.max_queue}); split the request")
@@ -150,7 +159,8 @@ class StageEngine:
         if deadline is not None or on_progress is not None:
             req.watch = progress.Watch(n, deadline, on_progress)
         rows = Rows([req], np.zeros(n, np.intp), np.arange(n), np.broadcast_to(thr, (n, len(thr))),
-                    np.broadcast_to(temps, (n, len(temps))), self.executor.feed(x), req.start, np.full(n, code))
+                    np.broadcast_to(temps, (n, len(temps))), self.executor.feed(x), req.start, np.full(n, code),
+                    key=key)
         with self._cond:
             self._pending += n
             self._watched += req.watch is not None
@@ -199,18 +209,30 @@ class StageEngine:
                     return
                 k = self._pick(time.perf_counter())
                 rows = self._take(k)
-            if rows is None:
+            failed = None if rows is None else self._go(k, rows)
+            if failed is None:
                 continue
-            try:
-                if self.stage_batching:
-                    self._timed(k, rows, True)
-                else:  # the whole batch, graph after graph, before the next batch
-                    while rows is not None:
-                        rows = self._timed(k, rows, False)
-                        k += 1
-            except Exception as exc:  # the model failed: every request of the batch gets an answer
-                log.exception("graph %s failed", self.stages[k].path)
-                self._fail(rows, exc)
+            k, rows, exc = failed
+            parts = rows.per_request(self.executor) if isinstance(exc, GraphFailed) else [rows]
+            for part in parts:  # each request's rows alone: a bad input fails its own request only
+                again = self._go(k, part) if len(parts) > 1 else failed
+                if again is not None:
+                    self._fail(again[1], again[2])
+
+    def _go(self, k: int, rows: Rows) -> tuple[int, Rows, Exception] | None:
+        """Run ``rows`` from graph ``k`` (stage batching: that graph; otherwise every graph to
+        the end); None, or the graph that failed, its rows and the error."""
+        try:
+            if self.stage_batching:
+                self._timed(k, rows, True)
+            else:  # the whole batch, graph after graph, before the next batch
+                while rows is not None:
+                    rows = self._timed(k, rows, False)
+                    k += 1
+        except Exception as exc:  # the model failed: every request of the batch gets an answer
+            log.exception("graph %s failed", self.stages[k].path)
+            return k, rows, exc
+        return None
 
     def _pick(self, now: float) -> int:
         """The queue to run next (see the module doc); some queue holds rows."""
@@ -224,14 +246,8 @@ class StageEngine:
 
     def _take(self, k: int) -> Rows | None:
         """Up to ``max_batch`` rows of queue ``k`` (under the lock), dropped requests' rows left out."""
-        q, parts, have = self._queues[k], [], 0
-        while q and have < self.max_batch:
-            part = q.popleft()
-            if have + len(part) > self.max_batch:
-                part, rest = part.cut(self.executor, self.max_batch - have)
-                q.appendleft(rest)
-            parts.append(part)
-            have += len(part)
+        q = self._queues[k]
+        parts, have = Rows.take(q, self.executor, self.max_batch)  # rows of one sequence length
         self._queued[k] -= have
         rows = Rows.merge(self.executor, parts)
         if any(r.dropped for r in rows.reqs):
@@ -254,7 +270,10 @@ class StageEngine:
         """Run graph ``k`` on ``rows``, answer the requests it completes; the rows that go on
         are queued for graph k+1 (``hand_on``) or returned."""
         t0 = time.perf_counter()
-        logits, env = self.executor.run(k, rows.env)
+        try:
+            logits, env = self.executor.run(k, rows.env)
+        except Exception as exc:  # before any answer: the rows can run again, request by request
+            raise GraphFailed(exc) from exc
         self.times.record(k, len(rows), time.perf_counter() - t0)
         if self.on_batch is not None:
             self.on_batch(k, len(rows))
@@ -312,10 +331,10 @@ class StageEngine:
 
     def _fail(self, rows: Rows, exc: Exception) -> None:
         """Fail every request with a row in ``rows`` (a graph run on them raised)."""
-        error = RuntimeError(f"the model failed: {type(exc).__name__}: {exc}")
+        error = GraphFailed.answer(exc, self.model.named)
         with self._cond:
             self._pending -= len(rows)
-            failed = [r for r in dict.fromkeys(rows.reqs) if r in self._live]
+            failed = [r for r in dict.fromkeys(rows.reqs[i] for i in np.unique(rows.owner)) if r in self._live]
             for req in failed:
                 req.dropped = True  # its rows still queued are discarded
                 self._live.discard(req)
@@ -324,4 +343,5 @@ class StageEngine:
                 req.loop.call_soon_threadsafe(fail_future, req.future, error)
             except RuntimeError:
                 pass
+
 
