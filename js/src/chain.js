@@ -2,9 +2,11 @@
  * ExitChain: a bundle's graphs run in order, chained by tensor names, each sample leaving at
  * the first exit its exit rule takes it at (the Python runtime's ExitChain, runtime/chain.py).
  */
-import { argmaxRow, Results, softmaxRow, Streak } from './decide.js';
+import { anytime } from './anytime.js';
+import { Results, Streak } from './decide.js';
 import { BundleError, InputError, ProviderError } from './errors.js';
 import { ELEM_TYPES, gatherModel } from './gather.js';
+import { checkNamed, describe, isMapping, zeroInputs } from './inputs.js';
 import { MANIFEST, parseManifest } from './manifest.js';
 import { FILE as POINTS_FILE, parsePoints, resolveThresholds } from './operating_points.js';
 import { preprocess, specFrom } from './preprocess.js';
@@ -71,21 +73,20 @@ export class ExitChain {
     const graphs = await createGraphs(ort, manifest, models, where, { executionProviders, onGpu, deviceIo, sessionOptions: options.sessionOptions });
     const pre = manifest.data.preprocessing;
     const batch = manifest.data.batch_size;
+    const named = manifest.data.inputs !== undefined && manifest.data.inputs !== null;
     const chain = new ExitChain({
       ort, manifest: manifest.data, graphs, executionProviders: executionProviders || null, deviceIo, onGpu,
       operatingPoints: points.points, defaultOperatingPoint: points.default,
-      preprocessSpec: specFrom(pre), inputName: manifest.inputName,
-      inputShape: Array.isArray(pre.shape) ? pre.shape.slice(1).map(Number) : [3, Number(pre.size), Number(pre.size)],
+      inputs: manifest.inputs, named, inputName: manifest.inputName,
+      preprocessSpec: pre ? specFrom(pre) : null,
+      inputShape: named ? null : manifest.inputs[0].shape.slice(1).map(Number),
       numExits: manifest.numExits, numClasses: Number(manifest.data.num_classes),
       // each exit's class count (a manifest that records none: num_classes for every exit)
       exitClasses: manifest.data.exits.map((/** @type {any} */ e) => Number(e.num_classes ?? manifest.data.num_classes)),
       classNames: Array.isArray(manifest.data.class_names) ? manifest.data.class_names : null,
       staticBatch: Number.isInteger(batch) && batch > 0 ? batch : null,
     });
-    if (options.warmup !== false) {
-      const n = chain.staticBatch || 1;
-      await chain.runAll(new ort.Tensor('float32', new Float32Array(n * chain.inputShape.reduce((a, b) => a * b, 1)), [n, ...chain.inputShape]));
-    }
+    if (options.warmup !== false) await chain.runAll(zeroInputs(ort, chain.inputs, chain.staticBatch || 1));
     return chain;
   }
 
@@ -96,12 +97,34 @@ export class ExitChain {
    * @param {import('./preprocess.js').Pixels | import('./preprocess.js').Pixels[]} images
    */
   preprocess(images) {
+    if (!this.preprocessSpec) {
+      throw new InputError(`this bundle takes named inputs, not images (${this.inputs.map((i) => `${i.name}: ${describe(i)}`).join(', ')}); `
+        + 'pass them to predict as an object name -> tensor');
+    }
     const { data, dims } = preprocess(images, this.preprocessSpec);
     return new this.ort.Tensor('float32', data, dims);
   }
 
-  /** The input as a float32 tensor of shape (N, ...inputShape), N >= 1, finite. @param {any} x */
+  /**
+   * Every input, checked, by name: an image bundle's float32 tensor (see checkInput), or a bundle
+   * of named inputs' object (or Map) name -> tensor (see inputs.js).
+   * @param {any} x @returns {Map<string, any>}
+   */
+  checkInputs(x) {
+    if (this.named) return checkNamed(this.ort, x, this.inputs);
+    if (isMapping(x)) {
+      const keys = x instanceof Map ? [...x.keys()] : Object.keys(x);
+      if (keys.length !== 1 || keys[0] !== this.inputName) {
+        throw new InputError(`this bundle takes one input, ${this.inputName}: float32 (N, ${this.inputShape.join(', ')}); got inputs ${keys.join(', ') || 'none'}`);
+      }
+      x = x instanceof Map ? x.get(this.inputName) : x[this.inputName];
+    }
+    return new Map([[this.inputName, this.checkInput(x)]]);
+  }
+
+  /** An image bundle's input as a float32 tensor of shape (N, ...inputShape), N >= 1, finite. @param {any} x */
   checkInput(x) {
+    if (this.named) return /** @type {any} */ (this.checkInputs(x).values().next().value);
     const fix = 'use chain.preprocess(images)';
     if (!x || typeof x !== 'object' || !('dims' in x)) {
       throw new InputError(`input must be a float32 tensor (ort.Tensor or {data: Float32Array, dims}), got ${x === null ? 'null' : typeof x}; ${fix}`);
@@ -165,20 +188,20 @@ export class ExitChain {
     return out;
   }
 
-  /** The tensors later graphs read, after graph `g` ran. @param {import('./graphs.js').Graph} g @param {Map<string, any>} env @param {Record<string, any>} out @param {any} input */
-  _advance(g, env, out, input) {
+  /** The tensors later graphs read, after graph `g` ran. @param {import('./graphs.js').Graph} g @param {Map<string, any>} env @param {Record<string, any>} out @param {Set<any>} given the caller's tensors (never disposed) */
+  _advance(g, env, out, given) {
     const next = new Map();
     for (const [name, t] of env) {
       if (g.keepAfter.has(name)) next.set(name, t);
-      else if (t !== input && onDevice(t)) t.dispose();
+      else if (!given.has(t) && onDevice(t)) t.dispose();
     }
     for (const name of g.cacheNames) next.set(name, out[name]);
     return next;
   }
 
-  /** Free the device buffers the chain created. @param {Map<string, any>} env @param {any} input */
-  _release(env, input) {
-    for (const t of env.values()) if (t !== input && onDevice(t)) t.dispose();
+  /** Free the device buffers the chain created. @param {Map<string, any>} env @param {Set<any>} given */
+  _release(env, given) {
+    for (const t of env.values()) if (!given.has(t) && onDevice(t)) t.dispose();
   }
 
   /** The Gather session for a tensor type (device path). @param {string} type */
@@ -186,7 +209,7 @@ export class ExitChain {
     let s = this._gather.get(type);
     if (!s) {
       const elem = /** @type {Record<string, number>} */ (ELEM_TYPES)[type];
-      if (!elem) throw new InputError(`cannot gather rows of a ${type} tensor on the device; cached tensors must be float32 or float16`);
+      if (!elem) throw new InputError(`cannot gather rows of a ${type} tensor on the device; cached tensors must be one of ${Object.keys(ELEM_TYPES).join(', ')}`);
       /** @type {Record<string, any>} */
       const so = {};
       if (this.executionProviders) so.executionProviders = this.executionProviders;
@@ -197,8 +220,8 @@ export class ExitChain {
     return /** @type {Promise<any>} */ (s);
   }
 
-  /** Keep the rows `keep` of every tensor in env (on the device when deviceIo). @param {Map<string, any>} env @param {Int32Array} keep @param {any} input */
-  async _gatherRows(env, keep, input) {
+  /** Keep the rows `keep` of every tensor in env -- every input and every cached tensor -- (on the device when deviceIo). @param {Map<string, any>} env @param {Int32Array} keep @param {Set<any>} given */
+  async _gatherRows(env, keep, given) {
     const next = new Map();
     const idx = this.deviceIo ? new this.ort.Tensor('int64', BigInt64Array.from(keep, (v) => BigInt(v)), [keep.length]) : null;
     for (const [name, t] of env) {
@@ -208,7 +231,7 @@ export class ExitChain {
       }
       const session = await this._gatherSession(t.type);
       const { y } = await session.run({ x: t, idx });
-      if (t !== input && onDevice(t)) t.dispose();
+      if (!given.has(t) && onDevice(t)) t.dispose();
       next.set(name, y);
     }
     return next;
@@ -216,22 +239,22 @@ export class ExitChain {
 
   /**
    * Every exit's logits for every sample (anytime prediction), stage by stage.
-   * @param {any} x float32 tensor (N, ...inputShape)
+   * @param {any} x float32 tensor (N, ...inputShape), or named inputs (see checkInputs)
    * @returns {Promise<any[]>} one CPU tensor (N, classes) per exit
    */
   runAll(x) {
     return this._serial(async () => {
-      const input = this.checkInput(x);
-      let env = new Map([[this.inputName, input]]);
+      let env = this.checkInputs(x);
+      const given = new Set(env.values());
       const logits = [];
       try {
         for (const g of this.graphs) {
           const out = await this._run(g, env);
           for (const name of g.logits) logits.push(out[name]);
-          env = this._advance(g, env, out, input);
+          env = this._advance(g, env, out, given);
         }
       } finally {
-        this._release(env, input);
+        this._release(env, given);
       }
       return logits;
     });
@@ -241,9 +264,11 @@ export class ExitChain {
    * Route each sample through the graphs until its exit rule takes it (options.rule: max_prob,
    * entropy or patience, see decide.js). Only the rows of the samples that go on (with their
    * patience streak) are handed to the next graph; tensors no later graph reads are dropped;
-   * results come back in input order. When exits differ in class count, `probabilities` rows
-   * have the widest exit's width, zero beyond the class count of the exit taken.
-   * @param {any} x float32 tensor (N, ...inputShape)
+   * results come back in input order. With named inputs, the rows of every input (the ids and
+   * the mask alike) follow their samples. When exits differ in class count, `labels` index the
+   * classes of the exit taken and `probabilities` rows have the widest exit's width, zero beyond
+   * the class count of the exit taken.
+   * @param {any} x float32 tensor (N, ...inputShape), or named inputs (see checkInputs)
    * @param {import('./operating_points.js').ThresholdOptions} [options] default: the bundle's default operating point
    * @returns {Promise<import('./index.js').Prediction>}
    */
@@ -251,12 +276,12 @@ export class ExitChain {
     const { thresholds, temperatures, rule } = this.resolveThresholds(options);
     const width = Math.max(...this.exitClasses);
     return this._serial(async () => {
-      const input = this.checkInput(x);
-      const n = input.dims[0];
+      let env = this.checkInputs(x);
+      const given = new Set(env.values());
+      const n = env.values().next().value.dims[0];
       const results = new Results(n, width);
       let rows = Int32Array.from({ length: n }, (_, i) => i);
       let streak = new Streak(n);
-      let env = new Map([[this.inputName, input]]);
       try {
         for (const g of this.graphs) {
           const out = await this._run(g, env);
@@ -267,18 +292,18 @@ export class ExitChain {
             if (z.dims[1] !== this.exitClasses[k]) throw new BundleError(`exit ${k} gives ${z.dims[1]} classes, the manifest says ${this.exitClasses[k]}; re-export the bundle`);
             left = results.decide(z.data, k, thresholds[k], temperatures[k], rows, alive, rule, streak, z.dims[1]);
           });
-          env = this._advance(g, env, out, input);
+          env = this._advance(g, env, out, given);
           if (left === 0) break;
           if (left < rows.length) {
             const keep = new Int32Array(left);
             for (let r = 0, j = 0; r < rows.length; r++) if (alive[r]) keep[j++] = r;
             rows = keep.map((r) => rows[r]);
             if (rule === 'patience') streak = streak.take(keep);
-            env = await this._gatherRows(env, keep, input);
+            env = await this._gatherRows(env, keep, given);
           }
         }
       } finally {
-        this._release(env, input);
+        this._release(env, given);
       }
       return { labels: results.labels, exits: results.exits, confidences: results.confidences,
         probabilities: results.probabilities, numClasses: width };
@@ -287,70 +312,13 @@ export class ExitChain {
 
   /**
    * predict() as answers that refine: after each graph run, yield a snapshot of every sample's
-   * answer so far (the Python runtime's ExitChain.anytime, runtime/anytime.py). `labels`, `exits`
-   * and `confidences` hold each sample's final answer where `final` is 1, else, for the samples
-   * this graph ran on (`running`), the argmax of this graph's deepest exit and the confidence
-   * there; -1 for none yet. `done` is true on the last snapshot, whose answers are predict()'s.
-   * Each graph run queues on its own, so other calls may run between two snapshots.
-   * @param {any} x float32 tensor (N, ...inputShape)
+   * answer so far (see anytime.js; the Python runtime's ExitChain.anytime).
+   * @param {any} x float32 tensor (N, ...inputShape), or named inputs (see checkInputs)
    * @param {import('./operating_points.js').ThresholdOptions} [options] default: the bundle's default operating point
    * @returns {AsyncGenerator<import('./index.js').Snapshot>}
    */
-  async *anytime(x, options = {}) {
-    const { thresholds, temperatures, rule } = this.resolveThresholds(options);
-    const input = this.checkInput(x);
-    const n = input.dims[0];
-    const width = Math.max(...this.exitClasses);
-    const results = new Results(n, width);
-    let streak = new Streak(n);
-    const labels = new Int32Array(n).fill(-1);
-    const exits = new Int32Array(n).fill(-1);
-    const confidences = new Float32Array(n);
-    const final = new Uint8Array(n);
-    const p = new Float32Array(width);
-    let rows = Int32Array.from({ length: n }, (_, i) => i);
-    let env = new Map([[this.inputName, input]]);
-    try {
-      for (const [gi, g] of this.graphs.entries()) {
-        const out = await this._serial(() => this._run(g, env));
-        const alive = new Uint8Array(rows.length).fill(1);
-        let left = rows.length;
-        g.exits.forEach((k, j) => {
-          const zk = out[g.logits[j]];
-          left = results.decide(zk.data, k, thresholds[k], temperatures[k], rows, alive, rule, streak, zk.dims[1]);
-        });
-        const k = g.exits[g.exits.length - 1];
-        const z = out[g.logits[g.logits.length - 1]].data;
-        const C = this.exitClasses[k];
-        const running = new Uint8Array(n);
-        for (let r = 0; r < rows.length; r++) {
-          const i = rows[r];
-          running[i] = 1;
-          if (alive[r]) {
-            confidences[i] = softmaxRow(z, r * C, C, temperatures[k], p);
-            labels[i] = argmaxRow(z, r * C, C);
-            exits[i] = k;
-          } else {
-            final[i] = 1;
-            [labels[i], exits[i], confidences[i]] = [results.labels[i], results.exits[i], results.confidences[i]];
-          }
-        }
-        env = this._advance(g, env, out, input);
-        yield { graph: gi, exit: k, labels: labels.slice(), exits: exits.slice(), confidences: confidences.slice(),
-          running, final: final.slice(), done: left === 0 };
-        if (left === 0) break;
-        if (left < rows.length) {
-          const keep = new Int32Array(left);
-          for (let r = 0, j = 0; r < rows.length; r++) if (alive[r]) keep[j++] = r;
-          rows = keep.map((r) => rows[r]);
-          if (rule === 'patience') streak = streak.take(keep);
-          const from = env;
-          env = await this._serial(() => this._gatherRows(from, keep, input));
-        }
-      }
-    } finally {
-      this._release(env, input);
-    }
+  anytime(x, options = {}) {
+    return anytime(this, x, options);
   }
 
   /** Release every session. */

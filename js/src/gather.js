@@ -33,7 +33,7 @@ function valueInfo(name, elem, dims) {
 }
 
 /** ONNX TensorProto element types this chain can gather. */
-export const ELEM_TYPES = { float32: 1, float16: 10 };
+export const ELEM_TYPES = { float32: 1, uint8: 2, int32: 6, int64: 7, bool: 9, float16: 10, float64: 11 };
 
 /** @param {number} elemType @returns {Uint8Array} */
 export function gatherModel(elemType) {

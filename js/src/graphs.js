@@ -50,7 +50,7 @@ export async function readVerified(source, manifest, where, sha256) {
 
 /**
  * One session per graph, checked against the manifest: its logits exist, and every input it
- * reads is the image or an output of an earlier graph. On failure the sessions made so far are
+ * reads is a network input or an output of an earlier graph. On failure the sessions made so far are
  * released.
  * @param {any} ort @param {import('./manifest.js').Manifest} manifest @param {Uint8Array[]} models @param {string} where
  * @param {{executionProviders: any[] | undefined, onGpu: boolean, deviceIo: boolean, sessionOptions?: Record<string, any>}} how
@@ -58,7 +58,7 @@ export async function readVerified(source, manifest, where, sha256) {
 export async function createGraphs(ort, manifest, models, where, how) {
   /** @type {Graph[]} */
   const graphs = [];
-  const produced = new Set([manifest.inputName]);
+  const produced = new Set(manifest.inputs.map((i) => i.name));
   try {
     for (let i = 0; i < manifest.graphs.length; i++) {
       const entry = manifest.graphs[i];

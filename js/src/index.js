@@ -2,6 +2,8 @@
  * ranet-edge for JavaScript: drive a ranet-edge bundle (one ONNX graph per exit) with any
  * onnxruntime JavaScript backend -- onnxruntime-web (WebAssembly, WebGPU) in browsers and Node,
  * onnxruntime-node, onnxruntime-react-native -- and let every sample leave at its own exit.
+ * Image bundles take a float32 (N, C, H, W) tensor (chain.preprocess(images)); bundles of named
+ * inputs (a text encoder's int64 input_ids and attention_mask) take an object name -> tensor.
  *
  * @typedef {object} LoadOptions
  * @property {any} [ort] the onnxruntime namespace to use; default: import('onnxruntime-web')
@@ -16,7 +18,7 @@
  * @property {typeof fetch} [fetch] for URL bundles
  *
  * @typedef {object} Prediction per-sample results, in input order
- * @property {Int32Array} labels
+ * @property {Int32Array} labels index into the classes of the exit taken
  * @property {Int32Array} exits 0-based exit index each sample left at
  * @property {Float32Array} confidences max softmax probability at the exit taken
  * @property {Float32Array} probabilities (N, numClasses) softmax at the exit taken, row-major
@@ -35,6 +37,7 @@
  */
 export { ExitChain } from './chain.js';
 export { BundleError, CalibrationError, InputError, ProviderError, RanetEdgeError } from './errors.js';
+export { ARRAYS, describe as describeInput, inputsOf } from './inputs.js';
 export { parseManifest } from './manifest.js';
 export { parsePoints, resolveThresholds } from './operating_points.js';
 export { fitImage, normalize, preprocess, specFrom } from './preprocess.js';

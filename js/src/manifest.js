@@ -4,6 +4,7 @@
  * graph path relative and inside the bundle.
  */
 import { BundleError } from './errors.js';
+import { inputsOf } from './inputs.js';
 import { checkRelative } from './source.js';
 
 export const FORMAT = 'ranet-edge-bundle';
@@ -25,7 +26,8 @@ export const MANIFEST = 'manifest.json';
  * @property {any} data the raw manifest
  * @property {GraphEntry[]} graphs
  * @property {number} numExits
- * @property {string} inputName
+ * @property {string} inputName the first input's name
+ * @property {import('./inputs.js').InputInfo[]} inputs the network inputs (an image bundle: its one image)
  */
 
 /** @param {unknown} v */
@@ -54,7 +56,11 @@ export function parseManifest(text, where) {
   const exits = data.exits;
   if (!Array.isArray(exits)) throw missing('exits');
   if (!Array.isArray(data.graphs)) throw missing('graphs');
-  if (!data.preprocessing || typeof data.preprocessing.input !== 'string') throw missing('preprocessing.input');
+  // a bundle of named inputs records them (and no preprocessing); an image bundle, its preprocessing
+  if ((data.inputs === undefined || data.inputs === null) && (!data.preprocessing || typeof data.preprocessing.input !== 'string')) {
+    throw missing('preprocessing.input');
+  }
+  const inputs = inputsOf(data, where);
   /** @type {GraphEntry[]} */
   const graphs = data.graphs.map((/** @type {any} */ g) => {
     if (!g || typeof g !== 'object') throw missing('graphs[].path');
@@ -73,5 +79,5 @@ export function parseManifest(text, where) {
   }
   for (const g of graphs) checkRelative(g.path, where);
   if (data.monolithic) checkRelative(data.monolithic.path, where);
-  return { data, graphs, numExits: exits.length, inputName: data.preprocessing.input };
+  return { data, graphs, numExits: exits.length, inputName: inputs[0].name, inputs };
 }

@@ -62,6 +62,7 @@ export interface OperatingPoint {
 
 /** Per-sample results, in input order. */
 export interface Prediction {
+  /** Index into the classes of the exit taken (exitClasses[exit] of them). */
   labels: Int32Array;
   /** 0-based exit each sample left at. */
   exits: Int32Array;
@@ -112,6 +113,28 @@ export interface PreprocessSpec {
 /** A float32 tensor (N, C, H, W): an ort.Tensor or a plain {data, dims}. */
 export type InputTensor = Tensor | { data: Float32Array; dims: readonly number[] };
 
+/** One tensor of a named input: an ort.Tensor, or {data, dims} with the dtype's typed array (BigInt64Array for int64, Uint8Array for bool). */
+export type NamedTensor = Tensor | {
+  data: Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array | Uint16Array; dims: readonly number[]; type?: string;
+};
+
+/** A bundle of named inputs takes every input by name (one tensor when it has a single input). */
+export type NamedInputs = Record<string, NamedTensor> | Map<string, NamedTensor>;
+
+/** What runAll, predict and anytime take: an image bundle's tensor, or named inputs. */
+export type ChainInput = InputTensor | NamedInputs;
+
+/** One network input, as the manifest records it. */
+export interface InputInfo {
+  name: string;
+  /** float32, float16, float64, int64, int32, uint8 or bool. */
+  dtype: string;
+  /** null on a dynamic axis. */
+  shape: (number | null)[];
+  /** Each dynamic axis's name ('batch', 'sequence'); null on a fixed axis. */
+  axes: (string | null)[];
+}
+
 export class ExitChain {
   /** Read manifest.json and thresholds.json, check every graph's sha256, then create one session per graph. */
   static load(bundle: string | URL | BundleSource, options?: LoadOptions): Promise<ExitChain>;
@@ -123,10 +146,16 @@ export class ExitChain {
   /** Each exit's class count. */
   readonly exitClasses: number[];
   readonly classNames: string[] | null;
-  /** (C, H, W) of one input image. */
-  readonly inputShape: number[];
+  /** (C, H, W) of one input image; null for a bundle of named inputs. */
+  readonly inputShape: number[] | null;
+  /** The first input's name. */
   readonly inputName: string;
-  readonly preprocessSpec: PreprocessSpec;
+  /** Every network input (an image bundle: its one image). */
+  readonly inputs: InputInfo[];
+  /** Whether the bundle takes named inputs (its manifest records `inputs`) rather than one image. */
+  readonly named: boolean;
+  /** null for a bundle of named inputs. */
+  readonly preprocessSpec: PreprocessSpec | null;
   readonly operatingPoints: Record<string, OperatingPoint>;
   readonly defaultOperatingPoint: string | null;
   readonly executionProviders: InferenceSession.ExecutionProviderConfig[] | null;
@@ -140,16 +169,18 @@ export class ExitChain {
   readonly staticBatch: number | null;
   /** Images to the float32 NCHW input tensor, as the manifest's preprocessing says. */
   preprocess(images: Pixels | Pixels[]): Tensor;
-  /** The input as a checked tensor; throws InputError naming the problem. */
+  /** An image bundle's input as a checked tensor; throws InputError naming the problem. */
   checkInput(x: InputTensor): Tensor;
+  /** Every input checked against the manifest (name, dtype, rank, fixed axes, shared dynamic axes), by name; throws InputError. */
+  checkInputs(x: ChainInput): Map<string, Tensor>;
   /** One threshold (the last is -Infinity) and one temperature per exit. */
   resolveThresholds(options?: ThresholdOptions): { thresholds: Float64Array; temperatures: Float32Array; rule: ExitRule };
   /** Every exit's logits for every sample: one CPU tensor (N, classes) per exit. */
-  runAll(x: InputTensor): Promise<Tensor[]>;
+  runAll(x: ChainInput): Promise<Tensor[]>;
   /** Each sample stops at the first exit confident enough (default: the bundle's default operating point). */
-  predict(x: InputTensor, options?: ThresholdOptions): Promise<Prediction>;
+  predict(x: ChainInput, options?: ThresholdOptions): Promise<Prediction>;
   /** predict() as answers that refine: one snapshot per graph run, the last one predict()'s answers. */
-  anytime(x: InputTensor, options?: ThresholdOptions): AsyncGenerator<Snapshot>;
+  anytime(x: ChainInput, options?: ThresholdOptions): AsyncGenerator<Snapshot>;
   /** Release every session. */
   release(): Promise<void>;
 }
@@ -163,7 +194,13 @@ export class InputError extends RanetEdgeError {}
 export class CalibrationError extends RanetEdgeError {}
 export class ProviderError extends RanetEdgeError {}
 
-export function parseManifest(text: string, where: string): { data: any; graphs: any[]; numExits: number; inputName: string };
+export function parseManifest(text: string, where: string): { data: any; graphs: any[]; numExits: number; inputName: string; inputs: InputInfo[] };
+/** The typed array that holds each dtype's values. */
+export const ARRAYS: Record<string, new (n: number) => ArrayLike<number | bigint>>;
+/** 'int64 (batch, sequence)': what a caller must give for one input. */
+export function describeInput(info: InputInfo): string;
+/** A manifest's inputs (an image bundle's: its one image, from preprocessing). */
+export function inputsOf(manifest: Record<string, any>, where: string): InputInfo[];
 export function parsePoints(text: string | null, where: string): { points: Record<string, OperatingPoint>; default: string | null };
 export function resolveThresholds(k: number, points: Record<string, OperatingPoint>, defaultName: string | null, options?: ThresholdOptions):
   { thresholds: Float64Array; temperatures: Float32Array; rule: ExitRule };
