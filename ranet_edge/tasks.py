@@ -40,12 +40,15 @@ def no_progress(_label: str, _total: int) -> Iterator[Callable[[int], None]]:
 @dataclass(frozen=True)
 class DataOptions:
     """Which labelled images to use: ``path`` (default: the shipped sample), optionally only
-    the ``holdout`` split, of which ``val_size`` images fit thresholds (default: half)."""
+    the ``holdout`` split, of which ``val_size`` images fit thresholds (default: half). Labels name
+    the last exit's classes; ``label_map`` maps them to the classes of exits of another count
+    (:mod:`~ranet_edge.runtime.evaluation.labels`), without which such exits cannot be scored."""
 
     path: str | os.PathLike | None = None
     holdout: int | None = None
     seed: int = 0
     val_size: int | None = None
+    label_map: str | os.PathLike | None = None
 
     def load(self) -> LabelledImages:
         """The images in memory (:func:`~ranet_edge.data.load_labelled`).
@@ -137,8 +140,8 @@ def fitting_run(chain: ExitChain, data: DataOptions, temperature: bool, progress
     images = labelled.images
     fit_idx, _ = split_val(len(images), data.val_size if data.val_size is not None else len(images), data.seed, False)
     with progress("running every exit", len(fit_idx)) as update:
-        outs = collect(chain, images[fit_idx], labelled.labels[fit_idx], progress=update)
-    temps = cal.fit_temperatures(outs.logits, outs.labels) if temperature else None
+        outs = collect(chain, images[fit_idx], labelled.labels[fit_idx], progress=update, label_map=data.label_map)
+    temps = cal.fit_temperatures(outs.logits, [outs.at(k) for k in range(len(outs.logits))]) if temperature else None
     conf, correct = outs.conf_correct(temps, rule)
     flops = np.asarray(chain.manifest.exit_costs("flops"), np.float64)
     exit_ms = np.asarray(measure_latency(chain, chain.preprocess(images[:1])).exit_ms(per_image=True))
@@ -181,8 +184,8 @@ def calibrate(bundle: str | os.PathLike, goal: Goal, data: DataOptions = DataOpt
     path = save_point(bundle, name, point, default=make_default)
     ece = (None, None)
     if temperature:
-        ece = tuple(float(np.mean([cal.expected_calibration_error(pk, outs.labels) for pk in outs.probs(t)]))
-                    for t in (None, temps))
+        ece = tuple(float(np.mean([cal.expected_calibration_error(pk, outs.at(k))
+                                   for k, pk in enumerate(outs.probs(t))])) for t in (None, temps))
     return Calibrated(name, point, res, int(len(fit_idx)), labelled.source, path, *ece, patience=table)
 
 
@@ -236,10 +239,10 @@ def evaluate(bundle: str | os.PathLike, data: DataOptions = DataOptions(), *, pr
                          settle=max(1, 5 // batch_size))
     flops = chain.manifest.exit_costs("flops")
     with progress("running every exit", len(images)) as update:
-        val = collect(chain, images[val_idx], labels[val_idx], progress=update)
-        test = collect(chain, images[eval_idx], labels[eval_idx], progress=update)
+        val = collect(chain, images[val_idx], labels[val_idx], progress=update, label_map=data.label_map)
+        test = collect(chain, images[eval_idx], labels[eval_idx], progress=update, label_map=data.label_map)
     with progress(f"budgeted runs ({len(PAPER_P)} operating points)", len(PAPER_P)) as update:
-        bud_rows = budgeted(chain, val, images[eval_idx], labels[eval_idx], flops, batch_size,
+        bud_rows = budgeted(chain, val, images[eval_idx], test.exit_labels or labels[eval_idx], flops, batch_size,
                             progress=update, run_costs=chain.manifest.exit_costs("run_flops"), latency=meter)
     latency = meter.result()
     any_rows = anytime(test, flops, latency.exit_ms(per_image=True))

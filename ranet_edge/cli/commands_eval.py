@@ -15,8 +15,11 @@ from .commands_runtime import provider_option
 
 
 def data_options(func):
-    """``--data``, ``--val-size``, ``--holdout`` and ``--seed``: the fields of
+    """``--data``, ``--val-size``, ``--holdout``, ``--seed`` and ``--label-map``: the fields of
     :class:`~ranet_edge.tasks.DataOptions`."""
+    func = click.option("--label-map", type=click.Path(dir_okay=False), default=None,
+                        help="JSON mapping the labels' classes (the last exit's) to those of exits of another class "
+                             'count, e.g. {"20": [coarse class of each of the 100 fine ones]}; required by such exits')(func)
     func = click.option("--seed", type=int, default=0, show_default=True, help="seed of --holdout and of the split")(func)
     func = click.option("--holdout", type=click.IntRange(min=1), default=None,
                         help="use only the last N of a seeded permutation of --data (the split "
@@ -51,8 +54,8 @@ def _progress(label: str, length: int):
 @click.option("--default", "make_default", is_flag=True, help="make it the bundle's default operating point")
 @provider_option
 @click.option("--json", "as_json", is_flag=True)
-def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, budget_mflops, budget_ms, ladder,
-              temperature, rule, name, make_default, provider, threads, as_json) -> None:
+def calibrate(bundle, data_path, holdout, seed, val_size, label_map, p, target_accuracy, budget_mflops, budget_ms,
+              ladder, temperature, rule, name, make_default, provider, threads, as_json) -> None:
     """Fit exit thresholds on labelled images and store them in the bundle as an operating point.
     \f
     Raises:
@@ -70,11 +73,11 @@ def calibrate(bundle, data_path, holdout, seed, val_size, p, target_accuracy, bu
     if ladder is not None:
         if rule != "max_prob":
             raise click.UsageError(f"--ladder fits max_prob points; drop --rule {rule}")
-        _calibrate_ladder(bundle, ladder, DataOptions(data_path, holdout, seed, val_size), temperature, name,
+        _calibrate_ladder(bundle, ladder, DataOptions(data_path, holdout, seed, val_size, label_map), temperature, name,
                           make_default, provider, threads, as_json)
         return
     res = run_calibration(bundle, Goal(p, target_accuracy, budget_mflops, budget_ms),
-                          DataOptions(data_path, holdout, seed, val_size), temperature=temperature, name=name,
+                          DataOptions(data_path, holdout, seed, val_size, label_map), temperature=temperature, name=name,
                           make_default=make_default, provider=provider, threads=threads, progress=_progress,
                           rule=rule)
     if as_json:
@@ -130,7 +133,8 @@ def echo_calibrated(res) -> None:
 @click.option("--batch-size", type=int, default=1, show_default=True, help="batch of the timed budgeted runs")
 @click.option("--json", "json_out", default=None, help="write the results as JSON to this file")
 @click.option("--plot", "plot_out", default=None, help="write accuracy-vs-cost curves to this PNG")
-def evaluate(bundle, data_path, holdout, seed, val_size, provider, threads, batch_size, json_out, plot_out) -> None:
+def evaluate(bundle, data_path, holdout, seed, val_size, label_map, provider, threads, batch_size, json_out,
+             plot_out) -> None:
     """Anytime accuracy per exit and the paper's budgeted batch curve, with measured latency.
     \f
     Raises:
@@ -147,7 +151,7 @@ def evaluate(bundle, data_path, holdout, seed, val_size, provider, threads, batc
         from ..assets import default_bundle
 
         bundle = default_bundle()
-    res = run_evaluation(bundle, DataOptions(data_path, holdout, seed, val_size), provider=provider,
+    res = run_evaluation(bundle, DataOptions(data_path, holdout, seed, val_size, label_map), provider=provider,
                          threads=threads, batch_size=batch_size, progress=_progress)
     echo_evaluation(res)
     if json_out:

@@ -248,7 +248,7 @@ def choose_patience(logits: list[np.ndarray], correct: np.ndarray, flops: np.nda
     return by_flops[t - 1], f"t={t}, {method}", f"patience{t}", table
 
 
-def fit_temperatures(logits: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+def fit_temperatures(logits: list[np.ndarray], labels: np.ndarray | list[np.ndarray]) -> np.ndarray:
     """Per-exit softmax temperature minimising the validation negative log-likelihood.
 
     A grid search (97 temperatures from 0.25 to 8, geometric), not an optimiser: each
@@ -256,20 +256,21 @@ def fit_temperatures(logits: list[np.ndarray], labels: np.ndarray) -> np.ndarray
 
     Args:
         logits: one (n, C) array per exit.
-        labels: (n,) true class indices.
+        labels: (n,) true class indices, or one such array per exit (each in its exit's classes).
 
     Returns:
         (K,) one temperature per exit, to divide the logits by before the softmax.
     """
     grid = np.geomspace(0.25, 8.0, 97)
     out = []
-    for z in logits:
+    for k, z in enumerate(logits):
         z = z.astype(np.float64)
+        y = labels[k] if isinstance(labels, list) else labels
         best, best_t = np.inf, 1.0
         for t in grid:
             s = z / t
             s = s - s.max(axis=1, keepdims=True)
-            nll = float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(labels)), labels]))
+            nll = float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(y)), y]))
             if nll < best:
                 best, best_t = nll, float(t)
         out.append(best_t)

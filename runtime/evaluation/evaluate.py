@@ -1,6 +1,7 @@
 """Anytime and budgeted-batch evaluation of a chain on labelled images (torch-free)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from ranet_edge.errors import CalibrationError
 from ..chain import ExitChain
 from ..decision import entropy, softmax
 from .calibration import paper_thresholds
+from .labels import exit_labels, read_label_map
 from .latency import LatencyMeter, timed_passes
 
 __all__ = [
@@ -25,7 +27,14 @@ class ExitOutputs:
     """Every exit's logits on a labelled set (from chain.run_all)."""
 
     logits: list[np.ndarray]  # K arrays (n, C)
-    labels: np.ndarray
+    labels: np.ndarray  # in the last exit's classes
+    #: K arrays (n,): each exit's labels in its own classes (exits of another class count than the
+    #: last: mapped, see .labels); None: ``labels`` at every exit
+    exit_labels: list[np.ndarray] | None = None
+
+    def at(self, k: int) -> np.ndarray:
+        """The labels exit ``k``'s answers are scored against."""
+        return self.labels if self.exit_labels is None else self.exit_labels[k]
 
     def probs(self, temperatures: np.ndarray | None = None) -> np.ndarray:
         """(K, n, C) float32 softmax of every exit, by the runtime's rule (exits of fewer classes
@@ -41,7 +50,7 @@ class ExitOutputs:
         for ``rule="entropy"`` the negated entropies, exactly what it compares, negated, with
         max entropies -- and whether each exit's top-1 is right."""
         p = self.probs(temperatures)  # the largest probability is exactly decision.confidence
-        correct = p.argmax(axis=2) == self.labels[None, :]
+        correct = np.stack([pk.argmax(axis=1) == self.at(k) for k, pk in enumerate(p)])
         if rule == "entropy":
             t = np.ones(len(self.logits)) if temperatures is None else temperatures
             return -np.stack([entropy(z, float(tk)) for z, tk in zip(self.logits, t)]), correct
@@ -49,13 +58,16 @@ class ExitOutputs:
 
 
 def collect(chain: ExitChain, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
-            progress: Callable[[int], None] | None = None) -> ExitOutputs:
+            progress: Callable[[int], None] | None = None, label_map: str | os.PathLike | None = None) -> ExitOutputs:
     """Run every exit on uint8 NHWC ``images``, ``batch_size`` at a time (``chain.run_all``:
     no early exit); ``progress`` is called with the number of images of each batch done.
+    ``labels`` name the last exit's classes; exits of another class count are scored through
+    ``label_map`` (a JSON file, see :mod:`.labels`).
 
     Raises:
-        CalibrationError: when ``images`` is empty, or ``labels`` name a class the bundle
-            does not have.
+        CalibrationError: when ``images`` is empty, ``labels`` name a class the bundle
+            does not have, or an exit of another class count has no mapping in ``label_map``
+            (or ``label_map`` is malformed).
         InputError: when the images are not uint8 RGB (from ``chain.preprocess``).
     """
     if len(images) == 0:
@@ -64,13 +76,16 @@ def collect(chain: ExitChain, images: np.ndarray, labels: np.ndarray, batch_size
     if labels.max() >= n_classes:
         raise CalibrationError(f"labels go up to {int(labels.max())} but the bundle has {n_classes} classes; "
                                "use a dataset with the bundle's classes")
+    mapping = None if label_map is None else read_label_map(label_map, chain.exit_classes, n_classes)
+    per_exit = exit_labels(labels, chain.exit_classes, n_classes, mapping)  # before the long run
     parts: list[list[np.ndarray]] = []
     for start in range(0, len(images), batch_size):
         x = chain.preprocess(images[start:start + batch_size])
         parts.append(chain.run_all(x))
         if progress:
             progress(len(x))
-    return ExitOutputs([np.concatenate(col) for col in zip(*parts)], labels)
+    return ExitOutputs([np.concatenate(col) for col in zip(*parts)], labels,
+                       None if all(e is labels for e in per_exit) else per_exit)
 
 
 def anytime(outputs: ExitOutputs, flops: list[int], exit_ms: list[float]) -> list[dict]:
@@ -84,15 +99,15 @@ def anytime(outputs: ExitOutputs, flops: list[int], exit_ms: list[float]) -> lis
     for k, z in enumerate(outputs.logits):
         top5 = np.argsort(-z, axis=1)[:, :5]
         rows.append({
-            "exit": k, "top1": float((z.argmax(1) == outputs.labels).mean()),
-            "top5": float((top5 == outputs.labels[:, None]).any(1).mean()),
+            "exit": k, "top1": float((z.argmax(1) == outputs.at(k)).mean()),
+            "top5": float((top5 == outputs.at(k)[:, None]).any(1).mean()),
             "flops": int(flops[k]), "ms": float(exit_ms[k]),
         })
     return rows
 
 
-def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_labels: np.ndarray,
-             costs: list[int], batch_size: int = 1, ps: list[float] = PAPER_P,
+def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray,
+             eval_labels: np.ndarray | list[np.ndarray], costs: list[int], batch_size: int = 1, ps: list[float] = PAPER_P,
              progress: Callable[[int], None] | None = None, run_costs: list[int] | None = None,
              latency: LatencyMeter | None = None) -> list[dict]:
     """For each p: thresholds fit on ``val``, then a real timed chain run on the eval images
@@ -103,7 +118,8 @@ def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_l
     (``expected_run_flops``). With ``latency`` (the one stage measurement), a round of it
     runs before each pass, and each row also gets ``expected_ms`` (exit shares times the
     measured time to each exit, from every round) and ``real_over_expected``
-    (``measured_ms / expected_ms``).
+    (``measured_ms / expected_ms``). ``eval_labels``: the eval images' labels, or each exit's
+    (``ExitOutputs.exit_labels``, when exits differ in class count).
 
     Returns:
         One row per p, with ``p``, ``thresholds`` (1e8 where nobody leaves), ``accuracy`` on
@@ -126,7 +142,7 @@ def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_l
         counts = np.bincount(run.exits, minlength=chain.num_exits)
         row = {
             "p": p, "thresholds": [float(v) for v in t],
-            "accuracy": float((run.labels == eval_labels).mean()),
+            "accuracy": float((run.labels == _labels_at(eval_labels, run.exits)).mean()),
             "expected_flops": float(counts @ np.asarray(costs, np.float64) / len(x_all)),
             "expected_run_flops": float(counts @ np.asarray(run_costs if run_costs is not None else costs,
                                                             np.float64) / len(x_all)),
@@ -142,6 +158,11 @@ def budgeted(chain: ExitChain, val: ExitOutputs, eval_images: np.ndarray, eval_l
             row["expected_ms"] = lat.expected_ms(row["exit_counts"])
             row["real_over_expected"] = row["measured_ms"] / row["expected_ms"]
     return rows
+
+
+def _labels_at(labels: np.ndarray | list[np.ndarray], exits: np.ndarray) -> np.ndarray:
+    """Each sample's label at the exit it took: ``labels`` itself, or from per-exit labels."""
+    return labels if isinstance(labels, np.ndarray) else np.stack(labels)[exits, np.arange(len(exits))]
 
 
 def plot(anytime_rows: list[dict], budget_rows: list[dict], path: str, title: str = "") -> None:
