@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from ranet_edge.errors import ServeError
 
-from . import _oip_descriptor, oip
+from . import _oip_descriptor, oip, oip_widths
 from .api import RequestError
 from .progress import within
 
@@ -167,7 +167,8 @@ class InferenceService:
         except RequestError as exc:
             await self._refuse(context, "ModelMetadata", exc, start)
         self._log("ModelMetadata", grpc.StatusCode.OK, start)
-        return messages["ModelMetadataResponse"](**oip.model_metadata(self.model, self.name))
+        meta = oip.model_metadata(self.model, self.name)  # REST tensor parameters: no gRPC field for them
+        return messages["ModelMetadataResponse"](**oip_widths.without_parameters(meta))
 
     async def model_infer(self, request: Any, context: Any) -> Any:
         """ModelInfer: classify the request's images within ``timeout_s``.

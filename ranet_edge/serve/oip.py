@@ -41,6 +41,7 @@ from .api import RequestError
 from .engine import ServedModel
 from .oip_named import accepted_any, decode_inputs, input_metadata
 from .oip_tensors import TensorIn, kind, show
+from .oip_widths import logits_metadata
 from .progress import DEADLINE_PARAMETER, deadline_cut, parse_deadline
 from .rules import PATIENCE_PARAMETER, RULE_PARAMETER, parse_rule
 
@@ -105,7 +106,7 @@ def model_metadata(model: ServedModel, name: str) -> dict:
         "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},
                     {"name": "exit", "datatype": "INT64", "shape": [-1]},
                     {"name": "confidence", "datatype": "FP32", "shape": [-1]},
-                    {"name": "logits", "datatype": "FP32", "shape": [-1, model.num_classes]},
+                    logits_metadata(model),  # the widest exit's columns (oip_widths.py)
                     {"name": "deadline_cut", "datatype": "BOOL", "shape": [-1]}],
     }
 
