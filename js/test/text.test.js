@@ -199,6 +199,20 @@ describe('named inputs are checked against the manifest in one line', () => {
   });
 });
 
+test('an image bundle also takes {image: tensor}, and refuses other names in one line', async () => {
+  const { BUNDLE: IMAGES, shippedImages } = await import('./helpers.js');
+  const images = await ExitChain.load(IMAGES, { ort });
+  const x = images.preprocess(shippedImages().slice(0, 4));
+  assert.equal(images.named, false);
+  assert.deepEqual(images.inputs, [{ name: 'image', dtype: 'float32', shape: [null, 3, 32, 32], axes: ['batch', null, null, null] }]);
+  const want = await images.predict(x, { thresholds: 0.9 });
+  for (const mapped of [{ image: x }, new Map([['image', x]])]) {
+    assert.deepEqual((await images.predict(mapped, { thresholds: 0.9 })).labels, want.labels);
+  }
+  await assert.rejects(images.predict({ pixels: x }), /this bundle takes one input, image: float32 \(N, 3, 32, 32\); got inputs pixels/);
+  await images.release();
+});
+
 test('examples/text.mjs prints predict()\'s answers; the guide shows it verbatim', async () => {
   const { stdout } = await promisify(execFile)(process.execPath, ['examples/text.mjs', BUNDLE], { cwd: JS });
   const dims = [2, 5];
