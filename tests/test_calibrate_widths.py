@@ -6,7 +6,8 @@ Each stored operating point is checked end to end, independently of the calibrat
 ``chain.predict`` at the stored point on the fitting images, scored here (a sample at exit 0
 is right when its label is the coarse class of its fine label), must give the accuracy and
 exit counts calibrate reported, for ``--p``, ``--target-accuracy``, ``--rule entropy``,
-``--rule patience`` and every rung of ``--ladder``.
+``--rule patience`` and every rung of ``--ladder``; ``eval``'s anytime top-1 and budgeted runs
+are scored the same way.
 """
 from __future__ import annotations
 
@@ -160,3 +161,24 @@ def test_exit_outputs_score_each_exit_in_its_own_classes():
     assert ExitOutputs([z0, z1, z2], y).conf_correct()[1][0].mean() < 0.1
     temps = fit_temperatures([z0, z1, z2], [coarse[y], y, y])
     assert temps.shape == (3,) and (temps > 0).all()
+
+
+def test_eval_scores_each_exit_and_each_budgeted_run_through_the_map(mixed_data):
+    from ranet_edge.data import split_val
+    from ranet_edge.tasks import DataOptions, evaluate
+
+    bundle, data, label_map, coarse, x, y = mixed_data
+    with pytest.raises(CalibrationError, match="exit 0 answers in 20 classes"):
+        evaluate(bundle, DataOptions(data), threads=1)
+    ev = evaluate(bundle, DataOptions(data, label_map=label_map), threads=1, batch_size=16)
+    val_idx, eval_idx = split_val(N, None, 0, True)
+    chain = ExitChain.load(bundle, threads=1, warmup=False)
+    xe, ye = chain.preprocess(x[eval_idx]), y[eval_idx]
+    logits = chain.run_all(xe)
+    for row, z, want in zip(ev.anytime, logits, [coarse[ye], ye, ye, ye, ye], strict=True):
+        assert row["top1"] == float((z.argmax(1) == want).mean())
+    assert ev.anytime[0]["top1"] > float((logits[0].argmax(1) == ye).mean())  # credited for coarse classes
+    for row in ev.budgeted[::9]:
+        res = chain.predict(xe, [t if t < 1e7 else np.inf for t in row["thresholds"][:-1]])
+        assert np.bincount(res.exits, minlength=5).tolist() == row["exit_counts"]
+        assert row["accuracy"] == float((res.labels == np.where(res.exits == 0, coarse[ye], ye)).mean())
