@@ -120,6 +120,8 @@ def test_calibrate_scores_the_coarse_exit_through_the_map(mixed_data, run):
         acc, counts = _scored(bundle, got["name"], x, y, coarse)
         assert got["exit_counts"] == counts and abs(got["val_accuracy"] - acc) < 1e-12, (name, got, acc, counts)
         assert counts[0] > 0 or name == "patience", "samples leave at the coarse exit"
+    shown = run("calibrate", bundle, "--data", data, "--label-map", label_map, "--p", "0.5", "--name", "shown")
+    assert shown.exit_code == 0 and f"  labels       mapped by {label_map} at exits of another class count" in shown.output
     # the coarse exit earns its credit: scored against the fine labels it would be almost always wrong
     chain = ExitChain.load(bundle, threads=1, warmup=False)
     res = chain.predict(chain.preprocess(x), "p0.5")
@@ -137,6 +139,8 @@ def test_a_ladder_scores_every_rung_through_the_map(mixed_data, run):
     for r in rungs:
         acc, counts = _scored(bundle, r["name"], x, y, coarse)
         assert r["exit_counts"] == counts and abs(r["val_accuracy"] - acc) < 1e-12, (r, acc, counts)
+    shown = run("calibrate", bundle, "--data", data, "--label-map", label_map, "--ladder", "2")
+    assert shown.exit_code == 0 and f"(labels mapped by {label_map} at exits of another class count" in shown.output
 
 
 def test_exit_outputs_score_each_exit_in_its_own_classes():

@@ -75,6 +75,9 @@ def calibrate(bundle, data_path, holdout, seed, val_size, label_map, p, target_a
             raise click.UsageError(f"--ladder fits max_prob points; drop --rule {rule}")
         _calibrate_ladder(bundle, ladder, DataOptions(data_path, holdout, seed, val_size, label_map), temperature, name,
                           make_default, provider, threads, as_json)
+        if label_map and not as_json:
+            click.echo(f"(labels mapped by {label_map} at exits of another class count: val acc credits their "
+                       "answers for the mapped class)")
         return
     res = run_calibration(bundle, Goal(p, target_accuracy, budget_mflops, budget_ms),
                           DataOptions(data_path, holdout, seed, val_size, label_map), temperature=temperature, name=name,
@@ -84,6 +87,9 @@ def calibrate(bundle, data_path, holdout, seed, val_size, label_map, p, target_a
         click.echo(json.dumps(res.to_dict(), indent=2, allow_nan=False))
         return
     echo_calibrated(res)
+    if label_map:
+        click.echo(f"  labels       mapped by {label_map} at exits of another class count: val accuracy credits "
+                   "their answers for the mapped class")
 
 
 def _calibrate_ladder(bundle, n, data, temperature, name, make_default, provider, threads, as_json) -> None:
