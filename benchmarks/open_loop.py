@@ -165,6 +165,7 @@ async def open_loop(port: int, bodies: list[bytes], labels: list[np.ndarray], ra
     latency = np.full(n, np.nan)
     status = np.zeros(n, np.int64)
     correct = np.zeros(n)  # share of the request's images classified right
+    server_ms = np.full(n, np.nan)  # the answer's server_ms: from the engine's intake (after decoding) to it
     points: dict[str, int] = {}
 
     async def one(i: int) -> None:
@@ -176,6 +177,7 @@ async def open_loop(port: int, bodies: list[bytes], labels: list[np.ndarray], ra
         if status[i] == 200:
             doc = json.loads(body)
             correct[i] = np.mean([p["label"] for p in doc["predictions"]] == labels[j])
+            server_ms[i] = doc["predictions"][0]["server_ms"]
             points[doc["operating_point"]] = points.get(doc["operating_point"], 0) + 1
 
     tasks = []
@@ -187,21 +189,28 @@ async def open_loop(port: int, bodies: list[bytes], labels: list[np.ndarray], ra
     await asyncio.gather(*tasks)
     client.close()
     return {"seconds": seconds, "lag": lag, "latency": latency, "status": status, "correct": correct,
-            "points": points}
+            "server_ms": server_ms, "points": points}
 
 
-def summarize(parts: list[dict], rate: float, slo_ms: float) -> dict:
-    """The figures of the runs ``parts`` of one server at one rate, their requests pooled."""
+def summarize(parts: list[dict], rate: float, slo_ms: float, deadline_ms: float | None = None) -> dict:
+    """The figures of the runs ``parts`` of one server at one rate, their requests pooled;
+    with ``deadline_ms`` (the deadline server), the share of the answered within it + 2 ms,
+    on the client's clock (from the scheduled send) and from the engine's intake (``server_ms``)."""
     seconds = sum(p["seconds"] for p in parts)
-    lag, latency, status, correct = (np.concatenate([p[k] for p in parts]) for k in ("lag", "latency", "status",
-                                                                                      "correct"))
+    lag, latency, status, correct, server_ms = (np.concatenate([p[k] for p in parts]) for k in (
+        "lag", "latency", "status", "correct", "server_ms"))
     points: dict[str, int] = {}
     for p in parts:
         for k, v in p["points"].items():
             points[k] = points.get(k, 0) + v
     ok = status == 200
     answered = latency[ok]
+    within = {}
+    if deadline_ms is not None and ok.any():
+        within = {"within_deadline_2ms_client": float((latency[ok] <= deadline_ms + 2).mean()),
+                  "within_deadline_2ms_engine": float((server_ms[ok] <= deadline_ms + 2).mean())}
     return {
+        **within,
         "rate": rate, "seconds": seconds, "requests": len(status), "answered": int(ok.sum()),
         "goodput": float((ok & (latency <= slo_ms)).sum() / seconds),
         "throughput": float(ok.sum() / seconds),
@@ -314,12 +323,15 @@ def main() -> None:
                     parts[name].append(run(open_loop(port, requests[name], labels, load * now_capacity, a.seconds,
                                                      a.slo_ms, seed=100 * j + k)))
             for name in configs:
-                r = summarize(parts[name], load * now_capacity, a.slo_ms)
+                r = summarize(parts[name], load * now_capacity, a.slo_ms, deadline_ms if name == "deadline" else None)
                 r["load"], r["capacity_rps"], r["loadavg_1min"] = load, now_capacity, os.getloadavg()[0]
                 runs[name].append(r)
                 print(f"{load:>4}x ({now_capacity:.0f} req/s) {name:>10}: goodput {r['goodput']:7.1f}/s  p50 {r['p50_ms'] or 0:7.2f}  "
                       f"p99 {r['p99_ms'] or 0:8.2f} ms  acc {r['accuracy'] or 0:.4f}  503 {r['share_503']:.3f}  "
-                      f"lag p99 {r['client_lag_ms']['p99']:.2f} ms  {r['operating_points']}", flush=True)
+                      f"lag p99 {r['client_lag_ms']['p99']:.2f} ms  {r['operating_points']}"
+                      + (f"  within D+2: client {r['within_deadline_2ms_client']:.3f} engine "
+                         f"{r['within_deadline_2ms_engine']:.3f}" if "within_deadline_2ms_client" in r else ""),
+                      flush=True)
     results = {"slo_ms": a.slo_ms, "deadline_ms": deadline_ms, "capacity_rps": capacity, "images_per_request": a.images_per_request, "loads": loads, "seconds": a.seconds,
                "servers": {name: {"args": args, "default_operating_point": models[name]["default_operating_point"],
                                   "graph": models[name]["graph"]} for name, args in configs.items()},

@@ -125,6 +125,26 @@ def test_precheck_sheds_before_decoding():
     precheck(SimpleNamespace(slo=None, queued=[10 ** 6]), None, 1e9)  # without --slo-ms: nothing
 
 
+def test_the_budget_learns_from_the_answers_own_times():
+    """Each answer's time from arrival (the HTTP side's measure) steps the budget's factor:
+    down on a miss of the objective, back up on a hit, steady at a 1% miss rate."""
+    from ranet_edge.serve.slo import MIN_SCALE, MISS_CUT, TARGET_MISS
+
+    c = _controller()  # 10 ms objective, 8 ms for the engine
+    c.observe_total(12.0)
+    assert c.scale == pytest.approx(MISS_CUT) and c.budget_ms() == pytest.approx(8 * MISS_CUT)
+    for _ in range(100):
+        c.observe_total(50.0)
+    assert c.scale == MIN_SCALE and not c.admits(1, [17, 0, 0])  # 1.6 ms: 16 images at the floor
+    for _ in range(10_000):
+        c.observe_total(3.0)
+    assert c.scale == 1.0
+    c.scale = 0.5
+    for i in range(10_000):  # one miss in a hundred: the factor stays where it is
+        c.observe_total(11.0 if i % round(1 / TARGET_MISS) == 0 else 3.0)
+    assert c.scale == pytest.approx(0.5, rel=0.02)
+
+
 def test_the_event_loops_lag_comes_out_of_the_budget():
     """The one-process server hands the controller its event loop's lag (loop_lag.py): a
     request waits about that long before its handler and again after its answer."""
@@ -265,8 +285,10 @@ def test_overloaded_server_moves_to_cheaper_points_and_names_them(tmp_path):
                 for s in socks:
                     s.close()
 
-        quiet = one_round(1)[0]
-        assert json.loads(quiet.split(b"\r\n\r\n", 1)[1])["operating_point"] == names[-1], quiet
+        quiet = []  # a quiet server answers at the top rung, once its first runs have warmed it
+        while names[-1] not in quiet and len(quiet) < 12:
+            quiet.append(json.loads(one_round(1)[0].split(b"\r\n\r\n", 1)[1])["operating_point"])
+        assert names[-1] in quiet, quiet
         answers = [a for _ in range(3) for a in one_round(60)]
         statuses = [int(a.split(b" ", 2)[1]) for a in answers]
         points = [json.loads(a.split(b"\r\n\r\n", 1)[1])["operating_point"] for a in answers
@@ -283,6 +305,6 @@ def test_overloaded_server_moves_to_cheaper_points_and_names_them(tmp_path):
         text = urllib.request.urlopen(f"{srv.url}/metrics", timeout=30).read().decode()
         for p in set(points):
             line = next(ln for ln in text.splitlines() if ln.startswith(f'ranet_answers_total{{operating_point="{p}"}}'))
-            assert float(line.split()[-1]) == points.count(p) + (p == names[-1]), line
+            assert float(line.split()[-1]) == points.count(p) + quiet.count(p), line
         below = next(ln for ln in text.splitlines() if ln.startswith("ranet_slo_below_default_seconds_total"))
         assert float(below.split()[-1]) > 0, below

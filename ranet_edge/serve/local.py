@@ -169,7 +169,7 @@ async def _serve(model: ServedModel, sock: socket.socket, model_name: str, grpc_
     routes = Routes(engine, metrics, model_name, replica=f"{socket.gethostname()}:{os.getpid()}")
     routes.loop_lag = LoopLag(lambda: routes.in_flight > 0,
                               None if engine.slo is None else lambda ms: setattr(engine.slo, "loop_lag_ms", ms))
-    watching = asyncio.ensure_future(routes.loop_lag.run())
+    watching = None
     config = uvicorn.Config(App(routes), lifespan="off", access_log=False, log_level="warning", loop="none",
                             timeout_graceful_shutdown=int(CLOSE_S), timeout_keep_alive=5, backlog=BACKLOG)
     server = Server(config)
@@ -196,6 +196,7 @@ async def _serve(model: ServedModel, sock: socket.socket, model_name: str, grpc_
         if serving.done():
             serving.result()  # raises what stopped it
         if not stop.is_set():
+            watching = asyncio.ensure_future(routes.loop_lag.run())  # from here: the start-up is not lag
             print_summary(routes, sock, grpc_port, time.perf_counter() - t0, echo)
             await asyncio.wait([asyncio.ensure_future(stop.wait()), serving], return_when=asyncio.FIRST_COMPLETED)
         echo(f"{why[0] if why else 'stopped'}: shutting down (again to stop at once) ...", err=True)
@@ -209,7 +210,8 @@ async def _serve(model: ServedModel, sock: socket.socket, model_name: str, grpc_
         echo("stopped" if clean else "stopped (requests still unanswered at the drain's end got 503)", err=True)
         return 0
     finally:
-        watching.cancel()
+        if watching is not None:
+            watching.cancel()
         for s in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(s)
         if not engine.closing:

@@ -11,18 +11,22 @@ objective that the engine's own prediction said they fit.
 
 :class:`LoopLag` measures those waits where they happen: a task that sleeps ``PERIOD_S``
 and records how much later than due it woke (the time the loop spent on everything ready
-before it). The estimate rises at once to a late wake-up and decays by ``DECAY`` per
-``PERIOD_S`` of time after it, so one slow iteration is remembered for a few tens of ms and
-a saturated loop keeps it high. While no request is in flight it wakes every ``IDLE_S`` only.
+before it). The estimate is a running mean of those delays, the latest weighing
+``WEIGHT``: a saturated loop, late at every wake-up, raises it within a few wake-ups; one
+long stall (a first request warming its sessions, a preempted thread on a busy machine)
+moves it by a fifth of the stall, then fades (the ``--slo-ms`` controller learns the rest
+from its answers' own times). While no request is in flight it wakes every ``IDLE_S`` only.
+The server starts it once it listens, so its own start-up is not counted.
 """
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 PERIOD_S = 0.005  # wake-ups while requests are in flight: 200 a second
 IDLE_S = 0.05  # and while none is
-DECAY = 0.8  # the estimate's factor per PERIOD_S once the loop is on time again
+WEIGHT = 0.2  # the weight of the latest delay in the running mean
 
 
 class LoopLag:
@@ -38,19 +42,16 @@ class LoopLag:
         self.on_change = on_change
         self.ms = 0.0
 
-    def late(self, ms: float, after_s: float = PERIOD_S) -> None:
-        """A wake-up ``ms`` late, ``after_s`` after the one before: the estimate rises to
-        it, or decays toward it by ``DECAY`` per ``PERIOD_S`` of ``after_s``."""
-        self.ms = ms if ms >= self.ms else max(ms, self.ms * DECAY ** (after_s / PERIOD_S))
+    def late(self, ms: float) -> None:
+        """A wake-up ``ms`` late: the running mean moves toward it by ``WEIGHT``."""
+        self.ms += WEIGHT * (ms - self.ms)
         if self.on_change is not None:
             self.on_change(self.ms)
 
     async def run(self) -> None:
         """Watch the running loop until cancelled."""
-        loop = asyncio.get_running_loop()
         while True:
             period = PERIOD_S if self.busy() else IDLE_S
-            t = loop.time()
+            t = time.perf_counter()  # not loop.time(): uvloop's is the time its iteration began
             await asyncio.sleep(period)
-            now = loop.time()
-            self.late(max(now - t - period, 0.0) * 1e3, now - t)
+            self.late(max(time.perf_counter() - t - period, 0.0) * 1e3)

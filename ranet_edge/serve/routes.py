@@ -236,6 +236,8 @@ class Routes:
                      "patience": patience}
             call = self.engine.classify(x, point, **{k: v for k, v in asked.items() if v is not None})
             answer = await asyncio.wait_for(call, max(left, 0.001))
+            if self.engine.slo is not None and point is None and rule is None and patience is None:  # a chosen rung
+                self.engine.slo.observe_total((time.perf_counter() - arrived) * 1e3)
         except asyncio.TimeoutError:
             raise RequestError(504, f"the request was not answered within {self.settings.timeout_s:g} s "
                                     "(timeout_s); the server is too busy: send fewer images or retry") from None

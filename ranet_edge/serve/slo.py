@@ -15,6 +15,13 @@ in ms, for rung ``i`` taking ``T_i(m)`` ms to run ``m`` images::
 request waits about that long before its handler runs and again after its answer, time the
 engine's queues do not show (0 where nothing measures it).
 
+What the prediction still misses (decoding, a preempted thread, a prediction gone wrong)
+the controller learns from its own answers: the HTTP side reports each answered request's
+time from arrival to answer (:meth:`SloController.observe_total`), and the budget's factor
+``scale`` shrinks by ``MISS_CUT`` on each answer past the objective and recovers by
+``RECOVER`` on each within it, so that it settles where ``TARGET_MISS`` of the answers miss
+(the objective is a p99): ``fits when ... <= scale * HEADROOM * S - 2 * L``.
+
 ``T_i(m)`` sums, over the graphs, the time of the rung's share of ``m`` reaching each: a
 graph's time is a line in its rows (ms per run + ms per row, ``max_batch`` rows a run, so
 larger batches cost less per row) timed at load on 1 and ``max_batch`` rows, times a factor
@@ -45,6 +52,10 @@ MIN_SEEN = 64  # images a rung answers before its observed exit shares replace i
 ALPHA = 0.1  # weight of each graph run in the running (geometric) factor of observed over predicted time
 WINDOW = 512.0  # images over which the observed exit shares follow a change
 MAX_GAP_S = 1.0  # a gap between two choices counts at most this long in the time below the default
+TARGET_MISS = 0.01  # the share of answers past the objective the budget's factor settles at
+MISS_CUT = 0.9  # the factor's step down on an answer past the objective
+RECOVER = MISS_CUT ** (-TARGET_MISS / (1 - TARGET_MISS))  # and up on one within it: steady at TARGET_MISS
+MIN_SCALE = 0.2  # the factor's floor: the engine always keeps a fifth of its share
 
 
 def ladder_of(points: Mapping[str, OperatingPoint], slo_ms: float | None, min_point: str | None) -> list[str]:
@@ -136,12 +147,14 @@ class SloController:
         self._last = clock()
         #: the event loop's lag in ms (loop_lag.LoopLag writes it from the loop, the engine reads it)
         self.loop_lag_ms = 0.0
+        self.scale = 1.0  # the budget's factor, learnt from the answers' own times (observe_total)
 
     # ------------------------------------------------------------------ predictions
     def budget_ms(self) -> float:
-        """The engine's share of the objective: ``HEADROOM`` of it, less the event loop's lag
-        twice (before a request's handler runs, and after its answer is ready)."""
-        return HEADROOM * self.slo_ms - 2.0 * self.loop_lag_ms
+        """The engine's share of the objective: ``HEADROOM`` of it times the learnt ``scale``,
+        less the event loop's lag twice (before a request's handler runs, and after its answer
+        is ready)."""
+        return self.scale * HEADROOM * self.slo_ms - 2.0 * self.loop_lag_ms
 
     def graph_time(self, k: int, rows: float) -> float:
         """ms for graph ``k`` to run ``rows`` rows, ``max_batch`` a run."""
@@ -206,6 +219,15 @@ class SloController:
         if rows > 0:  # a running geometric mean: one run preempted for 50 ms moves it by at most 8x ** ALPHA
             ratio = min(max(seconds * 1e3 / (self.run_ms[k] + rows * self.row_ms[k]), 1 / 8), 8.0)
             self.slow[k] = math.exp(math.log(self.slow[k]) + ALPHA * (math.log(ratio) - math.log(self.slow[k])))
+
+    def observe_total(self, ms: float) -> None:
+        """A request the controller placed was answered ``ms`` after it arrived (the HTTP
+        side's measure, from the event loop): the budget's factor steps down on a miss of the
+        objective and recovers on a hit (see the module doc)."""
+        if ms > self.slo_ms:
+            self.scale = max(MIN_SCALE, self.scale * MISS_CUT)
+        else:
+            self.scale = min(1.0, self.scale * RECOVER)
 
     def observe_exits(self, i: int | None, exits: np.ndarray) -> None:
         """One answer's images left at ``exits``; ``i``: its rung (None: a point the request named)."""
