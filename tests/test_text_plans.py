@@ -86,3 +86,17 @@ def test_predict_at_batch_one_routes_through_the_plan_as_the_batch_does(chain):
         one = chain.predict({k: v[i:i + 1] for k, v in x.items()}, thr)
         assert one.exits[0] == whole.exits[i] and one.labels[0] == whole.labels[i]
         np.testing.assert_allclose(one.probabilities[0], whole.probabilities[i], rtol=1e-5, atol=1e-7)
+
+
+def test_named_inputs_too_large_for_a_plan_run_on_the_plain_path(chain, monkeypatch):
+    import ranet_edge.runtime.executors.host as host
+
+    ex = HostExecutor(chain.graphs, chain.input_name, None)
+    small, large = check_inputs(_batch(1, 6), chain.inputs), check_inputs(_batch(2, 40), chain.inputs)
+    need = sum(b.nbytes for b in declared_outputs(chain.graphs, small.arrays).values())
+    monkeypatch.setattr(host, "MAX_NAMED_PLAN_BYTES", need)
+    assert ex.feed(small, scratch=True).scratch is not None
+    env = ex.feed(large, scratch=True)
+    assert env.scratch is None and ex.plan_sizes == {small.shapes}
+    for a, b in zip(ex.run_every(env), ex.run_every(ex.feed(large)), strict=True):
+        np.testing.assert_array_equal(a, b)

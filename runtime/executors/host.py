@@ -24,8 +24,11 @@ from ..inputs import NamedBatch
 from .base import Env, Executor
 from .buckets import Buckets
 
-#: Pre-bound plans kept per thread (one per batch size seen last).
+#: Pre-bound plans kept per thread (one per batch size, or set of input shapes, seen last).
 PLANS_PER_THREAD = 4
+#: The most bytes one named-input plan keeps bound (hidden states of long, wide batches are not
+#: kept between calls: their graphs cost so much more than allocating them that nothing is won).
+MAX_NAMED_PLAN_BYTES = 64 << 20
 
 
 class HostExecutor(Executor):
@@ -52,7 +55,9 @@ class HostExecutor(Executor):
             if isinstance(x, np.ndarray):
                 return Env({self.input_name: x}, n, -1, self._plan(x, n))
             arrays = {k: np.ascontiguousarray(a) for k, a in x.arrays.items()}
-            return Env(arrays, n, -1, self._plan(arrays, x.shapes))
+            plan = self._plan(arrays, x.shapes)
+            if plan is not None:
+                return Env(arrays, n, -1, plan)
         return Env(self.input_values(x), n)
 
     def run(self, g: int, env: Env) -> tuple[list[np.ndarray], Env]:
@@ -93,24 +98,32 @@ class HostExecutor(Executor):
     def reset(self) -> None:
         self._local = threading.local()
 
-    def _plan(self, x: np.ndarray | dict[str, np.ndarray], key: Any) -> BoundPlan:
+    def _plan(self, x: np.ndarray | dict[str, np.ndarray], key: Any) -> BoundPlan | None:
         """This thread's pre-bound plan for ``key`` (an image batch's size, or the shapes of
-        every named input)."""
+        every named input). None for named inputs whose outputs the graphs do not declare in
+        sizes the inputs give (a plan would cost a run to size) or whose buffers would hold
+        more than ``MAX_NAMED_PLAN_BYTES``: those run on the plain path, nothing kept."""
         plans = getattr(self._local, "plans", None)
         if plans is None:
             plans = self._local.plans = {}
-        plan = plans.get(key)
-        if plan is None:
-            if len(plans) >= PLANS_PER_THREAD:
-                plans.pop(next(iter(plans)))
-            plan = plans[key] = BoundPlan(self.graphs, self.input_name, x)
+        if key in plans:
+            return plans[key]
+        if len(plans) >= PLANS_PER_THREAD:
+            plans.pop(next(iter(plans)))
+        if isinstance(x, dict):
+            buffers = declared_outputs(self.graphs, x)
+            fits = 0 < sum(b.nbytes for b in buffers.values()) <= MAX_NAMED_PLAN_BYTES
+            plan = BoundPlan(self.graphs, self.input_name, x, buffers) if fits else None
+        else:
+            plan = BoundPlan(self.graphs, self.input_name, x)
+        plans[key] = plan
         return plan
 
     @property
     def plan_sizes(self) -> set:
         """What this thread holds pre-bound plans for: batch sizes (image bundles), tuples of
         input shapes (named inputs)."""
-        return set(getattr(self._local, "plans", {}))
+        return {k for k, plan in getattr(self._local, "plans", {}).items() if plan is not None}
 
 
 class BoundPlan:
@@ -124,16 +137,19 @@ class BoundPlan:
 
     ``x`` is an image batch, or every named input by name (a text encoder's ids and mask).
     Named inputs size the buffers from the graphs' declared output shapes, whose symbolic
-    axes (``batch``, ``sequence``) the inputs' shapes give, so a new sequence length costs no
-    extra run; an axis they do not give (and any image bundle) sizes them by running every
-    graph once. Keeping the cached tensors bound between graphs is what brings a text
+    axes (``batch``, ``sequence``) the inputs' shapes give (:func:`declared_outputs`, or
+    ``buffers`` computed by it), so a new sequence length costs no extra run; an axis they do
+    not give (and any image bundle) sizes them by running every graph once. Keeping the cached tensors bound between graphs is what brings a text
     encoder's chain to its monolithic graph's time at batch 1 (benchmarks/text_chain_overhead.py).
     """
 
-    def __init__(self, graphs: list[GraphInfo], input_name: str, x: np.ndarray | dict[str, np.ndarray]):
+    def __init__(self, graphs: list[GraphInfo], input_name: str, x: np.ndarray | dict[str, np.ndarray],
+                 buffers: dict[str, np.ndarray] | None = None):
         first = x if isinstance(x, dict) else {input_name: x}
         self.input_names = list(first)
-        self.buffers: dict[str, np.ndarray] = declared_outputs(graphs, first) if isinstance(x, dict) else {}
+        if buffers is None:
+            buffers = declared_outputs(graphs, first) if isinstance(x, dict) else {}
+        self.buffers: dict[str, np.ndarray] = buffers
         if not self.buffers:
             for _, _, outs in walk([g.inputs for g in graphs], first, lambda g, f: graphs[g].run(f)):
                 self.buffers.update((name, np.empty_like(arr)) for name, arr in outs.items())
