@@ -57,17 +57,19 @@ def check_inputs(x: Any, inputs: Sequence[InputInfo], block: int = 128) -> Named
         InputError: a missing or unknown name, or an input of another type, dtype, rank or
             size; the message names the input and what the bundle expects.
     """
-    want = ", ".join(f"{i.name}: {i.describe()}" for i in inputs)
+    def want() -> str:  # built only for a message: every call pays for the checks alone
+        return ", ".join(f"{i.name}: {i.describe()}" for i in inputs)
+
     if not isinstance(x, Mapping):
         if len(inputs) != 1:
-            raise InputError(f"this bundle takes {len(inputs)} named inputs ({want}); pass a dict name -> array, "
+            raise InputError(f"this bundle takes {len(inputs)} named inputs ({want()}); pass a dict name -> array, "
                              f"got {type(x).__name__}")
         x = {inputs[0].name: x}
-    missing = [i.name for i in inputs if i.name not in x]
-    unknown = [str(k) for k in x if k not in {i.name for i in inputs}]
-    if missing or unknown:
+    if len(x) != len(inputs) or any(i.name not in x for i in inputs):
+        missing = [i.name for i in inputs if i.name not in x]
+        unknown = [str(k) for k in x if k not in {i.name for i in inputs}]
         what = f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"
-        raise InputError(f"inputs {what}; this bundle takes {want}")
+        raise InputError(f"inputs {what}; this bundle takes {want()}")
     sizes: dict[str, tuple[int, str]] = {}  # axis name -> (size, the input that set it)
     arrays = {}
     for info in inputs:
@@ -81,16 +83,16 @@ def check_inputs(x: Any, inputs: Sequence[InputInfo], block: int = 128) -> Named
 
 
 def _check_one(a: Any, info: InputInfo, sizes: dict[str, tuple[int, str]]) -> np.ndarray:
-    name, expected = info.name, info.describe()
+    name, expected = info.name, info.describe  # expected(): built only for a message
     if not isinstance(a, np.ndarray):
-        raise InputError(f"input {name} must be a numpy array {expected}, got {type(a).__name__}")
-    if str(a.dtype) != info.dtype:
-        raise InputError(f"input {name} has dtype {a.dtype}, expected {expected}; use .astype(np.{info.dtype})")
+        raise InputError(f"input {name} must be a numpy array {expected()}, got {type(a).__name__}")
+    if a.dtype != info.dtype:
+        raise InputError(f"input {name} has dtype {a.dtype}, expected {expected()}; use .astype(np.{info.dtype})")
     if a.ndim != len(info.shape) or a.shape[0] == 0:
-        raise InputError(f"input {name} has shape {tuple(a.shape)}, expected {expected} with N >= 1")
+        raise InputError(f"input {name} has shape {tuple(a.shape)}, expected {expected()} with N >= 1")
     for axis, (size, label) in enumerate(zip(info.shape, info.axes, strict=True)):
         if size is not None and a.shape[axis] != size:
-            raise InputError(f"input {name} has shape {tuple(a.shape)}, expected {expected}: axis {axis} "
+            raise InputError(f"input {name} has shape {tuple(a.shape)}, expected {expected()}: axis {axis} "
                              f"must be {size}")
         key = label or ("batch" if axis == 0 else None)
         if key is None:
