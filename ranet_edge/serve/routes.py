@@ -237,7 +237,8 @@ class Routes:
             call = self.engine.classify(x, point, **{k: v for k, v in asked.items() if v is not None})
             answer = await asyncio.wait_for(call, max(left, 0.001))
             if self.engine.slo is not None and point is None and rule is None and patience is None:  # a chosen rung
-                self.engine.slo.observe_total((time.perf_counter() - arrived) * 1e3)
+                lag_ms = self.loop_lag.ms if self.loop_lag is not None else 0.0  # the reply waits for the loop too
+                self.engine.slo.observe_total((time.perf_counter() - arrived) * 1e3 + lag_ms)
         except asyncio.TimeoutError:
             raise RequestError(504, f"the request was not answered within {self.settings.timeout_s:g} s "
                                     "(timeout_s); the server is too busy: send fewer images or retry") from None

@@ -17,7 +17,8 @@ engine's queues do not show (0 where nothing measures it).
 
 What the prediction still misses (decoding, a preempted thread, a prediction gone wrong)
 the controller learns from its own answers: the HTTP side reports each answered request's
-time from arrival to answer (:meth:`SloController.observe_total`), and the budget's factor
+time from arrival to answer, plus the loop's lag its reply still waits
+(:meth:`SloController.observe_total`), and the budget's factor
 ``scale`` shrinks by ``MISS_CUT`` on each answer past the objective and recovers by
 ``RECOVER`` on each within it, so that it settles where ``TARGET_MISS`` of the answers miss
 (the objective is a p99): ``fits when ... <= scale * HEADROOM * S - 2 * L``.
