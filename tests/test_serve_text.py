@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from serve_local_support import local_server, request, send_all
-from text_models import text_batch
 
-from ranet_edge.runtime import ExitChain
+pytest.importorskip("torch", reason="the text bundle is exported from PyTorch (conftest's text_bundle)")
+from text_models import text_batch  # noqa: E402
+
+from ranet_edge.runtime import ExitChain  # noqa: E402
 
 if importlib.util.find_spec("uvicorn") is None:
     pytest.skip("the one-process server needs the serve extra: pip install 'ranet-edge[serve]'",

@@ -13,7 +13,9 @@ import time
 
 import numpy as np
 import pytest
-from text_models import text_batch
+
+pytest.importorskip("torch", reason="the text bundle is exported from PyTorch (conftest's text_bundle)")
+from text_models import text_batch  # noqa: E402
 
 pytest.importorskip("uvicorn")
 
