@@ -1,6 +1,8 @@
-"""What the protocol tests share: the answers ExitChain itself gives, and PNG test images."""
+"""What the protocol tests share: the answers ExitChain itself gives, a request answered by
+the StageEngine in this process, and PNG test images."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import cv2
@@ -8,6 +10,20 @@ import numpy as np
 
 from ranet_edge.assets import SAMPLE_IMAGES
 from ranet_edge.serve.engine import ServedModel
+from ranet_edge.serve.stage_engine import StageEngine
+
+
+def infer(model: ServedModel, req):
+    """The answer a StageEngine of its own gives to the parsed request ``req`` (an ``oip.InferRequest``)."""
+    async def run():
+        engine = StageEngine(model)
+        await engine.start()
+        try:
+            return await engine.classify(req.x, req.point)
+        finally:
+            await engine.close(5.0)
+
+    return asyncio.run(run())
 
 
 @dataclass(frozen=True)

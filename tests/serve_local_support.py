@@ -3,6 +3,7 @@ is started, and a plain HTTP client that also sends bodies over the server's upl
 from __future__ import annotations
 
 import contextlib
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -45,6 +46,27 @@ def request(method: str, url: str, body: bytes | None = None, headers: dict | No
             return r.status, r.headers, r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
+
+
+def posted_at_once(port: int, path: str, body: bytes, n: int) -> list[bytes]:
+    """The JSON ``body`` POSTed to ``path`` on ``n`` connections, every request sent before any
+    answer is read (Connection: close); each connection's whole answer, in order."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(n)]
+    try:
+        for s in socks:
+            s.sendall(head + body)
+        answers = []
+        for s in socks:
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            answers.append(data)
+        return answers
+    finally:
+        for s in socks:
+            s.close()
 
 
 def send_all(requests: list[tuple], threads: int = 16) -> list[tuple[int, Message, bytes]]:

@@ -4,7 +4,6 @@ tritonclient.http, and the values equal to ExitChain.predict image by image. Bad
 also under protocol fuzzing."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import struct
@@ -13,12 +12,11 @@ import numpy as np
 import pytest
 
 tritonhttp = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (the test extra)")
-from oip_support import expected, png, sample_images
+from oip_support import expected, infer, png, sample_images
 
 from ranet_edge.serve import ServeSettings, oip
 from ranet_edge.serve.api import RequestError
 from ranet_edge.serve.engine import ServedModel
-from ranet_edge.serve.stage_engine import StageEngine
 
 MAX_IMAGES = 16
 
@@ -31,18 +29,6 @@ def model() -> ServedModel:
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
     return sample_images(12)
-
-
-def infer(model: ServedModel, req: oip.InferRequest):
-    async def run():
-        engine = StageEngine(model)
-        await engine.start()
-        try:
-            return await engine.classify(req.x, req.point)
-        finally:
-            await engine.close(5.0)
-
-    return asyncio.run(run())
 
 
 def client_request(inputs, outputs=None, **kw) -> tuple[bytes, int | None]:

@@ -5,7 +5,6 @@ each exit's count, gRPC (whose message has no parameters) gets the shape, and a 
 ``logits`` has that shape, zero beyond the count of the exit each image took."""
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 
@@ -14,12 +13,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("uvicorn")
+from oip_support import infer  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ranet_edge.runtime import ExitChain, OperatingPoint, save_point  # noqa: E402
 from ranet_edge.serve import ServeSettings, oip  # noqa: E402
 from ranet_edge.serve.engine import ServedModel  # noqa: E402
-from ranet_edge.serve.stage_engine import StageEngine  # noqa: E402
 
 COUNTS = (10, 4)
 
@@ -73,15 +72,7 @@ def test_an_answer_has_the_shape_the_metadata_says(served):
                        "outputs": [{"name": "exit"}, {"name": "label"}, {"name": "logits"}]}).encode()
     req = oip.parse_rest_infer(body, None, model, 16)
 
-    async def run():
-        engine = StageEngine(model)
-        await engine.start()
-        try:
-            return await engine.classify(req.x, req.point)
-        finally:
-            await engine.close(5.0)
-
-    raw, _ = oip.rest_infer_response(req, asyncio.run(run()), "m")
+    raw, _ = oip.rest_infer_response(req, infer(model, req), "m")
     got = {o["name"]: o for o in json.loads(raw)["outputs"]}
     width = oip.model_metadata(model, "m")["outputs"][3]["shape"][1]
     assert got["logits"]["shape"] == [len(x), width]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import sys
 
 import numpy as np
 import pytest
 from serve_harness import assert_stopped_cleanly, stop_with
-from serve_local_support import local_server, png, request
+from serve_local_support import local_server, png, posted_at_once, request
 
 from ranet_edge.assets import SAMPLE_IMAGES
 
@@ -28,21 +27,7 @@ def test_overload_gets_503_with_retry_after(tmp_path, sample):
     with 503 and Retry-After, the others answered; a request larger than the queue gets 413."""
     body = json.dumps([base64.b64encode(png(im)).decode() for im in sample[:16]]).encode()
     with local_server(tmp_path, "--max-queue", "32", "--no-access-log") as srv:
-        socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=60) for _ in range(40)]
-        try:
-            head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-            for s in socks:
-                s.sendall(head + body)
-            answers = []
-            for s in socks:
-                data = b""
-                while chunk := s.recv(65536):
-                    data += chunk
-                answers.append(data)
-        finally:
-            for s in socks:
-                s.close()
+        answers = posted_at_once(srv.port, "/v1/classify", body, 40)
         statuses = [int(a.split(b" ", 2)[1]) for a in answers]
         assert set(statuses) == {200, 503}, statuses
         for a in answers:

@@ -8,7 +8,6 @@ import base64
 import importlib.util
 import json
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -257,6 +256,7 @@ def test_v2_and_grpc_responses_name_the_point():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts processes through /proc")
 def test_overloaded_server_moves_to_cheaper_points_and_names_them(tmp_path):
     from serve_harness import running_server
+    from serve_local_support import posted_at_once
 
     with np.load(SAMPLE_IMAGES) as z:
         ims = z["x"][:16]
@@ -266,30 +266,12 @@ def test_overloaded_server_moves_to_cheaper_points_and_names_them(tmp_path):
     names = ladder_names(__import__("ranet_edge.runtime", fromlist=["ExitChain"]).ExitChain.load(
         DEFAULT_BUNDLE).operating_points)
     with running_server(tmp_path, cmd, "--slo-ms", "40", "--no-access-log") as srv:
-        head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-
-        def one_round(n: int) -> list[bytes]:
-            socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=60) for _ in range(n)]
-            try:
-                for s in socks:
-                    s.sendall(head + body)
-                out = []
-                for s in socks:
-                    data = b""
-                    while chunk := s.recv(65536):
-                        data += chunk
-                    out.append(data)
-                return out
-            finally:
-                for s in socks:
-                    s.close()
-
         quiet = []  # a quiet server answers at the top rung, once its first runs have warmed it
         while names[-1] not in quiet and len(quiet) < 12:
-            quiet.append(json.loads(one_round(1)[0].split(b"\r\n\r\n", 1)[1])["operating_point"])
+            (answer,) = posted_at_once(srv.port, "/v1/classify", body, 1)
+            quiet.append(json.loads(answer.split(b"\r\n\r\n", 1)[1])["operating_point"])
         assert names[-1] in quiet, quiet
-        answers = [a for _ in range(3) for a in one_round(60)]
+        answers = [a for _ in range(3) for a in posted_at_once(srv.port, "/v1/classify", body, 60)]
         statuses = [int(a.split(b" ", 2)[1]) for a in answers]
         points = [json.loads(a.split(b"\r\n\r\n", 1)[1])["operating_point"] for a in answers
                   if a.startswith(b"HTTP/1.1 200")]
