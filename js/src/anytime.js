@@ -6,7 +6,7 @@
  * -1 for none yet. `done` is true on the last snapshot, whose answers are predict()'s. Each
  * graph run queues on its own, so other calls may run between two snapshots.
  */
-import { argmaxRow, Results, softmaxRow, Streak } from './decide.js';
+import { argmaxRow, Results, softmaxRow, Streak, survivors } from './decide.js';
 
 /**
  * @param {import('./chain.js').ExitChain} chain
@@ -60,10 +60,8 @@ export async function* anytime(chain, x, options = {}) {
         running, final: final.slice(), done: left === 0 };
       if (left === 0) break;
       if (left < rows.length) {
-        const keep = new Int32Array(left);
-        for (let r = 0, j = 0; r < rows.length; r++) if (alive[r]) keep[j++] = r;
-        rows = keep.map((r) => rows[r]);
-        if (rule === 'patience') streak = streak.take(keep);
+        let keep;
+        ({ keep, rows, streak } = survivors(rows, alive, left, rule, streak));
         const before = env;
         env = await c._serial(() => c._gatherRows(before, keep, given));
       }

@@ -3,7 +3,7 @@
  * the first exit its exit rule takes it at (the Python runtime's ExitChain, runtime/chain.py).
  */
 import { anytime } from './anytime.js';
-import { Results, Streak } from './decide.js';
+import { Results, Streak, survivors } from './decide.js';
 import { BundleError, InputError, ProviderError } from './errors.js';
 import { ELEM_TYPES, gatherModel } from './gather.js';
 import { checkNamed, describe, isMapping, zeroInputs } from './inputs.js';
@@ -295,10 +295,8 @@ export class ExitChain {
           env = this._advance(g, env, out, given);
           if (left === 0) break;
           if (left < rows.length) {
-            const keep = new Int32Array(left);
-            for (let r = 0, j = 0; r < rows.length; r++) if (alive[r]) keep[j++] = r;
-            rows = keep.map((r) => rows[r]);
-            if (rule === 'patience') streak = streak.take(keep);
+            let keep;
+            ({ keep, rows, streak } = survivors(rows, alive, left, rule, streak));
             env = await this._gatherRows(env, keep, given);
           }
         }

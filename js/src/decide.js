@@ -150,3 +150,14 @@ export class Results {
     return left;
   }
 }
+
+/**
+ * The rows still running after a graph, handed to the next: `keep` (their places among `rows`),
+ * the rows themselves, and with the patience rule their streaks. `alive[r]` marks them and `left`
+ * counts them.
+ */
+export function survivors(rows, alive, left, rule, streak) {
+  const keep = new Int32Array(left);
+  for (let r = 0, j = 0; r < rows.length; r++) if (alive[r]) keep[j++] = r;
+  return { keep, rows: keep.map((r) => rows[r]), streak: rule === 'patience' ? streak.take(keep) : streak };
+}
