@@ -34,6 +34,7 @@ from ranet_edge.errors import RanetEdgeError
 T = TypeVar("T")
 STOP_S = 15.0  # the bound a user relies on: `ranet-edge serve` is gone this long after the signal
 SLOW_REST_S = 1.0  # the half-sent request sends the rest of its body this long after the signal
+HANDLER_S = 0.2  # and waits this long before the signal for the server to start handling it (~1 ms idle)
 
 
 class Started(Generic[T]):
@@ -195,7 +196,9 @@ def _http_status(sock: socket.socket) -> int | str:
 
 class SlowUpload:
     """A request surely in flight when the signal lands: headers and half the body sent now,
-    the rest by ``finish`` (the server is draining by then), which returns the status (or how
+    then ``HANDLER_S`` for the server to read them and start its handler (bytes still in the
+    socket when the signal is read make a request that arrived while draining: 503), the
+    rest by ``finish`` (the server is draining by then), which returns the status (or how
     the connection ended without one)."""
 
     def __init__(self, port: int, body: bytes):
@@ -204,6 +207,7 @@ class SlowUpload:
         head = (f"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
         self.sock.sendall(head + body[:len(body) // 2])
+        time.sleep(HANDLER_S)
 
     def finish(self) -> int | str:
         try:
