@@ -15,6 +15,7 @@ from ranet_edge.runtime import ExitChain
 from ranet_edge.serve.api import RequestError
 from ranet_edge.serve.engine import ServedModel
 from ranet_edge.serve.settings import ServeSettings
+from ranet_edge.serve.rows import Rows
 from ranet_edge.serve.stage_engine import Overloaded, StageEngine
 
 POINTS = [None, "p0.5", "iso-accuracy", "iso-accuracy-t"]
@@ -197,3 +198,27 @@ def test_serve_uses_the_chains_device_path(chain, x, monkeypatch, buckets):
         want = chain.predict(x[a:b], point)
         assert got.labels.tolist() == want.labels.tolist() and got.exits.tolist() == want.exits.tolist()
     assert seen["run"] > 0 and seen["types"] == {ort.OrtValue} and seen["concat"] > 0
+
+
+def test_a_row_waits_for_company_once_over_all_its_graphs(models, x):
+    """The batch wait counts from a row's intake, not from its arrival at each queue: a row
+    just handed on to graph 2, in the engine longer than the wait, runs before graph 0's fresh
+    rows; one younger than the wait lets graph 0 run first (rows may still join it)."""
+    engine = StageEngine(models["chain"], batch_wait_ms=5.0)
+    ex = engine.executor
+    now = 1000.0
+
+    def rows(since: float, born: float) -> Rows:
+        n = 2
+        return Rows([], np.zeros(n, np.intp), np.arange(n), np.zeros((n, 1), np.float32),
+                    np.ones((n, 1), np.float32), ex.feed(x[:n]), since, born=born)
+
+    engine._queues[0].append(rows(now, now))
+    engine._queued[0] = 2
+    engine._queues[2].append(rows(now, now - 0.004))  # handed on just now, 4 ms in the engine
+    engine._queued[2] = 2
+    assert engine._pick(now) == 0
+    engine._queues[2][0].born = now - 0.006  # 6 ms in the engine: its wait is spent
+    assert engine._pick(now) == 2
+    merged = Rows.merge(ex, [rows(now, now - 0.001), rows(now, now - 0.009)])
+    assert merged.born == now - 0.009 and merged.select(ex, np.array([0]), merged.env, now + 1).born == now - 0.009

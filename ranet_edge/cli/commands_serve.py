@@ -19,7 +19,7 @@ from .commands_runtime import provider_option
 @click.option("--max-batch", type=int, default=64, show_default=True,
               help="most images one graph run takes (a request with more is refused)")
 @click.option("--batch-wait-ms", type=float, default=5.0, show_default=True,
-              help="longest that rows going on to the next graph wait for more rows to join them")
+              help="longest a row waits for more rows to join it, over all its graphs")
 @click.option("--stage-batching/--no-stage-batching", default=True, show_default=True,
               help="batch the survivors of all requests graph by graph; off: each batch runs all its graphs "
                    "before the next starts (the baseline)")

@@ -90,11 +90,11 @@ class Rows:
     """Rows waiting for one graph: whose they are, their thresholds and exit rule, and their
     tensors as the executor holds them (an :class:`~ranet_edge.runtime.executors.base.Env`)."""
 
-    __slots__ = ("reqs", "owner", "slot", "thr", "temps", "env", "since", "rule", "streak", "key")
+    __slots__ = ("reqs", "owner", "slot", "thr", "temps", "env", "since", "rule", "streak", "key", "born")
 
     def __init__(self, reqs: list[Request], owner: np.ndarray, slot: np.ndarray, thr: np.ndarray,
                  temps: np.ndarray, env: Env, since: float, rule: np.ndarray | None = None,
-                 streak: Streak | None = None, key: tuple | None = None):
+                 streak: Streak | None = None, key: tuple | None = None, born: float | None = None):
         self.reqs = reqs  # the requests the rows belong to
         self.owner = owner  # int (m,): index into reqs of each row
         self.slot = slot  # int (m,): position of each row in its request
@@ -107,6 +107,9 @@ class Rows:
         #: what rows must share to run in one batch: the sizes of a named-input request's dynamic
         #: axes (its sequence length); None for images, which all share their shape
         self.key = key
+        #: when the oldest of these rows entered the engine (graph 0's queue): what bounds a
+        #: row's waits for company over all its graphs (StageEngine._pick)
+        self.born = since if born is None else born
 
     def __len__(self) -> int:
         return len(self.owner)
@@ -115,7 +118,7 @@ class Rows:
         """The rows ``keep`` (sorted positions) with tensors ``env`` (still of all rows)."""
         return Rows(self.reqs, self.owner[keep], self.slot[keep], self.thr[keep], self.temps[keep],
                     env if len(keep) == len(self) else ex.take(env, keep), since, self.rule[keep],
-                    None if self.streak is None else self.streak.take(keep), self.key)
+                    None if self.streak is None else self.streak.take(keep), self.key, self.born)
 
     def decide(self, e: int, z: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exit ``e``'s decision for these rows, each by its own rule and thresholds
@@ -206,7 +209,7 @@ class Rows:
         return Rows(reqs, np.concatenate(owners), np.concatenate([p.slot for p in parts]),
                     np.concatenate([p.thr for p in parts]), np.concatenate([p.temps for p in parts]),
                     ex.concat([p.env for p in parts]), min(p.since for p in parts),
-                    np.concatenate([p.rule for p in parts]), streak, parts[0].key)
+                    np.concatenate([p.rule for p in parts]), streak, parts[0].key, min(p.born for p in parts))
 
 
 def resolve(items: list[tuple[asyncio.Future, object]]) -> None:

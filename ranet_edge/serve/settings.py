@@ -33,7 +33,7 @@ class ServeSettings:
     max_replicas: int = 4  # ... adding replicas while more requests than this are in flight per replica
     target_ongoing_requests: float = 4.0
     max_batch: int = 64  # most images one graph run takes (a request with more is refused)
-    batch_wait_ms: float = 5.0  # longest that rows going on to graph k+1 wait for more rows to join them
+    batch_wait_ms: float = 5.0  # longest a row waits for company, over all its graphs, from its request's intake
     max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413
     stage_batching: bool = True  # False: each batch runs through all its graphs before the next starts
     max_queue: int = 1024  # images accepted and not yet decided; a request beyond it gets 503
