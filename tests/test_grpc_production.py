@@ -94,15 +94,11 @@ def test_draining_server_is_not_ready_and_refuses_with_retry_after(model, images
     assert dict(err.trailing_metadata())["retry-after"] == "1"
 
 
-class StalledEngine:
-    """A real StageEngine's model, but classify waits for ever: what a server too busy to
-    answer looks like from the ingress (the time limit is the service's, not the engine's)."""
+class StalledEngine(StageEngine):
+    """A real StageEngine whose classify waits for ever: what a server too busy to answer
+    looks like from the ingress (the time limit is the service's, not the engine's)."""
 
-    def __init__(self, model):
-        self.model = model
-        self.closing = False
-
-    async def classify(self, x, point):
+    async def classify(self, x, point, **_):
         await asyncio.Event().wait()
 
 

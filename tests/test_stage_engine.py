@@ -14,8 +14,8 @@ from ranet_edge.assets import DEFAULT_BUNDLE, SAMPLE_IMAGES
 from ranet_edge.runtime import ExitChain
 from ranet_edge.serve.api import RequestError
 from ranet_edge.serve.engine import ServedModel
-from ranet_edge.serve.settings import ServeSettings
 from ranet_edge.serve.rows import Rows
+from ranet_edge.serve.settings import ServeSettings
 from ranet_edge.serve.stage_engine import Overloaded, StageEngine
 
 POINTS = [None, "p0.5", "iso-accuracy", "iso-accuracy-t"]

@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from ranet_edge.errors import ServeError
 
-from . import _oip_descriptor, oip, oip_widths
+from . import _oip_descriptor, admission, oip, oip_widths
 from .api import RequestError
 from .progress import within
 
@@ -77,7 +77,7 @@ def _param(value: Any) -> Any:
     return None if which is None else getattr(value, which)
 
 
-def infer_request(msg: Any, model: Any, max_images: int) -> oip.InferRequest:
+def infer_request(msg: Any, model: Any, max_images: int, admit: oip.Admit | None = None) -> oip.InferRequest:
     """A ModelInferRequest -> the checked, preprocessed request.
 
     Raises:
@@ -106,7 +106,7 @@ def infer_request(msg: Any, model: Any, max_images: int) -> oip.InferRequest:
             tensors.append(oip.TensorIn(t.name, t.datatype, tuple(t.shape), data=data, parameters=params))
     parameters = {k: _param(v) for k, v in msg.parameters.items()}
     outputs = [(o.name, {k: _param(v) for k, v in o.parameters.items()}) for o in msg.outputs]
-    return oip.build_request(msg.id or None, tensors, parameters, outputs, model, max_images)
+    return oip.build_request(msg.id or None, tensors, parameters, outputs, model, max_images, admit)
 
 
 def infer_response(req: oip.InferRequest, answer: oip.Answer, model_name: str) -> Any:
@@ -122,14 +122,15 @@ def infer_response(req: oip.InferRequest, answer: oip.Answer, model_name: str) -
 
 
 class InferenceService:
-    """The RPCs, in front of one engine (StageEngine: ``model``, ``classify``, ``closing``).
+    """The RPCs, in front of one engine (a StageEngine).
 
     ``metrics`` (``metrics.Metrics``, optional) counts every ModelInfer and ModelMetadata call
-    as route ``grpc/<method>`` with its gRPC status name, and the exits of each answer.
+    as route ``grpc/<method>`` with its gRPC status name, and the exits of each answer;
+    ``loop_lag`` (``loop_lag.LoopLag``, optional) is the event loop's measured lag.
     """
 
     def __init__(self, engine: Any, model_name: str, ready: Callable[[], bool] | None = None,
-                 metrics: Any = None):
+                 metrics: Any = None, loop_lag: Any = None):
         self.engine = engine
         self.model = engine.model
         self.name = model_name
@@ -137,6 +138,7 @@ class InferenceService:
         self.timeout_s = float(getattr(self.model.settings, "timeout_s", 30.0))
         self._ready = ready or (lambda: not getattr(engine, "closing", False))
         self.metrics = metrics
+        self.loop_lag = loop_lag  # loop_lag.LoopLag of the one-process server (None: not measured)
 
     async def server_live(self, request: Any, context: Any) -> Any:
         """ServerLive: always live while the process answers."""
@@ -181,10 +183,11 @@ class InferenceService:
         start = time.perf_counter()
         try:
             oip.check_model(request.model_name, request.model_version, self.name)
+            args = (request, self.model, self.max_images, lambda *a: self._admit(start, *a))
             if request.ByteSize() < INLINE_DECODE_BYTES:
-                req = infer_request(request, self.model, self.max_images)
+                req = infer_request(*args)
             else:  # decoding a batch of photos takes milliseconds: off the event loop
-                req = await asyncio.to_thread(infer_request, request, self.model, self.max_images)
+                req = await asyncio.to_thread(infer_request, *args)
             answer = await self._classify(req, start)
         except RequestError as exc:
             await self._refuse(context, "ModelInfer", exc, start)
@@ -198,14 +201,28 @@ class InferenceService:
             self.metrics.of_answer(answer)
         return resp
 
+    def _lag_s(self) -> float:
+        return self.loop_lag.ms / 1e3 if self.loop_lag is not None else 0.0
+
+    def _admit(self, start: float, point, rule, patience, deadline_s, n: int) -> None:
+        """Refuse (503) before decoding what cannot be answered in time (``admission.py``)."""
+        admission.check(self.engine, (time.perf_counter() - start) * 1e3, self._lag_s() * 1e3, point=point,
+                        rule=rule, patience=patience, deadline_s=deadline_s, n=n)
+
     async def _classify(self, req: oip.InferRequest, start: float) -> Any:
-        """The engine's answer within the server's time limit (``timeout_s``: 504 past it)."""
+        """The engine's answer within the server's time limit (``timeout_s``: 504 past it); a
+        deadline counts from the handler's start less the loop's lag, and the engine aims at
+        ``admission.engine_deadline`` of it (as ``routes.py``)."""
         left = self.timeout_s - (time.perf_counter() - start)
         try:
-            deadline = within(req.deadline_s, start, self.timeout_s)
-            asked = {"deadline": deadline, "rule": req.rule, "patience": req.patience}
+            lag_s = self._lag_s()
+            aim = admission.engine_deadline(self.engine, req.deadline_s, lag_s)
+            asked = {"deadline": within(aim, start - lag_s, self.timeout_s), "rule": req.rule, "patience": req.patience}
             call = self.engine.classify(req.x, req.point, **{k: v for k, v in asked.items() if v is not None})
-            return await asyncio.wait_for(call, max(left, 0.001))
+            answer = await asyncio.wait_for(call, max(left, 0.001))
+            if req.deadline_s is not None:
+                admission.observe(self.engine, (time.perf_counter() - start + 2 * lag_s) * 1e3, req.deadline_s)
+            return answer
         except asyncio.TimeoutError:
             raise RequestError(504, f"the request was not answered within {self.timeout_s:g} s (timeout_s); "
                                     "the server is too busy: send fewer images or retry") from None
@@ -258,19 +275,20 @@ def _parsed(cls: type, fn: Callable) -> Callable:
 
 
 def build_grpc_server(engine: Any, model_name: str, host: str, port: int, *,
-                      ready: Callable[[], bool] | None = None, metrics: Any = None) -> tuple[grpc.aio.Server, int]:
+                      ready: Callable[[], bool] | None = None, metrics: Any = None,
+                      loop_lag: Any = None) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the inference service bound to ``host:port`` (0: a free port),
     not started; returns it and the port bound. Call it inside the running event loop.
 
     Messages larger than the model's ``max_body_bytes`` are refused by gRPC itself
     (RESOURCE_EXHAUSTED). ServerReady and ModelReady say ``ready()`` (default: the engine is
-    not closing), so a draining server says it is not ready. ``metrics``: see
+    not closing), so a draining server says it is not ready. ``metrics``, ``loop_lag``: see
     :class:`InferenceService`.
 
     Raises:
         ServeError: ``host:port`` cannot be bound (in use, or no such address).
     """
-    service = InferenceService(engine, model_name, ready, metrics)
+    service = InferenceService(engine, model_name, ready, metrics, loop_lag)
     limit = int(engine.model.settings.max_body_bytes)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", -1),

@@ -188,7 +188,8 @@ async def _serve(model: ServedModel, sock: socket.socket, model_name: str, grpc_
             from .grpc_service import build_grpc_server
 
             host = sock.getsockname()[0]
-            grpc_server, grpc_port = build_grpc_server(engine, model_name, host, grpc_port, metrics=metrics)
+            grpc_server, grpc_port = build_grpc_server(engine, model_name, host, grpc_port, metrics=metrics,
+                                                       loop_lag=routes.loop_lag)
             await grpc_server.start()
         serving = asyncio.ensure_future(server.serve(sockets=[sock]))
         while not server.started and not serving.done() and not stop.is_set():

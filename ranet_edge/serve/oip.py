@@ -27,7 +27,7 @@ images it stopped) to the default outputs; ``rule`` and ``patience`` pick the ex
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,6 +48,7 @@ from .rules import PATIENCE_PARAMETER, RULE_PARAMETER, parse_rule
 SERVER_NAME = "ranet-edge"
 DEFAULT_MODEL_NAME = "ranet-edge"
 MODEL_VERSION = "1"
+Admit = Callable[[Any, Any, Any, Any, int], None]  # admit(point, rule, patience, deadline_s, n): may raise 503
 PLATFORM = "ranet_edge"  # a bundle of ONNX Runtime graphs with per-sample early exit
 EXTENSIONS = ("binary_tensor_data", "parameters")
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -140,9 +141,11 @@ def parse_header_length(value: str | None) -> int | None:
 
 
 # ---------------------------------------------------------------------------- requests
-def parse_rest_infer(body: bytes, header_length: int | None, model: ServedModel, max_images: int) -> InferRequest:
+def parse_rest_infer(body: bytes, header_length: int | None, model: ServedModel, max_images: int,
+                     admit: Admit | None = None) -> InferRequest:
     """``POST /v2/models/{name}/infer``: a JSON body, or (``header_length`` given, from the
     ``Inference-Header-Content-Length`` header) a JSON header followed by binary tensor data.
+    ``admit``: see :func:`build_request`.
 
     Raises:
         RequestError: 400 for a malformed request, 413 for too many images (see :func:`build_request`).
@@ -211,13 +214,14 @@ def parse_rest_infer(body: bytes, header_length: int | None, model: ServedModel,
             raise RequestError(400, f"outputs[{i}] must be an object with a string `name`: one of {', '.join(OUTPUTS)}")
         _only_keys(item, f"outputs[{i}]", ("name", "parameters"))
         wanted.append((item["name"], _object(item.get("parameters"), f"output {show(item['name'])}'s parameters")))
-    return build_request(request_id, tensors, parameters, wanted, model, max_images)
+    return build_request(request_id, tensors, parameters, wanted, model, max_images, admit)
 
 
 def build_request(request_id: str | None, inputs: Sequence[TensorIn], parameters: Mapping[str, Any],
                   outputs: Sequence[tuple[str, Mapping[str, Any]]], model: ServedModel,
-                  max_images: int) -> InferRequest:
+                  max_images: int, admit: Admit | None = None) -> InferRequest:
     """Check the decoded parts of a request (either transport) and preprocess its input.
+    ``admit(point, rule, patience, deadline_s, n)`` may refuse it (503) before the input is decoded.
 
     Raises:
         RequestError: 400 for a malformed parameter, an unknown operating point, output or
@@ -254,6 +258,8 @@ def build_request(request_id: str | None, inputs: Sequence[TensorIn], parameters
         _no_shared_memory(t.parameters or {}, f"input {show(t.name)}")
         if any(d < 0 for d in t.shape):
             raise RequestError(400, f"input {show(t.name)} has shape {list(t.shape)}; dimensions are whole numbers >= 0")
+    if admit is not None:
+        admit(point, rule, patience, deadline_s, inputs[0].shape[0] if len(inputs) == 1 and inputs[0].shape else 1)
     x = decode_inputs(inputs, model, max_images)
     return InferRequest(request_id or None, x, point, tuple(requested), deadline_s, rule, patience)
 

@@ -18,13 +18,12 @@ from urllib.parse import unquote
 
 from ranet_edge.errors import RanetEdgeError
 
-from . import texts
+from . import admission, texts
 from .api import RequestError, error_body, parse_images
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .progress import DEADLINE_PARAMETER, deadline_cut, parse_deadline, within
 from .rules import PATIENCE_PARAMETER, RULE_PARAMETER, parse_rule
-from .slo import precheck
 from .stage_engine import RETRY_AFTER_S, SHUTTING_DOWN, Overloaded, StageEngine
 
 log = logging.getLogger("ranet_edge.serve")
@@ -147,7 +146,7 @@ class Routes:
         if self.model.named and texts.no_texts(self.model, self.model_name):  # no tokenizer: 400 naming /v2
             raise RequestError(400, texts.no_texts(self.model, self.model_name))
         data = await self._read(read_body, start)
-        precheck(self.engine, point, (time.perf_counter() - start) * 1e3)  # --slo-ms: shed before decoding
+        self._admit(start, point, rule, patience, deadline_s)  # --slo-ms, deadline_ms: shed before decoding
         if self.model.named:  # a text bundle: {"texts": [...]}, tokenized off the event loop (texts.py)
             x = await asyncio.to_thread(texts.parse_texts, headers.get("content-type"), data, self.model,
                                         self.settings.max_batch, self.model_name)
@@ -195,7 +194,7 @@ class Routes:
 
         length = oip.parse_header_length(headers.get("inference-header-content-length"))
         data = await self._read(read_body, start)
-        args = (data, length, self.model, self.settings.max_batch)
+        args = (data, length, self.model, self.settings.max_batch, lambda *a: self._admit(start, *a))
         req = oip.parse_rest_infer(*args) if len(data) < INLINE_DECODE_BYTES else await asyncio.to_thread(
             oip.parse_rest_infer, *args)
         self.model.check_point(req.point)
@@ -228,17 +227,28 @@ class Routes:
             raise RequestError(408, f"the request body did not arrive within {self.settings.timeout_s:g} s "
                                     "(timeout_s); send it faster or raise --timeout-s") from None
 
+    def _lag_ms(self) -> float:
+        return self.loop_lag.ms if self.loop_lag is not None else 0.0
+
+    def _admit(self, start: float, point, rule, patience, deadline_s, n: int = 1) -> None:
+        """Refuse (503) before decoding what cannot be answered in time (``admission.py``)."""
+        admission.check(self.engine, (time.perf_counter() - start) * 1e3, self._lag_ms(), point=point, rule=rule,
+                        patience=patience, deadline_s=deadline_s, n=n)
+
     async def _classify(self, x, point, start, deadline_s=None, rule=None, patience=None):
         left = self.settings.timeout_s - (time.perf_counter() - start)
         try:
-            arrived = start - (self.loop_lag.ms / 1e3 if self.loop_lag is not None else 0.0)
-            asked = {"deadline": within(deadline_s, arrived, self.settings.timeout_s), "rule": rule,
-                     "patience": patience}
+            lag_s = self._lag_ms() / 1e3
+            arrived = start - lag_s
+            aim = admission.engine_deadline(self.engine, deadline_s, lag_s)
+            asked = {"deadline": within(aim, arrived, self.settings.timeout_s), "rule": rule, "patience": patience}
             call = self.engine.classify(x, point, **{k: v for k, v in asked.items() if v is not None})
             answer = await asyncio.wait_for(call, max(left, 0.001))
+            if deadline_s is not None:
+                admission.observe(self.engine, (time.perf_counter() - arrived + lag_s) * 1e3, deadline_s)
             if self.engine.slo is not None and point is None and rule is None and patience is None:  # a chosen rung
-                lag_ms = self.loop_lag.ms if self.loop_lag is not None else 0.0  # the reply waits for the loop too
-                self.engine.slo.observe_total((time.perf_counter() - arrived) * 1e3 + lag_ms)
+                # the reply waits for the loop too
+                self.engine.slo.observe_total((time.perf_counter() - arrived) * 1e3 + lag_s * 1e3)
         except asyncio.TimeoutError:
             raise RequestError(504, f"the request was not answered within {self.settings.timeout_s:g} s "
                                     "(timeout_s); the server is too busy: send fewer images or retry") from None

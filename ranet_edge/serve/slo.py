@@ -59,6 +59,13 @@ RECOVER = MISS_CUT ** (-TARGET_MISS / (1 - TARGET_MISS))  # and up on one within
 MIN_SCALE = 0.2  # the factor's floor: the engine always keeps a fifth of its share
 
 
+def learn(scale: float, missed: bool) -> float:
+    """A budget's factor after one more answer: ``MISS_CUT`` times it after a miss, ``RECOVER``
+    times it after a hit, within [``MIN_SCALE``, 1]: it settles where ``TARGET_MISS`` miss.
+    The ``--slo-ms`` budget and the engine's share of each ``deadline_ms`` learn this way."""
+    return max(MIN_SCALE, scale * MISS_CUT) if missed else min(1.0, scale * RECOVER)
+
+
 def ladder_of(points: Mapping[str, OperatingPoint], slo_ms: float | None, min_point: str | None) -> list[str]:
     """The rungs ``--slo-ms`` moves along, from the floor up ([] without ``slo_ms``).
 
@@ -225,10 +232,7 @@ class SloController:
         """A request the controller placed was answered ``ms`` after it arrived (the HTTP
         side's measure, from the event loop): the budget's factor steps down on a miss of the
         objective and recovers on a hit (see the module doc)."""
-        if ms > self.slo_ms:
-            self.scale = max(MIN_SCALE, self.scale * MISS_CUT)
-        else:
-            self.scale = min(1.0, self.scale * RECOVER)
+        self.scale = learn(self.scale, ms > self.slo_ms)
 
     def observe_exits(self, i: int | None, exits: np.ndarray) -> None:
         """One answer's images left at ``exits``; ``i``: its rung (None: a point the request named)."""

@@ -8,10 +8,9 @@ the rows that go on into the next graph's queue, where they meet the survivors o
 requests and other batches. Which queue runs next:
 
 * a queue with a full batch, or whose oldest row entered the engine ``batch_wait_ms`` ago or
-  more, runs first (the deepest of them): a row waits for company ``batch_wait_ms`` at most
-  over all its graphs, not at each (``benchmarks/open_loop.py`` at half load: a 5 ms wait
-  at each of the later graphs made the p99 41-74 ms; counted once, 16-23 ms, and the
-  closed-loop capacity did not drop);
+  more, runs first (the deepest of them): a row waits for company that long at most over
+  all its graphs, not at each (counted at each, a 5 ms wait made the p99 at half load
+  2-3x longer: docs/guides/serving.md);
 * otherwise the shallowest queue with rows runs: the rows deeper down wait while earlier
   graphs still run rows that may join them, and the thread never idles while rows wait.
 
@@ -90,6 +89,7 @@ class StageEngine:
         #: expected seconds per graph run (deadlines): the chain's, measured at load, refreshed here
         self.times = model.chain.stage_times if self.executor is model.chain.executor else StageTimes(len(self.stages))
         self._watched = 0  # live requests with a deadline or a progress callback (progress.py)
+        self.deadline_scale = 1.0  # the share of deadline_ms the engine aims at, learnt (admission.py)
         #: ``--slo-ms``: picks a ladder rung per graph-0 batch for requests naming no point (slo.py)
         self.slo = slo_control.build(model, self.executor, self.max_batch)
 

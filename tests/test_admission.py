@@ -1,0 +1,160 @@
+"""Refusals before decoding (``serve/admission.py``): a ``deadline_ms`` request whose first
+exit is predicted past its deadline gets 503 + Retry-After before its images are decoded, on
+/v1 and /v2, from the real routes and stage engine on the shipped bundle; an idle engine
+takes every request."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ranet_edge.runtime.deadline import StageTimes
+from ranet_edge.serve.admission import check, first_exit_ms
+from ranet_edge.serve.engine import ServedModel
+from ranet_edge.serve.rows import Overloaded
+from ranet_edge.serve.settings import ServeSettings
+from ranet_edge.serve.stage_engine import StageEngine
+
+HOLD_S = 30.0  # the longest the model thread is held (a bound, never reached when the test passes)
+
+
+def engine_at(queued: list[int], ms_per_run: dict[int, float], max_batch: int = 64) -> SimpleNamespace:
+    """What ``check`` reads of a StageEngine: its queue lengths and a real StageTimes."""
+    times = StageTimes(len(queued))
+    for k in range(len(queued)):
+        for rows, ms in ms_per_run.items():
+            times.record(k, rows, ms / 1e3)
+    return SimpleNamespace(times=times, queued=queued, max_batch=max_batch, slo=None)
+
+
+def test_the_prediction_and_the_refusal():
+    engine = engine_at([10, 0, 3], {1: 0.5, 4: 1.0, 16: 2.0, 64: 6.0})
+    assert first_exit_ms(engine, 1) == pytest.approx(2.0 + 1.0 + 0.5)  # 10 rows of graph 0, 3 of graph 2, then its own
+    check(engine, 1.0, 0.0, deadline_s=0.005)  # 1 + 3.5 ms: in time
+    with pytest.raises(Overloaded) as err:
+        check(engine, 1.0, 1.0, deadline_s=0.005)  # the loop's lag makes it 5.5 ms
+    assert err.value.status == 503 and "deadline_ms 5" in err.value.message and "\n" not in err.value.message
+    check(engine, 50.0, 0.0)  # no deadline: nothing to refuse (and no --slo-ms)
+    check(engine_at([0, 0, 0], {1: 0.5}), 50.0, 10.0, deadline_s=1e-6)  # an idle engine takes it
+    full = engine_at([130, 0, 0], {1: 0.5, 4: 1.0, 64: 6.0}, max_batch=64)  # 2 full runs, then 2 rows
+    assert first_exit_ms(full, 1) == pytest.approx(6.0 + 6.0 + 0.5 + 0.5)
+
+
+def test_late_deadline_requests_are_refused_before_decoding(monkeypatch):
+    """The model thread is held in graph 0 with a second request queued behind it, and graph
+    0's measured time is 200 ms: a 50 ms deadline is refused with 503 even with a body that
+    would be a 400 once decoded; without a deadline the same body is decoded (400); a 10 s
+    deadline is admitted and answered."""
+    from ranet_edge.serve.metrics import Metrics
+    from ranet_edge.serve.routes import Routes
+
+    model = ServedModel(ServeSettings())
+    real, held, entered = model.executor.run, threading.Event(), threading.Event()
+
+    def run(g, env):
+        entered.set()
+        held.wait(HOLD_S)
+        return real(g, env)
+
+    monkeypatch.setattr(model.executor, "run", run)
+    x = model.chain.preprocess(np.zeros((2, 32, 32, 3), np.uint8))
+    garbage = json.dumps([base64.b64encode(b"not a png").decode()]).encode()
+    v2 = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                 "data": [base64.b64encode(b"not a png").decode()]}],
+                     "parameters": {"deadline_ms": 50}}).encode()
+
+    async def go():
+        engine = StageEngine(model)
+        routes = Routes(engine, Metrics(engine, model.settings.max_batch))
+        for _ in range(50):
+            engine.times.record(0, 1, 0.2)
+            engine.times.record(0, 2, 0.2)
+
+        def body(data):
+            async def read(_limit):
+                return data
+            return read
+
+        first = asyncio.ensure_future(engine.classify(x, None))
+        assert await asyncio.to_thread(entered.wait, HOLD_S)
+        second = asyncio.ensure_future(engine.classify(x, None))
+        await asyncio.sleep(0.05)
+        assert engine.queued[0] == 2
+        headers = {"content-type": "application/json"}
+        try:
+            late = await routes.handle("POST", "/v1/classify", {"deadline_ms": "50"}, headers, body(garbage))
+            decoded = await routes.handle("POST", "/v1/classify", {}, headers, body(garbage))
+            late_v2 = await routes.handle("POST", "/v2/models/ranet-edge/infer", {}, headers, body(v2))
+            patient = asyncio.ensure_future(routes.handle("POST", "/v1/classify", {"deadline_ms": "10000"}, headers,
+                                                          body(garbage)))
+            held.set()
+            return late, decoded, late_v2, await patient, await first, await second
+        finally:
+            held.set()
+            await engine.close(5)
+
+    late, decoded, late_v2, patient, *_ = asyncio.run(go())
+    for reply in (late, late_v2):
+        assert reply.status == 503 and reply.headers.get("retry-after"), reply.body
+        assert b"deadline_ms 50" in reply.body and b"predicted" in reply.body
+    assert decoded.status == 400 and patient.status == 400  # admitted, then decoded: the body is not a PNG
+
+
+def test_the_engine_learns_its_share_of_deadlines():
+    from ranet_edge.serve.admission import engine_deadline, observe
+    from ranet_edge.serve.slo import MIN_SCALE, MISS_CUT
+
+    engine = SimpleNamespace(deadline_scale=1.0)
+    assert engine_deadline(engine, None, 0.002) is None
+    assert engine_deadline(engine, 0.020, 0.002) == pytest.approx(0.018)  # the reply's wait for the loop
+    observe(engine, 25.0, 0.020)  # answered past its 20 ms
+    assert engine.deadline_scale == pytest.approx(MISS_CUT)
+    assert engine_deadline(engine, 0.020, 0.002) == pytest.approx(MISS_CUT * 0.020 - 0.002)
+    for _ in range(200):
+        observe(engine, 25.0, 0.020)
+    assert engine.deadline_scale == MIN_SCALE and engine_deadline(engine, 0.001, 0.5) == 0.0
+    for _ in range(100_000):
+        observe(engine, 5.0, 0.020)
+    assert engine.deadline_scale == 1.0
+
+
+def test_routes_report_each_deadline_answer():
+    """An idle engine takes a 0.001 ms deadline and answers it at exit 0, late: the engine's
+    share of deadlines steps down; a request without a deadline leaves it alone."""
+    from ranet_edge.serve.metrics import Metrics
+    from ranet_edge.serve.routes import Routes
+    from ranet_edge.serve.slo import MISS_CUT
+
+    model = ServedModel(ServeSettings())
+    body = json.dumps([base64.b64encode(png).decode() for png in _pngs(2)]).encode()
+
+    async def read(_limit):
+        return body
+
+    async def go():
+        engine = StageEngine(model)
+        routes = Routes(engine, Metrics(engine, model.settings.max_batch))
+        headers = {"content-type": "application/json"}
+        try:
+            plain = await routes.handle("POST", "/v1/classify", {}, headers, read)
+            after_plain = engine.deadline_scale
+            late = await routes.handle("POST", "/v1/classify", {"deadline_ms": "0.001"}, headers, read)
+            return plain, after_plain, late, engine.deadline_scale
+        finally:
+            await engine.close(5)
+
+    plain, after_plain, late, scale = asyncio.run(go())
+    assert plain.status == 200 and late.status == 200, late.body
+    assert [p["exit"] for p in json.loads(late.body)["predictions"]] == [0, 0]
+    assert after_plain == 1.0 and scale == pytest.approx(MISS_CUT)
+
+
+def _pngs(n: int) -> list[bytes]:
+    from oip_support import png, sample_images
+
+    return [png(im) for im in sample_images(n)]
