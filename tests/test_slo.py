@@ -126,11 +126,13 @@ def test_precheck_sheds_before_decoding():
 
 def test_the_budget_learns_from_the_answers_own_times():
     """Each answer's time from arrival (the HTTP side's measure) steps the budget's factor:
-    down on a miss of the objective, back up on a hit, steady at a 1% miss rate."""
-    from ranet_edge.serve.slo import MIN_SCALE, MISS_CUT, TARGET_MISS
+    down on a miss (past MISS_AT of the objective), back up on a hit, steady at a 1% miss rate."""
+    from ranet_edge.serve.slo import MIN_SCALE, MISS_AT, MISS_CUT, TARGET_MISS
 
     c = _controller()  # 10 ms objective, 8 ms for the engine
-    c.observe_total(12.0)
+    c.observe_total(MISS_AT * 10.0 - 0.01)  # within
+    assert c.scale == 1.0
+    c.observe_total(MISS_AT * 10.0 + 0.01)
     assert c.scale == pytest.approx(MISS_CUT) and c.budget_ms() == pytest.approx(8 * MISS_CUT)
     for _ in range(100):
         c.observe_total(50.0)

@@ -21,7 +21,8 @@ machine: its bytes waiting for the loop, decoding slowed by the other threads, t
 waiting to be sent) the engine learns from its own answers, as the ``--slo-ms`` budget does
 (``slo.learn``): each deadline request reports its time from arrival to its reply, plus the
 loop's lag (:func:`observe`), and the share of ``deadline_ms`` the engine aims at
-(``StageEngine.deadline_scale``) steps down on a miss and recovers on a hit, settling where
+(``StageEngine.deadline_scale``) steps down on a miss (past ``slo.MISS_AT`` of the deadline:
+the client's clock adds what the server cannot see) and recovers on a hit, settling where
 1% miss. Under a load the machine can just carry, the engine then cuts rows a little
 earlier, and the work it saves keeps the rest in time.
 
@@ -35,7 +36,7 @@ import math
 from typing import Any
 
 from .rows import RETRY_AFTER_S, Overloaded
-from .slo import learn, precheck
+from .slo import MISS_AT, learn, precheck
 
 
 def first_exit_ms(engine: Any, n: int) -> float:
@@ -82,4 +83,4 @@ def engine_deadline(engine: Any, deadline_s: float | None, lag_s: float) -> floa
 def observe(engine: Any, ms: float, deadline_s: float) -> None:
     """A deadline request was answered ``ms`` after it arrived (plus the lag its reply waits):
     the engine's share of deadlines steps down on a miss, up on a hit (see the module doc)."""
-    engine.deadline_scale = learn(engine.deadline_scale, ms > deadline_s * 1e3)
+    engine.deadline_scale = learn(engine.deadline_scale, ms > MISS_AT * deadline_s * 1e3)
