@@ -122,6 +122,11 @@ def test_precheck_sheds_before_decoding():
     with pytest.raises(Overloaded, match="even at ladder-0"):
         precheck(engine, None, 0.0)
     precheck(SimpleNamespace(slo=None, queued=[10 ** 6]), None, 1e9)  # without --slo-ms: nothing
+    engine.queued = [0, 0, 0]
+    engine.slo.scale = 0.5  # answers have missed: the wait a request may have had halves with the budget
+    precheck(engine, None, 4.9)
+    with pytest.raises(Overloaded, match="objective of 10 ms"):
+        precheck(engine, None, 5.0)
 
 
 def test_the_budget_learns_from_the_answers_own_times():
