@@ -283,6 +283,22 @@ def plot(results: dict, slo_ms: float, path: str) -> None:
     fig.savefig(path, dpi=90)
 
 
+def markdown(results: dict) -> str:
+    """The serving guide's table of ``results``, one row per load and server."""
+    lines = ["| load (capacity then) | server | goodput /s | p50 ms | p99 ms | accuracy | 503 | client lag p99 ms "
+             f"| deadline server: within {results['deadline_ms']:g} + 2 ms, client / engine / of all sent |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for i, load in enumerate(results["loads"]):
+        for name in ("fixed", "slo", "deadline", "monolithic"):
+            r = results["runs"][name][i]
+            within = (f"{r['within_deadline_2ms_client']:.1%} / {r['within_deadline_2ms_engine']:.1%} / "
+                      f"{r['answered_within_deadline_2ms_of_all']:.1%}" if "within_deadline_2ms_client" in r else "")
+            lines.append(f"| {load:g}x ({r['capacity_rps']:.0f} req/s) | {name} | {r['goodput']:.1f} | "
+                         f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['accuracy']:.1%} | {r['share_503']:.1%} | "
+                         f"{r['client_lag_ms']['p99']:.1f} | {within} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="of each open-loop run")
@@ -343,6 +359,7 @@ def main() -> None:
                "note": "shared, noisy 2-core machine; the client runs on the same cores as the servers: compare "
                        "ratios measured side by side in this run only"}
     write(a.out, results)
+    print(markdown(results))
     if a.plot:
         plot(results, a.slo_ms, a.plot)
         print(f"wrote {a.out} and {a.plot}")

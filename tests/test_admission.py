@@ -29,7 +29,7 @@ def engine_at(queued: list[int], ms_per_run: dict[int, float], max_batch: int = 
     for k in range(len(queued)):
         for rows, ms in ms_per_run.items():
             times.record(k, rows, ms / 1e3)
-    return SimpleNamespace(times=times, queued=queued, max_batch=max_batch, slo=None)
+    return SimpleNamespace(times=times, queued=queued, max_batch=max_batch, slo=None, deadline_scale=1.0)
 
 
 def test_the_prediction_and_the_refusal():
@@ -40,6 +40,10 @@ def test_the_prediction_and_the_refusal():
         check(engine, 1.0, 1.0, deadline_s=0.005)  # the loop's lag makes it 5.5 ms
     assert err.value.status == 503 and "deadline_ms 5" in err.value.message and "\n" not in err.value.message
     check(engine, 50.0, 0.0)  # no deadline: nothing to refuse (and no --slo-ms)
+    engine.deadline_scale = 0.3  # answers have missed: the engine aims at 1.5 ms of the 5
+    check(engine, 1.4, 0.0, deadline_s=0.005)
+    with pytest.raises(Overloaded, match="waited 1.5 ms for the server's event loop"):
+        check(engine, 1.0, 0.5, deadline_s=0.005)
     check(engine_at([0, 0, 0], {1: 0.5}), 50.0, 10.0, deadline_s=1e-6)  # an idle engine takes it
     full = engine_at([130, 0, 0], {1: 0.5, 4: 1.0, 64: 6.0}, max_batch=64)  # 2 full runs, then 2 rows
     assert first_exit_ms(full, 1) == pytest.approx(6.0 + 6.0 + 0.5 + 0.5)
