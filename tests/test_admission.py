@@ -129,7 +129,8 @@ def test_the_engine_learns_its_share_of_deadlines():
 
 def test_routes_report_each_deadline_answer():
     """An idle engine takes a 0.001 ms deadline and answers it at exit 0, late: the engine's
-    share of deadlines steps down; a request without a deadline leaves it alone."""
+    share of deadlines steps down, and /metrics says so; a request without a deadline leaves
+    it alone."""
     from ranet_edge.serve.metrics import Metrics
     from ranet_edge.serve.routes import Routes
     from ranet_edge.serve.slo import MISS_CUT
@@ -148,14 +149,16 @@ def test_routes_report_each_deadline_answer():
             plain = await routes.handle("POST", "/v1/classify", {}, headers, read)
             after_plain = engine.deadline_scale
             late = await routes.handle("POST", "/v1/classify", {"deadline_ms": "0.001"}, headers, read)
-            return plain, after_plain, late, engine.deadline_scale
+            metrics = await routes.handle("GET", "/metrics", {}, {}, read)
+            return plain, after_plain, late, engine.deadline_scale, metrics.body.decode()
         finally:
             await engine.close(5)
 
-    plain, after_plain, late, scale = asyncio.run(go())
+    plain, after_plain, late, scale, metrics = asyncio.run(go())
     assert plain.status == 200 and late.status == 200, late.body
     assert [p["exit"] for p in json.loads(late.body)["predictions"]] == [0, 0]
     assert after_plain == 1.0 and scale == pytest.approx(MISS_CUT)
+    assert f"ranet_deadline_share {MISS_CUT}" in metrics  # what an operator sees
 
 
 def _pngs(n: int) -> list[bytes]:

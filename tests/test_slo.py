@@ -297,3 +297,5 @@ def test_overloaded_server_moves_to_cheaper_points_and_names_them(tmp_path):
             assert float(line.split()[-1]) == points.count(p) + quiet.count(p), line
         below = next(ln for ln in text.splitlines() if ln.startswith("ranet_slo_below_default_seconds_total"))
         assert float(below.split()[-1]) > 0, below
+        factor = next(ln for ln in text.splitlines() if ln.startswith("ranet_slo_budget_factor "))
+        assert 0.2 <= float(factor.split()[-1]) <= 1.0, factor  # the learnt factor, within its bounds

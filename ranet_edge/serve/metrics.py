@@ -40,6 +40,8 @@ class _Queues:
         for k, n in enumerate(self.engine.queued):
             rows.add_metric([str(k)], n)
         yield rows
+        yield GaugeMetricFamily("ranet_deadline_share", "the share of each deadline_ms the engine aims at, learnt "
+                                "from the answers' own times (1: the whole deadline)", value=self.engine.deadline_scale)
         slo = self.engine.slo
         if slo is not None:
             yield CounterMetricFamily("ranet_slo_below_default_seconds", "seconds the --slo-ms controller ran "
@@ -50,6 +52,8 @@ class _Queues:
             for i, r in enumerate(slo.rungs):
                 rung.add_metric([r.name], float(i == slo.current))
             yield rung
+            yield GaugeMetricFamily("ranet_slo_budget_factor", "the --slo-ms budget's factor learnt from the "
+                                    "answers' own times (1: the whole engine share)", value=slo.scale)
 
 
 class Metrics:
