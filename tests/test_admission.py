@@ -126,27 +126,31 @@ def test_late_deadline_requests_are_refused_before_decoding(monkeypatch):
 
 
 def test_the_engine_learns_its_share_of_deadlines():
-    from ranet_edge.serve.admission import engine_deadline, observe
+    from ranet_edge.serve.admission import OVERRUN_MS, engine_deadline, observe
     from ranet_edge.serve.slo import MIN_SCALE, MISS_CUT
 
     engine = SimpleNamespace(deadline_scale=1.0)
     assert engine_deadline(engine, None, 0.002) is None
     assert engine_deadline(engine, 0.020, 0.002) == pytest.approx(0.018)  # the reply's wait for the loop
-    observe(engine, 25.0, 0.020)  # answered past its 20 ms
+    observe(engine, 25.0, 0.020, 15.0, 0.018)  # answered past its 20 ms; the engine met its aim
     assert engine.deadline_scale == pytest.approx(MISS_CUT)
     assert engine_deadline(engine, 0.020, 0.002) == pytest.approx(MISS_CUT * 0.020 - 0.002)
+    observe(engine, 25.0, 0.020, 18.0 + OVERRUN_MS + 0.1, 0.018)  # the engine itself was late: not counted
+    assert engine.deadline_scale == pytest.approx(MISS_CUT)
     for _ in range(200):
-        observe(engine, 25.0, 0.020)
+        observe(engine, 25.0, 0.020, 10.0, 0.018)
     assert engine.deadline_scale == MIN_SCALE and engine_deadline(engine, 0.001, 0.5) == 0.0
     for _ in range(100_000):
-        observe(engine, 5.0, 0.020)
+        observe(engine, 5.0, 0.020, 4.0, 0.018)
     assert engine.deadline_scale == 1.0
 
 
 def test_routes_report_each_deadline_answer():
-    """An idle engine takes a 0.001 ms deadline and answers it at exit 0, late: the engine's
-    share of deadlines steps down, and /metrics says so; a request without a deadline leaves
-    it alone."""
+    """A deadline answer late because its body arrived late (170 ms of a 200 ms deadline) steps
+    the engine's share of deadlines down, and /metrics says so; one the engine could not
+    meet itself (0.001 ms: shorter than graph 0) and one without a deadline leave it alone."""
+    import time
+
     from ranet_edge.serve.metrics import Metrics
     from ranet_edge.serve.routes import Routes
     from ranet_edge.serve.slo import MISS_CUT
@@ -157,23 +161,31 @@ def test_routes_report_each_deadline_answer():
     async def read(_limit):
         return body
 
+    async def slow_read(_limit):
+        await asyncio.sleep(0.17)
+        return body
+
     async def go():
         engine = StageEngine(model)
         routes = Routes(engine, Metrics(engine, model.settings.max_batch))
         headers = {"content-type": "application/json"}
         try:
             plain = await routes.handle("POST", "/v1/classify", {}, headers, read)
-            after_plain = engine.deadline_scale
-            late = await routes.handle("POST", "/v1/classify", {"deadline_ms": "0.001"}, headers, read)
+            impossible = await routes.handle("POST", "/v1/classify", {"deadline_ms": "0.001"}, headers, read)
+            untouched = engine.deadline_scale
+            t = time.perf_counter()
+            late = await routes.handle("POST", "/v1/classify", {"deadline_ms": "200"}, headers, slow_read)
+            took = time.perf_counter() - t
             metrics = await routes.handle("GET", "/metrics", {}, {}, read)
-            return plain, after_plain, late, engine.deadline_scale, metrics.body.decode()
+            return plain, impossible, untouched, late, took, engine.deadline_scale, metrics.body.decode()
         finally:
             await engine.close(5)
 
-    plain, after_plain, late, scale, metrics = asyncio.run(go())
-    assert plain.status == 200 and late.status == 200, late.body
-    assert [p["exit"] for p in json.loads(late.body)["predictions"]] == [0, 0]
-    assert after_plain == 1.0 and scale == pytest.approx(MISS_CUT)
+    plain, impossible, untouched, late, took, scale, metrics = asyncio.run(go())
+    assert plain.status == impossible.status == late.status == 200, late.body
+    assert [p["exit"] for p in json.loads(impossible.body)["predictions"]] == [0, 0]
+    assert untouched == 1.0
+    assert took > 0.16 and scale == pytest.approx(MISS_CUT)  # past 80% of 200 ms: a miss
     assert f"ranet_deadline_share {MISS_CUT}" in metrics  # what an operator sees
 
 

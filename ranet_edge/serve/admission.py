@@ -42,6 +42,8 @@ from typing import Any
 from .rows import RETRY_AFTER_S, Overloaded
 from .slo import MISS_AT, learn, precheck
 
+OVERRUN_MS = 1.0  # an answer ready in the engine later than this past its aim is not counted (observe)
+
 
 def first_exit_ms(engine: Any, n: int) -> float:
     """Expected ms until ``n`` more images get their first exit on ``engine`` (a StageEngine):
@@ -90,7 +92,13 @@ def engine_deadline(engine: Any, deadline_s: float | None, lag_s: float) -> floa
     return max(engine.deadline_scale * deadline_s - lag_s, 0.0)
 
 
-def observe(engine: Any, ms: float, deadline_s: float) -> None:
-    """A deadline request was answered ``ms`` after it arrived (plus the lag its reply waits):
-    the engine's share of deadlines steps down on a miss, up on a hit (see the module doc)."""
+def observe(engine: Any, ms: float, deadline_s: float, engine_ms: float, aim_s: float) -> None:
+    """A deadline request was answered ``ms`` after it arrived (plus the lag its reply waits),
+    its answer ready in the engine ``engine_ms`` after arrival, against the engine's aim
+    ``aim_s`` (:func:`engine_deadline`): the engine's share of deadlines steps down on a miss,
+    up on a hit (see the module doc). An answer the engine itself had late (a deadline
+    shorter than graph 0, a first exit behind a long queue) says nothing of the time outside
+    the engine, and is not counted: one client's impossible deadlines do not cut everyone's."""
+    if engine_ms > aim_s * 1e3 + OVERRUN_MS:
+        return
     engine.deadline_scale = learn(engine.deadline_scale, ms > MISS_AT * deadline_s * 1e3)
