@@ -5,7 +5,8 @@ Every ingress (``/v1``, ``/v2`` REST, gRPC) calls :func:`check` once it knows th
 parameters and image count, and before it decodes the images:
 
 - ``--slo-ms`` (``slo.precheck``): a request naming no point that has waited the objective
-  already, or finds the queue predicted past it even at the floor of the ladder;
+  times the budget's learnt factor already, or finds the queue predicted past it even at
+  the floor of the ladder;
 - ``deadline_ms``: a request whose first exit is predicted past its deadline. Its time
   since arrival (the handler's wait so far, plus the event loop's lag before the handler
   ran), plus the engine's expected time of the rows queued at every graph (rows further
@@ -28,7 +29,8 @@ loop's lag (:func:`observe`), and the share of ``deadline_ms`` the engine aims a
 (``StageEngine.deadline_scale``) steps down on a miss (past ``slo.MISS_AT`` of the deadline:
 the client's clock adds what the server cannot see) and recovers on a hit, settling where
 1% miss. Under a load the machine can just carry, the engine then cuts rows a little
-earlier, and the work it saves keeps the rest in time.
+earlier, and the work it saves keeps the rest in time. An answer the engine itself had past
+its aim (``OVERRUN_MS``) is not counted: the share is for the time outside the engine.
 
 The engine's expected times are its own measurements (``runtime/deadline.py``'s
 ``StageTimes``, refreshed by every graph run); before the first run they are 0 and nothing is
