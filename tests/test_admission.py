@@ -52,7 +52,7 @@ def test_the_prediction_and_the_refusal():
 def test_late_deadline_requests_are_refused_before_decoding(monkeypatch):
     """The model thread is held in graph 0 with a second request queued behind it, and graph
     0's measured time is 200 ms: a 50 ms deadline is refused with 503 (gRPC UNAVAILABLE) even
-    with a body that would be a 400 once decoded, on /v1, /v2 and gRPC; without a deadline
+    with a body that would be a 400 once decoded, on /v1, /v2, its stream and gRPC; without a deadline
     the same body is decoded (400); a 10 s deadline is admitted and answered."""
     grpc = pytest.importorskip("grpc")
     pytest.importorskip("tritonclient.grpc")
@@ -98,6 +98,7 @@ def test_late_deadline_requests_are_refused_before_decoding(monkeypatch):
             late = await routes.handle("POST", "/v1/classify", {"deadline_ms": "50"}, headers, body(garbage))
             decoded = await routes.handle("POST", "/v1/classify", {}, headers, body(garbage))
             late_v2 = await routes.handle("POST", "/v2/models/ranet-edge/infer", {}, headers, body(v2))
+            late_sse = await routes.handle("POST", "/v2/models/ranet-edge/infer_stream", {}, headers, body(v2))
             server, channel = await served(engine)
             req = messages["ModelInferRequest"](model_name=NAME)
             req.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"not a png")
@@ -112,14 +113,14 @@ def test_late_deadline_requests_are_refused_before_decoding(monkeypatch):
             patient = asyncio.ensure_future(routes.handle("POST", "/v1/classify", {"deadline_ms": "10000"}, headers,
                                                           body(garbage)))
             held.set()
-            return late, decoded, late_v2, late_grpc, await patient, await first, await second
+            return late, decoded, late_v2, late_sse, late_grpc, await patient, await first, await second
         finally:
             held.set()
             await engine.close(5)
 
-    late, decoded, late_v2, late_grpc, patient, *_ = asyncio.run(go())
+    late, decoded, late_v2, late_sse, late_grpc, patient, *_ = asyncio.run(go())
     assert late_grpc.code() == grpc.StatusCode.UNAVAILABLE and "deadline_ms 50" in late_grpc.details()
-    for reply in (late, late_v2):
+    for reply in (late, late_v2, late_sse):
         assert reply.status == 503 and reply.headers.get("retry-after"), reply.body
         assert b"deadline_ms 50" in reply.body and b"predicted" in reply.body
     assert decoded.status == 400 and patient.status == 400  # admitted, then decoded: the body is not a PNG

@@ -1,8 +1,8 @@
 """Refusals before decoding: a request that cannot be answered in time costs least as a 503
 sent before its images are decoded and queued.
 
-Every ingress (``/v1``, ``/v2`` REST, gRPC) calls :func:`check` once it knows the request's
-parameters and image count, and before it decodes the images:
+Every ingress (``/v1``, ``/v2`` REST, gRPC, and the streams of both) calls :func:`check` once
+it knows the request's parameters and image count, and before it decodes the images:
 
 - ``--slo-ms`` (``slo.precheck``): a request naming no point that has waited the objective
   times the budget's learnt factor already, or finds the queue predicted past it even at

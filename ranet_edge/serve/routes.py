@@ -207,7 +207,8 @@ class Routes:
 
         length = oip.parse_header_length(headers.get("inference-header-content-length"))
         data = await self._read(read_body, start)
-        req, anytime = await asyncio.to_thread(streaming.sse_request, data, length, self.model, self.settings.max_batch)
+        req, anytime = await asyncio.to_thread(streaming.sse_request, data, length, self.model, self.settings.max_batch,
+                                               lambda *a: self._admit(start, *a))
         self.model.check_point(req.point)
         events = streaming.sse_events(self.engine, req, anytime, self.model_name, start, self.settings.timeout_s,
                                       self.metrics)

@@ -113,7 +113,7 @@ def stream_handler(service: Any) -> Callable:
             oip.check_model(msg.model_name, msg.model_version, service.name)
             params = {k: _param(v) for k, v in msg.parameters.items()}
             anytime, empty = flag(params, ANYTIME_PARAMETER), flag(params, EMPTY_FINAL_PARAMETER)
-            req = infer_request(msg, service.model, service.max_images)
+            req = infer_request(msg, service.model, service.max_images, lambda *a: service._admit(start, *a))
             async for item in refinements(service.engine, req, anytime, start, service.timeout_s):
                 final = not isinstance(item, Progress)
                 resp = infer_response(req, item, service.name)
@@ -163,14 +163,15 @@ def stream_handler(service: Any) -> Callable:
 
 
 # ---------------------------------------------------------------------------- HTTP (server-sent events)
-def sse_request(body: bytes, header_length: int | None, model: Any, max_images: int) -> tuple[oip.InferRequest, bool]:
+def sse_request(body: bytes, header_length: int | None, model: Any, max_images: int,
+                admit: oip.Admit | None = None) -> tuple[oip.InferRequest, bool]:
     """The body of ``POST /v2/models/{name}/infer_stream``: (the request, every output as JSON;
-    its ``anytime`` parameter).
+    its ``anytime`` parameter). ``admit``: see ``oip.build_request``.
 
     Raises:
         RequestError: 400 for a malformed request or parameter, 413 for too many images.
     """
-    req = oip.parse_rest_infer(body, header_length, model, max_images)
+    req = oip.parse_rest_infer(body, header_length, model, max_images, admit)
     header = body if header_length is None else body[:header_length]
     parameters = json.loads(header).get("parameters") or {}  # parse_rest_infer checked the JSON
     outputs = tuple(oip.RequestedOutput(o.name, False) for o in req.outputs)  # events carry JSON
