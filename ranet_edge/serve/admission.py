@@ -39,6 +39,7 @@ refused. A request the check admits can still be cut at a deadline (``progress.p
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from .rows import RETRY_AFTER_S, Overloaded
@@ -72,18 +73,17 @@ def check(engine: Any, waited_ms: float, lag_ms: float = 0.0, *, point: str | No
         precheck(engine, None, waited_ms)
     if deadline_s is None or not any(engine.queued):
         return
-    waited = waited_ms + lag_ms
-    if waited >= engine.deadline_scale * deadline_s * 1e3:
+    waited, deadline_ms = waited_ms + lag_ms, deadline_s * 1e3
+    share_ms = engine.deadline_scale * deadline_ms
+    if waited >= share_ms:
         raise Overloaded(f"the request waited {waited:.1f} ms for the server's event loop, past the "
-                         f"{engine.deadline_scale * deadline_s * 1e3:.1f} ms of its deadline_ms "
-                         f"{deadline_s * 1e3:g} that this server aims at under its load now; retry after "
-                         f"{RETRY_AFTER_S} s, or give a longer deadline_ms")
+                         f"{share_ms:.1f} ms of its deadline_ms {deadline_ms:g} that this server aims at under "
+                         f"its load now; retry after {RETRY_AFTER_S} s, or give a longer deadline_ms")
     ahead = first_exit_ms(engine, n)
-    late = waited_ms + lag_ms + ahead
-    if late > deadline_s * 1e3:
-        raise Overloaded(f"the first exit is predicted {late:.1f} ms after arrival, past deadline_ms "
-                         f"{deadline_s * 1e3:g} (waited {waited_ms + lag_ms:.1f} ms, {ahead:.1f} ms of work "
-                         f"ahead); retry after {RETRY_AFTER_S} s, or give a longer deadline_ms")
+    if waited + ahead > deadline_ms:
+        raise Overloaded(f"the first exit is predicted {waited + ahead:.1f} ms after arrival, past deadline_ms "
+                         f"{deadline_ms:g} (waited {waited:.1f} ms, {ahead:.1f} ms of work ahead); retry after "
+                         f"{RETRY_AFTER_S} s, or give a longer deadline_ms")
 
 
 def engine_deadline(engine: Any, deadline_s: float | None, lag_s: float) -> float | None:
@@ -104,3 +104,14 @@ def observe(engine: Any, ms: float, deadline_s: float, engine_ms: float, aim_s: 
     if engine_ms > aim_s * 1e3 + OVERRUN_MS:
         return
     engine.deadline_scale = learn(engine.deadline_scale, ms > MISS_AT * deadline_s * 1e3)
+
+
+def answered(engine: Any, deadline_s: float | None, aim_s: float | None, arrived: float, intake: float,
+             lag_s: float, server_ms: float) -> None:
+    """:func:`observe` a deadline answer as every ingress times it (no deadline: nothing): from
+    ``arrived`` (the handler's start less the loop's lag ``lag_s``) to now, plus the lag its
+    reply waits; the engine's part from ``arrived`` to its ``intake``, plus the answer's
+    ``server_ms``."""
+    if deadline_s is not None:
+        observe(engine, (time.perf_counter() - arrived + lag_s) * 1e3, deadline_s,
+                (intake - arrived) * 1e3 + server_ms, aim_s)

@@ -216,14 +216,13 @@ class InferenceService:
         left = self.timeout_s - (time.perf_counter() - start)
         try:
             lag_s = self._lag_s()
+            arrived = start - lag_s
             aim = admission.engine_deadline(self.engine, req.deadline_s, lag_s)
-            asked = {"deadline": within(aim, start - lag_s, self.timeout_s), "rule": req.rule, "patience": req.patience}
+            asked = {"deadline": within(aim, arrived, self.timeout_s), "rule": req.rule, "patience": req.patience}
             call = self.engine.classify(req.x, req.point, **{k: v for k, v in asked.items() if v is not None})
             intake = time.perf_counter()
             answer = await asyncio.wait_for(call, max(left, 0.001))
-            if req.deadline_s is not None:
-                admission.observe(self.engine, (time.perf_counter() - start + 2 * lag_s) * 1e3, req.deadline_s,
-                                  (intake - start + lag_s) * 1e3 + answer.server_ms, aim)
+            admission.answered(self.engine, req.deadline_s, aim, arrived, intake, lag_s, answer.server_ms)
             return answer
         except asyncio.TimeoutError:
             raise RequestError(504, f"the request was not answered within {self.timeout_s:g} s (timeout_s); "

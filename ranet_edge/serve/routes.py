@@ -246,9 +246,7 @@ class Routes:
             call = self.engine.classify(x, point, **{k: v for k, v in asked.items() if v is not None})
             intake = time.perf_counter()
             answer = await asyncio.wait_for(call, max(left, 0.001))
-            if deadline_s is not None:
-                admission.observe(self.engine, (time.perf_counter() - arrived + lag_s) * 1e3, deadline_s,
-                                  (intake - arrived) * 1e3 + answer.server_ms, aim)
+            admission.answered(self.engine, deadline_s, aim, arrived, intake, lag_s, answer.server_ms)
             if self.engine.slo is not None and point is None and rule is None and patience is None:  # a chosen rung
                 # the reply waits for the loop too
                 self.engine.slo.observe_total((time.perf_counter() - arrived) * 1e3 + lag_s * 1e3)
