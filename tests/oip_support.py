@@ -1,8 +1,10 @@
 """What the protocol tests share: the answers ExitChain itself gives, a request answered by
-the StageEngine in this process, and PNG test images."""
+the StageEngine in this process, PNG test images and in-process request bodies."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from dataclasses import dataclass
 
 import cv2
@@ -54,3 +56,18 @@ def sample_images(n: int) -> np.ndarray:
 def png(rgb: np.ndarray) -> bytes:
     """One RGB image as PNG bytes (lossless: decoding gives ``rgb`` back exactly)."""
     return cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes()
+
+
+def json_pngs(images) -> bytes:
+    """A ``/v1/classify`` JSON body: the list of ``images`` (RGB arrays, or bytes sent as they
+    are) as base64 strings."""
+    return json.dumps([base64.b64encode(im if isinstance(im, bytes) else png(im)).decode() for im in images]).encode()
+
+
+def reader(data: bytes, delay_s: float = 0.0):
+    """The ``read_body`` a ``Routes.handle`` call takes, giving ``data`` (after ``delay_s``)."""
+    async def read(_limit: int) -> bytes:
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        return data
+    return read

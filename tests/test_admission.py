@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from oip_support import json_pngs, reader, sample_images
 
 from ranet_edge.runtime.deadline import StageTimes
 from ranet_edge.serve.admission import check, first_exit_ms
@@ -71,7 +72,7 @@ def test_late_deadline_requests_are_refused_before_decoding(monkeypatch):
 
     monkeypatch.setattr(model.executor, "run", run)
     x = model.chain.preprocess(np.zeros((2, 32, 32, 3), np.uint8))
-    garbage = json.dumps([base64.b64encode(b"not a png").decode()]).encode()
+    garbage = json_pngs([b"not a png"])
     v2 = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                                  "data": [base64.b64encode(b"not a png").decode()]}],
                      "parameters": {"deadline_ms": 50}}).encode()
@@ -83,11 +84,6 @@ def test_late_deadline_requests_are_refused_before_decoding(monkeypatch):
             engine.times.record(0, 1, 0.2)
             engine.times.record(0, 2, 0.2)
 
-        def body(data):
-            async def read(_limit):
-                return data
-            return read
-
         first = asyncio.ensure_future(engine.classify(x, None))
         assert await asyncio.to_thread(entered.wait, HOLD_S)
         second = asyncio.ensure_future(engine.classify(x, None))
@@ -95,10 +91,10 @@ def test_late_deadline_requests_are_refused_before_decoding(monkeypatch):
         assert engine.queued[0] == 2
         headers = {"content-type": "application/json"}
         try:
-            late = await routes.handle("POST", "/v1/classify", {"deadline_ms": "50"}, headers, body(garbage))
-            decoded = await routes.handle("POST", "/v1/classify", {}, headers, body(garbage))
-            late_v2 = await routes.handle("POST", "/v2/models/ranet-edge/infer", {}, headers, body(v2))
-            late_sse = await routes.handle("POST", "/v2/models/ranet-edge/infer_stream", {}, headers, body(v2))
+            late = await routes.handle("POST", "/v1/classify", {"deadline_ms": "50"}, headers, reader(garbage))
+            decoded = await routes.handle("POST", "/v1/classify", {}, headers, reader(garbage))
+            late_v2 = await routes.handle("POST", "/v2/models/ranet-edge/infer", {}, headers, reader(v2))
+            late_sse = await routes.handle("POST", "/v2/models/ranet-edge/infer_stream", {}, headers, reader(v2))
             server, channel = await served(engine)
             req = messages["ModelInferRequest"](model_name=NAME)
             req.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"not a png")
@@ -111,7 +107,7 @@ def test_late_deadline_requests_are_refused_before_decoding(monkeypatch):
                 await server.stop(grace=None)
             late_grpc = err.value
             patient = asyncio.ensure_future(routes.handle("POST", "/v1/classify", {"deadline_ms": "10000"}, headers,
-                                                          body(garbage)))
+                                                          reader(garbage)))
             held.set()
             return late, decoded, late_v2, late_sse, late_grpc, await patient, await first, await second
         finally:
@@ -157,14 +153,8 @@ def test_routes_report_each_deadline_answer():
     from ranet_edge.serve.slo import MISS_CUT
 
     model = ServedModel(ServeSettings())
-    body = json.dumps([base64.b64encode(png).decode() for png in _pngs(2)]).encode()
-
-    async def read(_limit):
-        return body
-
-    async def slow_read(_limit):
-        await asyncio.sleep(0.17)
-        return body
+    body = json_pngs(sample_images(2))
+    read, slow_read = reader(body), reader(body, 0.17)
 
     async def go():
         engine = StageEngine(model)
@@ -189,8 +179,3 @@ def test_routes_report_each_deadline_answer():
     assert took > 0.16 and scale == pytest.approx(MISS_CUT)  # past 80% of 200 ms: a miss
     assert f"ranet_deadline_share {MISS_CUT}" in metrics  # what an operator sees
 
-
-def _pngs(n: int) -> list[bytes]:
-    from oip_support import png, sample_images
-
-    return [png(im) for im in sample_images(n)]

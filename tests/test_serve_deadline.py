@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from oip_support import png, sample_images
+from oip_support import json_pngs, png, reader, sample_images
 
 from ranet_edge.serve.api import RequestError
 from ranet_edge.serve.engine import ServedModel
@@ -153,10 +153,7 @@ def test_a_request_with_its_first_exit_is_not_timed_out(model, x, monkeypatch):
 
     slow = ServedModel(ServeSettings(timeout_s=0.3))
     slow_graphs(monkeypatch, slow, 1.0)
-    body = json.dumps([base64.b64encode(png(im)).decode() for im in sample_images(2)]).encode()
-
-    async def read(_limit):
-        return body
+    read = reader(json_pngs(sample_images(2)))
 
     async def go():
         engine = StageEngine(slow)
@@ -220,7 +217,7 @@ def test_v1_v2_and_grpc_answer_within_a_deadline(server, model):
     x = model.chain.preprocess(images)
     want = model.chain.predict(x)
     exit0 = model.chain.run_all(x)[0].argmax(axis=1)
-    body = json.dumps([base64.b64encode(png(im)).decode() for im in images]).encode()
+    body = json_pngs(images)
     v2 = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [6],
                       "data": [base64.b64encode(png(im)).decode() for im in images]}]}
     client = tritongrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")

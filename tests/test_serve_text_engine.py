@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch", reason="the text bundle is exported from PyTorch (conftest's text_bundle)")
+from oip_support import reader  # noqa: E402
 from text_models import text_batch  # noqa: E402
 
 pytest.importorskip("uvicorn")
@@ -138,14 +139,9 @@ def test_a_bundle_without_a_tokenizer_takes_tensors_and_refuses_texts(text_bundl
         routes = Routes(engine, Metrics(engine, 16))
         headers = {"content-type": "application/json"}
 
-        async def body(data):
-            async def read(_limit):
-                return data
-            return read
-
         try:
-            texts = await routes.handle("POST", "/v1/classify", {}, headers, await body(b'{"texts": ["a b"]}'))
-            tensors = await routes.handle("POST", "/v2/models/ranet-edge/infer", {}, headers, await body(v2))
+            texts = await routes.handle("POST", "/v1/classify", {}, headers, reader(b'{"texts": ["a b"]}'))
+            tensors = await routes.handle("POST", "/v2/models/ranet-edge/infer", {}, headers, reader(v2))
             return texts, tensors
         finally:
             await engine.close(5)
