@@ -148,7 +148,10 @@ def test_a_node_lost_under_load_loses_no_request(tmp_path, monkeypatch):
             # and a burst of 64-image requests (the replicas, not the proxy, are then what they wait on),
             # so that some are in flight on the node at the kill
             burst = Load(srv.url, sample_requests(16, per_request=64), clients=16).start()
-            _wait(lambda: lost in _nodes_of(burst.tally), 60, "a burst request answered by the worker node")
+            # three of them answered by the worker node: it is getting its share of the burst (one
+            # alone may have been the only one it got, and leave nothing in flight there at the kill)
+            _wait(lambda: sum(r.endswith(lost) for _, r in burst.tally.answers) >= 3, 60,
+                  "three burst requests answered by the worker node")
             cluster.kill(worker)  # SIGKILL: its raylet, agents and the replica, at once
             assert worker.processes() == set()
             killed_at = time.monotonic()
