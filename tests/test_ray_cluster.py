@@ -119,7 +119,10 @@ def _streamed_through_the_ingress(url: str, png: bytes, want: list[int]) -> None
     assert final["label"] == want
 
 
-@pytest.mark.slow  # two Ray nodes, a deployment, ~40 s of load: 90-150 s here
+KILLS = 3  # nodes lost at most, one after another, until a request in flight on one is retried
+
+
+@pytest.mark.slow  # two Ray nodes, a deployment, ~40 s of load: 90-150 s here (20 s more per extra kill)
 def test_a_node_lost_under_load_loses_no_request(tmp_path, monkeypatch):
     from serve_harness import running_server
 
@@ -144,31 +147,40 @@ def test_a_node_lost_under_load_loses_no_request(tmp_path, monkeypatch):
             assert _nodes_of(load.tally) == {head.node_id()[:12], worker.node_id()[:12]}
             _streamed_through_the_ingress(srv.url, *requests[0])
 
-            lost = worker.node_id()[:12]
-            # and a burst of 64-image requests (the replicas, not the proxy, are then what they wait on),
-            # so that some are in flight on the node at the kill
-            burst = Load(srv.url, sample_requests(16, per_request=64), clients=16).start()
-            # three of them answered by the worker node: it is getting its share of the burst (one
-            # alone may have been the only one it got, and leave nothing in flight there at the kill)
-            _wait(lambda: sum(r.endswith(lost) for _, r in burst.tally.answers) >= 3, 60,
-                  "three burst requests answered by the worker node")
-            cluster.kill(worker)  # SIGKILL: its raylet, agents and the replica, at once
-            assert worker.processes() == set()
-            killed_at = time.monotonic()
-            time.sleep(1)
-            burst.stop()
-            time.sleep(7)  # steady load on the head's replica alone
-            back = cluster.add_node(num_cpus=1, name="worker-again")
-            _wait(lambda: back.node_id()[:12] in _nodes_of(load.tally, killed_at), 90,
-                  "a replica placed on the node that came back")
+            # a node is lost while a burst of 64-image requests runs (the replicas, not the proxy, are
+            # then what they wait on), so that some are in flight there at the kill. Which replica
+            # each request goes to is Ray's choice: when none was caught in flight on the lost node
+            # (7 of 43 first kills here), the node that replaced it is lost the same way, up to KILLS times
+            victim, bursts, kills = worker, [], []
+            for attempt in range(KILLS):
+                lost = victim.node_id()[:12]
+                burst = Load(srv.url, sample_requests(16, per_request=64), clients=16).start()
+                # three of them answered by that node: it is getting its share of the burst
+                _wait(lambda lost=lost, burst=burst: sum(r.endswith(lost) for _, r in burst.tally.answers) >= 3,
+                      60, "three burst requests answered by the node to be lost")
+                cluster.kill(victim)  # SIGKILL: its raylet, agents and the replica, at once
+                assert victim.processes() == set()
+                killed_at = time.monotonic()
+                kills.append((lost, killed_at))
+                time.sleep(1)
+                bursts.append(burst.stop())
+                time.sleep(7)  # steady load on the head's replica alone
+                back = cluster.add_node(num_cpus=1, name=f"worker-again-{attempt}")
+                _wait(lambda back=back, since=killed_at: back.node_id()[:12] in _nodes_of(load.tally, since), 90,
+                      "a replica placed on the node that came back")
+                if load.tally.retried + sum(b.retried for b in bursts) >= 1:
+                    break
+                victim = back
             tally = load.stop()
-            print(f"\nnode loss under load: steady {tally.counts()}, burst {burst.tally.counts()}; "
-                  f"errors: {tally.errors + burst.tally.errors}")
-            for t in (tally, burst.tally):
+            print(f"\nnode loss under load, {len(kills)} node(s) lost: steady {tally.counts()}, "
+                  f"bursts {[b.counts() for b in bursts]}; errors: {tally.errors + [e for b in bursts for e in b.errors]}")
+            for t in (tally, *bursts):
                 assert t.failed == 0, t.errors
                 assert t.ok == t.sent, t.counts()
-            assert tally.sent > 100 and tally.retried + burst.tally.retried >= 1, (tally.counts(), burst.tally.counts())
-            assert lost not in _nodes_of(tally, killed_at + 5)  # no answer from a dead node
+            assert tally.sent > 100 and tally.retried + sum(b.retried for b in bursts) >= 1, \
+                (tally.counts(), [b.counts() for b in bursts])
+            for lost, killed_at in kills:
+                assert lost not in _nodes_of(tally, killed_at + 5)  # no answer from a dead node
 
             os.killpg(srv.proc.pid, signal.SIGINT)  # a terminal's Ctrl-C
             srv.proc.wait(timeout=30)
